@@ -1,0 +1,1 @@
+"""authgate: login_ui."""
