@@ -43,6 +43,9 @@ class ServerConfig:
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
     )
+    # How `;params` in a request path are treated: refused with 400, or cut off before
+    # the policy sees the path (the cut path is also the one forwarded).
+    path_parameters: Literal["reject", "strip"] = "reject"
 
 
 @dataclass(frozen=True)
