@@ -11,6 +11,7 @@ header, `request.remote`, the X-Forwarded-For values).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
@@ -142,6 +143,7 @@ _FORBIDDEN_ESCAPE = re.compile(r"%(?:([01][0-9A-Fa-f]|7[Ff])|(2[Ff])|(5[Cc])|(3[
 # C1 controls (U+0080-U+009F) can only arrive UTF-8 encoded; they are controls all the same.
 _DECODED_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PARAMETER = re.compile(r";[^/]*")
+_DELIMITERS = "/.\\;%?#:@"
 
 
 def canonical_path(raw: str, *, path_parameters: PathParameters = "reject") -> str:
@@ -160,6 +162,8 @@ def canonical_path(raw: str, *, path_parameters: PathParameters = "reject") -> s
         return raw
     if "\\" in raw:
         raise BadRequest("path: backslash is not allowed")
+    if "#" in raw:  # aiohttp's raw_path keeps a fragment; a request target may not have one
+        raise BadRequest("path: '#' fragment in the request target")
     if _RAW_CONTROL.search(raw):
         raise BadRequest("path: control character")
     if ";" in raw and path_parameters == "reject":
@@ -174,6 +178,8 @@ def canonical_path(raw: str, *, path_parameters: PathParameters = "reject") -> s
         decoded = raw
     if _DECODED_CONTROL.search(decoded):
         raise BadRequest("path: control character")
+    if not decoded.isascii():
+        _check_compatibility_forms(decoded)
     if ";" in decoded:  # only raw `;` get here (`%3B` was refused), so "strip" mode
         decoded = _PARAMETER.sub("", decoded)
     return _remove_dot_segments(decoded)
@@ -196,6 +202,14 @@ def _decode_once(raw: str) -> str:
         return unquote_to_bytes(raw).decode("utf-8")
     except UnicodeError:
         raise BadRequest("path: invalid UTF-8") from None
+
+
+def _check_compatibility_forms(decoded: str) -> None:
+    # Upstreams that apply NFKC or "best fit" mapping would turn U+FF0F into `/` or U+2025 into
+    # `..` after we decided; refuse characters whose compatibility form adds a delimiter.
+    normal = unicodedata.normalize("NFKC", decoded)
+    if normal != decoded and any(normal.count(c) != decoded.count(c) for c in _DELIMITERS):
+        raise BadRequest("path: Unicode character that normalises to a delimiter ('/', '.', …)")
 
 
 def _remove_dot_segments(path: str) -> str:
