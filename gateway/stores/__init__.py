@@ -1,0 +1,162 @@
+"""Where the gateway keeps state, chosen by URL in the config (DESIGN section 7).
+
+`storage` (users, API keys, signing keys, audit; and by default sessions, rate
+limits and events): `sqlite:////abs/path.db` or `postgresql://…`.
+`sessions.store`: `storage`, or `redis://…`/`rediss://…` for sessions, rate
+limits and revocation events shared by many instances.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.config.model import Config
+from gateway.errors import StoreUnavailable
+from gateway.stores import redis as redis_backend
+from gateway.stores.base import (
+    REVOCATIONS,
+    AlreadyExists,
+    ApiKey,
+    ApiKeyStore,
+    AuditEvent,
+    AuditLog,
+    Ban,
+    EventBus,
+    KeyStore,
+    NotFound,
+    RateLimiter,
+    SchemaOutdated,
+    SessionRecord,
+    SessionStore,
+    SigningKey,
+    Subscription,
+    User,
+    UserStore,
+    new_id,
+    normalize_username,
+    session_revoked,
+    user_sessions_revoked,
+)
+from gateway.stores.database import Database
+from gateway.stores.postgres import open_postgres
+from gateway.stores.sql import (
+    SqlApiKeyStore,
+    SqlAuditLog,
+    SqlEventBus,
+    SqlKeyStore,
+    SqlRateLimiter,
+    SqlSessionStore,
+    SqlUserStore,
+)
+from gateway.stores.sqlite import open_sqlite, path_from_url
+
+__all__ = [
+    "REVOCATIONS",
+    "AlreadyExists",
+    "ApiKey",
+    "ApiKeyStore",
+    "AuditEvent",
+    "AuditLog",
+    "Ban",
+    "EventBus",
+    "KeyStore",
+    "NotFound",
+    "RateLimiter",
+    "SchemaOutdated",
+    "SessionRecord",
+    "SessionStore",
+    "SigningKey",
+    "Stores",
+    "Subscription",
+    "User",
+    "UserStore",
+    "new_id",
+    "normalize_username",
+    "open_database",
+    "open_stores",
+    "session_revoked",
+    "user_sessions_revoked",
+]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Stores:
+    users: UserStore
+    sessions: SessionStore
+    apikeys: ApiKeyStore
+    keys: KeyStore
+    audit: AuditLog
+    limiter: RateLimiter
+    events: EventBus
+    _pings: tuple[Callable[[], Awaitable[bool]], ...]
+    _closers: tuple[Callable[[], Awaitable[None]], ...]
+
+    async def ping(self) -> bool:
+        """Readiness: every backing server answers."""
+        for ping in self._pings:
+            if not await ping():
+                return False
+        return True
+
+    async def close(self) -> None:
+        for close in self._closers:
+            await close()
+
+
+async def open_database(config: Config) -> Database:
+    """The `storage` database, migrated (SQLite) or checked for migration (PostgreSQL)."""
+    url = config.storage
+    if url.startswith("sqlite:///"):
+        return await open_sqlite(path_from_url(url, config.source.parent))
+    if url.startswith(("postgresql://", "postgres://")):
+        return await open_postgres(url)
+    raise StoreUnavailable(f"storage: unsupported URL scheme in {url.split(':', 1)[0]!r}")
+
+
+async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
+    """Open every store the config names. Raises StoreUnavailable (or its subclass
+    SchemaOutdated) when a backend cannot be reached or is not ready."""
+    db = await open_database(config)
+    session_url = config.sessions.store
+    if session_url == "storage":
+        return Stores(
+            users=SqlUserStore(db),
+            sessions=SqlSessionStore(db, clock),
+            apikeys=SqlApiKeyStore(db),
+            keys=SqlKeyStore(db),
+            audit=SqlAuditLog(db),
+            limiter=SqlRateLimiter(db, clock),
+            events=SqlEventBus(db, clock),
+            _pings=(db.ping,),
+            _closers=(db.close,),
+        )
+    if not session_url.startswith(("redis://", "rediss://")):
+        await db.close()
+        raise StoreUnavailable("sessions.store: expected 'storage' or a redis:// URL")
+    client = redis_backend.connect(session_url)
+    if not await redis_backend.ping(client):
+        await client.aclose()
+        await db.close()
+        raise StoreUnavailable("sessions.store: Redis does not answer")
+
+    async def redis_ping() -> bool:
+        return await redis_backend.ping(client)
+
+    async def redis_close() -> None:
+        await client.aclose()
+
+    return Stores(
+        users=SqlUserStore(db),
+        sessions=redis_backend.RedisSessionStore(client, clock=clock),
+        apikeys=SqlApiKeyStore(db),
+        keys=SqlKeyStore(db),
+        audit=SqlAuditLog(db),
+        limiter=redis_backend.RedisRateLimiter(client, clock=clock),
+        events=redis_backend.RedisEventBus(client),
+        _pings=(db.ping, redis_ping),
+        _closers=(redis_close, db.close),
+    )

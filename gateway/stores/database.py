@@ -1,0 +1,31 @@
+"""The sliver of a SQL database the stores need, so one set of store classes
+(`gateway.stores.sql`) serves both SQLite and PostgreSQL.
+
+Queries are written once with `?` placeholders; the PostgreSQL adapter numbers
+them (`$1`, `$2`, …). Adapters translate driver errors at this boundary: a
+unique violation becomes `AlreadyExists`, anything else `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+Row = Sequence[Any]
+
+
+class Database(Protocol):
+    async def execute(self, sql: str, *args: object) -> int:
+        """Run one statement; returns the number of rows it changed."""
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, *args: object) -> Row | None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Database]:
+        """A Database whose statements commit together or not at all."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

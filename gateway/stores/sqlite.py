@@ -1,0 +1,151 @@
+"""SQLite behind the `Database` interface: the embedded, zero-set-up default.
+
+One aiosqlite connection per process, in WAL mode (readers never block the
+writer) with a busy timeout (several worker processes share the file). An
+asyncio lock keeps a transaction's statements from interleaving with other
+tasks' statements on the shared connection. The schema is created and migrated
+automatically at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+
+from gateway.errors import StoreUnavailable
+from gateway.stores.base import AlreadyExists
+from gateway.stores.database import Row
+from gateway.stores.migrations import migrate_sqlite
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+
+
+async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a driver call, translating its errors to ours (fail closed)."""
+    try:
+        return await operation()
+    except sqlite3.IntegrityError as exc:
+        raise AlreadyExists(str(exc)) from exc
+    except (sqlite3.Error, ValueError, OSError) as exc:
+        # ValueError: aiosqlite's "no active connection" after close.
+        raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+
+class _Connection:
+    """Statements on the shared connection, with the caller holding (or not needing) the lock."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: object) -> int:
+        async def run() -> int:
+            async with self._conn.execute(sql, args) as cursor:
+                return cursor.rowcount
+
+        return await _guard(run)
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]:
+        async def run() -> list[Row]:
+            async with self._conn.execute(sql, args) as cursor:
+                return list(await cursor.fetchall())
+
+        return await _guard(run)
+
+    async def fetchone(self, sql: str, *args: object) -> Row | None:
+        async def run() -> Row | None:
+            async with self._conn.execute(sql, args) as cursor:
+                row = await cursor.fetchone()
+                return row
+
+        return await _guard(run)
+
+
+class _Transaction(_Connection):
+    """A view of the connection inside BEGIN IMMEDIATE … COMMIT (lock already held)."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        yield self  # a nested transaction joins the one already open
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        """The owner closes the database, not a transaction."""
+
+
+class SqliteDatabase:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._direct = _Connection(conn)
+        self._lock = asyncio.Lock()
+
+    async def execute(self, sql: str, *args: object) -> int:
+        async with self._lock:
+            return await self._direct.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: object) -> list[Row]:
+        async with self._lock:
+            return await self._direct.fetch(sql, *args)
+
+    async def fetchone(self, sql: str, *args: object) -> Row | None:
+        async with self._lock:
+            return await self._direct.fetchone(sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        async with self._lock:
+            await _guard(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _Transaction(self._conn)
+            except BaseException:
+                await _guard(lambda: self._conn.execute("ROLLBACK"))
+                raise
+            await _guard(lambda: self._conn.execute("COMMIT"))
+
+    async def ping(self) -> bool:
+        try:
+            await self.fetchone("SELECT 1")
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+def path_from_url(url: str, base: Path) -> Path:
+    """`sqlite:////abs/x.db` → /abs/x.db; `sqlite:///x.db` → base/x.db."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not an sqlite URL: {url!r}")
+    path = Path(url[len("sqlite:///") :])
+    return path if path.is_absolute() else base / path
+
+
+async def open_sqlite(path: Path) -> SqliteDatabase:
+    """Open (creating if needed) and migrate the database file at `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"sqlite: cannot open {path}: {exc}") from exc
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+        await migrate_sqlite(conn)
+    except sqlite3.Error as exc:
+        await conn.close()
+        raise StoreUnavailable(f"sqlite: cannot prepare {path}: {exc}") from exc
+    except BaseException:
+        await conn.close()
+        raise
+    return SqliteDatabase(conn)
