@@ -34,6 +34,11 @@ class GeoDatabaseError(Exception):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[GeoDatabaseError], tuple[Path, str]]:
+        # Rebuild from both fields: the default would call __init__(message) and fail
+        # when the error crosses a process boundary (workers report start-up errors).
+        return (type(self), (self.path, self.reason))
+
 
 @dataclass(frozen=True, slots=True)
 class DatabaseMetadata:
@@ -47,6 +52,8 @@ class DatabaseMetadata:
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
+    """How the lookup cache is doing (for metrics and tests)."""
+
     hits: int
     misses: int
     size: int

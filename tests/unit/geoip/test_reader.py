@@ -1,3 +1,4 @@
+import pickle
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC
@@ -192,3 +193,9 @@ def test_a_directory_is_an_error_naming_it(tmp_path: Path) -> None:
 def test_an_asn_database_in_place_of_a_city_database_is_refused(asn_db: Path) -> None:
     with pytest.raises(GeoDatabaseError, match=r"Test-ASN\.mmdb: is a GeoLite2-ASN database"):
         GeoReader(asn_db)
+
+
+def test_the_error_survives_pickling_across_processes(tmp_path: Path) -> None:
+    error = GeoDatabaseError(tmp_path / "x.mmdb", "no such file")
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (copy.path, copy.reason, str(copy)) == (error.path, error.reason, str(error))
