@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Literal
 from urllib.parse import quote, unquote_to_bytes
@@ -53,6 +54,10 @@ _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 _MAX_HOST = 253
 
 
+# A process sees few distinct hosts and peers, over and over: remember the answers
+# (bounded, so a flood of distinct values only costs the uncached time). Refusals
+# raise and are never cached.
+@lru_cache(maxsize=1024)
 def canonical_host(raw: str) -> str:
     """Lowercase host without port or trailing dot, IDNA A-labels, IPv6 as `[addr]`.
 
@@ -287,6 +292,7 @@ def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
+@lru_cache(maxsize=4096)
 def _parse_address(entry: str) -> IPAddress | None:
     """An address from an XFF entry or peer: bare, `v4:port`, `[v6]` or `[v6]:port`."""
     text = entry
