@@ -31,6 +31,7 @@ __all__ = [
     "canonical_path",
     "client_ip",
     "forwarded_for_value",
+    "peer_is_trusted",
     "wire_path",
 ]
 
@@ -169,6 +170,8 @@ def canonical_path(raw: str, *, path_parameters: PathParameters = "reject") -> s
         raise BadRequest("path: backslash is not allowed")
     if "#" in raw:  # aiohttp's raw_path keeps a fragment; a request target may not have one
         raise BadRequest("path: '#' fragment in the request target")
+    if "?" in raw:  # the caller splits the query off; a '?' here would become part of the path
+        raise BadRequest("path: unexpected '?' (the query must be split off first)")
     if _RAW_CONTROL.search(raw):
         raise BadRequest("path: control character")
     if ";" in raw and path_parameters == "reject":
@@ -273,6 +276,12 @@ def client_ip(
             if not _is_trusted(hop, trusted):
                 return hop
     return address  # every hop trusted: the leftmost one is as close to the client as we get
+
+
+def peer_is_trusted(peer: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    """Whether the peer is a configured proxy, parsed exactly as `client_ip` parses it."""
+    address = _parse_address(peer) if peer is not None else None
+    return address is not None and _is_trusted(address, trusted)
 
 
 def forwarded_for_value(existing: Sequence[str], peer: str, peer_trusted: bool) -> str:

@@ -14,6 +14,7 @@ from gateway.canonical import (
     canonical_path,
     client_ip,
     forwarded_for_value,
+    peer_is_trusted,
     wire_path,
 )
 from gateway.errors import BadRequest
@@ -92,6 +93,7 @@ PATH_REFUSED = [
     pytest.param("http://h/admin", "must start with '/'", id="absolute-form"),
     pytest.param("\\admin", "must start with '/'", id="leading-backslash"),
     pytest.param("/a#b", "fragment", id="raw-fragment"),
+    pytest.param("/a?b=1", "query", id="query-not-split-off"),
     # encoded separators
     pytest.param("/a/..%2fadmin", "%2F", id="encoded-slash-lower"),
     pytest.param("/a%2Fb", "%2F", id="encoded-slash-upper"),
@@ -337,6 +339,21 @@ def test_client_ip_is_none_without_a_usable_peer() -> None:
 
 def test_client_ip_trusts_nothing_when_no_proxies_are_configured() -> None:
     assert client_ip("10.0.0.1", ["1.2.3.4"], []) == ip_address("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        pytest.param("10.0.0.1", True, id="ipv4"),
+        pytest.param("::ffff:10.0.0.1", True, id="ipv4-mapped"),
+        pytest.param("fd00::5", True, id="ipv6"),
+        pytest.param("203.0.113.7", False, id="untrusted"),
+        pytest.param("garbage", False, id="garbage"),
+        pytest.param(None, False, id="none"),
+    ],
+)
+def test_peer_is_trusted_parses_like_client_ip(peer: str | None, trusted: bool) -> None:
+    assert peer_is_trusted(peer, TRUSTED) is trusted
 
 
 def test_forwarded_for_from_a_trusted_peer_extends_the_chain() -> None:
