@@ -1,0 +1,50 @@
+"""`authgate serve`: run the gateway from a config file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gateway.cli import EXIT_BAD_INPUT, config_path
+from gateway.errors import ConfigError
+from gateway.extensions import default_extensions
+from gateway.policy_sets import compile_tenant_policies
+from gateway.supervisor import Supervisor, default_worker_count
+from policies import PolicyError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        parents=[common],
+        help="run the gateway",
+        description="Run the gateway: N worker processes share the port; SIGHUP reloads policies.",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: server.workers, 'auto' = CPU count)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.logs import setup_logging
+
+    try:
+        config = load_config(config_path(args))
+        compile_tenant_policies(config.tenants)  # refuse to start on a bad policy
+    except (ConfigError, PolicyError) as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    setup_logging(config.logging)
+    workers = args.workers or config.server.workers or default_worker_count()
+    if workers < 1:
+        print("authgate: --workers must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.getLogger("authgate").debug("starting %d workers", workers)
+    return Supervisor(config, workers, default_extensions()).run()

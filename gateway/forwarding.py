@@ -1,0 +1,76 @@
+"""Which headers cross the gateway, and how X-Forwarded-* are written (RFC 9110 §7.6.1).
+
+Tables are built once; the per-request work is one pass over the incoming headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# Hop-by-hop: meaningful only for one connection, never forwarded (RFC 9110 §7.6.1,
+# plus the historic Proxy-Connection and Keep-Alive). Upgrade is re-added by the
+# WebSocket path itself when a route allows it.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+# Set by us from what we know; a client's own values are believed only from trusted
+# proxies (and then merged by the caller), never copied blindly.
+FORWARDING = frozenset(
+    {
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-method",
+        "x-forwarded-uri",
+        "x-original-url",
+        "x-original-uri",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+
+# Response headers aiohttp writes itself from the body we stream.
+RESPONSE_HOP_BY_HOP = HOP_BY_HOP | {"content-length"}
+
+
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Header names listed in `Connection` (each one is hop-by-hop for this message)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def copy_end_to_end(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    drop: frozenset[str],
+    also_drop: Iterable[str] = (),
+) -> CIMultiDict[str]:
+    """Every header not in `drop`, not named by `Connection`, nor in `also_drop`; repeats kept."""
+    dropped = drop | connection_tokens(headers)
+    extra = frozenset(name.lower() for name in also_drop)
+    if extra:
+        dropped = dropped | extra
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in dropped:
+            out.add(name, value)
+    return out

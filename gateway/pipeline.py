@@ -1,0 +1,239 @@
+"""The request pipeline, top to bottom as DESIGN.md section 2 draws it.
+
+canonicalize → tenant → reserved prefix | route → credentials → principal →
+context → decide → act. Each stage is a small function; the decision is data, so
+the same steps serve the proxy and forward-auth. The path decided on is the path
+forwarded: `canonical_path` once, `wire_path` of that same value upstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
+
+from gateway.canonical import (
+    canonical_host,
+    canonical_path,
+    client_ip,
+    forwarded_for_value,
+    wire_path,
+)
+from gateway.config.model import Config, RouteConfig, TenantConfig
+from gateway.errors import BadRequest, StoreUnavailable
+from gateway.policy_sets import PolicyRegistry
+from gateway.proxy import (
+    Forwarded,
+    UpstreamError,
+    UpstreamTarget,
+    forward_http,
+    forward_websocket,
+    is_websocket_upgrade,
+)
+from gateway.reserved import ReservedRequest, ReservedRoutes
+from gateway.responses import PageRenderer, error_response
+from gateway.tenants import TenantIndex
+from policies import Action, Decision, Principal, RequestContext
+
+log = logging.getLogger("authgate.pipeline")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the request is, and what the pipeline must do about it before forwarding."""
+
+    principal: Principal | None
+    upstream_headers: CIMultiDict[str] | None = None  # identity headers for the upstream
+    strip_headers: frozenset[str] = frozenset()  # request headers that carried credentials
+
+
+# Turns a request into an Identity; the identity layer installs the real one.
+Identify = Callable[[BaseRequest, TenantConfig, RouteConfig | None], Awaitable[Identity]]
+
+
+async def anonymous(
+    request: BaseRequest, tenant: TenantConfig, route: RouteConfig | None
+) -> Identity:
+    return Identity(principal=None)
+
+
+# Acts on LOGIN / SECOND_FACTOR / REAUTH / DENY; the identity layer installs the
+# interstitial redirects. The default answers 401/403 as the policy issue specifies.
+Challenge = Callable[["Pipeline", BaseRequest, TenantConfig, Decision, str], Awaitable[web.StreamResponse]]
+
+
+async def plain_challenge(
+    pipeline: Pipeline,
+    request: BaseRequest,
+    tenant: TenantConfig,
+    decision: Decision,
+    request_id: str,
+) -> web.StreamResponse:
+    if decision.action is Action.DENY:
+        return pipeline.error(request, 403, tenant, "access denied by policy", request_id)
+    return pipeline.error(
+        request,
+        401,
+        tenant,
+        "authentication required",
+        request_id,
+        headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
+    )
+
+
+class Pipeline:
+    """One worker's request handler, built once at start-up from the config."""
+
+    def __init__(
+        self,
+        config: Config,
+        policies: PolicyRegistry,
+        client: aiohttp.ClientSession,
+        pages: PageRenderer,
+        reserved: ReservedRoutes,
+        *,
+        identify: Identify = anonymous,
+        challenge: Challenge = plain_challenge,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.tenants = TenantIndex(config.tenants)
+        self.policies = policies
+        self.client = client
+        self.pages = pages
+        self.reserved = reserved
+        self.identify = identify
+        self.challenge = challenge
+        self.now = now
+        self._trusted = config.server.trusted_proxies
+        self._path_parameters = config.server.path_parameters
+        self._targets = {
+            route: UpstreamTarget.from_route(route) for t in config.tenants for route in t.routes
+        }
+
+    def error(
+        self,
+        request: BaseRequest,
+        status: int,
+        tenant: TenantConfig | None,
+        reason: str,
+        request_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        return error_response(
+            request,
+            status,
+            pages=self.pages,
+            tenant=tenant,
+            reason=reason,
+            request_id=request_id,
+            headers=headers,
+        )
+
+    def _request_id(self, request: BaseRequest, peer_trusted: bool) -> str:
+        if peer_trusted:
+            given = request.headers.get("X-Request-Id", "")
+            if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
+                return given
+        return os.urandom(12).hex()
+
+    async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        peer = request.remote
+        peer_ip = client_ip(peer, (), ())
+        peer_trusted = peer_ip is not None and any(peer_ip in net for net in self._trusted)
+        request_id = self._request_id(request, peer_trusted)
+        try:
+            return await self._handle(request, peer, peer_trusted, request_id)
+        except BadRequest as exc:
+            return self.error(request, exc.status, None, exc.reason, request_id)
+        except StoreUnavailable:
+            log.error("store unavailable; failing closed", extra={"request_id": request_id})
+            return self.error(request, 503, None, "temporarily unavailable", request_id)
+
+    async def _handle(
+        self, request: BaseRequest, peer: str | None, peer_trusted: bool, request_id: str
+    ) -> web.StreamResponse:
+        # canonicalize
+        host_header = request.headers.get("Host")
+        if not host_header:
+            raise BadRequest("missing Host header")
+        host = canonical_host(host_header)
+        raw_path, _, query = request.raw_path.partition("?")
+        path = canonical_path(raw_path, path_parameters=self._path_parameters)
+        xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
+        ip = client_ip(peer, xff, self._trusted)
+
+        # tenant: an unknown host never reaches any upstream
+        tenant = self.tenants.tenant_for_host(host)
+        if tenant is None:
+            return self.error(request, 421, None, "this host is not served here", request_id)
+
+        # reserved prefix: ours, never forwarded
+        suffix = self.reserved.suffix_of(path)
+        if suffix is not None:
+            handler = self.reserved.handler(suffix)
+            if handler is None:
+                return self.error(request, 404, tenant, "no such page", request_id)
+            return await handler(
+                ReservedRequest(request, tenant, host, path, suffix, str(ip), request_id)
+            )
+
+        route = self.tenants.route_for(host, path)
+        if route is None:
+            return self.error(request, 404, tenant, "no route for this address", request_id)
+
+        # credentials → principal → context → decide
+        identity = await self.identify(request, tenant, route)
+        context = RequestContext(
+            host=host,
+            path=path,
+            method=request.method,
+            ip=ip,
+            country=None,
+            principal=identity.principal,
+            now=self.now(),
+        )
+        decision = self.policies.decide(tenant.id, context)
+        if decision.action is not Action.ALLOW:
+            return await self.challenge(self, request, tenant, decision, request_id)
+
+        # act: forward exactly the path that was decided on
+        identity_headers = identity.upstream_headers
+        if identity_headers is None:
+            identity_headers = CIMultiDict()
+        identity_headers["X-Request-Id"] = request_id
+        forwarded = Forwarded(
+            wire_path=wire_path(path),
+            query=query,
+            host_header=host_header,
+            proto=self._proto(request, peer_trusted),
+            forwarded_for=forwarded_for_value(xff, peer or "", peer_trusted),
+            identity=identity_headers,
+            strip=identity.strip_headers | _IDENTITY_INPUT_HEADERS,
+        )
+        target = self._targets[route]
+        try:
+            if route.websockets and is_websocket_upgrade(request):
+                return await forward_websocket(request, self.client, target, route, forwarded)
+            return await forward_http(request, self.client, target, route, forwarded)
+        except UpstreamError as exc:
+            return self.error(request, exc.status, tenant, exc.reason, request_id)
+
+    def _proto(self, request: BaseRequest, peer_trusted: bool) -> str:
+        if peer_trusted:
+            given = request.headers.get("X-Forwarded-Proto", "").lower()
+            if given in ("http", "https"):
+                return given
+        return "https" if request.secure else "http"
+
+
+# Headers a client must never be able to set for the upstream (X-Request-Id is
+# re-set by us; the identity layer adds every configured identity header name).
+_IDENTITY_INPUT_HEADERS = frozenset({"x-request-id"})

@@ -1,0 +1,274 @@
+"""Forwarding an allowed request to its upstream: HTTP streamed both ways, and WebSockets.
+
+Bodies are never buffered: the request body is handed to the upstream client as a
+stream and the response is written back chunk by chunk as it arrives, so a 1 GiB
+transfer costs a few buffers of memory. The path sent upstream is the canonical
+path the policy decided on, re-encoded for the wire (SECURITY.md invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config.model import RouteConfig
+from gateway.forwarding import FORWARDING, HOP_BY_HOP, RESPONSE_HOP_BY_HOP, copy_end_to_end
+
+log = logging.getLogger("authgate.proxy")
+
+# Headers the upstream client would otherwise invent; the upstream should see what
+# the client sent, not what aiohttp would have sent.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached (→ 502) or did not answer in time (→ 504)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """What the gateway knows about the request, for X-Forwarded-* and the upstream URL."""
+
+    wire_path: str  # canonical path, percent-encoded for the request line
+    query: str  # raw query string, without '?'
+    host_header: str  # the client's Host (validated)
+    proto: str  # http | https, as the client used it
+    forwarded_for: str  # the X-Forwarded-For value to send
+    identity: CIMultiDict[str] | None = None  # identity headers to add (ours)
+    strip: frozenset[str] = frozenset()  # further request headers to drop (credentials)
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """A route's upstream, parsed once."""
+
+    origin: str  # scheme://host:port
+    base_path: str  # "" or "/base" (no trailing slash)
+    host_header: str  # host[:port] as the upstream expects it
+    timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def from_route(cls, route: RouteConfig) -> UpstreamTarget:
+        url = URL(route.upstream)
+        default_port = {"http": 80, "https": 443}.get(url.scheme)
+        port = url.port
+        host = url.raw_host or ""
+        hostport = host if port in (None, default_port) else f"{host}:{port}"
+        if ":" in host and not host.startswith("["):
+            hostport = f"[{host}]" if port in (None, default_port) else f"[{host}]:{port}"
+        return cls(
+            origin=f"{url.scheme}://{hostport}",
+            base_path=url.raw_path.rstrip("/"),
+            host_header=hostport,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=route.connect_timeout,
+                sock_read=route.read_timeout,
+            ),
+        )
+
+    def url(self, wire_path: str, query: str, *, websocket: bool = False) -> URL:
+        origin = self.origin
+        if websocket:
+            origin = "ws" + origin[4:] if origin.startswith("http:") else "wss" + origin[5:]
+        raw = f"{origin}{self.base_path}{wire_path}"
+        if query:
+            raw = f"{raw}?{query}"
+        return URL(raw, encoded=True)
+
+
+def upstream_client(limit_per_host: int = 0) -> aiohttp.ClientSession:
+    """The pooled keep-alive client a worker uses for every upstream."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=limit_per_host,
+        keepalive_timeout=30,
+        enable_cleanup_closed=False,
+        ttl_dns_cache=60,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+def upstream_request_headers(
+    request: BaseRequest, target: UpstreamTarget, route: RouteConfig, fwd: Forwarded
+) -> CIMultiDict[str]:
+    headers = copy_end_to_end(request.headers, HOP_BY_HOP | FORWARDING, fwd.strip)
+    headers["Host"] = fwd.host_header if route.preserve_host else target.host_header
+    headers["X-Forwarded-For"] = fwd.forwarded_for
+    headers["X-Forwarded-Proto"] = fwd.proto
+    headers["X-Forwarded-Host"] = fwd.host_header
+    if fwd.identity:
+        headers.extend(fwd.identity)
+    return headers
+
+
+async def forward_http(
+    request: BaseRequest,
+    client: aiohttp.ClientSession,
+    target: UpstreamTarget,
+    route: RouteConfig,
+    fwd: Forwarded,
+) -> web.StreamResponse:
+    """Send the request upstream and stream the answer back; raises UpstreamError."""
+    headers = upstream_request_headers(request, target, route, fwd)
+    body = request.content if request.body_exists else None
+    if body is None:
+        headers.popall("Content-Length", None)
+    url = target.url(fwd.wire_path, fwd.query)
+    try:
+        upstream = await client.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=target.timeout,
+            compress=None,
+            auto_decompress=False,
+        )
+    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+        raise UpstreamError(504, "the upstream did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(502, "the upstream could not be reached") from exc
+
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(copy_end_to_end(upstream.headers, RESPONSE_HOP_BY_HOP))
+        length = upstream.headers.get("Content-Length")
+        if length is not None and length.isdigit() and "Transfer-Encoding" not in upstream.headers:
+            response.content_length = int(length)
+        elif upstream.status in (204, 304) or request.method == "HEAD":
+            pass
+        else:
+            response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+            # Headers are gone already: all we can do is cut the connection short.
+            log.warning("upstream stalled mid-response; closing client connection")
+            _abort(request)
+            return response
+        except (aiohttp.ClientError, ConnectionResetError):
+            _abort(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+def _abort(request: BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def is_websocket_upgrade(request: BaseRequest) -> bool:
+    if request.method != "GET":
+        return False
+    upgrade = request.headers.get("Upgrade", "").lower()
+    return upgrade == "websocket" and "upgrade" in request.headers.get("Connection", "").lower()
+
+
+_WS_OWN_HEADERS = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+
+
+async def forward_websocket(
+    request: BaseRequest,
+    client: aiohttp.ClientSession,
+    target: UpstreamTarget,
+    route: RouteConfig,
+    fwd: Forwarded,
+) -> web.StreamResponse:
+    """Open the upstream WebSocket first, then accept the client's and pump both ways."""
+    headers = upstream_request_headers(request, target, route, fwd)
+    for name in _WS_OWN_HEADERS:
+        headers.popall(name, None)
+    protocols = tuple(
+        p.strip()
+        for value in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for p in value.split(",")
+        if p.strip()
+    )
+    try:
+        upstream = await client.ws_connect(
+            target.url(fwd.wire_path, fwd.query, websocket=True),
+            headers=headers,
+            protocols=protocols,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+            autoclose=False,
+            autoping=True,
+            max_msg_size=0,
+        )
+    except asyncio.TimeoutError:
+        raise UpstreamError(504, "the upstream did not answer in time") from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamError(502, f"the upstream refused the WebSocket ({exc.status})") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(502, "the upstream could not be reached") from exc
+
+    downstream = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        autoclose=False,
+        autoping=True,
+        max_msg_size=0,
+    )
+    await downstream.prepare(request)
+
+    async def pump(
+        source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+    ) -> None:
+        async for msg in source:
+            if msg.type is WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+            elif msg.type is WSMsgType.CLOSE:
+                break
+        if not sink.closed:
+            code = source.close_code or aiohttp.WSCloseCode.OK
+            message = msg.extra.encode() if msg.type is WSMsgType.CLOSE and msg.extra else b""
+            await sink.close(code=code, message=message)
+
+    to_upstream = asyncio.ensure_future(pump(downstream, upstream))
+    to_client = asyncio.ensure_future(pump(upstream, downstream))
+    try:
+        await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (to_upstream, to_client):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not upstream.closed:
+            await upstream.close()
+        if not downstream.closed:
+            await downstream.close()
+    return downstream

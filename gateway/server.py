@@ -1,0 +1,158 @@
+"""One worker: the pipeline on aiohttp's low-level server, and its resources' lifetimes.
+
+The low-level `web.Server` skips aiohttp's router and middleware chain: the
+pipeline is the whole application, and it does its own (stricter) path handling.
+Extensions (login_ui, identity) plug in through `install` callables that see the
+`GatewayServer` before it starts: they register reserved routes and hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.config.model import Config, ListenAddress
+from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
+from gateway.policy_sets import PolicyRegistry
+from gateway.proxy import upstream_client
+from gateway.reserved import ReservedRequest, ReservedRoutes
+from gateway.responses import PageRenderer, PlainPages
+
+log = logging.getLogger("authgate.server")
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+Cleanup = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Hooks:
+    """What extensions may set before the server starts."""
+
+    pages: PageRenderer = field(default_factory=PlainPages)
+    identify: Identify = anonymous
+    challenge: Challenge = plain_challenge
+    readiness: list[ReadinessCheck] = field(default_factory=list)
+    startup: list[Cleanup] = field(default_factory=list)
+    cleanup: list[Cleanup] = field(default_factory=list)
+
+
+Extension = Callable[["GatewayServer"], None]
+
+
+def _json(status: int, payload: dict[str, object]) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(payload),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class GatewayServer:
+    """Everything one worker process serves, started and stopped as a unit."""
+
+    def __init__(self, config: Config, extensions: Sequence[Extension] = ()) -> None:
+        self.config = config
+        self.policies = PolicyRegistry(config.tenants)
+        self.reserved = ReservedRoutes(config.server.prefix)
+        self.hooks = Hooks()
+        self.reserved.add("/health", self._health)
+        self.reserved.add("/ready", self._ready)
+        for extend in extensions:
+            extend(self)
+        self.pipeline: Pipeline | None = None
+        self._runner: web.ServerRunner | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    async def _health(self, req: ReservedRequest) -> web.StreamResponse:
+        return _json(200, {"status": "ok"})
+
+    async def _ready(self, req: ReservedRequest) -> web.StreamResponse:
+        results = await asyncio.gather(
+            *(check() for check in self.hooks.readiness), return_exceptions=True
+        )
+        ready = all(result is True for result in results)
+        return _json(200 if ready else 503, {"status": "ready" if ready else "not ready"})
+
+    async def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Bind (or adopt `sockets`) and serve. Addresses actually bound land in `addresses`."""
+        for hook in self.hooks.startup:
+            await hook()
+        server_cfg = self.config.server
+        client = upstream_client()
+        self.hooks.cleanup.append(client.close)
+        self.pipeline = Pipeline(
+            self.config,
+            self.policies,
+            client,
+            self.hooks.pages,
+            self.reserved,
+            identify=self.hooks.identify,
+            challenge=self.hooks.challenge,
+        )
+        lowlevel = web.Server(
+            self.pipeline,
+            access_log=None,
+            max_line_size=server_cfg.max_header_size,
+            max_field_size=server_cfg.max_header_size,
+            keepalive_timeout=server_cfg.keepalive_timeout,
+            handler_cancellation=True,
+        )
+        self._runner = web.ServerRunner(
+            lowlevel, shutdown_timeout=server_cfg.shutdown_timeout, handle_signals=False
+        )
+        await self._runner.setup()
+        sites: list[web.BaseSite] = []
+        if sockets is not None:
+            sites = [web.SockSite(self._runner, sock) for sock in sockets]
+        else:
+            sites = [
+                web.TCPSite(self._runner, addr.host, addr.port, reuse_port=True)
+                for addr in server_cfg.listen
+            ]
+        for site in sites:
+            await site.start()
+        self.addresses = [
+            sock.getsockname()[:2]
+            for site in sites
+            for sock in (site._server.sockets if site._server else ())  # type: ignore[attr-defined]
+        ]
+
+    def reload(self) -> bool:
+        """Re-read the policy files; keeps the old policies when the new ones are bad."""
+        error = self.policies.reload()
+        if error is not None:
+            for problem in error.problems:
+                log.error("policy reload failed: %s", problem)
+            return False
+        log.info("policies reloaded")
+        return True
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then release resources."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for hook in reversed(self.hooks.cleanup):
+            try:
+                await hook()
+            except Exception:
+                log.exception("error while releasing a resource at shutdown")
+
+
+def listen_socket(address: ListenAddress) -> socket.socket:
+    """A listening socket with SO_REUSEPORT, so several workers share the port."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((address.host, address.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,141 @@
+"""`authgate serve`: N worker processes sharing the port (SO_REUSEPORT), supervised.
+
+The supervisor runs no event loop and holds no state: it forks workers, restarts
+one that dies, forwards SIGHUP (reload) and turns SIGTERM/SIGINT into an orderly
+drain of every worker, bounded by `server.shutdown_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from gateway.config.model import Config
+from gateway.server import Extension, GatewayServer, listen_socket
+
+log = logging.getLogger("authgate.supervisor")
+
+# A worker that dies this soon after starting, this many times in a row, means the
+# problem is not transient (a port in use, a store that refuses us): stop trying.
+_QUICK_DEATH_SECONDS = 2.0
+_MAX_QUICK_DEATHS = 5
+
+
+def install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run_worker(
+    config: Config,
+    extensions: Sequence[Extension],
+    ready: Callable[[GatewayServer], None] | None = None,
+) -> None:
+    """Serve until SIGTERM (or SIGINT when standalone); SIGHUP reloads the policies."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    server = GatewayServer(config, extensions)
+    sockets = [listen_socket(addr) for addr in config.server.listen]
+    await server.start(sockets)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    if ready is not None:
+        ready(server)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def _worker_main(config: Config, extensions: Sequence[Extension]) -> None:
+    # Ctrl-C reaches the whole process group; the supervisor decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    install_event_loop_policy()
+    try:
+        asyncio.run(run_worker(config, extensions))
+    except OSError as exc:
+        log.error("worker %d cannot serve: %s", os.getpid(), exc)
+        sys.exit(3)
+
+
+class Supervisor:
+    def __init__(self, config: Config, workers: int, extensions: Sequence[Extension]) -> None:
+        self.config = config
+        self.count = workers
+        self.extensions = extensions
+        self._context = multiprocessing.get_context("fork")
+        self._workers: list[tuple[BaseProcess, float]] = []
+        self._stopping = False
+        self._quick_deaths = 0
+
+    def _spawn(self) -> tuple[BaseProcess, float]:
+        process = self._context.Process(
+            target=_worker_main, args=(self.config, self.extensions), daemon=False
+        )
+        process.start()
+        return process, time.monotonic()
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        for process, _ in self._workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self._workers = [self._spawn() for _ in range(self.count)]
+        addresses = ", ".join(f"http://{a}" for a in self.config.server.listen)
+        log.info("authgate serving on %s with %d workers", addresses, self.count)
+        print(f"authgate: serving on {addresses} with {self.count} worker(s)", flush=True)
+        status = 0
+        while not self._stopping:
+            time.sleep(0.2)
+            for index, (process, started) in enumerate(self._workers):
+                if process.is_alive() or self._stopping:
+                    continue
+                lived = time.monotonic() - started
+                log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
+                self._quick_deaths = self._quick_deaths + 1 if lived < _QUICK_DEATH_SECONDS else 0
+                if self._quick_deaths >= _MAX_QUICK_DEATHS:
+                    log.error("workers keep dying at start; giving up")
+                    print("authgate: workers keep dying at start; giving up", file=sys.stderr)
+                    self._stopping = True
+                    status = 1
+                    break
+                self._workers[index] = self._spawn()
+        self._shutdown()
+        return status
+
+    def _shutdown(self) -> None:
+        for process, _ in self._workers:
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.server.shutdown_timeout + 5
+        for process, _ in self._workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %s did not drain in time; killing it", process.pid)
+                process.kill()
+                process.join(1)
+
+
+def default_worker_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,96 @@
+"""Real servers on loopback: an upstream that reports what it got, and the gateway in front."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.config.model import Config, ListenAddress, RouteConfig, ServerConfig, TenantConfig
+from gateway.server import Extension, GatewayServer
+from tests.integration.upstream_app import upstream_app
+
+BYPASS_ALL = """
+version: 1
+default: deny
+rules:
+  - name: everything
+    action: bypass
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestServer]:
+    server = TestServer(upstream_app(), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+def make_config(
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    policy: str = BYPASS_ALL,
+    hosts: tuple[str, ...] = ("app.test",),
+    route: dict[str, object] | None = None,
+    trusted_proxies: tuple[str, ...] = (),
+    **server: object,
+) -> Config:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy)
+    routes = tuple(RouteConfig(host=h, upstream=upstream_url, **(route or {})) for h in hosts)  # type: ignore[arg-type]
+    tenant = TenantConfig(
+        id="acme",
+        name="Acme",
+        domains=hosts,
+        policies=(policy_file,),
+        routes=routes,
+    )
+    server_cfg = dataclasses.replace(
+        ServerConfig(),
+        listen=(ListenAddress("127.0.0.1", 0),),
+        dev_mode=True,
+        trusted_proxies=tuple(ipaddress.ip_network(n) for n in trusted_proxies),
+        **server,
+    )
+    return Config(
+        source=tmp_path / "config.yaml",
+        tenants=(tenant,),
+        server=server_cfg,
+        storage=f"sqlite:///{tmp_path / 'authgate.db'}",
+    )
+
+
+StartGateway = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    """Start a gateway for a config; returns its base URL. Stopped after the test."""
+    running: list[GatewayServer] = []
+
+    async def start(config: Config, extensions: tuple[Extension, ...] = ()) -> str:
+        server = GatewayServer(config, extensions)
+        await server.start()
+        running.append(server)
+        host, port = server.addresses[0]
+        return f"http://{host}:{port}"
+
+    yield start
+    for server in running:
+        await server.stop()
+
+
+def app_url(base: str, path: str) -> str:
+    """The gateway's address; the test sets the Host header separately."""
+    return base + path
+
+
+async def noop(request: web.Request) -> web.Response:
+    return web.Response()
