@@ -1,0 +1,53 @@
+"""RateLimiter contract, on SQLite, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from tests.integration.stores.conftest import Backend
+
+WINDOW = 3600.0  # long enough that a test never straddles two windows in practice
+
+
+async def test_hits_count_up_within_a_window(backend: Backend) -> None:
+    limiter = backend.limiter()
+    assert [await limiter.hit("user:alice", WINDOW) for _ in range(3)] == [1, 2, 3]
+    assert await limiter.hit("user:bob", WINDOW) == 1
+
+
+async def test_fifty_concurrent_hits_count_exactly_fifty(backend: Backend) -> None:
+    limiter = backend.limiter()
+    counts = await asyncio.gather(*(limiter.hit("ip:192.0.2.1", WINDOW) for _ in range(50)))
+    assert sorted(counts) == list(range(1, 51))
+    assert await limiter.hit("ip:192.0.2.1", WINDOW) == 51
+
+
+async def test_a_new_window_starts_from_one(backend: Backend) -> None:
+    # Near the real time: Redis expires counters by its own clock.
+    now = [math.floor(time.time() / 60) * 60 + 1.0]
+    limiter = backend.limiter(clock=lambda: now[0])
+    assert await limiter.hit("k", 60) == 1
+    assert await limiter.hit("k", 60) == 2
+    now[0] += 60
+    assert await limiter.hit("k", 60) == 1
+
+
+async def test_ban_holds_until_its_end_and_is_listed(backend: Backend) -> None:
+    limiter = backend.limiter()
+    until = await limiter.ban("user:alice", 300)
+    assert await limiter.banned_until("user:alice") == until
+    assert await limiter.banned_until("user:bob") is None
+    assert [(b.key, b.until) for b in await limiter.list_bans()] == [("user:alice", until)]
+
+
+async def test_clear_forgets_counts_and_ban(backend: Backend) -> None:
+    limiter = backend.limiter()
+    await limiter.hit("user:alice", WINDOW)
+    await limiter.hit("user:alice", WINDOW)
+    await limiter.ban("user:alice", 300)
+    await limiter.clear("user:alice")
+    assert await limiter.banned_until("user:alice") is None
+    assert await limiter.hit("user:alice", WINDOW) == 1
+    assert await limiter.list_bans() == []
