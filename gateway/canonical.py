@@ -149,6 +149,9 @@ _FORBIDDEN_ESCAPE = re.compile(r"%(?:([01][0-9A-Fa-f]|7[Ff])|(2[Ff])|(5[Cc])|(3[
 # C1 controls (U+0080-U+009F) can only arrive UTF-8 encoded; they are controls all the same.
 _DECODED_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PARAMETER = re.compile(r";[^/]*")
+# What is still an escape after one decoding was encoded twice (%252e): an upstream
+# that decodes again would see another path than the one decided on. Refused.
+_STILL_ESCAPED = re.compile(r"%[0-9A-Fa-f]{2}")
 _DELIMITERS = "/.\\;%?#:@"
 
 
@@ -207,9 +210,12 @@ def _decode_once(raw: str) -> str:
         raise BadRequest("path: encoded ';' (%3B) is not allowed")
     try:
         # Strict UTF-8 refuses overlong forms (%C0%AE), encoded surrogates and stray bytes.
-        return unquote_to_bytes(raw).decode("utf-8")
+        decoded = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeError:
         raise BadRequest("path: invalid UTF-8") from None
+    if "%" in decoded and _STILL_ESCAPED.search(decoded):
+        raise BadRequest("path: double percent-encoding is not allowed")
+    return decoded
 
 
 def _check_compatibility_forms(decoded: str) -> None:

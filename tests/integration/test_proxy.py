@@ -252,7 +252,6 @@ async def test_trusted_proxy_chain_is_appended_to(
         ("//echo//x", "/echo/x"),
         ("/%65cho/x", "/echo/x"),
         ("/echo/caf%C3%A9?q=%2F", "/echo/caf%C3%A9?q=%2F"),
-        ("/echo/a%252fb", "/echo/a%252fb"),
     ],
 )
 async def test_the_path_forwarded_is_the_canonical_one(
@@ -265,7 +264,7 @@ async def test_the_path_forwarded_is_the_canonical_one(
 
 
 @pytest.mark.parametrize(
-    "raw", ["/a/..%2fadmin", "/admin;x", "/%00", "/a\\b", "/%5cadmin", "/%c0%ae%c0%ae/admin"]
+    "raw", ["/a/..%2fadmin", "/a%252fb", "/admin;x", "/%00", "/a\\b", "/%5cadmin", "/%c0%ae%c0%ae/admin"]
 )
 async def test_refused_paths_get_400_with_a_reason(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway, raw: str

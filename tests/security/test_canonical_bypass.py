@@ -173,11 +173,11 @@ def test_ambiguous_encodings_are_refused_outright(name: str) -> None:
         canonical_path(attack.target)
 
 
-def test_double_encoding_is_decoded_once_and_forwarded_unchanged() -> None:
-    # A single-decoding upstream sees the literal segment "%2e%2e", as the policy did.
-    decided = canonical_path("/public/%252e%252e/admin")
-    assert decided == "/public/%2e%2e/admin"
-    assert wire_path(decided) == "/public/%252e%252e/admin"
+def test_double_encoding_is_refused_so_a_second_decode_cannot_differ() -> None:
+    # Decoded once, this would be the literal segment "%2e%2e"; an upstream that
+    # decodes again would serve /admin. Refusing it leaves no second reading.
+    with pytest.raises(BadRequest):
+        canonical_path("/public/%252e%252e/admin")
 
 
 def test_semicolon_strip_mode_decides_on_the_stripped_path() -> None:
