@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from policies.errors import PolicyError, Problem, did_you_mean
 from policies.matchers import NetworkSet, PathMatcher, RuleHostIndex
-from policies.model import Action, IPNetwork, Level
+from policies.model import Action, Decision, IPNetwork, Level
 from policies.spec import NetworkSpec, NetworksSpec, PolicyDocument, RoleSpec, RuleSpec
 
 
@@ -45,6 +45,8 @@ class CompiledRule:
     subjects: CompiledSubjects | None
     fresh: float | None
     reasons: Mapping[Action, str]  # the Decision.reason for each answer, built once
+    # The untraced Decision for each answer, built once: the hot path allocates none.
+    decisions: Mapping[Action, Decision]
 
     def matches_host(self, host: str) -> bool:
         if not self.host_exact and not self.host_suffixes:
@@ -64,6 +66,7 @@ class PolicySet:
     role_permissions: Mapping[str, frozenset[str]]  # role → permissions incl. inherited
     networks: Mapping[str, tuple[IPNetwork, ...]]
     default_reasons: Mapping[Action, str]
+    default_decisions: Mapping[Action, Decision]
 
 
 def build_policy_set(
@@ -97,6 +100,7 @@ def build_policy_set(
         role_permissions=role_permissions,
         networks=net_map,
         default_reasons=_reasons(None, default, None),
+        default_decisions=_decisions(None, _reasons(None, default, None)),
     )
 
 
@@ -258,6 +262,7 @@ def _compile_rule(
             frozenset(r.name for r in s.roles),
             s.permissions,
         )
+    reasons = _reasons(spec.name, spec.level, spec.fresh)
     return CompiledRule(
         position=position,
         name=spec.name,
@@ -273,8 +278,13 @@ def _compile_rule(
         not_countries=frozenset(spec.not_countries) if spec.not_countries else None,
         subjects=subjects,
         fresh=spec.fresh,
-        reasons=_reasons(spec.name, spec.level, spec.fresh),
+        reasons=reasons,
+        decisions=_decisions(spec.name, reasons),
     )
+
+
+def _decisions(name: str | None, reasons: Mapping[Action, str]) -> dict[Action, Decision]:
+    return {action: Decision(action, name, reason) for action, reason in reasons.items()}
 
 
 def _reasons(name: str | None, level: Level, fresh: float | None) -> dict[Action, str]:

@@ -179,13 +179,16 @@ def decide(policy: PolicySet, ctx: RequestContext, *, trace: bool = True) -> Dec
     lowered = ctx.path.lower()
     ip = normalise_ip(ctx.ip) if ctx.ip is not None else None
     country = ctx.country.upper() if ctx.country else None
-    subject = _Subject(policy, ctx.principal) if ctx.principal is not None else None
+    principal = ctx.principal
+    subject: _Subject | None = None  # built when the first rule with subjects needs it
     rules = policy.rules
     steps: list[TraceStep] | None = [] if trace else None
     positions = range(len(rules)) if trace else policy.index.candidates(host)
     pending: tuple[Action, CompiledRule] | None = None
     for position in positions:
         rule = rules[position]
+        if subject is None and principal is not None and rule.subjects is not None:
+            subject = _Subject(policy, principal)
         check = _check(rule, ctx, host if trace else None, method, lowered, ip, country, subject)
         if check is _Check.HELD or check is _Check.UNKNOWN:
             action = _answer(rule.level, rule.subjects is not None, rule.fresh, ctx)
@@ -208,7 +211,9 @@ def decide(policy: PolicySet, ctx: RequestContext, *, trace: bool = True) -> Dec
     action = _answer(policy.default, False, None, ctx)
     if pending is not None and STRICTNESS[pending[0]] > STRICTNESS[action]:
         return _decision(pending[0], pending[1], steps)
-    return Decision(action, None, policy.default_reasons[action], tuple(steps) if steps else ())
+    if steps is None:
+        return policy.default_decisions[action]
+    return Decision(action, None, policy.default_reasons[action], tuple(steps))
 
 
 def decide_fast(policy: PolicySet, ctx: RequestContext) -> Decision:
@@ -217,7 +222,9 @@ def decide_fast(policy: PolicySet, ctx: RequestContext) -> Decision:
 
 
 def _decision(action: Action, rule: CompiledRule, steps: list[TraceStep] | None) -> Decision:
-    return Decision(action, rule.name, rule.reasons[action], tuple(steps) if steps else ())
+    if steps is None:
+        return rule.decisions[action]
+    return Decision(action, rule.name, rule.reasons[action], tuple(steps))
 
 
 def _why(check: _Check, rule: CompiledRule, ctx: RequestContext, action: Action | None) -> str:

@@ -53,7 +53,7 @@ _PERMISSION = re.compile(r"\*|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?:\.\*)?")
 _HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
-class _Reader:
+class FieldReader:
     """Walks one file's located YAML, recording problems against FILE:LINE: key."""
 
     def __init__(self, file: str) -> None:
@@ -124,7 +124,7 @@ def _kind(value: object) -> str:
 
 def parse_document(data: Any, file: str) -> tuple[PolicyDocument, list[Problem]]:
     """Parse one file's YAML; problems are returned, never raised, so files can be merged first."""
-    r = _Reader(file)
+    r = FieldReader(file)
     empty = PolicyDocument(file, None, (), (), ())
     if data is None:
         r.problems.append(Problem(file, None, "", "empty policy file"))
@@ -153,7 +153,7 @@ def parse_document(data: Any, file: str) -> tuple[PolicyDocument, list[Problem]]
     return PolicyDocument(file, default, networks, roles, tuple(rules)), r.problems
 
 
-def _level(r: _Reader, container: LocatedDict, key: str, path: str) -> Level | None:
+def _level(r: FieldReader, container: LocatedDict, key: str, path: str) -> Level | None:
     text = r.string(container, key, path)
     if text is None:
         return None
@@ -164,7 +164,7 @@ def _level(r: _Reader, container: LocatedDict, key: str, path: str) -> Level | N
     return Level(text)
 
 
-def _cidr(r: _Reader, container: Any, key: object, path: str, text: str) -> IPNetwork | None:
+def _cidr(r: FieldReader, container: Any, key: object, path: str, text: str) -> IPNetwork | None:
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
@@ -176,7 +176,7 @@ def _looks_like_cidr(text: str) -> bool:
     return ":" in text or "/" in text or text[:1].isdigit()
 
 
-def _networks(r: _Reader, data: LocatedDict) -> tuple[NetworkSpec, ...]:
+def _networks(r: FieldReader, data: LocatedDict) -> tuple[NetworkSpec, ...]:
     block = r.mapping(data, "networks", "networks")
     if block is None:
         return ()
@@ -195,7 +195,7 @@ def _networks(r: _Reader, data: LocatedDict) -> tuple[NetworkSpec, ...]:
     return tuple(out)
 
 
-def _permissions(r: _Reader, container: Any, key: object, path: str) -> tuple[str, ...]:
+def _permissions(r: FieldReader, container: Any, key: object, path: str) -> tuple[str, ...]:
     out = []
     for text, i, item_path in r.strings(container, key, path):
         if _PERMISSION.fullmatch(text):
@@ -211,7 +211,7 @@ def _permissions(r: _Reader, container: Any, key: object, path: str) -> tuple[st
     return tuple(out)
 
 
-def _roles(r: _Reader, data: LocatedDict) -> tuple[RoleSpec, ...]:
+def _roles(r: FieldReader, data: LocatedDict) -> tuple[RoleSpec, ...]:
     block = r.mapping(data, "roles", "roles")
     if block is None:
         return ()
@@ -240,7 +240,7 @@ def _roles(r: _Reader, data: LocatedDict) -> tuple[RoleSpec, ...]:
     return tuple(out)
 
 
-def _host(r: _Reader, container: Any, i: int, path: str, text: str) -> str | None:
+def _host(r: FieldReader, container: Any, i: int, path: str, text: str) -> str | None:
     host = text.lower().rstrip(".")
     labels = host[2:].split(".") if host.startswith("*.") else host.split(".")
     if host == "*":
@@ -259,7 +259,7 @@ def _host(r: _Reader, container: Any, i: int, path: str, text: str) -> str | Non
     return host
 
 
-def _networks_condition(r: _Reader, rule: LocatedDict, key: str, path: str) -> NetworksSpec:
+def _networks_condition(r: FieldReader, rule: LocatedDict, key: str, path: str) -> NetworksSpec:
     cidrs: list[IPNetwork] = []
     names: list[NameRef] = []
     for text, i, item_path in r.strings(rule, key, f"{path}.{key}"):
@@ -272,7 +272,7 @@ def _networks_condition(r: _Reader, rule: LocatedDict, key: str, path: str) -> N
     return NetworksSpec(tuple(cidrs), tuple(names))
 
 
-def _countries(r: _Reader, rule: LocatedDict, key: str, path: str) -> tuple[str, ...]:
+def _countries(r: FieldReader, rule: LocatedDict, key: str, path: str) -> tuple[str, ...]:
     out = []
     for text, i, item_path in r.strings(rule, key, f"{path}.{key}"):
         if _COUNTRY.fullmatch(text):
@@ -287,7 +287,7 @@ def _countries(r: _Reader, rule: LocatedDict, key: str, path: str) -> tuple[str,
     return tuple(out)
 
 
-def _subjects(r: _Reader, rule: LocatedDict, path: str) -> SubjectsSpec | None:
+def _subjects(r: FieldReader, rule: LocatedDict, path: str) -> SubjectsSpec | None:
     path = f"{path}.subjects"
     block = r.mapping(rule, "subjects", path)
     if block is None:
@@ -320,7 +320,7 @@ def _subjects(r: _Reader, rule: LocatedDict, path: str) -> SubjectsSpec | None:
     return SubjectsSpec(users, groups, roles, permissions)
 
 
-def _rule(r: _Reader, rules: LocatedList, index: int, path: str) -> RuleSpec | None:
+def _rule(r: FieldReader, rules: LocatedList, index: int, path: str) -> RuleSpec | None:
     rule = r.mapping(rules, index, path)
     if rule is None:
         return None
