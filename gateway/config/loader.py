@@ -134,9 +134,8 @@ def _check_relations(
         where = entry.where if entry is not None else root.where
         root.child(f"{section}.{key}", where).report(message)
 
-    sessions = kwargs["sessions"]
-    if sessions.refresh_after > sessions.lifetime:
-        report("sessions", "refresh_after", "must not be longer than sessions.lifetime")
+    # (A refresh_after longer than the lifetime is allowed: it only turns rolling
+    # refresh off, and AUTHGATE_SESSIONS_LIFETIME=12h alone must stay valid.)
     passwords = kwargs["passwords"]
     if passwords.memory_cost < 8 * passwords.parallelism:
         report(
