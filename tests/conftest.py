@@ -66,7 +66,7 @@ def postgres_server_url() -> Iterator[str]:
     name = f"authgate_test_{secrets.token_hex(6)}"
     try:
         run_sync(_create_database(name))
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         service_unavailable("PostgreSQL", exc)
     try:
         yield f"postgresql://postgres@{PG_HOST}:5432/{name}"
@@ -128,7 +128,7 @@ def redis_run_prefix() -> Iterator[str]:
 
     try:
         run_sync(check())
-    except (OSError, asyncio.TimeoutError, aioredis.RedisError) as exc:
+    except (TimeoutError, OSError, aioredis.RedisError) as exc:
         service_unavailable("Redis", exc)
     yield prefix
     run_sync(_delete_prefix(REDIS_URL, prefix))
