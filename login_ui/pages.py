@@ -18,7 +18,7 @@ from pathlib import Path
 import jinja2
 
 from gateway.config.model import TenantConfig
-from login_ui.branding import DEFAULT_PREFIX, BrandingAsset, BrandingView
+from login_ui.branding import BrandingAsset, BrandingView
 from login_ui.headers import security_headers
 from login_ui.messages import error_message
 from login_ui.theme import theme_for
@@ -46,13 +46,13 @@ STATIC_DIR = Path(__file__).parent / "static"  # served at {prefix}/static/
 CSRF_FIELD = "csrf_token"
 RETURN_FIELD = "rd"
 USERNAME_FIELD = "username"
-PASSWORD_FIELD = "password"
+PASSWORD_FIELD = "password"  # noqa: S105 - a form field name, not a secret
 REMEMBER_FIELD = "remember_me"
 EVERYWHERE_FIELD = "everywhere"
 
 NEUTRAL_PRIMARY = "#334155"  # the look of an unknown host; authgate.css carries its theme
 
-_THEME_CACHE_LIMIT = 4096  # tenants × branding revisions; cleared when exceeded
+_THEME_CACHE_LIMIT = 4096  # tenants x branding revisions; cleared when exceeded
 
 
 @dataclass(frozen=True)
