@@ -5,8 +5,6 @@ Tables are built once; the per-request work is one pass over the incoming header
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from multidict import CIMultiDict, CIMultiDictProxy
 
 # Hop-by-hop: meaningful only for one connection, never forwarded (RFC 9110 §7.6.1,
@@ -62,13 +60,15 @@ def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
 def copy_end_to_end(
     headers: CIMultiDictProxy[str] | CIMultiDict[str],
     drop: frozenset[str],
-    also_drop: Iterable[str] = (),
+    also_drop: frozenset[str] = frozenset(),
 ) -> CIMultiDict[str]:
-    """Every header not in `drop`, not named by `Connection`, nor in `also_drop`; repeats kept."""
-    dropped = drop | connection_tokens(headers)
-    extra = frozenset(name.lower() for name in also_drop)
-    if extra:
-        dropped = dropped | extra
+    """Every header not in `drop` (lowercase names), nor named by `Connection`, nor in
+    `also_drop`; repeats kept in order."""
+    dropped = drop
+    if "Connection" in headers:
+        dropped = dropped | connection_tokens(headers)
+    if also_drop:
+        dropped = dropped | also_drop
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         if name.lower() not in dropped:

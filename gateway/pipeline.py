@@ -28,6 +28,8 @@ from gateway.canonical import (
 )
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.errors import BadRequest, StoreUnavailable
+from gateway.forwarding import FORWARDING, HOP_BY_HOP
+from gateway.identity_headers import stripped_header_names
 from gateway.policy_sets import PolicyRegistry
 from gateway.proxy import (
     Forwarded,
@@ -114,6 +116,9 @@ class Pipeline:
         self.now = now
         self._trusted = config.server.trusted_proxies
         self._path_parameters = config.server.path_parameters
+        # Never forwarded from the client: hop-by-hop, X-Forwarded-* (we write them),
+        # every identity header name, and the request id (ours to set).
+        self._drop = HOP_BY_HOP | FORWARDING | stripped_header_names(config) | {"x-request-id"}
         self._targets = {
             route: UpstreamTarget.from_route(route) for t in config.tenants for route in t.routes
         }
@@ -215,8 +220,9 @@ class Pipeline:
             host_header=host_header,
             proto=self._proto(request, peer_trusted),
             forwarded_for=forwarded_for_value(xff, peer or "", peer_trusted),
+            drop=self._drop,
             identity=identity_headers,
-            strip=identity.strip_headers | _IDENTITY_INPUT_HEADERS,
+            strip=identity.strip_headers,
         )
         target = self._targets[route]
         try:
@@ -233,7 +239,3 @@ class Pipeline:
                 return given
         return "https" if request.secure else "http"
 
-
-# Headers a client must never be able to set for the upstream (X-Request-Id is
-# re-set by us; the identity layer adds every configured identity header name).
-_IDENTITY_INPUT_HEADERS = frozenset({"x-request-id"})

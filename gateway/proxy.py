@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import RouteConfig
-from gateway.forwarding import FORWARDING, HOP_BY_HOP, RESPONSE_HOP_BY_HOP, copy_end_to_end
+from gateway.forwarding import RESPONSE_HOP_BY_HOP, copy_end_to_end
 
 log = logging.getLogger("authgate.proxy")
 
@@ -47,6 +47,7 @@ class Forwarded:
     host_header: str  # the client's Host (validated)
     proto: str  # http | https, as the client used it
     forwarded_for: str  # the X-Forwarded-For value to send
+    drop: frozenset[str]  # request headers never forwarded (lowercase): hop-by-hop, ours
     identity: CIMultiDict[str] | None = None  # identity headers to add (ours)
     strip: frozenset[str] = frozenset()  # further request headers to drop (credentials)
 
@@ -111,7 +112,7 @@ def upstream_client(limit_per_host: int = 0) -> aiohttp.ClientSession:
 def upstream_request_headers(
     request: BaseRequest, target: UpstreamTarget, route: RouteConfig, fwd: Forwarded
 ) -> CIMultiDict[str]:
-    headers = copy_end_to_end(request.headers, HOP_BY_HOP | FORWARDING, fwd.strip)
+    headers = copy_end_to_end(request.headers, fwd.drop, fwd.strip)
     headers["Host"] = fwd.host_header if route.preserve_host else target.host_header
     headers["X-Forwarded-For"] = fwd.forwarded_for
     headers["X-Forwarded-Proto"] = fwd.proto

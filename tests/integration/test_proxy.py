@@ -311,3 +311,25 @@ async def raw_request(base: str, head: str) -> tuple[int, str]:
     writer.close()
     status_line, _, rest = data.decode("latin-1").partition("\r\n")
     return int(status_line.split()[1]), rest
+
+
+async def test_client_sent_identity_headers_never_arrive(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await gateway_for(tmp_path, upstream, start_gateway)
+    forged = [
+        ("Host", "app.test"),
+        ("Remote-User", "admin"),
+        ("remote-user", "admin2"),
+        ("REMOTE-GROUPS", "admins"),
+        ("Remote-Email", "a@b"),
+        ("X-Authgate-Jwt", "eyJ.forged.jwt"),
+        ("X-Forwarded-User", "admin"),
+        ("X-authentik-username", "admin"),
+        ("X-Auth-Request-User", "admin"),
+    ]
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{base}/echo", headers=forged) as resp:
+            seen = {k.lower() for k, _ in (await resp.json())["headers"]}
+    for name, _ in forged[1:]:
+        assert name.lower() not in seen
