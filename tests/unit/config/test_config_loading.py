@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - expected messages are kept whole, as an operator reads them
 """A valid file becomes the typed Config: defaults, parsed values, resolved paths."""
 
 from __future__ import annotations
