@@ -333,7 +333,7 @@ def theme_for(primary: str, secondary: str | None = None) -> Theme:
     brand_lch = oklch_of(brand)
     accent_lch = oklch_of(accent)
     hue = brand_lch[2]
-    tint = min(brand_lch[1], 0.012)  # greys stay grey; colours give the page a faint tint
+    tint = min(brand_lch[1], 0.008)  # greys stay grey; colours give the page a faint tint
 
     card = WHITE
     page = _oklch_to_hex((0.975, tint, hue))
