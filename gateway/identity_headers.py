@@ -73,7 +73,13 @@ _ALWAYS_STRIPPED = frozenset(
 def header_names(route: RouteConfig) -> HeaderNames:
     if route.identity_headers == "custom":
         mapping = dict(route.identity_header_map)
-        return HeaderNames(*(mapping.get(claim) for claim in CLAIMS))
+        return HeaderNames(
+            user=mapping.get("user"),
+            email=mapping.get("email"),
+            name=mapping.get("name"),
+            groups=mapping.get("groups"),
+            jwt=mapping.get("jwt"),
+        )
     return PRESETS[route.identity_headers]
 
 

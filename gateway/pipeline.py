@@ -24,10 +24,12 @@ from gateway.canonical import (
     canonical_path,
     client_ip,
     forwarded_for_value,
+    peer_is_trusted,
     wire_path,
 )
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.errors import BadRequest, StoreUnavailable
+from gateway.forward_auth import login_redirect, original_request
 from gateway.forwarding import FORWARDING, HOP_BY_HOP
 from gateway.identity_headers import stripped_header_names
 from gateway.policy_sets import PolicyRegistry
@@ -40,9 +42,10 @@ from gateway.proxy import (
     is_websocket_upgrade,
 )
 from gateway.reserved import ReservedRequest, ReservedRoutes
-from gateway.responses import PageRenderer, error_response
+from gateway.responses import PageRenderer, error_response, wants_json
 from gateway.tenants import TenantIndex
 from policies import Action, Decision, Principal, RequestContext
+from policies.model import IPAddress
 
 log = logging.getLogger("authgate.pipeline")
 
@@ -68,7 +71,9 @@ async def anonymous(
 
 # Acts on LOGIN / SECOND_FACTOR / REAUTH / DENY; the identity layer installs the
 # interstitial redirects. The default answers 401/403 as the policy issue specifies.
-Challenge = Callable[["Pipeline", BaseRequest, TenantConfig, Decision, str], Awaitable[web.StreamResponse]]
+Challenge = Callable[
+    ["Pipeline", BaseRequest, TenantConfig, Decision, str], Awaitable[web.StreamResponse]
+]
 
 
 async def plain_challenge(
@@ -151,8 +156,7 @@ class Pipeline:
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         peer = request.remote
-        peer_ip = client_ip(peer, (), ())
-        peer_trusted = peer_ip is not None and any(peer_ip in net for net in self._trusted)
+        peer_trusted = peer_is_trusted(peer, self._trusted)
         request_id = self._request_id(request, peer_trusted)
         try:
             return await self._handle(request, peer, peer_trusted, request_id)
@@ -161,6 +165,10 @@ class Pipeline:
         except StoreUnavailable:
             log.error("store unavailable; failing closed", extra={"request_id": request_id})
             return self.error(request, 503, None, "temporarily unavailable", request_id)
+        except Exception:
+            # Fail closed: whatever went wrong, the request does not pass.
+            log.exception("unhandled error", extra={"request_id": request_id})
+            return self.error(request, 500, None, "internal error", request_id)
 
     async def _handle(
         self, request: BaseRequest, peer: str | None, peer_trusted: bool, request_id: str
@@ -175,37 +183,35 @@ class Pipeline:
         xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
         ip = client_ip(peer, xff, self._trusted)
 
-        # tenant: an unknown host never reaches any upstream
-        tenant = self.tenants.tenant_for_host(host)
-        if tenant is None:
-            return self.error(request, 421, None, "this host is not served here", request_id)
-
-        # reserved prefix: ours, never forwarded
+        # reserved prefix: ours, never forwarded. Health, readiness, metrics and
+        # forward-auth answer on any host (probes and proxies use addresses).
         suffix = self.reserved.suffix_of(path)
+        if suffix == "/verify":
+            return await self._forward_auth(request, peer_trusted, ip, request_id)
+        tenant = self.tenants.tenant_for_host(host)
         if suffix is not None:
-            handler = self.reserved.handler(suffix)
+            handler = self.reserved.handler(suffix, tenant is not None)
             if handler is None:
+                if tenant is None:
+                    return self.error(
+                        request, 421, None, "this host is not served here", request_id
+                    )
                 return self.error(request, 404, tenant, "no such page", request_id)
             return await handler(
                 ReservedRequest(request, tenant, host, path, suffix, str(ip), request_id)
             )
 
+        # tenant: an unknown host never reaches any upstream
+        if tenant is None:
+            return self.error(request, 421, None, "this host is not served here", request_id)
         route = self.tenants.route_for(host, path)
         if route is None:
             return self.error(request, 404, tenant, "no route for this address", request_id)
 
         # credentials → principal → context → decide
-        identity = await self.identify(request, tenant, route)
-        context = RequestContext(
-            host=host,
-            path=path,
-            method=request.method,
-            ip=ip,
-            country=None,
-            principal=identity.principal,
-            now=self.now(),
+        identity, decision = await self._decide(
+            request, tenant, route, host, path, request.method, ip
         )
-        decision = self.policies.decide(tenant.id, context)
         if decision.action is not Action.ALLOW:
             return await self.challenge(self, request, tenant, decision, request_id)
 
@@ -232,10 +238,66 @@ class Pipeline:
         except UpstreamError as exc:
             return self.error(request, exc.status, tenant, exc.reason, request_id)
 
+    async def _decide(
+        self,
+        request: BaseRequest,
+        tenant: TenantConfig,
+        route: RouteConfig | None,
+        host: str,
+        path: str,
+        method: str,
+        ip: IPAddress | None,
+    ) -> tuple[Identity, Decision]:
+        identity = await self.identify(request, tenant, route)
+        context = RequestContext(
+            host=host,
+            path=path,
+            method=method,
+            ip=ip,
+            country=None,
+            principal=identity.principal,
+            now=self.now(),
+        )
+        return identity, self.policies.decide(tenant.id, context)
+
+    async def _forward_auth(
+        self, request: BaseRequest, peer_trusted: bool, ip: IPAddress | None, request_id: str
+    ) -> web.StreamResponse:
+        if not peer_trusted:
+            return self.error(
+                request,
+                403,
+                None,
+                "forward-auth callers must be listed in server.trusted_proxies",
+                request_id,
+            )
+        original = original_request(request, self._path_parameters)
+        tenant = self.tenants.tenant_for_host(original.host)
+        if tenant is None:
+            return self.error(request, 403, None, "this host is not served here", request_id)
+        route = self.tenants.route_for(original.host, original.path)
+        identity, decision = await self._decide(
+            request, tenant, route, original.host, original.path, original.method, ip
+        )
+        if decision.action is Action.ALLOW:
+            headers = identity.upstream_headers or CIMultiDict()
+            return web.Response(status=200, headers=headers)
+        if decision.action is Action.DENY:
+            return self.error(request, 403, tenant, "access denied by policy", request_id)
+        if original.redirect_capable and not wants_json(request):
+            return login_redirect(original, self.reserved.prefix)
+        return self.error(
+            request,
+            401,
+            tenant,
+            "authentication required",
+            request_id,
+            headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
+        )
+
     def _proto(self, request: BaseRequest, peer_trusted: bool) -> str:
         if peer_trusted:
             given = request.headers.get("X-Forwarded-Proto", "").lower()
             if given in ("http", "https"):
                 return given
         return "https" if request.secure else "http"
-

@@ -146,7 +146,7 @@ async def forward_http(
             compress=None,
             auto_decompress=False,
         )
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamError(504, "the upstream did not answer in time") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(502, "the upstream could not be reached") from exc
@@ -165,7 +165,7 @@ async def forward_http(
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             # Headers are gone already: all we can do is cut the connection short.
             log.warning("upstream stalled mid-response; closing client connection")
             _abort(request)
@@ -228,7 +228,7 @@ async def forward_websocket(
             autoping=True,
             max_msg_size=0,
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamError(504, "the upstream did not answer in time") from None
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamError(502, f"the upstream refused the WebSocket ({exc.status})") from exc

@@ -20,7 +20,7 @@ class ReservedRequest:
     """A request for one of our endpoints, with what the pipeline already worked out."""
 
     request: BaseRequest
-    tenant: TenantConfig
+    tenant: TenantConfig | None  # None only for handlers registered with any_host=True
     host: str
     path: str  # canonical path
     suffix: str  # the part after the prefix, e.g. "/login"
@@ -37,12 +37,14 @@ class ReservedRoutes:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/")
         self._lower_prefix = self.prefix.lower()
-        self._handlers: dict[str, ReservedHandler] = {}
+        self._handlers: dict[str, tuple[ReservedHandler, bool]] = {}
 
-    def add(self, suffix: str, handler: ReservedHandler) -> None:
+    def add(self, suffix: str, handler: ReservedHandler, *, any_host: bool = False) -> None:
+        """Register `handler` for `{prefix}{suffix}`; `any_host` answers on unknown hosts too
+        (health probes and scrapers address the gateway by IP)."""
         if suffix in self._handlers:
             raise ValueError(f"reserved path {self.prefix}{suffix} registered twice")
-        self._handlers[suffix] = handler
+        self._handlers[suffix] = (handler, any_host)
 
     def suffix_of(self, path: str) -> str | None:
         """The suffix when `path` is under the prefix (any case: it is never forwarded)."""
@@ -53,5 +55,8 @@ class ReservedRoutes:
             return path[len(self.prefix) :]
         return None
 
-    def handler(self, suffix: str) -> ReservedHandler | None:
-        return self._handlers.get(suffix)
+    def handler(self, suffix: str, known_host: bool) -> ReservedHandler | None:
+        found = self._handlers.get(suffix)
+        if found is None or not (known_host or found[1]):
+            return None
+        return found[0]

@@ -62,8 +62,8 @@ class GatewayServer:
         self.policies = PolicyRegistry(config.tenants)
         self.reserved = ReservedRoutes(config.server.prefix)
         self.hooks = Hooks()
-        self.reserved.add("/health", self._health)
-        self.reserved.add("/ready", self._ready)
+        self.reserved.add("/health", self._health, any_host=True)
+        self.reserved.add("/ready", self._ready, any_host=True)
         for extend in extensions:
             extend(self)
         self.pipeline: Pipeline | None = None

@@ -78,7 +78,10 @@ class TenantIndex:
             for route in tenant.routes:
                 by_host.setdefault(route.host.lower(), []).append(route)
         self._routes = HostIndex(
-            (host, RouteTable(tuple(sorted(rs, key=lambda r: len(r.path.rstrip("/")), reverse=True))))
+            (
+                host,
+                RouteTable(tuple(sorted(rs, key=lambda r: len(r.path.rstrip("/")), reverse=True))),
+            )
             for host, rs in by_host.items()
         )
 

@@ -79,14 +79,14 @@ class _DuplicateKey(Exception):
 class _LocatingLoader(yaml.SafeLoader):
     """SafeLoader whose containers carry line numbers and which refuses duplicate keys."""
 
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> LocatedDict:  # type: ignore[override]
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> LocatedDict:
         self.flatten_mapping(node)
         result = LocatedDict()
         result.line = node.start_mark.line + 1
         result.key_lines = {}
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            value = self.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
+            value = self.construct_object(value_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in result.key_lines:
                 raise _DuplicateKey(key, line, result.key_lines[key])
@@ -94,11 +94,8 @@ class _LocatingLoader(yaml.SafeLoader):
             result.key_lines[key] = line
         return result
 
-    def construct_sequence(self, node: SequenceNode, deep: bool = False) -> LocatedList:  # type: ignore[override]
-        result = LocatedList(
-            self.construct_object(child, deep=True)  # type: ignore[no-untyped-call]
-            for child in node.value
-        )
+    def construct_sequence(self, node: SequenceNode, deep: bool = False) -> LocatedList:
+        result = LocatedList(self.construct_object(child, deep=True) for child in node.value)
         result.line = node.start_mark.line + 1
         result.item_lines = [child.start_mark.line + 1 for child in node.value]
         return result
@@ -124,7 +121,11 @@ def parse_yaml(text: str, file: str) -> Any:
         return yaml.load(text, Loader=_LocatingLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as dup:
         raise SourceError(
-            [Problem(file, dup.line, str(dup.key), f"duplicate key (first at line {dup.first_line})")]
+            [
+                Problem(
+                    file, dup.line, str(dup.key), f"duplicate key (first at line {dup.first_line})"
+                )
+            ]
         ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

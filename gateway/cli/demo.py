@@ -10,13 +10,17 @@ from gateway.cli import EXIT_BAD_INPUT
 from gateway.config.model import ListenAddress
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     parser = subparsers.add_parser(
         "demo",
         parents=[common],
         help="run the gateway on embedded defaults in front of a demo upstream",
     )
-    parser.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)"
+    )
     parser.set_defaults(func=run)
 
 

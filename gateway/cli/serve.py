@@ -14,7 +14,9 @@ from gateway.supervisor import Supervisor, default_worker_count
 from policies import PolicyError
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     parser = subparsers.add_parser(
         "serve",
         parents=[common],

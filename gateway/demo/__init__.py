@@ -50,7 +50,9 @@ async def run_demo(listen: ListenAddress, extensions: Sequence[Extension]) -> No
         config = demo_config(listen, f"http://127.0.0.1:{port}", Path(data_dir))
 
         def announce(server: GatewayServer) -> None:
-            print(f"authgate demo: open http://{listen}/ in your browser (Ctrl-C stops)", flush=True)
+            print(
+                f"authgate demo: open http://{listen}/ in your browser (Ctrl-C stops)", flush=True
+            )
 
         try:
             await run_worker(config, extensions, ready=announce)

@@ -1,4 +1,4 @@
-"""Bodies stream through the gateway: a 1 GiB transfer must not grow memory by more than a few MB."""
+"""Bodies stream through: a 1 GiB transfer must not grow memory by more than a few MB."""
 
 from __future__ import annotations
 

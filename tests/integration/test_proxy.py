@@ -31,12 +31,12 @@ async def test_methods_query_and_body_arrive_intact(
 ) -> None:
     base = await gateway_for(tmp_path, upstream, start_gateway)
     body = os.urandom(3 * 1024 * 1024) if method in ("POST", "PUT", "PATCH") else None
-    async with aiohttp.ClientSession() as client:
-        async with client.request(
-            method, f"{base}/echo/a?x=1&x=2&y=%20z", headers=HOST, data=body
-        ) as resp:
-            assert resp.status == 200
-            seen = await resp.json()
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, f"{base}/echo/a?x=1&x=2&y=%20z", headers=HOST, data=body) as resp,
+    ):
+        assert resp.status == 200
+        seen = await resp.json()
     assert seen["method"] == method
     assert seen["raw_path"] == "/echo/a?x=1&x=2&y=%20z"
     if body is not None:
@@ -107,19 +107,19 @@ async def test_websocket_echoes_both_ways_with_close_code(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
 ) -> None:
     base = await gateway_for(tmp_path, upstream, start_gateway)
-    async with aiohttp.ClientSession() as client:
-        async with client.ws_connect(
-            f"{base}/ws", headers=HOST, protocols=("chat.v1",)
-        ) as ws:
-            assert ws.protocol == "chat.v1"
-            await ws.send_str("hello")
-            assert (await ws.receive_str(timeout=5)) == "echo:hello"
-            await ws.send_bytes(b"abc")
-            assert (await ws.receive_bytes(timeout=5)) == b"cba"
-            await ws.send_str("close-me")
-            msg = await ws.receive(timeout=5)
-            assert msg.type is aiohttp.WSMsgType.CLOSE
-            assert ws.close_code == 4001
+    async with (
+        aiohttp.ClientSession() as client,
+        client.ws_connect(f"{base}/ws", headers=HOST, protocols=("chat.v1",)) as ws,
+    ):
+        assert ws.protocol == "chat.v1"
+        await ws.send_str("hello")
+        assert (await ws.receive_str(timeout=5)) == "echo:hello"
+        await ws.send_bytes(b"abc")
+        assert (await ws.receive_bytes(timeout=5)) == b"cba"
+        await ws.send_str("close-me")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4001
 
 
 async def test_unknown_host_gets_421_and_upstream_is_not_contacted(
@@ -171,9 +171,7 @@ async def test_dead_upstream_is_502_in_under_a_second(
 async def test_hung_upstream_is_504_after_its_read_timeout(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
 ) -> None:
-    base = await gateway_for(
-        tmp_path, upstream, start_gateway, route={"read_timeout": 0.5}
-    )
+    base = await gateway_for(tmp_path, upstream, start_gateway, route={"read_timeout": 0.5})
     async with aiohttp.ClientSession() as client:
         started = time.monotonic()
         async with client.get(f"{base}/hang", headers=HOST) as resp:
@@ -234,9 +232,7 @@ async def test_untrusted_client_cannot_forge_forwarded_headers(
 async def test_trusted_proxy_chain_is_appended_to(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
 ) -> None:
-    base = await gateway_for(
-        tmp_path, upstream, start_gateway, trusted_proxies=("127.0.0.0/8",)
-    )
+    base = await gateway_for(tmp_path, upstream, start_gateway, trusted_proxies=("127.0.0.0/8",))
     async with aiohttp.ClientSession() as client:
         headers = {**HOST, "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
         async with client.get(f"{base}/echo", headers=headers) as resp:
@@ -264,7 +260,8 @@ async def test_the_path_forwarded_is_the_canonical_one(
 
 
 @pytest.mark.parametrize(
-    "raw", ["/a/..%2fadmin", "/a%252fb", "/admin;x", "/%00", "/a\\b", "/%5cadmin", "/%c0%ae%c0%ae/admin"]
+    "raw",
+    ["/a/..%2fadmin", "/a%252fb", "/admin;x", "/%00", "/a\\b", "/%5cadmin", "/%c0%ae%c0%ae/admin"],
 )
 async def test_refused_paths_get_400_with_a_reason(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway, raw: str

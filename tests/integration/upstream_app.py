@@ -1,4 +1,4 @@
-"""A real aiohttp upstream for the proxy tests: it reports what it received and misbehaves on cue."""
+"""A real aiohttp upstream for the proxy tests: reports what it received, misbehaves on cue."""
 
 from __future__ import annotations
 

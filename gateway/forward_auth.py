@@ -1,0 +1,91 @@
+"""Forward-auth at `{prefix}/verify`, for nginx `auth_request`, Traefik `forwardAuth`
+and Caddy `forward_auth`: the proxy in front asks, we decide, it forwards.
+
+The original request is described by headers, so they are believed only from
+`server.trusted_proxies` (SECURITY.md invariant 2); anyone else is refused. The
+original URL goes through the same canonicalisation as a proxied request, so
+forward-auth decides on exactly what the proxy in front will forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from gateway.canonical import canonical_host, canonical_path
+from gateway.errors import BadRequest
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+@dataclass(frozen=True)
+class OriginalRequest:
+    """The request the proxy in front is asking about, canonicalised."""
+
+    proto: str
+    host_header: str  # as the client sent it (validated)
+    host: str  # canonical
+    path: str  # canonical
+    query: str
+    method: str
+    redirect_capable: bool  # Traefik/Caddy may answer the browser with our 302; nginx may not
+
+    @property
+    def url(self) -> str:
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.proto}://{self.host_header}{self.raw_path}{query}"
+
+    @property
+    def raw_path(self) -> str:
+        from gateway.canonical import wire_path
+
+        return wire_path(self.path)
+
+
+def original_request(request: BaseRequest, path_parameters: str) -> OriginalRequest:
+    """Read X-Original-URL (nginx), else X-Forwarded-Proto/-Host/-Uri (Traefik, Caddy)."""
+    headers = request.headers
+    method = (
+        headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or "GET"
+    ).upper()
+    if method not in _METHODS:
+        raise BadRequest("forward-auth: unknown method")
+    original = headers.get("X-Original-URL")
+    if original:
+        parts = urlsplit(original)
+        if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            raise BadRequest("forward-auth: X-Original-URL must be an absolute http(s) URL")
+        proto, host_header, raw_path, query = parts.scheme, parts.netloc, parts.path, parts.query
+        redirect_capable = False
+    else:
+        host_header = headers.get("X-Forwarded-Host", "")
+        uri = headers.get("X-Forwarded-Uri", "")
+        if not host_header or not uri:
+            raise BadRequest("forward-auth: send X-Original-URL, or X-Forwarded-Host and -Uri")
+        proto = headers.get("X-Forwarded-Proto", "https").lower()
+        if proto not in ("http", "https"):
+            raise BadRequest("forward-auth: X-Forwarded-Proto must be http or https")
+        raw_path, _, query = uri.partition("?")
+        redirect_capable = True
+    return OriginalRequest(
+        proto=proto,
+        host_header=host_header,
+        host=canonical_host(host_header),
+        path=canonical_path(raw_path or "/", path_parameters=path_parameters),  # type: ignore[arg-type]
+        query=query,
+        method=method,
+        redirect_capable=redirect_capable,
+    )
+
+
+def login_redirect(original: OriginalRequest, prefix: str) -> web.Response:
+    """302 to the interstitial on the original host, coming back to the original URL."""
+    location = (
+        f"{original.proto}://{original.host_header}{prefix}/login?rd={quote(original.url, safe='')}"
+    )
+    return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})

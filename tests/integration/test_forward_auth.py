@@ -1,0 +1,87 @@
+"""Forward-auth at /.authgate/verify: decided on the canonical original URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.integration.conftest import StartGateway, make_config
+
+POLICY = """
+version: 1
+default: deny
+rules:
+  - name: public
+    paths: ["/public/**"]
+    action: bypass
+  - name: members
+    paths: ["/members/**"]
+    action: one_factor
+"""
+
+
+async def verify(base: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async with aiohttp.ClientSession() as client:
+        resp = await client.get(f"{base}/.authgate/verify", headers=headers, allow_redirects=False)
+        await resp.read()
+        return resp
+
+
+@pytest.fixture
+async def trusted_gateway(tmp_path: Path, upstream: TestServer, start_gateway: StartGateway) -> str:
+    config = make_config(
+        tmp_path, str(upstream.make_url("")), policy=POLICY, trusted_proxies=("127.0.0.0/8",)
+    )
+    return await start_gateway(config)
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("https://app.test/public/logo.png", 200),
+        ("https://APP.test:443/public/a?x=1", 200),
+        ("https://app.test/members/x", 401),
+        ("https://app.test/public/../members/x", 401),
+        ("https://app.test/public/%2e%2e/members/x", 401),
+        ("https://app.test/other", 403),
+        ("https://unknown.test/public/x", 403),
+    ],
+)
+async def test_nginx_style_original_url_is_decided_canonically(
+    trusted_gateway: str, url: str, status: int
+) -> None:
+    resp = await verify(trusted_gateway, {"Host": "authgate.internal", "X-Original-URL": url})
+    assert resp.status == status
+
+
+async def test_refused_original_paths_are_400(trusted_gateway: str) -> None:
+    resp = await verify(trusted_gateway, {"X-Original-URL": "https://app.test/public/..%2fmembers"})
+    assert resp.status == 400
+
+
+async def test_traefik_style_browser_is_redirected_to_login(trusted_gateway: str) -> None:
+    resp = await verify(
+        trusted_gateway,
+        {
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "app.test",
+            "X-Forwarded-Uri": "/members/page?a=1",
+            "X-Forwarded-Method": "GET",
+            "Accept": "text/html",
+        },
+    )
+    assert resp.status == 302
+    assert resp.headers["Location"] == (
+        "https://app.test/.authgate/login?rd=https%3A%2F%2Fapp.test%2Fmembers%2Fpage%3Fa%3D1"
+    )
+
+
+async def test_untrusted_callers_are_refused(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await start_gateway(make_config(tmp_path, str(upstream.make_url("")), policy=POLICY))
+    resp = await verify(base, {"X-Original-URL": "https://app.test/public/x"})
+    assert resp.status == 403

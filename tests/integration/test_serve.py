@@ -1,0 +1,211 @@
+"""`authgate serve` and `authgate demo` as real processes: workers, signals, health, reload."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(port: int, path: str, host: str = "app.test") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host, "Accept": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def wait_until_up(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read().decode() if process.stdout else ""
+            raise AssertionError(f"process exited with {process.returncode}: {out}")
+        try:
+            if get(port, "/.authgate/health")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("gateway did not come up")
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"upstream saw {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def plain_upstream() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+POLICY_OPEN = """version: 1
+default: deny
+rules:
+  - name: open
+    paths: ["/open/**"]
+    action: bypass
+"""
+
+POLICY_MORE_OPEN = (
+    POLICY_OPEN
+    + """  - name: also
+    paths: ["/also/**"]
+    action: bypass
+"""
+)
+
+
+def write_config(tmp_path: Path, port: int, upstream_port: int) -> Path:
+    (tmp_path / "policy.yaml").write_text(POLICY_OPEN)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""server:
+  listen: 127.0.0.1:{port}
+  shutdown_timeout: 5s
+storage: sqlite:///authgate.db
+logging:
+  level: warning
+tenants:
+  - id: acme
+    domains: [app.test]
+    policies: [policy.yaml]
+    routes:
+      - host: app.test
+        upstream: http://127.0.0.1:{upstream_port}
+"""
+    )
+    return config
+
+
+def worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def test_serve_runs_workers_reloads_restarts_and_drains(
+    tmp_path: Path, plain_upstream: int
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, plain_upstream)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(port, process)
+        assert get(port, "/open/x") == (200, "upstream saw /open/x")
+        assert get(port, "/also/x")[0] == 401 or get(port, "/also/x")[0] == 403
+
+        # SIGHUP: a valid policy edit takes effect in every worker
+        (tmp_path / "policy.yaml").write_text(POLICY_MORE_OPEN)
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(get(port, "/also/x")[0] != 200 for _ in range(8)):
+            time.sleep(0.1)
+        assert all(get(port, "/also/x")[0] == 200 for _ in range(8))
+
+        # an invalid edit keeps the old policy
+        (tmp_path / "policy.yaml").write_text("version: 1\nrules: [{actoin: bypass}]\n")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert all(get(port, "/also/x")[0] == 200 for _ in range(8))
+
+        # a dead worker is replaced
+        workers = worker_pids(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = worker_pids(process.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.1)
+        assert len(worker_pids(process.pid)) == 2
+        assert get(port, "/open/y")[0] == 200
+
+        # SIGTERM drains and exits cleanly
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  listen: 127.0.0.1:1\ntenants:\n  - id: acme\n    domains: x\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"{config}:5: tenants[0].domains:" in result.stderr
+
+
+def test_demo_shows_the_request_the_upstream_received() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(port, process, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "GET", "/hello?x=1", headers={"Host": f"127.0.0.1:{port}", "Remote-User": "admin"}
+        )
+        resp = conn.getresponse()
+        page = resp.read().decode()
+        assert resp.status == 200
+        assert "The demo upstream received this request" in page
+        assert "GET /hello?x=1" in page
+        assert "X-Forwarded-For" in page
+        assert "Remote-User" not in page
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    out = process.stdout.read().decode() if process.stdout else ""
+    assert f"http://127.0.0.1:{port}/" in out
