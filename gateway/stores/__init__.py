@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from gateway.config.model import Config
 from gateway.errors import StoreUnavailable
+from gateway.stores import postgres as postgres_backend
 from gateway.stores import redis as redis_backend
+from gateway.stores import sqlite as sqlite_backend
 from gateway.stores.base import (
     REVOCATIONS,
     AlreadyExists,
@@ -72,6 +74,7 @@ __all__ = [
     "Subscription",
     "User",
     "UserStore",
+    "migrate_storage",
     "new_id",
     "normalize_username",
     "open_database",
@@ -114,6 +117,16 @@ async def open_database(config: Config) -> Database:
         return await open_sqlite(path_from_url(url, config.source.parent))
     if url.startswith(("postgresql://", "postgres://")):
         return await open_postgres(url)
+    raise StoreUnavailable(f"storage: unsupported URL scheme in {url.split(':', 1)[0]!r}")
+
+
+async def migrate_storage(config: Config) -> list[str]:
+    """Apply pending migrations to the `storage` database; returns the files applied."""
+    url = config.storage
+    if url.startswith("sqlite:///"):
+        return await sqlite_backend.migrate(path_from_url(url, config.source.parent))
+    if url.startswith(("postgresql://", "postgres://")):
+        return await postgres_backend.migrate(url)
     raise StoreUnavailable(f"storage: unsupported URL scheme in {url.split(':', 1)[0]!r}")
 
 

@@ -130,6 +130,17 @@ def path_from_url(url: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+async def migrate(path: Path) -> list[str]:
+    """Apply pending migrations to the file (creating it); returns the files applied."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            return [m.name for m in await migrate_sqlite(conn)]
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"sqlite: cannot migrate {path}: {exc}") from exc
+
+
 async def open_sqlite(path: Path) -> SqliteDatabase:
     """Open (creating if needed) and migrate the database file at `path`."""
     try:

@@ -1,0 +1,221 @@
+"""`authgate user add|list|disable|passwd`: the users of a tenant.
+
+Also home of the small runner the store-backed commands share (`run_with_stores`,
+`pick_tenant`): load the config, open the stores, map errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
+from gateway.config import load_config
+from gateway.config.model import Config
+from gateway.errors import ConfigError, StoreUnavailable
+from gateway.identity.passwords import PasswordHasher
+from gateway.stores import (
+    REVOCATIONS,
+    AlreadyExists,
+    Stores,
+    User,
+    new_id,
+    open_stores,
+    user_sessions_revoked,
+)
+
+
+class UsageError(Exception):
+    """Bad input found after parsing (unknown user, ambiguous tenant…): exit 2."""
+
+
+Body = Callable[[Config, Stores], Awaitable[int]]
+
+
+def run_with_stores(args: argparse.Namespace, body: Body) -> int:
+    """Load the config, open the stores, run `body`; errors become messages and exit codes."""
+    try:
+        config = load_config(config_path(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def main() -> int:
+        stores = await open_stores(config)
+        try:
+            return await body(config, stores)
+        finally:
+            await stores.close()
+
+    try:
+        return asyncio.run(main())
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def pick_tenant(config: Config, given: str | None) -> str:
+    """`--tenant`, which may be left out when the config has exactly one tenant."""
+    ids = [t.id for t in config.tenants]
+    if given is not None:
+        if given not in ids:
+            raise UsageError(f"unknown tenant {given!r} (configured: {', '.join(ids)})")
+        return given
+    if len(ids) == 1:
+        return ids[0]
+    raise UsageError(f"--tenant is required (configured: {', '.join(ids) or 'none'})")
+
+
+async def find_user(stores: Stores, tenant: str, username: str) -> User:
+    user = await stores.users.get_by_username(tenant, username)
+    if user is None:
+        raise UsageError(f"no user {username!r} in tenant {tenant!r}")
+    return user
+
+
+def add_tenant_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenant", help="tenant id (optional when there is one tenant)")
+
+
+def read_password(from_stdin: bool) -> str:
+    """One line from stdin (`--password-stdin` or piped), else asked twice on the terminal."""
+    if from_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise UsageError("the passwords differ")
+    if not password:
+        raise UsageError("empty password")
+    return password
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (text or "").split(",") if item.strip())
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser("user", parents=[common], help="manage users")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", parents=[common], help="add a user (asks for a password)")
+    add.add_argument("username")
+    add.add_argument("--email")
+    add.add_argument("--name", dest="display_name", help="full name")
+    add.add_argument("--groups", help="comma-separated")
+    add.add_argument("--roles", help="comma-separated")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument("--no-password", action="store_true", help="no password (passkey/SSO only)")
+    add_tenant_option(add)
+    add.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _add(args, c, s)))
+
+    listing = actions.add_parser("list", parents=[common], help="list users")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    add_tenant_option(listing)
+    listing.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _list(args, c, s)))
+
+    disable = actions.add_parser(
+        "disable", parents=[common], help="disable a user and end their sessions"
+    )
+    disable.add_argument("username")
+    add_tenant_option(disable)
+    disable.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _disable(args, c, s)))
+
+    passwd = actions.add_parser("passwd", parents=[common], help="set a user's password")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true")
+    add_tenant_option(passwd)
+    passwd.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _passwd(args, c, s)))
+
+
+async def _add(args: argparse.Namespace, config: Config, stores: Stores) -> int:
+    tenant = pick_tenant(config, args.tenant)
+    password_hash = None
+    if not args.no_password:
+        password = read_password(args.password_stdin)
+        password_hash = await PasswordHasher(config.passwords).hash(password)
+    now = time.time()
+    user = User(
+        id=new_id(),
+        tenant=tenant,
+        username=args.username.strip(),
+        email=args.email,
+        display_name=args.display_name,
+        groups=_split(args.groups),
+        roles=_split(args.roles),
+        disabled=False,
+        password_hash=password_hash,
+        created=now,
+        updated=now,
+    )
+    try:
+        await stores.users.create(user)
+    except AlreadyExists:
+        raise UsageError(f"user {user.username!r} already exists in tenant {tenant!r}") from None
+    print(f"added user {user.username} to tenant {tenant} (id {user.id})")
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, config: Config, stores: Stores) -> int:
+    tenant = pick_tenant(config, args.tenant)
+    users = await stores.users.list(tenant)
+    if args.json:
+        rows = [
+            {
+                "id": u.id,
+                "tenant": u.tenant,
+                "username": u.username,
+                "email": u.email,
+                "name": u.display_name,
+                "groups": list(u.groups),
+                "roles": list(u.roles),
+                "disabled": u.disabled,
+                "has_password": u.password_hash is not None,
+                "created": u.created,
+            }
+            for u in users
+        ]
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for u in users:
+        state = "disabled" if u.disabled else "active"
+        print(
+            f"{u.username}\t{u.email or '-'}\t{u.display_name or '-'}"
+            f"\tgroups={','.join(u.groups) or '-'}\troles={','.join(u.roles) or '-'}\t{state}"
+        )
+    return EXIT_OK
+
+
+async def _disable(args: argparse.Namespace, config: Config, stores: Stores) -> int:
+    tenant = pick_tenant(config, args.tenant)
+    user = await find_user(stores, tenant, args.username)
+    await stores.users.update(dataclasses.replace(user, disabled=True, updated=time.time()))
+    ended = await stores.sessions.revoke_user(tenant, user.id)
+    await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
+    print(f"disabled {user.username}; ended {ended} session(s)")
+    return EXIT_OK
+
+
+async def _passwd(args: argparse.Namespace, config: Config, stores: Stores) -> int:
+    tenant = pick_tenant(config, args.tenant)
+    user = await find_user(stores, tenant, args.username)
+    password = read_password(args.password_stdin)
+    password_hash = await PasswordHasher(config.passwords).hash(password)
+    await stores.users.update(
+        dataclasses.replace(user, password_hash=password_hash, updated=time.time())
+    )
+    print(f"password of {user.username} changed")
+    return EXIT_OK
