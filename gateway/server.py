@@ -23,6 +23,7 @@ from gateway.policy_sets import PolicyRegistry
 from gateway.proxy import upstream_client
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, PlainPages
+from gateway.watch import start_watching
 
 log = logging.getLogger("authgate.server")
 
@@ -118,6 +119,7 @@ class GatewayServer:
             ]
         for site in sites:
             await site.start()
+        self.hooks.cleanup.append(start_watching(self.policies.files, self.reload))
         self.addresses = [
             sock.getsockname()[:2]
             for site in sites

@@ -1,0 +1,60 @@
+"""Noticing edits to files (policies) without inotify: a cheap stat() poll.
+
+Editors replace files (write a temp file, rename it over), so the signature is
+(inode, size, mtime): any of them changing counts as an edit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger("authgate.watch")
+
+Signature = tuple[int, int, int] | None
+
+
+def signature(path: Path) -> Signature:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+async def watch_files(
+    paths: Sequence[Path], on_change: Callable[[], object], interval: float = 0.5
+) -> None:
+    """Call `on_change` once per burst of edits to any of `paths`, until cancelled."""
+    if not paths:
+        return
+    seen = [signature(p) for p in paths]
+    while True:
+        await asyncio.sleep(interval)
+        now = [signature(p) for p in paths]
+        if now != seen:
+            # Let a writer that is still writing finish before we read.
+            await asyncio.sleep(interval / 2)
+            seen = [signature(p) for p in paths]
+            try:
+                on_change()
+            except Exception:
+                log.exception("reload after a file change failed")
+
+
+def start_watching(
+    paths: Sequence[Path], on_change: Callable[[], object], interval: float = 0.5
+) -> Callable[[], Awaitable[None]]:
+    """Start the watcher task; returns an async stopper for the server's cleanup."""
+    task = asyncio.ensure_future(watch_files(paths, on_change, interval))
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
