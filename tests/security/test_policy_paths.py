@@ -65,11 +65,15 @@ def test_no_path_form_escapes_a_bypass_rule_into_the_admin_area(raw: str) -> Non
     assert decided(raw) in ("400", (Action.DENY, "admin-locked"))
 
 
-@pytest.mark.parametrize("raw", ["/publicity", "/staticfiles/x", "/public-x", "/static.css", "/publicx/../x"])
+@pytest.mark.parametrize(
+    "raw", ["/publicity", "/staticfiles/x", "/public-x", "/static.css", "/publicx/../x"]
+)
 def test_a_prefix_matches_whole_segments_only(raw: str) -> None:
     assert decided(raw) in ("400", (Action.LOGIN, "app"))
 
 
-@pytest.mark.parametrize("raw", ["/static", "/static/", "/static/a/b.css", "/STATIC/a", "/x/../static/a"])
+@pytest.mark.parametrize(
+    "raw", ["/static", "/static/", "/static/a/b.css", "/STATIC/a", "/x/../static/a"]
+)
 def test_the_bypass_covers_its_own_paths(raw: str) -> None:
     assert decided(raw) == (Action.ALLOW, "static")

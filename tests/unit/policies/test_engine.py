@@ -6,7 +6,15 @@ import ipaddress
 
 import pytest
 
-from policies import Action, Principal, RequestContext, StepOutcome, decide, decide_fast, load_policy_text
+from policies import (
+    Action,
+    Principal,
+    RequestContext,
+    StepOutcome,
+    decide,
+    decide_fast,
+    load_policy_text,
+)
 
 POLICY = """
 version: 1
@@ -72,11 +80,17 @@ def user(name: str = "alice", **kw: object) -> Principal:
     return Principal(name, **base)  # type: ignore[arg-type]
 
 
-def ctx(url: str, method: str = "GET", ip: str | None = None, country: str | None = None,
-        principal: Principal | None = None) -> RequestContext:
+def ctx(
+    url: str,
+    method: str = "GET",
+    ip: str | None = None,
+    country: str | None = None,
+    principal: Principal | None = None,
+) -> RequestContext:
     host, _, path = url.partition("/")
-    return RequestContext(host, "/" + path, method, ipaddress.ip_address(ip) if ip else None,
-                          country, principal, NOW)
+    return RequestContext(
+        host, "/" + path, method, ipaddress.ip_address(ip) if ip else None, country, principal, NOW
+    )
 
 
 policy = load_policy_text(POLICY, "policy.yaml")
@@ -87,76 +101,234 @@ CASES = [
     ("** covers zero segments", ctx("wiki.example.com/static"), Action.ALLOW, "public-assets"),
     ("a prefix matches whole segments", ctx("wiki.example.com/staticky"), Action.LOGIN, "wiki"),
     ("paths are case-insensitive", ctx("wiki.example.com/STATIC/x"), Action.ALLOW, "public-assets"),
-    ("host is case-insensitive", ctx("WIKI.example.com./favicon.ico"), Action.ALLOW, "public-assets"),
+    (
+        "host is case-insensitive",
+        ctx("WIKI.example.com./favicon.ico"),
+        Action.ALLOW,
+        "public-assets",
+    ),
     ("unknown host: default", ctx("nope.test/"), Action.DENY, None),
-    ("anonymous admin must log in",
-     ctx("x.example.com/admin/a", ip="10.0.0.1", country="GB"), Action.LOGIN, "admin-area"),
-    ("admin with one factor",
-     ctx("x.example.com/admin/a", ip="10.0.0.1", country="GB",
-         principal=user("root", roles=frozenset({"admin"}))), Action.SECOND_FACTOR, "admin-area"),
-    ("admin with two factors",
-     ctx("x.example.com/admin", ip="10.0.0.1", country="DE", principal=ADMIN_2FA), Action.ALLOW, "admin-area"),
-    ("mfa in amr counts as two factors",
-     ctx("x.example.com/admin", ip="10.0.0.1", country="DE",
-         principal=user("root", roles=frozenset({"admin"}), amr=("mfa",))), Action.ALLOW, "admin-area"),
-    ("repeated method is one factor",
-     ctx("x.example.com/admin", ip="10.0.0.1", country="DE",
-         principal=user("root", roles=frozenset({"admin"}), amr=("pwd", "pwd"))),
-     Action.SECOND_FACTOR, "admin-area"),
-    ("stale login must re-authenticate",
-     ctx("x.example.com/admin", ip="10.0.0.1", country="DE",
-         principal=user("root", roles=frozenset({"admin"}), amr=("pwd", "otp"), auth_time=NOW - 901)),
-     Action.REAUTH, "admin-area"),
-    ("ipv6 office network",
-     ctx("x.example.com/admin", ip="2001:db8::1", country="GB", principal=ADMIN_2FA), Action.ALLOW, "admin-area"),
-    ("ipv4-mapped ipv6 is its ipv4",
-     ctx("x.example.com/admin", ip="::ffff:10.0.0.1", country="GB", principal=ADMIN_2FA),
-     Action.ALLOW, "admin-area"),
-    ("outside the office the admin rule does not hold",
-     ctx("x.example.com/admin", ip="192.0.2.1", country="GB", principal=ADMIN_2FA), Action.DENY, None),
-    ("unknown country never satisfies countries",
-     ctx("x.example.com/admin", ip="10.0.0.1", principal=ADMIN_2FA), Action.DENY, None),
-    ("method not listed", ctx("x.example.com/admin", method="DELETE", ip="10.0.0.1", country="GB",
-                              principal=ADMIN_2FA), Action.DENY, None),
-    ("inherited role satisfies a role subject? no: editor is not admin",
-     ctx("x.example.com/admin", ip="10.0.0.1", country="GB",
-         principal=user("ed", roles=frozenset({"editor"}), amr=("pwd", "otp"))), Action.DENY, None),
-    ("deny for a named user", ctx("wiki.example.com/page", principal=user("mallory")), Action.DENY, "blocked-users"),
-    ("a deny for subjects does not hold for anonymous", ctx("wiki.example.com/page"), Action.LOGIN, "wiki"),
-    ("inherited permission", ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"editor"}))),
-     Action.ALLOW, "writers"),
-    ("wildcard permission", ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"wikiboss"}))),
-     Action.ALLOW, "writers"),
-    ("star permission", ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"admin"}))),
-     Action.ALLOW, "writers"),
-    ("direct permission", ctx("wiki.example.com/edit/x", principal=user(permissions=frozenset({"wiki.write"}))),
-     Action.ALLOW, "writers"),
-    ("viewer lacks the permission", ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"viewer"}))),
-     Action.ALLOW, "wiki"),
-    ("* is one segment", ctx("wiki.example.com/edit/x/y", principal=user(roles=frozenset({"editor"}))),
-     Action.ALLOW, "wiki"),
-    ("anonymous at a subjects rule must log in", ctx("wiki.example.com/edit/x"), Action.LOGIN, "writers"),
-    ("case-sensitive anchored regex", ctx("wiki.example.com/Secret/12", principal=user()), Action.DENY, "secret"),
-    ("case-sensitive regex: other case", ctx("wiki.example.com/secret/12", principal=user()), Action.ALLOW, "wiki"),
-    ("anchored regex: no suffix", ctx("wiki.example.com/Secret/12/x", principal=user()), Action.ALLOW, "wiki"),
-    ("not_countries: known other country", ctx("shop.example.com/", country="FR"), Action.ALLOW, "not-from-sanctioned"),
+    (
+        "anonymous admin must log in",
+        ctx("x.example.com/admin/a", ip="10.0.0.1", country="GB"),
+        Action.LOGIN,
+        "admin-area",
+    ),
+    (
+        "admin with one factor",
+        ctx(
+            "x.example.com/admin/a",
+            ip="10.0.0.1",
+            country="GB",
+            principal=user("root", roles=frozenset({"admin"})),
+        ),
+        Action.SECOND_FACTOR,
+        "admin-area",
+    ),
+    (
+        "admin with two factors",
+        ctx("x.example.com/admin", ip="10.0.0.1", country="DE", principal=ADMIN_2FA),
+        Action.ALLOW,
+        "admin-area",
+    ),
+    (
+        "mfa in amr counts as two factors",
+        ctx(
+            "x.example.com/admin",
+            ip="10.0.0.1",
+            country="DE",
+            principal=user("root", roles=frozenset({"admin"}), amr=("mfa",)),
+        ),
+        Action.ALLOW,
+        "admin-area",
+    ),
+    (
+        "repeated method is one factor",
+        ctx(
+            "x.example.com/admin",
+            ip="10.0.0.1",
+            country="DE",
+            principal=user("root", roles=frozenset({"admin"}), amr=("pwd", "pwd")),
+        ),
+        Action.SECOND_FACTOR,
+        "admin-area",
+    ),
+    (
+        "stale login must re-authenticate",
+        ctx(
+            "x.example.com/admin",
+            ip="10.0.0.1",
+            country="DE",
+            principal=user(
+                "root", roles=frozenset({"admin"}), amr=("pwd", "otp"), auth_time=NOW - 901
+            ),
+        ),
+        Action.REAUTH,
+        "admin-area",
+    ),
+    (
+        "ipv6 office network",
+        ctx("x.example.com/admin", ip="2001:db8::1", country="GB", principal=ADMIN_2FA),
+        Action.ALLOW,
+        "admin-area",
+    ),
+    (
+        "ipv4-mapped ipv6 is its ipv4",
+        ctx("x.example.com/admin", ip="::ffff:10.0.0.1", country="GB", principal=ADMIN_2FA),
+        Action.ALLOW,
+        "admin-area",
+    ),
+    (
+        "outside the office the admin rule does not hold",
+        ctx("x.example.com/admin", ip="192.0.2.1", country="GB", principal=ADMIN_2FA),
+        Action.DENY,
+        None,
+    ),
+    (
+        "unknown country never satisfies countries",
+        ctx("x.example.com/admin", ip="10.0.0.1", principal=ADMIN_2FA),
+        Action.DENY,
+        None,
+    ),
+    (
+        "method not listed",
+        ctx(
+            "x.example.com/admin", method="DELETE", ip="10.0.0.1", country="GB", principal=ADMIN_2FA
+        ),
+        Action.DENY,
+        None,
+    ),
+    (
+        "inherited role satisfies a role subject? no: editor is not admin",
+        ctx(
+            "x.example.com/admin",
+            ip="10.0.0.1",
+            country="GB",
+            principal=user("ed", roles=frozenset({"editor"}), amr=("pwd", "otp")),
+        ),
+        Action.DENY,
+        None,
+    ),
+    (
+        "deny for a named user",
+        ctx("wiki.example.com/page", principal=user("mallory")),
+        Action.DENY,
+        "blocked-users",
+    ),
+    (
+        "a deny for subjects does not hold for anonymous",
+        ctx("wiki.example.com/page"),
+        Action.LOGIN,
+        "wiki",
+    ),
+    (
+        "inherited permission",
+        ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"editor"}))),
+        Action.ALLOW,
+        "writers",
+    ),
+    (
+        "wildcard permission",
+        ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"wikiboss"}))),
+        Action.ALLOW,
+        "writers",
+    ),
+    (
+        "star permission",
+        ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"admin"}))),
+        Action.ALLOW,
+        "writers",
+    ),
+    (
+        "direct permission",
+        ctx("wiki.example.com/edit/x", principal=user(permissions=frozenset({"wiki.write"}))),
+        Action.ALLOW,
+        "writers",
+    ),
+    (
+        "viewer lacks the permission",
+        ctx("wiki.example.com/edit/x", principal=user(roles=frozenset({"viewer"}))),
+        Action.ALLOW,
+        "wiki",
+    ),
+    (
+        "* is one segment",
+        ctx("wiki.example.com/edit/x/y", principal=user(roles=frozenset({"editor"}))),
+        Action.ALLOW,
+        "wiki",
+    ),
+    (
+        "anonymous at a subjects rule must log in",
+        ctx("wiki.example.com/edit/x"),
+        Action.LOGIN,
+        "writers",
+    ),
+    (
+        "case-sensitive anchored regex",
+        ctx("wiki.example.com/Secret/12", principal=user()),
+        Action.DENY,
+        "secret",
+    ),
+    (
+        "case-sensitive regex: other case",
+        ctx("wiki.example.com/secret/12", principal=user()),
+        Action.ALLOW,
+        "wiki",
+    ),
+    (
+        "anchored regex: no suffix",
+        ctx("wiki.example.com/Secret/12/x", principal=user()),
+        Action.ALLOW,
+        "wiki",
+    ),
+    (
+        "not_countries: known other country",
+        ctx("shop.example.com/", country="FR"),
+        Action.ALLOW,
+        "not-from-sanctioned",
+    ),
     ("not_countries: excluded country", ctx("shop.example.com/", country="KP"), Action.DENY, None),
-    ("not_countries: unknown country takes the stricter default", ctx("shop.example.com/"), Action.DENY, None),
-    ("not_networks deny: unknown ip is denied", ctx("intranet.example.com/", principal=user()),
-     Action.DENY, "outside-office-refused"),
-    ("not_networks deny: outside", ctx("intranet.example.com/", ip="192.0.2.1", principal=user()),
-     Action.DENY, "outside-office-refused"),
-    ("not_networks deny: inside", ctx("intranet.example.com/", ip="10.9.9.9", principal=user()),
-     Action.ALLOW, "intranet"),
+    (
+        "not_countries: unknown country takes the stricter default",
+        ctx("shop.example.com/"),
+        Action.DENY,
+        None,
+    ),
+    (
+        "not_networks deny: unknown ip is denied",
+        ctx("intranet.example.com/", principal=user()),
+        Action.DENY,
+        "outside-office-refused",
+    ),
+    (
+        "not_networks deny: outside",
+        ctx("intranet.example.com/", ip="192.0.2.1", principal=user()),
+        Action.DENY,
+        "outside-office-refused",
+    ),
+    (
+        "not_networks deny: inside",
+        ctx("intranet.example.com/", ip="10.9.9.9", principal=user()),
+        Action.ALLOW,
+        "intranet",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("context", "action", "rule"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_decides_as_the_table_says(context: RequestContext, action: Action, rule: str | None) -> None:
+@pytest.mark.parametrize(
+    ("context", "action", "rule"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_decides_as_the_table_says(
+    context: RequestContext, action: Action, rule: str | None
+) -> None:
     decision = decide(policy, context)
     assert (decision.action, decision.rule) == (action, rule)
     fast = decide_fast(policy, context)
-    assert (fast.action, fast.rule, fast.reason) == (decision.action, decision.rule, decision.reason)
+    assert (fast.action, fast.rule, fast.reason) == (
+        decision.action,
+        decision.rule,
+        decision.reason,
+    )
     assert fast.trace == ()
 
 
@@ -170,12 +342,15 @@ def test_trace_explains_each_rule_tried_until_the_deciding_one() -> None:
 
 def test_unknown_condition_is_marked_in_the_trace() -> None:
     decision = decide(policy, ctx("shop.example.com/"))
-    assert any(s.outcome is StepOutcome.UNKNOWN and s.rule == "not-from-sanctioned" for s in decision.trace)
+    assert any(
+        s.outcome is StepOutcome.UNKNOWN and s.rule == "not-from-sanctioned" for s in decision.trace
+    )
 
 
 def test_not_countries_with_deny_denies_an_unknown_country() -> None:
     p = load_policy_text(
-        "default: bypass\nrules:\n  - {name: only-gb, not_countries: [GB], action: deny}\n", "p.yaml"
+        "default: bypass\nrules:\n  - {name: only-gb, not_countries: [GB], action: deny}\n",
+        "p.yaml",
     )
     assert decide(p, ctx("a.test/")).action is Action.DENY
     assert decide(p, ctx("a.test/", country="GB")).action is Action.ALLOW
@@ -210,7 +385,9 @@ rules:
   - {name: wild, hosts: ['*.example.com'], paths: [/b], action: deny}
   - {name: exact, hosts: [x.example.com], action: one_factor}
   - {name: later-wild, hosts: ['*.example.com'], action: bypass}
-""", "p.yaml")
+""",
+        "p.yaml",
+    )
     assert decide_fast(p, ctx("x.example.com/a")).rule == "any"
     assert decide_fast(p, ctx("x.example.com/b")).rule == "wild"
     assert decide_fast(p, ctx("x.example.com/c")).rule == "exact"

@@ -37,7 +37,9 @@ def test_example_cases_pass(case_path: Path) -> None:
 @pytest.mark.parametrize("policy_path", POLICIES, ids=lambda p: p.name)
 def test_examples_validate_against_the_schema(policy_path: Path) -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
-    jsonschema.validate(yaml.safe_load(policy_path.read_text()), SCHEMA, cls=jsonschema.Draft202012Validator)
+    jsonschema.validate(
+        yaml.safe_load(policy_path.read_text()), SCHEMA, cls=jsonschema.Draft202012Validator
+    )
 
 
 def test_schema_refuses_an_unknown_key() -> None:

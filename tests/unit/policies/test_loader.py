@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the expected messages are kept whole, as an operator reads them)
 """The loader reports every problem as FILE:LINE: key: message, and merges files in order."""
 
 from __future__ import annotations
@@ -92,13 +93,17 @@ def test_duplicate_rule_names_and_yaml_errors() -> None:
     assert problems("rules:\n  - {name: a, action: deny}\n  - {name: a, action: deny}\n") == [
         "p.yaml:3: rules[1].name: duplicate rule name 'a' (first at p.yaml:2)"
     ]
-    assert problems("rules: [\n") == ["p.yaml:2: invalid YAML: expected the node content, but found '<stream end>'"]
+    assert problems("rules: [\n") == [
+        "p.yaml:2: invalid YAML: expected the node content, but found '<stream end>'"
+    ]
 
 
 def test_files_merge_in_order(tmp_path: Path) -> None:
     first = tmp_path / "a.yaml"
     second = tmp_path / "b.yaml"
-    first.write_text("networks: {office: [10.0.0.0/8]}\nrules:\n  - {name: one, paths: [/a], action: deny}\n")
+    first.write_text(
+        "networks: {office: [10.0.0.0/8]}\nrules:\n  - {name: one, paths: [/a], action: deny}\n"
+    )
     second.write_text(
         "default: bypass\nnetworks: {office: [10.0.0.0/8]}\n"
         "rules:\n  - {name: two, paths: [/a, /b], networks: [office], action: one_factor}\n"

@@ -14,13 +14,27 @@ from policies import Action, Principal, RequestContext, decide, decide_fast, loa
 HOSTS = ["a.test", "b.a.test", "c.b.a.test", "x.test", "A.test"]
 HOST_PATTERNS = ["a.test", "b.a.test", "*.a.test", "*.b.a.test", "x.test", "*.test"]
 PATHS = ["/", "/a", "/a/b", "/A/b", "/a/b/c", "/ab", "/b", "/a/", "/static/x.css"]
-PATH_PATTERNS = ["/a", "/a/*", "/a/**", "/**", "/*/b", "/a*", "/static/*.css", "re:/a/.*", "re:/A.*"]
+PATH_PATTERNS = [
+    "/a",
+    "/a/*",
+    "/a/**",
+    "/**",
+    "/*/b",
+    "/a*",
+    "/static/*.css",
+    "re:/a/.*",
+    "re:/A.*",
+]
 NETS = ["10.0.0.0/8", "10.1.0.0/16", "2001:db8::/32"]
 IPS = [None, "10.1.2.3", "10.9.9.9", "192.0.2.1", "2001:db8::1", "::1", "::ffff:10.1.2.3"]
 COUNTRIES = [None, "GB", "DE", "FR"]
 LEVELS = ["bypass", "one_factor", "two_factor", "deny"]
-ROLES = {"viewer": ([], ["wiki.read"]), "editor": (["viewer"], ["wiki.write"]), "admin": (["editor"], ["*"]),
-         "boss": ([], ["wiki.*"])}
+ROLES = {
+    "viewer": ([], ["wiki.read"]),
+    "editor": (["viewer"], ["wiki.write"]),
+    "admin": (["editor"], ["*"]),
+    "boss": ([], ["wiki.*"]),
+}
 
 rule_st = st.fixed_dictionaries(
     {"action": st.sampled_from(LEVELS)},
@@ -28,21 +42,33 @@ rule_st = st.fixed_dictionaries(
         "hosts": st.lists(st.sampled_from(HOST_PATTERNS), min_size=1, max_size=2, unique=True),
         "paths": st.lists(st.sampled_from(PATH_PATTERNS), min_size=1, max_size=2, unique=True),
         "methods": st.lists(st.sampled_from(["GET", "POST"]), min_size=1, unique=True),
-        "networks": st.lists(st.sampled_from([*NETS, "office"]), min_size=1, max_size=2, unique=True),
+        "networks": st.lists(
+            st.sampled_from([*NETS, "office"]), min_size=1, max_size=2, unique=True
+        ),
         "not_networks": st.lists(st.sampled_from(NETS), min_size=1, max_size=2, unique=True),
         "countries": st.lists(st.sampled_from(["GB", "DE"]), min_size=1, unique=True),
         "not_countries": st.lists(st.sampled_from(["GB", "FR"]), min_size=1, unique=True),
-        "subjects": st.fixed_dictionaries({}, optional={
-            "users": st.just(["alice"]),
-            "groups": st.just(["staff"]),
-            "roles": st.lists(st.sampled_from(sorted(ROLES)), min_size=1, unique=True),
-            "permissions": st.lists(st.sampled_from(["wiki.read", "wiki.write", "wiki.*", "x.y"]),
-                                    min_size=1, unique=True),
-        }).filter(bool),
+        "subjects": st.fixed_dictionaries(
+            {},
+            optional={
+                "users": st.just(["alice"]),
+                "groups": st.just(["staff"]),
+                "roles": st.lists(st.sampled_from(sorted(ROLES)), min_size=1, unique=True),
+                "permissions": st.lists(
+                    st.sampled_from(["wiki.read", "wiki.write", "wiki.*", "x.y"]),
+                    min_size=1,
+                    unique=True,
+                ),
+            },
+        ).filter(bool),
         "fresh": st.sampled_from(["60s", "1h"]),
         "case_sensitive": st.booleans(),
     },
-).map(lambda r: {k: v for k, v in r.items() if not (k == "fresh" and r["action"] in ("bypass", "deny"))})
+).map(
+    lambda r: {
+        k: v for k, v in r.items() if not (k == "fresh" and r["action"] in ("bypass", "deny"))
+    }
+)
 
 principal_st = st.none() | st.builds(
     Principal,
@@ -69,9 +95,14 @@ context_st = st.builds(
 def policy_yaml(rules: list[dict[str, object]], default: str) -> str:
     import json
 
-    roles = {n: {"inherits": i, "permissions": p} if i else {"permissions": p} for n, (i, p) in ROLES.items()}
+    roles = {
+        n: {"inherits": i, "permissions": p} if i else {"permissions": p}
+        for n, (i, p) in ROLES.items()
+    }
     named = [{"name": f"r{i}", **r} for i, r in enumerate(rules)]
-    return json.dumps({"default": default, "networks": {"office": ["10.0.0.0/8"]}, "roles": roles, "rules": named})
+    return json.dumps(
+        {"default": default, "networks": {"office": ["10.0.0.0/8"]}, "roles": roles, "rules": named}
+    )
 
 
 # ------------------------------------------------------------ the naive reference
@@ -111,13 +142,18 @@ def ref_roles(names: frozenset[str]) -> tuple[set[str], set[str]]:
 
 
 def ref_covers(granted: set[str], need: str) -> bool:
-    return any(g == need or g == "*" or (g.endswith(".*") and need.startswith(g[:-1])) for g in granted)
+    return any(
+        g == need or g == "*" or (g.endswith(".*") and need.startswith(g[:-1])) for g in granted
+    )
 
 
 def ref_in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: list[str]) -> bool:
     if ip.version == 6 and ip.ipv4_mapped:  # type: ignore[union-attr]
         ip = ip.ipv4_mapped  # type: ignore[union-attr]
-    cidrs = [ipaddress.ip_network("10.0.0.0/8") if n == "office" else ipaddress.ip_network(n) for n in nets]
+    cidrs = [
+        ipaddress.ip_network("10.0.0.0/8") if n == "office" else ipaddress.ip_network(n)
+        for n in nets
+    ]
     return any(ip.version == c.version and ip in c for c in cidrs)
 
 
@@ -148,7 +184,9 @@ def reference(rules: list[dict], default: str, ctx: RequestContext) -> tuple[Act
             host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in r["hosts"]
         ):
             continue
-        if "paths" in r and not any(ref_glob(p, ctx.path, r.get("case_sensitive", False)) for p in r["paths"]):
+        if "paths" in r and not any(
+            ref_glob(p, ctx.path, r.get("case_sensitive", False)) for p in r["paths"]
+        ):
             continue
         if "methods" in r and ctx.method.upper() not in r["methods"]:
             continue
@@ -174,9 +212,12 @@ def reference(rules: list[dict], default: str, ctx: RequestContext) -> tuple[Act
             else:
                 roles, perms = ref_roles(p.roles)
                 perms |= p.permissions
-                if not (p.user in s.get("users", []) or p.groups & set(s.get("groups", []))
-                        or roles & set(s.get("roles", []))
-                        or any(ref_covers(perms, x) for x in s.get("permissions", []))):
+                if not (
+                    p.user in s.get("users", [])
+                    or p.groups & set(s.get("groups", []))
+                    or roles & set(s.get("roles", []))
+                    or any(ref_covers(perms, x) for x in s.get("permissions", []))
+                ):
                     continue
         action = ref_answer(r["action"], "subjects" in r, r.get("fresh"), ctx)
         if unknown:
@@ -193,9 +234,16 @@ def reference(rules: list[dict], default: str, ctx: RequestContext) -> tuple[Act
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(rule_st, max_size=8), st.sampled_from(LEVELS), st.lists(context_st, min_size=1, max_size=5))
-def test_decide_agrees_with_the_naive_reference(rules: list[dict], default: str,  # type: ignore[type-arg]
-                                                contexts: list[RequestContext]) -> None:
+@given(
+    st.lists(rule_st, max_size=8),
+    st.sampled_from(LEVELS),
+    st.lists(context_st, min_size=1, max_size=5),
+)
+def test_decide_agrees_with_the_naive_reference(
+    rules: list[dict],
+    default: str,  # type: ignore[type-arg]
+    contexts: list[RequestContext],
+) -> None:
     policy = load_policy_text(policy_yaml(rules, default), "random.yaml")
     for ctx in contexts:
         expected = reference(rules, default, ctx)
@@ -207,8 +255,18 @@ def test_decide_agrees_with_the_naive_reference(rules: list[dict], default: str,
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=30), st.text(max_size=10), st.text(max_size=6), principal_st)
-def test_decide_never_raises_on_odd_requests(host: str, path: str, method: str, principal: Principal | None) -> None:
-    policy = load_policy_text(policy_yaml([{"action": "bypass", "paths": ["/a/**"]},
-                                           {"action": "one_factor", "hosts": ["*.a.test"]}], "deny"), "p.yaml")
+def test_decide_never_raises_on_odd_requests(
+    host: str, path: str, method: str, principal: Principal | None
+) -> None:
+    policy = load_policy_text(
+        policy_yaml(
+            [
+                {"action": "bypass", "paths": ["/a/**"]},
+                {"action": "one_factor", "hosts": ["*.a.test"]},
+            ],
+            "deny",
+        ),
+        "p.yaml",
+    )
     ctx = RequestContext(host, path, method, None, None, principal, 0.0)
     assert decide(policy, ctx).action == decide_fast(policy, ctx).action
