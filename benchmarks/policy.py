@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 
 from policies import Principal, RequestContext, decide_fast, load_policy_set
+from policies.compiler import build_policy_set
+from policies.loader import parse_document
+from policies.source import parse_yaml
 
 RULES_PER_HOST = 10
 
 
 def policy_text(hosts: int) -> str:
-    """`hosts` × 10 rules; each host gets the same shape of rules (assets, admin, api, …)."""
+    """`hosts` x 10 rules; each host gets the same shape of rules (assets, admin, api, …)."""
     lines = [
         "version: 1",
         "default: deny",
@@ -30,14 +33,14 @@ def policy_text(hosts: int) -> str:
         "roles:",
         "  viewer: {permissions: [wiki.read]}",
         "  editor: {inherits: [viewer], permissions: [wiki.write]}",
-        "  admin: {inherits: [editor], permissions: ['*']}",
+        "  ad: {inherits: [editor], permissions: ['*']}",
         "rules:",
     ]
     for h in range(hosts):
         host = f"app{h}.example.com"
         shapes = [
             ("bypass", '["/static/**", /favicon.ico]', ""),
-            ("two_factor", '["/admin/**"]', "    networks: [office]\n    subjects: {roles: [admin]}"),
+            ("two_factor", '["/admin/**"]', "    networks: [office]\n    subjects: {roles: [ad]}"),
             ("deny", '["/internal/**"]', ""),
             ("one_factor", '["/api/v1/*/items"]', "    methods: [POST, PUT]"),
             ("bypass", '["/health", /ready]', ""),
@@ -88,12 +91,22 @@ def main() -> None:
             load_policy_set([big])
             loads.append(time.perf_counter() - start)
         load_s = statistics.median(loads)
+        # Where the load time goes: YAML parsing (policies/source.py) vs validate + compile.
+        start = time.perf_counter()
+        data = parse_yaml(big.read_text(encoding="utf-8"), str(big))
+        yaml_s = time.perf_counter() - start
+        start = time.perf_counter()
+        document, _ = parse_document(data, str(big))
+        build_policy_set([document])
+        compile_s = time.perf_counter() - start
         big_us = median_decide_us(big, "app500.example.com")
         small_us = median_decide_us(small, "app0.example.com")
     print(f"decide, 10,000 rules / 1,000 hosts: median {big_us:.2f} µs   (target ≤ 10 µs)")
     print(f"decide, 10 rules (baseline):        median {small_us:.2f} µs")
-    print(f"ratio:                              {big_us / small_us:.2f}×     (target ≤ 2×)")
+    print(f"ratio:                              {big_us / small_us:.2f}x     (target ≤ 2x)")
     print(f"load 10,000 rules:                  {load_s * 1000:.0f} ms   (target ≤ 1000 ms)")
+    print(f"  of which YAML parsing:            {yaml_s * 1000:.0f} ms")
+    print(f"  of which validate + compile:      {compile_s * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
