@@ -204,7 +204,7 @@ class Pipeline:
         # tenant: an unknown host never reaches any upstream
         if tenant is None:
             return self.error(request, 421, None, "this host is not served here", request_id)
-        route = self.tenants.route_for(host, path)
+        route = self.tenants.route_for(tenant, host, path)
         if route is None:
             return self.error(request, 404, tenant, "no route for this address", request_id)
 
@@ -275,7 +275,7 @@ class Pipeline:
         tenant = self.tenants.tenant_for_host(original.host)
         if tenant is None:
             return self.error(request, 403, None, "this host is not served here", request_id)
-        route = self.tenants.route_for(original.host, original.path)
+        route = self.tenants.route_for(tenant, original.host, original.path)
         identity, decision = await self._decide(
             request, tenant, route, original.host, original.path, original.method, ip
         )

@@ -67,27 +67,34 @@ class RouteTable:
 
 
 class TenantIndex:
-    """Resolves a canonical host to its tenant and a (host, path) to its route."""
+    """Resolves a canonical host to its tenant, and (tenant, host, path) to its route.
+
+    Routes are indexed per tenant: a route can only ever serve a host of its own
+    tenant, whatever wildcards two tenants' route hosts share.
+    """
 
     def __init__(self, tenants: Iterable[TenantConfig]) -> None:
         tenants = tuple(tenants)
         self.tenants = tenants
         self._tenants = HostIndex((domain, t) for t in tenants for domain in t.domains)
-        by_host: dict[str, list[RouteConfig]] = {}
+        self._routes: dict[str, HostIndex[RouteTable]] = {}
         for tenant in tenants:
+            by_host: dict[str, list[RouteConfig]] = {}
             for route in tenant.routes:
                 by_host.setdefault(route.host.lower(), []).append(route)
-        self._routes = HostIndex(
-            (
-                host,
-                RouteTable(tuple(sorted(rs, key=lambda r: len(r.path.rstrip("/")), reverse=True))),
+            self._routes[tenant.id] = HostIndex(
+                (host, RouteTable(tuple(sorted(rs, key=_prefix_length, reverse=True))))
+                for host, rs in by_host.items()
             )
-            for host, rs in by_host.items()
-        )
 
     def tenant_for_host(self, host: str) -> TenantConfig | None:
         return self._tenants.get(host)
 
-    def route_for(self, host: str, path: str) -> RouteConfig | None:
-        table = self._routes.get(host)
+    def route_for(self, tenant: TenantConfig, host: str, path: str) -> RouteConfig | None:
+        index = self._routes.get(tenant.id)
+        table = index.get(host) if index is not None else None
         return table.match(path) if table is not None else None
+
+
+def _prefix_length(route: RouteConfig) -> int:
+    return len(route.path.rstrip("/"))

@@ -17,6 +17,9 @@ COMMANDS = (
     "check_config",
     "migrate",
     "policy",
+    "user",
+    "sessions",
+    "apikey",
 )
 
 EXIT_OK = 0
