@@ -93,9 +93,9 @@ def test_duplicate_rule_names_and_yaml_errors() -> None:
     assert problems("rules:\n  - {name: a, action: deny}\n  - {name: a, action: deny}\n") == [
         "p.yaml:3: rules[1].name: duplicate rule name 'a' (first at p.yaml:2)"
     ]
-    assert problems("rules: [\n") == [
-        "p.yaml:2: invalid YAML: expected the node content, but found '<stream end>'"
-    ]
+    # The wording is libyaml's or PyYAML's, whichever parses; the location is ours.
+    (problem,) = problems("rules: [\n")
+    assert problem.startswith("p.yaml:2: invalid YAML: ")
 
 
 def test_files_merge_in_order(tmp_path: Path) -> None:
