@@ -1,0 +1,459 @@
+"""The identity JWT: tokens verify against the published JWKS, and keys rotate safely.
+
+The key store here is an in-memory fake (the signing logic is under test); the
+real SQLite/PostgreSQL stores are exercised in tests/integration/test_signing_stores.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from gateway.secretbox import SecretBox, SecretBoxError
+from gateway.signing import KEY_PURPOSE, JwtSigner, SigningError, rotate_keys
+from gateway.stores.base import SigningKey
+
+BOX_KEY = "k" * 40
+ISSUER = "https://auth.acme.test"
+DAY = 86400.0
+
+
+class FakeKeyStore:
+    """KeyStore protocol in memory; keeps what `add` received, for inspection."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, SigningKey] = {}
+        self.added: list[SigningKey] = []
+        self.list_calls = 0
+
+    # Each method yields once, so concurrent callers interleave as they would on a database.
+    async def add(self, key: SigningKey) -> None:
+        await asyncio.sleep(0)
+        self.added.append(key)
+        self.rows[key.kid] = key
+
+    async def list(self, retired_after: float) -> list[SigningKey]:
+        await asyncio.sleep(0)
+        self.list_calls += 1
+        keys = [k for k in self.rows.values() if k.retired is None or k.retired > retired_after]
+        return sorted(keys, key=lambda k: k.created, reverse=True)
+
+    async def retire(self, kid: str, at: float) -> bool:
+        await asyncio.sleep(0)
+        key = self.rows.get(kid)
+        if key is None or key.retired is not None:
+            return False
+        self.rows[kid] = SigningKey(
+            key.kid, key.private_pem_encrypted, key.public_jwk, key.created, at, key.algorithm
+        )
+        return True
+
+
+class Clock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> FakeKeyStore:
+    return FakeKeyStore()
+
+
+@pytest.fixture
+def box() -> SecretBox:
+    return SecretBox(BOX_KEY)
+
+
+@pytest.fixture
+async def signer(store: FakeKeyStore, box: SecretBox, clock: Clock) -> JwtSigner:
+    signer = JwtSigner(store, box, issuer=ISSUER, lifetime=300, overlap=DAY, now=clock)
+    await signer.start()
+    return signer
+
+
+def sign(signer: JwtSigner, **overrides: Any) -> str:
+    claims: dict[str, Any] = {
+        "audience": "wiki.acme.test",
+        "subject": "alice",
+        "email": "alice@acme.test",
+        "name": "Alice Liddell",
+        "groups": ["staff", "wiki-editors"],
+        "amr": ["pwd", "otp"],
+    }
+    claims.update(overrides)
+    return signer.sign(**claims)
+
+
+def verify(token: str, jwks: dict[str, Any], *, audience: str = "wiki.acme.test") -> dict[str, Any]:
+    """What an upstream does: pick the JWK by kid, check signature, iss, aud and time."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    (jwk,) = [k for k in jwks["keys"] if k["kid"] == kid]
+    key = jwt.PyJWK(jwk).key
+    # PyJWT checks exp against the wall clock, so tests that verify sign at time.time().
+    decoded: dict[str, Any] = jwt.decode(
+        token,
+        key,
+        algorithms=["ES256"],
+        audience=audience,
+        issuer=ISSUER,
+        options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+    )
+    return decoded
+
+
+def kids(jwks: dict[str, Any]) -> set[str]:
+    return {k["kid"] for k in jwks["keys"]}
+
+
+# --- tokens ----------------------------------------------------------------------
+
+
+async def test_a_token_verifies_with_the_published_jwks_and_carries_every_claim(
+    signer: JwtSigner, clock: Clock
+) -> None:
+    clock.now = time.time()
+    token = sign(signer)
+    claims = verify(token, signer.jwks())
+    assert claims == {
+        "iss": ISSUER,
+        "aud": "wiki.acme.test",
+        "sub": "alice",
+        "email": "alice@acme.test",
+        "name": "Alice Liddell",
+        "groups": ["staff", "wiki-editors"],
+        "amr": ["pwd", "otp"],
+        "iat": int(clock.now),
+        "exp": int(clock.now) + 300,
+    }
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "ES256"
+    assert header["kid"] in kids(signer.jwks())
+
+
+async def test_unknown_email_and_name_are_left_out_not_null(
+    signer: JwtSigner, clock: Clock
+) -> None:
+    clock.now = time.time()
+    claims = verify(sign(signer, email=None, name=None), signer.jwks())
+    assert "email" not in claims
+    assert "name" not in claims
+
+
+async def test_the_jwks_publishes_only_public_ec_members(signer: JwtSigner) -> None:
+    (jwk,) = signer.jwks()["keys"]
+    assert set(jwk) == {"kid", "kty", "crv", "x", "y", "alg", "use"}
+    assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("EC", "P-256", "ES256", "sig")
+    assert json.loads(signer.jwks_json()) == signer.jwks()
+
+
+async def test_the_kid_is_the_rfc7638_thumbprint_of_the_public_key(signer: JwtSigner) -> None:
+    (jwk,) = signer.jwks()["keys"]
+    public = {name: jwk[name] for name in ("kty", "crv", "x", "y")}
+    assert jwk["kid"] == _rfc7638(public)
+
+
+def _rfc7638(jwk: dict[str, str]) -> str:
+    # An independent computation from the RFC's text (section 3.1).
+    import base64
+    import hashlib
+
+    text = '{"crv":"%s","kty":"%s","x":"%s","y":"%s"}' % (  # noqa: UP031
+        jwk["crv"],
+        jwk["kty"],
+        jwk["x"],
+        jwk["y"],
+    )
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+
+async def test_a_token_for_another_audience_is_refused(signer: JwtSigner, clock: Clock) -> None:
+    clock.now = time.time()
+    token = sign(signer, audience="wiki.acme.test")
+    with pytest.raises(jwt.InvalidAudienceError):
+        verify(token, signer.jwks(), audience="billing.acme.test")
+
+
+async def test_an_expired_token_is_refused(signer: JwtSigner, clock: Clock) -> None:
+    clock.now = time.time() - 301  # signed just over a lifetime ago
+    token = sign(signer)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        jwt.decode(
+            token,
+            jwt.PyJWK(signer.jwks()["keys"][0]).key,
+            algorithms=["ES256"],
+            audience="wiki.acme.test",
+        )
+
+
+async def test_a_tampered_token_is_refused(signer: JwtSigner, clock: Clock) -> None:
+    clock.now = time.time()
+    header, payload, signature = sign(signer).split(".")
+    forged_claims = jwt.api_jws.base64url_decode(payload).replace(b'"alice"', b'"admin"')
+    forged = ".".join([header, jwt.api_jws.base64url_encode(forged_claims).decode(), signature])
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify(forged, signer.jwks())
+
+
+async def test_sign_before_start_fails_loudly(store: FakeKeyStore, box: SecretBox) -> None:
+    signer = JwtSigner(store, box, issuer=ISSUER)
+    with pytest.raises(SigningError):
+        sign(signer)
+
+
+def test_an_overlap_shorter_than_the_lifetime_is_refused(
+    store: FakeKeyStore, box: SecretBox
+) -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        JwtSigner(store, box, issuer=ISSUER, lifetime=600, overlap=300)
+
+
+# --- cache -----------------------------------------------------------------------
+
+
+async def test_a_cached_token_is_reused_while_half_its_lifetime_remains(
+    signer: JwtSigner, clock: Clock
+) -> None:
+    first = sign(signer, cache_key="s1")
+    clock.now += 149
+    assert sign(signer, cache_key="s1") == first
+
+
+async def test_a_cached_token_is_renewed_past_half_its_lifetime(
+    signer: JwtSigner, clock: Clock
+) -> None:
+    first = sign(signer, cache_key="s1")
+    clock.now += 150
+    renewed = sign(signer, cache_key="s1")
+    assert renewed != first
+    assert jwt.decode(renewed, options={"verify_signature": False})["iat"] == int(clock.now)
+    assert sign(signer, cache_key="s1") == renewed
+
+
+async def test_the_cache_never_mixes_sessions_audiences_or_claims(signer: JwtSigner) -> None:
+    base = sign(signer, cache_key="s1")
+    assert sign(signer, cache_key="s2") != base
+    assert sign(signer, cache_key="s1", audience="billing.acme.test") != base
+    assert sign(signer, cache_key="s1", groups=["staff"]) != base
+    assert sign(signer, cache_key="s1", amr=["pwd"]) != base
+    assert sign(signer, cache_key="s1", subject="bob") != base
+    assert sign(signer, cache_key="s1") == base
+
+
+async def test_without_a_cache_key_every_call_signs_anew(signer: JwtSigner) -> None:
+    # ECDSA signatures are randomised, so two signatures of the same claims differ.
+    assert sign(signer) != sign(signer)
+
+
+async def test_the_cache_is_bounded_and_forgets_the_least_recently_used(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    signer = JwtSigner(store, box, issuer=ISSUER, now=clock, cache_size=2)
+    await signer.start()
+    one, two = sign(signer, cache_key="s1"), sign(signer, cache_key="s2")
+    assert sign(signer, cache_key="s1") == one  # s1 is now the most recently used
+    sign(signer, cache_key="s3")  # evicts s2
+    assert sign(signer, cache_key="s1") == one
+    assert sign(signer, cache_key="s2") != two
+
+
+async def test_after_a_rotation_cached_tokens_are_resigned_with_the_new_key(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    old = sign(signer, cache_key="s1")
+    new_key = await rotate_keys(store, box, now=clock.now)
+    await signer.refresh()
+    fresh = sign(signer, cache_key="s1")
+    assert fresh != old
+    assert jwt.get_unverified_header(fresh)["kid"] == new_key.kid
+
+
+# --- keys --------------------------------------------------------------------------
+
+
+async def test_start_creates_one_key_and_a_second_start_reuses_it(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    first = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    await first.start()
+    second = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    await second.start()
+    assert len(store.added) == 1
+    assert kids(first.jwks()) == kids(second.jwks()) == {store.added[0].kid}
+
+
+async def test_two_keys_created_by_a_start_race_are_both_published_and_all_sign_with_one(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    # Both instances found the store empty and each created a key.
+    from gateway.signing import new_signing_key
+
+    await store.add(new_signing_key(box, now=clock.now))
+    await store.add(new_signing_key(box, now=clock.now))
+    a = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    b = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    await a.start()
+    await b.start()
+    assert len(kids(a.jwks())) == 2
+    kid_a = jwt.get_unverified_header(sign(a))["kid"]
+    kid_b = jwt.get_unverified_header(sign(b))["kid"]
+    assert kid_a == kid_b
+
+
+async def test_the_private_key_is_never_stored_unencrypted(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    await rotate_keys(store, box, now=clock.now)
+    assert len(store.added) == 2
+    for key in store.added:
+        assert b"PRIVATE KEY" not in key.private_pem_encrypted
+        assert b"PRIVATE" not in key.public_jwk.encode()
+        assert '"d"' not in key.public_jwk  # no private EC member in the stored JWK
+        pem = box.decrypt(key.private_pem_encrypted, KEY_PURPOSE)
+        assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        # and the blob opens only as a JWT key, not as some other secret
+        with pytest.raises(SecretBoxError):
+            box.decrypt(key.private_pem_encrypted, "totp-seed")
+
+
+async def test_a_wrong_encryption_key_fails_loudly_at_start(
+    signer: JwtSigner, store: FakeKeyStore, clock: Clock
+) -> None:
+    other = JwtSigner(store, SecretBox("w" * 40), issuer=ISSUER, now=clock)
+    with pytest.raises(SigningError, match="cannot decrypt JWT signing key"):
+        await other.start()
+    assert len(store.added) == 1  # and it did not paper over it with a key of its own
+
+
+async def test_signing_decrypts_the_key_once_not_per_token(
+    store: FakeKeyStore, clock: Clock
+) -> None:
+    class CountingBox(SecretBox):
+        decrypts = 0
+
+        def decrypt(self, blob: bytes, purpose: str) -> bytes:
+            CountingBox.decrypts += 1
+            return super().decrypt(blob, purpose)
+
+    counting = CountingBox(BOX_KEY)
+    signer = JwtSigner(store, counting, issuer=ISSUER, now=clock)
+    await signer.start()
+    for _ in range(5):
+        sign(signer)
+        await signer.refresh()
+    assert CountingBox.decrypts == 1
+
+
+async def test_an_unchanged_refresh_is_one_store_read(
+    signer: JwtSigner, store: FakeKeyStore
+) -> None:
+    before = store.list_calls
+    await signer.refresh()
+    assert store.list_calls == before + 1
+
+
+async def test_rotation_keeps_the_old_key_published_for_the_overlap_then_drops_it(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    clock.now = time.time()
+    (old_kid,) = kids(signer.jwks())
+    old_token = sign(signer)
+    new_key = await rotate_keys(store, box, now=clock.now)
+    await signer.refresh()
+    assert kids(signer.jwks()) == {old_kid, new_key.kid}
+    assert jwt.get_unverified_header(sign(signer))["kid"] == new_key.kid
+    # A token the old key signed just before the rotation still verifies.
+    verify(old_token, signer.jwks())
+
+    clock.now += DAY - 1
+    await signer.refresh()
+    assert kids(signer.jwks()) == {old_kid, new_key.kid}
+    assert old_kid in kids(json.loads(signer.jwks_json()))
+
+    clock.now += 2
+    assert kids(signer.jwks()) == {new_key.kid}  # even before the next refresh
+    assert kids(json.loads(signer.jwks_json())) == {new_key.kid}
+    await signer.refresh()
+    assert kids(signer.jwks()) == {new_key.kid}
+
+
+async def test_rotation_leaves_exactly_one_active_key(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    for step in range(3):
+        await rotate_keys(store, box, now=clock.now + step)
+    active = [k for k in store.rows.values() if k.retired is None]
+    assert len(active) == 1
+    assert active[0].kid == store.added[-1].kid
+
+
+async def test_a_rotation_at_the_same_instant_as_the_last_one_still_rotates(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    for _ in range(4):  # kids are random, so a tie broken by kid would fail about half the time
+        new_key = await rotate_keys(store, box, now=clock.now)
+        await signer.refresh()
+        assert jwt.get_unverified_header(sign(signer))["kid"] == new_key.kid
+
+
+async def test_two_concurrent_rotations_leave_exactly_one_active_key(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    a, b = await asyncio.gather(
+        rotate_keys(store, box, now=clock.now), rotate_keys(store, box, now=clock.now)
+    )
+    active = [k for k in store.rows.values() if k.retired is None]
+    assert [k.kid for k in active] in ([a.kid], [b.kid])
+    await signer.refresh()
+    assert kids(signer.jwks()) == set(store.rows)  # every key still published
+
+
+async def test_jwks_json_is_cached_until_the_key_set_changes(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    first = signer.jwks_json()
+    await signer.refresh()
+    assert signer.jwks_json() is first
+    await rotate_keys(store, box, now=clock.now)
+    assert signer.jwks_json() is first  # not refreshed yet
+    await signer.refresh()
+    assert signer.jwks_json() is not first
+    assert len(json.loads(signer.jwks_json())["keys"]) == 2
+
+
+async def test_a_failed_refresh_keeps_the_current_key_set(
+    signer: JwtSigner, store: FakeKeyStore, clock: Clock
+) -> None:
+    # Another instance rotated with a different encryption key (a misconfiguration).
+    await rotate_keys(store, SecretBox("w" * 40), now=clock.now + 1)
+    before = signer.jwks()
+    with pytest.raises(SigningError):
+        await signer.refresh()
+    assert signer.jwks() == before
+    sign(signer)
+
+
+async def test_sign_micro_measurement(signer: JwtSigner) -> None:
+    """Not an assertion: prints what sign() costs, cold and from the cache."""
+    n = 300
+    start = time.perf_counter()
+    for i in range(n):
+        sign(signer, cache_key=f"cold{i}")
+    cold = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    for i in range(n):
+        sign(signer, cache_key=f"cold{i}")
+    cached = (time.perf_counter() - start) / n * 1e6
+    print(f"\nsign(): cold {cold:.1f} µs, cached {cached:.1f} µs")
