@@ -138,12 +138,19 @@ def _published_jwk(key: SigningKey) -> Jwk:
 
 async def rotate_keys(keys: KeyStore, box: SecretBox, *, now: float) -> SigningKey:
     """Add a new signing key and retire every older active one (they stay published for
-    the overlap). Two concurrent rotations leave exactly one active key: each retires
-    only keys older than its own, and "older" is a total order."""
+    the overlap). Raises SigningError, changing nothing, when `box` cannot open the
+    current keys (a wrong encryption key). Two concurrent rotations leave exactly one
+    active key: each retires only keys older than its own, and "older" is a total order."""
     # The new key must be strictly the newest even when the clock did not move (or this
     # host's clock lags the one that made the current key); a tie would be broken by kid
     # and could leave the old key signing.
-    newest = max((key.created for key in await keys.list(retired_after=now)), default=now)
+    current = await keys.list(retired_after=now)
+    for key in current:
+        if key.retired is None:
+            # A rotation with the wrong encryption key would leave every instance unable to
+            # open the new key while the old one is retired: refuse before changing anything.
+            _open_private_key(key, box)
+    newest = max((key.created for key in current), default=now)
     new = new_signing_key(box, now=now if now > newest else newest + _MIN_STEP)
     await keys.add(new)
     for key in await keys.list(retired_after=now):

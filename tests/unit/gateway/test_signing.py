@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from gateway.secretbox import SecretBox, SecretBoxError
-from gateway.signing import KEY_PURPOSE, JwtSigner, SigningError, rotate_keys
+from gateway.signing import KEY_PURPOSE, JwtSigner, SigningError, new_signing_key, rotate_keys
 from gateway.stores.base import SigningKey
 
 BOX_KEY = "k" * 40
@@ -298,8 +298,6 @@ async def test_two_keys_created_by_a_start_race_are_both_published_and_all_sign_
     store: FakeKeyStore, box: SecretBox, clock: Clock
 ) -> None:
     # Both instances found the store empty and each created a key.
-    from gateway.signing import new_signing_key
-
     await store.add(new_signing_key(box, now=clock.now))
     await store.add(new_signing_key(box, now=clock.now))
     a = JwtSigner(store, box, issuer=ISSUER, now=clock)
@@ -420,6 +418,15 @@ async def test_two_concurrent_rotations_leave_exactly_one_active_key(
     assert kids(signer.jwks()) == set(store.rows)  # every key still published
 
 
+async def test_a_rotation_with_the_wrong_encryption_key_is_refused_and_changes_nothing(
+    signer: JwtSigner, store: FakeKeyStore, clock: Clock
+) -> None:
+    before = dict(store.rows)
+    with pytest.raises(SigningError, match="cannot decrypt"):
+        await rotate_keys(store, SecretBox("w" * 40), now=clock.now + 1)
+    assert store.rows == before
+
+
 async def test_jwks_json_is_cached_until_the_key_set_changes(
     signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
 ) -> None:
@@ -436,8 +443,8 @@ async def test_jwks_json_is_cached_until_the_key_set_changes(
 async def test_a_failed_refresh_keeps_the_current_key_set(
     signer: JwtSigner, store: FakeKeyStore, clock: Clock
 ) -> None:
-    # Another instance rotated with a different encryption key (a misconfiguration).
-    await rotate_keys(store, SecretBox("w" * 40), now=clock.now + 1)
+    # A key another instance made with a different encryption key (a misconfiguration).
+    await store.add(new_signing_key(SecretBox("w" * 40), now=clock.now + 1))
     before = signer.jwks()
     with pytest.raises(SigningError):
         await signer.refresh()
