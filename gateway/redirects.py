@@ -123,14 +123,15 @@ def login_url(prefix: str, rd: str | None) -> str:
     return f"{base}?rd={quote(rd, safe='')}"
 
 
-def origin_of(url: str, *, bare: bool = False) -> Origin | None:
+def origin_of(url: str, *, bare: bool = False, max_length: int = MAX_RETURN_URL) -> Origin | None:
     """The origin of an absolute http(s) URL without userinfo, or None.
 
     With `bare=True` the text must be an origin and nothing else (`scheme://host[:port]`,
     as in an `Origin` header); otherwise a path, query and fragment may follow (a
-    `Referer`). Every refusal of `_parse_unambiguous` applies.
+    `Referer`). Every refusal of `_parse_unambiguous` applies, and text longer than
+    `max_length` is refused.
     """
-    if len(url) > MAX_RETURN_URL:
+    if len(url) > max_length:
         return None
     parts = _parse_unambiguous(url)
     if parts is None:
