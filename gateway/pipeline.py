@@ -71,8 +71,9 @@ async def anonymous(
 
 # Acts on LOGIN / SECOND_FACTOR / REAUTH / DENY; the identity layer installs the
 # interstitial redirects. The default answers 401/403 as the policy issue specifies.
+# Its last argument is the original URL in canonical form (the return address).
 Challenge = Callable[
-    ["Pipeline", BaseRequest, TenantConfig, Decision, str], Awaitable[web.StreamResponse]
+    ["Pipeline", BaseRequest, TenantConfig, Decision, str, str], Awaitable[web.StreamResponse]
 ]
 
 
@@ -82,6 +83,7 @@ async def plain_challenge(
     tenant: TenantConfig,
     decision: Decision,
     request_id: str,
+    original_url: str,
 ) -> web.StreamResponse:
     if decision.action is Action.DENY:
         return pipeline.error(request, 403, tenant, "access denied by policy", request_id)
@@ -198,7 +200,17 @@ class Pipeline:
                     )
                 return self.error(request, 404, tenant, "no such page", request_id)
             return await handler(
-                ReservedRequest(request, tenant, host, path, suffix, str(ip), request_id)
+                ReservedRequest(
+                    request,
+                    tenant,
+                    host,
+                    path,
+                    suffix,
+                    str(ip),
+                    request_id,
+                    self._proto(request, peer_trusted),
+                    host_header,
+                )
             )
 
         # tenant: an unknown host never reaches any upstream
@@ -213,7 +225,10 @@ class Pipeline:
             request, tenant, route, host, path, request.method, ip
         )
         if decision.action is not Action.ALLOW:
-            return await self.challenge(self, request, tenant, decision, request_id)
+            original = f"{self._proto(request, peer_trusted)}://{host_header}{wire_path(path)}"
+            if query:
+                original = f"{original}?{query}"
+            return await self.challenge(self, request, tenant, decision, request_id, original)
 
         # act: forward exactly the path that was decided on
         identity_headers = identity.upstream_headers

@@ -26,6 +26,13 @@ class ReservedRequest:
     suffix: str  # the part after the prefix, e.g. "/login"
     client_ip: str
     request_id: str
+    proto: str  # http | https, as the client used it
+    host_header: str  # the Host the client sent (validated)
+
+    @property
+    def origin(self) -> str:
+        """`scheme://host[:port]` as the browser sees this page (for Origin checks)."""
+        return f"{self.proto}://{self.host_header.lower()}"
 
 
 ReservedHandler = Callable[[ReservedRequest], Awaitable[web.StreamResponse]]
@@ -38,6 +45,7 @@ class ReservedRoutes:
         self.prefix = prefix.rstrip("/")
         self._lower_prefix = self.prefix.lower()
         self._handlers: dict[str, tuple[ReservedHandler, bool]] = {}
+        self._prefixed: list[tuple[str, ReservedHandler, bool]] = []
 
     def add(self, suffix: str, handler: ReservedHandler, *, any_host: bool = False) -> None:
         """Register `handler` for `{prefix}{suffix}`; `any_host` answers on unknown hosts too
@@ -45,6 +53,10 @@ class ReservedRoutes:
         if suffix in self._handlers:
             raise ValueError(f"reserved path {self.prefix}{suffix} registered twice")
         self._handlers[suffix] = (handler, any_host)
+
+    def add_prefix(self, suffix_prefix: str, handler: ReservedHandler) -> None:
+        """Register `handler` for every suffix under `suffix_prefix` (e.g. "/static/")."""
+        self._prefixed.append((suffix_prefix, handler, False))
 
     def suffix_of(self, path: str) -> str | None:
         """The suffix when `path` is under the prefix (any case: it is never forwarded)."""
@@ -57,6 +69,13 @@ class ReservedRoutes:
 
     def handler(self, suffix: str, known_host: bool) -> ReservedHandler | None:
         found = self._handlers.get(suffix)
-        if found is None or not (known_host or found[1]):
+        if found is None:
+            for suffix_prefix, handler, any_host in self._prefixed:
+                if suffix.startswith(suffix_prefix):
+                    found = (handler, any_host)
+                    break
+            else:
+                return None
+        if not (known_host or found[1]):
             return None
         return found[0]

@@ -37,10 +37,14 @@ class SecretBox:
         material = key_material.encode() if isinstance(key_material, str) else key_material
         if len(material) < MIN_KEY_CHARS:
             raise ValueError(f"the encryption key must be at least {MIN_KEY_CHARS} characters")
-        key = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"authgate secretbox v1"
-        ).derive(material)
-        self._aead = AESGCM(key)
+        self._material = material
+        self._aead = AESGCM(self.derive("authgate secretbox v1"))
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key of its own for `purpose` (CSRF HMAC, …), from the same secret."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+            self._material
+        )
 
     def encrypt(self, plaintext: bytes, purpose: str) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)

@@ -14,6 +14,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from gateway.proxy import upstream_client
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, PlainPages
 from gateway.watch import start_watching
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("authgate.server")
 
@@ -63,6 +67,7 @@ class GatewayServer:
         self.policies = PolicyRegistry(config.tenants)
         self.reserved = ReservedRoutes(config.server.prefix)
         self.hooks = Hooks()
+        self.runtime: Runtime | None = None  # set by the identity extension at start
         self.reserved.add("/health", self._health, any_host=True)
         self.reserved.add("/ready", self._ready, any_host=True)
         for extend in extensions:

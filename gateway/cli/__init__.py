@@ -20,6 +20,7 @@ COMMANDS = (
     "user",
     "sessions",
     "apikey",
+    "keys",
 )
 
 EXIT_OK = 0

@@ -1,0 +1,161 @@
+"""The identity services of one worker, opened at start and closed at stop.
+
+`identity_extension` is what `authgate serve` installs: it opens the stores,
+starts sessions (with revocation fan-out) and the JWT signer, and plugs the
+`identify` and `challenge` stages into the pipeline. The pages people see are
+login_ui's, installed after this one and reaching these services through
+`server.runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from gateway.config.model import Config, TenantConfig
+from gateway.csrf import CsrfTokens
+from gateway.identify import Identifier
+from gateway.identity.passwords import PasswordHasher
+from gateway.pipeline import Pipeline
+from gateway.redirects import login_url
+from gateway.reserved import ReservedRequest
+from gateway.responses import wants_json
+from gateway.secretbox import SecretBox, load_secret_box
+from gateway.server import GatewayServer
+from gateway.sessions import SessionManager
+from gateway.signing import JwtSigner
+from gateway.stores import Stores, open_stores
+from policies import Action, Decision
+
+log = logging.getLogger("authgate.runtime")
+
+KEY_REFRESH_SECONDS = 30.0
+PRUNE_SECONDS = 3600.0
+
+
+@dataclass
+class Runtime:
+    config: Config
+    stores: Stores
+    box: SecretBox
+    sessions: SessionManager
+    hasher: PasswordHasher
+    signer: JwtSigner
+    csrf: CsrfTokens
+    identifier: Identifier
+
+    async def close(self) -> None:
+        await self.sessions.stop()
+        await self.stores.close()
+
+
+async def open_runtime(config: Config) -> Runtime:
+    box = load_secret_box(config)
+    stores = await open_stores(config)
+    try:
+        sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+        await sessions.start()
+        signer = JwtSigner(stores.keys, box, issuer="authgate")
+        await signer.start()
+    except BaseException:
+        await stores.close()
+        raise
+    identifier = Identifier(config, sessions, stores.users, stores.apikeys, signer)
+    return Runtime(
+        config=config,
+        stores=stores,
+        box=box,
+        sessions=sessions,
+        hasher=PasswordHasher(config.passwords),
+        signer=signer,
+        csrf=CsrfTokens(box.derive("authgate csrf v1")),
+        identifier=identifier,
+    )
+
+
+async def _housekeeping(runtime: Runtime) -> None:
+    """Pick up keys rotated by another instance; drop expired sessions now and then."""
+    last_prune = 0.0
+    while True:
+        await asyncio.sleep(KEY_REFRESH_SECONDS)
+        try:
+            await runtime.signer.refresh()
+            now = time.time()
+            if now - last_prune >= PRUNE_SECONDS:
+                last_prune = now
+                await runtime.stores.sessions.prune_expired(now)
+        except Exception:
+            log.exception("housekeeping failed; will retry")
+
+
+async def interstitial_challenge(
+    pipeline: Pipeline,
+    request: BaseRequest,
+    tenant: TenantConfig,
+    decision: Decision,
+    request_id: str,
+    original_url: str,
+) -> web.StreamResponse:
+    """DENY → 403 page; otherwise browsers go to the interstitial, programs get 401."""
+    if decision.action is Action.DENY:
+        return pipeline.error(request, 403, tenant, "access denied by policy", request_id)
+    if wants_json(request):
+        return pipeline.error(
+            request,
+            401,
+            tenant,
+            "authentication required"
+            if decision.action is Action.LOGIN
+            else "a stronger or more recent authentication is required",
+            request_id,
+            headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
+        )
+    prefix = pipeline.reserved.prefix
+    if decision.action is Action.SECOND_FACTOR:
+        location = login_url(prefix, original_url).replace("/login", "/mfa", 1)
+    elif decision.action is Action.REAUTH:
+        location = login_url(prefix, original_url) + "&reauth=1"
+    else:
+        location = login_url(prefix, original_url)
+    return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def identity_extension(server: GatewayServer) -> None:
+    """Plug sessions, API keys, identity headers and the JWKS into the server."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def startup() -> None:
+        runtime = await open_runtime(server.config)
+        server.runtime = runtime
+        server.hooks.identify = runtime.identifier
+        server.hooks.readiness.append(runtime.stores.ping)
+        tasks.append(asyncio.ensure_future(_housekeeping(runtime)))
+
+    async def cleanup() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        runtime = server.runtime
+        if runtime is not None:
+            await runtime.close()
+
+    async def jwks(req: ReservedRequest) -> web.StreamResponse:
+        runtime = server.runtime
+        assert runtime is not None
+        return web.Response(
+            body=runtime.signer.jwks_json(),
+            content_type="application/json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    server.hooks.startup.append(startup)
+    server.hooks.cleanup.append(cleanup)
+    server.hooks.challenge = interstitial_challenge
+    server.reserved.add("/jwks.json", jwks, any_host=True)

@@ -1,0 +1,239 @@
+"""Sessions as DESIGN.md section 6 states them: opaque ids, hashed in the store,
+rotated at every rise in level, revoked everywhere at once.
+
+The hot path only reads: a session is written at most once a minute (coarse
+`last_seen` for the idle timeout, rolling expiry once `refresh_after` has passed).
+A per-process cache holds a session for `cache_ttl` seconds at most, and every
+revocation is published on the event bus so every process drops it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from gateway.config.model import SessionsConfig
+from gateway.stores import (
+    REVOCATIONS,
+    EventBus,
+    SessionRecord,
+    SessionStore,
+    Subscription,
+    User,
+    UserStore,
+    session_revoked,
+    user_sessions_revoked,
+)
+from gateway.stores.ids import hash_session_id, new_session_id
+
+log = logging.getLogger("authgate.sessions")
+
+TOUCH_INTERVAL = 60.0  # the hot path writes a session at most this often
+_CACHE_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class ActiveSession:
+    """A live session with its user, as the pipeline needs it."""
+
+    id_hash: str
+    record: SessionRecord
+    user: User
+
+
+def fingerprint(id_hash: str) -> str:
+    """A short, non-reversible tag of a session for logs and audit rows (never the id)."""
+    return id_hash[:12]
+
+
+class SessionManager:
+    def __init__(
+        self,
+        store: SessionStore,
+        users: UserStore,
+        events: EventBus,
+        config: SessionsConfig,
+        *,
+        now: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.users = users
+        self.events = events
+        self.config = config
+        self.now = now
+        self._monotonic = monotonic
+        # id_hash → (cached until, session); user key → id hashes, for "user" events
+        self._cache: dict[str, tuple[float, ActiveSession]] = {}
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self.events.subscribe(REVOCATIONS, self._on_revocation)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+
+    async def _on_revocation(self, message: str) -> None:
+        kind, _, rest = message.partition(":")
+        if kind == "session":
+            self._cache.pop(rest, None)
+        elif kind == "user":
+            tenant, _, user_id = rest.partition(":")
+            for key, (_, active) in list(self._cache.items()):
+                if active.record.tenant == tenant and active.record.user_id == user_id:
+                    self._cache.pop(key, None)
+
+    # --- reading (the hot path) -------------------------------------------------
+
+    async def load(self, session_id: str, tenant: str) -> ActiveSession | None:
+        """The live session for this cookie value in this tenant, or None."""
+        if not 20 <= len(session_id) <= 128:
+            return None
+        id_hash = hash_session_id(session_id)
+        cached = self._cache.get(id_hash)
+        mono = self._monotonic()
+        if cached is not None and cached[0] > mono:
+            active = cached[1]
+        else:
+            found = await self._fetch(id_hash)
+            if found is None:
+                self._cache.pop(id_hash, None)
+                return None
+            active = found
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[id_hash] = (mono + self.config.cache_ttl, active)
+        if active.record.tenant != tenant:
+            return None  # a session of one tenant is worthless on another's domains
+        now = self.now()
+        record = active.record
+        if record.expires <= now:
+            self._cache.pop(id_hash, None)
+            return None
+        idle = self.config.idle_timeout
+        if idle and now - record.last_seen > idle + TOUCH_INTERVAL:
+            self._cache.pop(id_hash, None)
+            await self.store.revoke(id_hash)
+            return None
+        if now - record.last_seen >= TOUCH_INTERVAL:
+            return await self._touch(active, now)
+        return active
+
+    async def _fetch(self, id_hash: str) -> ActiveSession | None:
+        record = await self.store.get(id_hash)
+        if record is None:
+            return None
+        user = await self.users.get(record.user_id)
+        if user is None or user.disabled or user.tenant != record.tenant:
+            return None
+        return ActiveSession(id_hash, record, user)
+
+    async def _touch(self, active: ActiveSession, now: float) -> ActiveSession | None:
+        record = active.record
+        expires = record.expires
+        if now - record.created >= self.config.refresh_after:
+            # Rolling refresh: an active session keeps its full lifetime.
+            expires = max(expires, now + self._lifetime(record.remember))
+        if not await self.store.touch(active.id_hash, now, expires):
+            self._cache.pop(active.id_hash, None)
+            return None
+        updated = ActiveSession(
+            active.id_hash, replace(record, last_seen=now, expires=expires), active.user
+        )
+        if active.id_hash in self._cache:
+            until, _ = self._cache[active.id_hash]
+            self._cache[active.id_hash] = (until, updated)
+        return updated
+
+    def _lifetime(self, remember: bool) -> float:
+        return self.config.remember_me_lifetime if remember else self.config.lifetime
+
+    # --- writing (sign-in, step-up, sign-out) -----------------------------------
+
+    async def create(
+        self,
+        user: User,
+        amr: tuple[str, ...],
+        *,
+        ip: str | None,
+        user_agent: str | None,
+        country: str | None = None,
+        remember: bool = False,
+        replaces: str | None = None,
+    ) -> tuple[str, SessionRecord]:
+        """A new session (new id) for a fresh sign-in; `replaces` (a cookie value) is revoked."""
+        now = self.now()
+        session_id = new_session_id()
+        record = SessionRecord(
+            id_hash=hash_session_id(session_id),
+            tenant=user.tenant,
+            user_id=user.id,
+            amr=amr,
+            auth_time=now,
+            created=now,
+            last_seen=now,
+            expires=now + self._lifetime(remember),
+            ip=ip,
+            user_agent=(user_agent or "")[:256] or None,
+            country=country,
+            remember=remember,
+        )
+        await self.store.create(record)
+        if replaces:
+            await self.revoke(replaces)
+        return session_id, record
+
+    async def elevate(
+        self, session_id: str, amr: tuple[str, ...], *, data: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[str, SessionRecord] | None:
+        """Rotate to a new id with a higher level (no fixation); None if the session is gone."""
+        old_hash = hash_session_id(session_id)
+        record = await self.store.get(old_hash)
+        if record is None:
+            return None
+        now = self.now()
+        new_id = new_session_id()
+        new = replace(
+            record,
+            id_hash=hash_session_id(new_id),
+            amr=amr,
+            auth_time=now,
+            last_seen=now,
+            data=data,
+        )
+        if not await self.store.rotate(old_hash, new):
+            return None
+        await self._publish(session_revoked(old_hash), old_hash)
+        return new_id, new
+
+    async def revoke(self, session_id: str) -> bool:
+        return await self.revoke_hash(hash_session_id(session_id))
+
+    async def revoke_hash(self, id_hash: str) -> bool:
+        revoked = await self.store.revoke(id_hash)
+        await self._publish(session_revoked(id_hash), id_hash)
+        return revoked
+
+    async def revoke_user(self, tenant: str, user_id: str) -> int:
+        """Log out everywhere."""
+        count = await self.store.revoke_user(tenant, user_id)
+        self._cache = {
+            k: v
+            for k, v in self._cache.items()
+            if not (v[1].record.tenant == tenant and v[1].record.user_id == user_id)
+        }
+        await self.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user_id))
+        return count
+
+    async def _publish(self, message: str, id_hash: str) -> None:
+        self._cache.pop(id_hash, None)
+        try:
+            await self.events.publish(REVOCATIONS, message)
+        except Exception:
+            # The store already forgot the session; other processes drop it when their
+            # cache entry ends (cache_ttl). Log loudly, don't undo the revocation.
+            log.exception("could not publish a revocation")

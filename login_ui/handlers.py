@@ -1,0 +1,324 @@
+"""The interstitial: sign-in and sign-out pages, and the files they load.
+
+Every state-changing POST checks `Origin` and a CSRF token bound to the
+pre-session cookie (SECURITY.md invariant 9). A wrong password and an unknown
+user get the same page, the same message and about the same time (a dummy hash
+is verified for the unknown user). The return address is honoured only when it
+leads to a host this tenant protects (invariant 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config.model import Config, TenantConfig
+from gateway.csrf import new_presession_id, origin_allowed
+from gateway.redirects import safe_return_url
+from gateway.reserved import ReservedRequest
+from gateway.runtime import Runtime
+from gateway.stores import User
+from gateway.tenants import TenantIndex
+from login_ui.branding import BrandingView
+from login_ui.headers import security_headers
+from login_ui.pages import (
+    CSRF_FIELD,
+    EVERYWHERE_FIELD,
+    PASSWORD_FIELD,
+    REMEMBER_FIELD,
+    RETURN_FIELD,
+    STATIC_DIR,
+    USERNAME_FIELD,
+    PageRenderer,
+)
+
+log = logging.getLogger("authgate.login")
+
+PRESESSION_COOKIE = "authgate_csrf"
+_WRONG = "Incorrect username or password."
+_EXPIRED = "This page has expired. Please try again."
+_MAX_FIELD = 1024
+
+
+class LoginPages:
+    """Handlers for `{prefix}/login`, `/logout`, `/theme.css`, `/static/…`, `/assets/…`."""
+
+    def __init__(
+        self,
+        config: Config,
+        renderer: PageRenderer,
+        runtime: Callable[[], Runtime],
+    ) -> None:
+        self.config = config
+        self.prefix = config.server.prefix.rstrip("/")
+        self.renderer = renderer
+        self._runtime = runtime
+        self._secure = not config.server.dev_mode
+        self._tenants = TenantIndex(config.tenants)
+        self._branding = {t.id: renderer.branding_for(t) for t in config.tenants}
+        self._headers = {
+            t.id: security_headers(
+                config.server.dev_mode, image_origins=self._branding[t.id].image_origins
+            )
+            for t in config.tenants
+        }
+        self._neutral_headers = security_headers(config.server.dev_mode)
+        self._assets = {
+            asset.url: asset.path for view in self._branding.values() for asset in view.assets
+        }
+
+    # --- helpers -------------------------------------------------------------------
+
+    def branding(self, tenant: TenantConfig | None) -> BrandingView | None:
+        return self._branding.get(tenant.id) if tenant is not None else None
+
+    def _page(self, req: ReservedRequest, html: str, status: int = 200) -> web.Response:
+        tenant = req.tenant
+        headers = self._headers[tenant.id] if tenant is not None else self._neutral_headers
+        response = web.Response(status=status, text=html, content_type="text/html")
+        for name, value in headers:
+            response.headers[name] = value
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _presession(self, req: ReservedRequest) -> tuple[str, bool]:
+        """The pre-session id for CSRF binding, and whether it is new (to be set)."""
+        value = req.request.cookies.get(PRESESSION_COOKIE, "")
+        if 30 <= len(value) <= 100 and value.isascii():
+            return value, False
+        return new_presession_id(), True
+
+    def _set_presession(self, response: web.StreamResponse, value: str) -> None:
+        response.set_cookie(
+            PRESESSION_COOKIE,
+            value,
+            path=f"{self.prefix}/",
+            httponly=True,
+            secure=self._secure,
+            samesite="Lax",
+            max_age=int(self._runtime().csrf.max_age),
+        )
+
+    def _default_url(self, req: ReservedRequest) -> str:
+        tenant = req.tenant
+        if tenant is not None and tenant.default_url:
+            return tenant.default_url
+        return f"{req.origin}/"
+
+    def _return_url(self, req: ReservedRequest, rd: str | None) -> str:
+        tenant = req.tenant
+        return safe_return_url(
+            rd,
+            is_protected_host=lambda host: self._tenants.tenant_for_host(host) is tenant,
+            default=self._default_url(req),
+            current_origin=req.origin,
+        )
+
+    async def _form(self, req: ReservedRequest) -> dict[str, str] | None:
+        try:
+            data = await req.request.post()
+        except ValueError:
+            return None
+        form: dict[str, str] = {}
+        for key in (CSRF_FIELD, RETURN_FIELD, USERNAME_FIELD, PASSWORD_FIELD):
+            value = data.get(key)
+            form[key] = value[:_MAX_FIELD] if isinstance(value, str) else ""
+        for key in (REMEMBER_FIELD, EVERYWHERE_FIELD):
+            form[key] = "1" if data.get(key) else ""
+        return form
+
+    def _checked(self, req: ReservedRequest, form: dict[str, str], presession: str) -> bool:
+        """Same origin and a valid token for this pre-session: both, always."""
+        headers = req.request.headers
+        if not origin_allowed(headers.get("Origin"), headers.get("Referer"), req.origin):
+            return False
+        return self._runtime().csrf.check(form[CSRF_FIELD], f"presession:{presession}")
+
+    # --- sign in -------------------------------------------------------------------
+
+    def _login_page(
+        self,
+        req: ReservedRequest,
+        presession: str,
+        *,
+        rd: str,
+        username: str = "",
+        error: str | None = None,
+        status: int = 200,
+    ) -> web.Response:
+        tenant = req.tenant
+        runtime = self._runtime()
+        html = self.renderer.render_login(
+            branding=self.branding(tenant),
+            csrf_token=runtime.csrf.issue(f"presession:{presession}"),
+            return_to=rd,
+            username=username,
+            error=error,
+            password_enabled=tenant is None or "password" in tenant.login_methods,
+            passkey_enabled=False,
+            request_id=req.request_id if error else None,
+        )
+        return self._page(req, html, status)
+
+    async def login(self, req: ReservedRequest) -> web.StreamResponse:
+        if req.tenant is None:
+            return self._page(req, self.renderer.render_error(421, branding=None), 421)
+        method = req.request.method
+        if method in ("GET", "HEAD"):
+            presession, new = self._presession(req)
+            rd = req.request.query.get("rd", "")[:2048]
+            response = self._login_page(req, presession, rd=rd)
+            if new:
+                self._set_presession(response, presession)
+            return response
+        if method != "POST":
+            return web.Response(status=405, headers={"Allow": "GET, POST"})
+        return await self._login_post(req, req.tenant)
+
+    async def _login_post(self, req: ReservedRequest, tenant: TenantConfig) -> web.StreamResponse:
+        presession, new = self._presession(req)
+        form = await self._form(req)
+        if form is None:
+            return self._page(req, self.renderer.render_error(400, branding=None), 400)
+        if new or not self._checked(req, form, presession):
+            response = self._login_page(
+                req, presession, rd=form[RETURN_FIELD], error=_EXPIRED, status=403
+            )
+            self._set_presession(response, presession)
+            return response
+        runtime = self._runtime()
+        username = form[USERNAME_FIELD].strip()
+        user = await self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
+        if user is None:
+            log.info(
+                "sign-in failed",
+                extra={"tenant": tenant.id, "ip": req.client_ip, "request_id": req.request_id},
+            )
+            return self._login_page(
+                req, presession, rd=form[RETURN_FIELD], username=username, error=_WRONG, status=401
+            )
+        old_session = req.request.cookies.get(self.config.sessions.cookie_name)
+        session_id, record = await runtime.sessions.create(
+            user,
+            ("pwd",),
+            ip=req.client_ip,
+            user_agent=req.request.headers.get("User-Agent"),
+            remember=bool(form[REMEMBER_FIELD]),
+            replaces=old_session or None,
+        )
+        log.info(
+            "sign-in",
+            extra={"tenant": tenant.id, "user": user.username, "request_id": req.request_id},
+        )
+        target = self._return_url(req, form[RETURN_FIELD])
+        response = web.Response(
+            status=303, headers={"Location": target, "Cache-Control": "no-store"}
+        )
+        response.set_cookie(
+            self.config.sessions.cookie_name,
+            session_id,
+            path="/",
+            domain=tenant.cookie_domain,
+            httponly=True,
+            secure=self._secure,
+            samesite="Lax",
+            max_age=int(record.expires - record.created) if record.remember else None,
+        )
+        # A pre-session value an attacker may have planted dies with its first use.
+        self._set_presession(response, new_presession_id())
+        return response
+
+    async def _verify(
+        self, runtime: Runtime, tenant: TenantConfig, username: str, password: str
+    ) -> User | None:
+        user = await runtime.stores.users.get_by_username(tenant.id, username) if username else None
+        if user is None or user.disabled or not user.password_hash or not password:
+            await runtime.hasher.verify_dummy(password)
+            return None
+        if not await runtime.hasher.verify(user.password_hash, password):
+            return None
+        if runtime.hasher.needs_rehash(user.password_hash):
+            rehashed = await runtime.hasher.hash(password)
+            await runtime.stores.users.update(replace(user, password_hash=rehashed))
+        return user
+
+    # --- sign out ------------------------------------------------------------------
+
+    async def logout(self, req: ReservedRequest) -> web.StreamResponse:
+        tenant = req.tenant
+        if tenant is None:
+            return self._page(req, self.renderer.render_error(421, branding=None), 421)
+        presession, new = self._presession(req)
+        runtime = self._runtime()
+        cookie = req.request.cookies.get(self.config.sessions.cookie_name)
+        if req.request.method in ("GET", "HEAD"):
+            active = await runtime.sessions.load(cookie, tenant.id) if cookie else None
+            html = self.renderer.render_logout(
+                branding=self.branding(tenant),
+                csrf_token=runtime.csrf.issue(f"presession:{presession}"),
+                return_to=req.request.query.get("rd", "")[:2048],
+                user_name=active.user.display_name or active.user.username if active else None,
+            )
+            response = self._page(req, html)
+            if new:
+                self._set_presession(response, presession)
+            return response
+        if req.request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "GET, POST"})
+        form = await self._form(req)
+        if form is None or new or not self._checked(req, form, presession):
+            return self._page(
+                req,
+                self.renderer.render_error(403, branding=self.branding(tenant), detail=_EXPIRED),
+                403,
+            )
+        if cookie:
+            active = await runtime.sessions.load(cookie, tenant.id)
+            if active is not None and form[EVERYWHERE_FIELD]:
+                await runtime.sessions.revoke_user(tenant.id, active.user.id)
+            else:
+                await runtime.sessions.revoke(cookie)
+        html = self.renderer.render_logout(
+            branding=self.branding(tenant), csrf_token="", signed_out=True
+        )
+        response = self._page(req, html)
+        response.del_cookie(self.config.sessions.cookie_name, path="/", domain=tenant.cookie_domain)
+        self._set_presession(response, new_presession_id())
+        return response
+
+    # --- files ---------------------------------------------------------------------
+
+    async def theme_css(self, req: ReservedRequest) -> web.StreamResponse:
+        css = self.renderer.theme_css(self.branding(req.tenant))
+        return web.Response(
+            text=css,
+            content_type="text/css",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
+    async def static(self, req: ReservedRequest) -> web.StreamResponse:
+        name = req.suffix.removeprefix("/static/")
+        path = STATIC_DIR / name
+        if "/" in name or not name or name.startswith(".") or not path.is_file():
+            return web.Response(status=404)
+        return _file(path)
+
+    async def asset(self, req: ReservedRequest) -> web.StreamResponse:
+        path = self._assets.get(f"{self.prefix}{req.suffix}")
+        if path is None or not path.is_file():
+            return web.Response(status=404)
+        return _file(path)
+
+
+def _file(path: Path) -> web.Response:
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.Response(
+        body=path.read_bytes(),
+        content_type=content_type,
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )

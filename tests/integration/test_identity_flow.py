@@ -1,0 +1,321 @@
+"""Issue 4 end to end, through a running gateway with the real extensions, on every backend.
+
+anonymous → 302 to login with rd → sign in → back to the original URL → the upstream
+sees who it is (headers and a JWT it verifies with our JWKS) → logout kills the cookie
+→ an API key works and is never forwarded → forward-auth answers for a session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.config.model import Config, PasswordsConfig, SessionsConfig
+from gateway.extensions import default_extensions
+from gateway.identity.passwords import PasswordHasher
+from gateway.stores import User, new_id, open_stores
+from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
+from tests.integration.conftest import StartGateway, make_config
+
+POLICY = """
+version: 1
+default: deny
+rules:
+  - name: public
+    paths: ["/public/**"]
+    action: bypass
+  - name: members
+    action: one_factor
+"""
+PASSWORD = "correct horse battery staple"
+CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@dataclass(frozen=True)
+class Backend:
+    storage: str
+    sessions: str
+
+
+@pytest.fixture(
+    params=[("sqlite", "sql"), ("postgres", "sql"), ("sqlite", "redis"), ("postgres", "redis")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    storage_kind, session_kind = request.param
+    storage = (
+        f"sqlite:///{tmp_path / 'authgate.db'}"
+        if storage_kind == "sqlite"
+        else request.getfixturevalue("postgres_clean")
+    )
+    sessions = "storage"
+    if session_kind == "redis":
+        request.getfixturevalue("redis_run_prefix")
+        sessions = "redis://127.0.0.1:6379/0"
+    return Backend(storage, sessions)
+
+
+def configure(tmp_path: Path, upstream: TestServer, backend: Backend, **server: object) -> Config:
+    config = make_config(
+        tmp_path,
+        str(upstream.make_url("")),
+        policy=POLICY,
+        trusted_proxies=("127.0.0.0/8",),
+        **server,
+    )
+    return dataclasses.replace(
+        config,
+        storage=backend.storage,
+        sessions=SessionsConfig(store=backend.sessions),
+        passwords=CHEAP,
+    )
+
+
+async def add_alice(config: Config) -> tuple[User, str]:
+    """Alice with a password, and an API key of hers; returns the user and the key."""
+    stores = await open_stores(config)
+    try:
+        hasher = PasswordHasher(CHEAP)
+        alice = User(
+            id=new_id(),
+            tenant="acme",
+            username="alice",
+            email="alice@acme.test",
+            display_name="Alice Example",
+            groups=("staff", "wiki"),
+            roles=(),
+            disabled=False,
+            password_hash=await hasher.hash(PASSWORD),
+            created=0.0,
+            updated=0.0,
+        )
+        await stores.users.create(alice)
+        from gateway.stores import ApiKey
+
+        key = new_api_key()
+        await stores.apikeys.create(
+            ApiKey(
+                id=new_id(),
+                tenant="acme",
+                user_id=alice.id,
+                name="ci",
+                prefix=api_key_display_prefix(key),
+                key_hash=hash_api_key(key),
+                created=0.0,
+                expires=None,
+            )
+        )
+        return alice, key
+    finally:
+        await stores.close()
+
+
+@dataclass
+class Browser:
+    """Just enough of a browser: cookies by name, a fixed Host, no automatic redirects."""
+
+    base: str
+    client: aiohttp.ClientSession
+    host: str = "app.test"
+    cookies: dict[str, str] = dataclasses.field(default_factory=dict)
+    last_set_cookies: list[str] = dataclasses.field(default_factory=list)
+
+    async def request(
+        self, method: str, path: str, *, data: dict[str, str] | None = None, **headers: str
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        sent = {"Host": self.host, "Accept": "text/html", **headers}
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        async with self.client.request(
+            method, self.base + path, headers=sent, data=data, allow_redirects=False
+        ) as resp:
+            body = await resp.text()
+        self.last_set_cookies = resp.headers.getall("Set-Cookie", [])
+        for raw in self.last_set_cookies:
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(raw)
+            for name, morsel in jar.items():
+                if morsel["max-age"] == "0" or morsel.value == "":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        return resp, body
+
+
+def hidden(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no hidden field {name}"
+    return found.group(1)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def sign_in(browser: Browser, target: str) -> aiohttp.ClientResponse:
+    resp, _ = await browser.request("GET", target)
+    assert resp.status == 302
+    location = resp.headers["Location"]
+    assert location.startswith("/.authgate/login?rd=")
+    rd = parse_qs(urlsplit(location).query)["rd"][0]
+    assert rd == f"http://app.test{target}"
+    resp, page = await browser.request("GET", location)
+    assert resp.status == 200
+    assert "Sign in" in page
+    form = {
+        "csrf_token": hidden(page, "csrf_token"),
+        "rd": hidden(page, "rd"),
+        "username": "alice",
+        "password": PASSWORD,
+    }
+    resp, _ = await browser.request("POST", "/.authgate/login", data=form, Origin="http://app.test")
+    return resp
+
+
+def echo_headers(body: str) -> dict[str, str]:
+    import json
+
+    return {k.lower(): v for k, v in json.loads(body)["headers"]}
+
+
+async def test_sign_in_identity_headers_logout_api_key_and_forward_auth(
+    tmp_path: Path,
+    upstream: TestServer,
+    start_gateway: StartGateway,
+    backend: Backend,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = configure(tmp_path, upstream, backend)
+    _, api_key = await add_alice(config)
+    base = await start_gateway(config, tuple(default_extensions()))
+    browser = Browser(base, client)
+
+    # anonymous: public passes, the rest goes to the interstitial (API clients: 401)
+    resp, _ = await browser.request("GET", "/public/x")
+    assert resp.status == 200
+    async with client.get(
+        f"{base}/members/x", headers={"Host": "app.test", "Accept": "application/json"}
+    ) as api:
+        assert api.status == 401
+        assert "WWW-Authenticate" in api.headers
+
+    # sign in; the session cookie is new, HttpOnly, SameSite=Lax (dev mode: not Secure)
+    resp = await sign_in(browser, "/members/page?a=1")
+    assert resp.status == 303
+    assert resp.headers["Location"] == "http://app.test/members/page?a=1"
+    session_cookie = next(c for c in browser.last_set_cookies if c.startswith("authgate_session="))
+    assert "HttpOnly" in session_cookie
+    assert "SameSite=Lax" in session_cookie
+    first_session = browser.cookies["authgate_session"]
+
+    # the upstream sees alice (not the forged admin), and a JWT it can verify
+    resp, body = await browser.request(
+        "GET", "/members/page?a=1", **{"Remote-User": "admin", "remote-groups": "admins"}
+    )
+    assert resp.status == 200
+    seen = echo_headers(body)
+    assert seen["remote-user"] == "alice"
+    assert seen["remote-email"] == "alice@acme.test"
+    assert seen["remote-name"] == "Alice Example"
+    assert seen["remote-groups"] == "staff,wiki"
+    assert "authgate_session" not in seen.get("cookie", "")
+    jwks_resp, jwks_body = await browser.request("GET", "/.authgate/jwks.json")
+    assert jwks_resp.status == 200
+    keys = {k["kid"]: k for k in __import__("json").loads(jwks_body)["keys"]}
+    token = seen["x-authgate-jwt"]
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(
+        token,
+        jwt.PyJWK(keys[header["kid"]]).key,
+        algorithms=["ES256"],
+        audience="app.test",
+        issuer="authgate",
+    )
+    assert claims["sub"] == "alice"
+    assert claims["groups"] == ["staff", "wiki"]
+    assert claims["amr"] == ["pwd"]
+
+    # forward-auth for the same browser: 200 with identity headers
+    async with client.get(
+        f"{base}/.authgate/verify",
+        headers={
+            "X-Original-URL": "https://app.test/members/x",
+            "Cookie": f"authgate_session={first_session}",
+        },
+    ) as verify:
+        assert verify.status == 200
+        assert verify.headers["Remote-User"] == "alice"
+
+    # signing in again gives a new id (no fixation), and the old one stops working
+    resp = await sign_in_again(browser)
+    assert browser.cookies["authgate_session"] != first_session
+
+    # logout: the cookie is cleared and the old value refused from then on
+    resp, page = await browser.request("GET", "/.authgate/logout")
+    assert resp.status == 200
+    current = browser.cookies["authgate_session"]
+    resp, _ = await browser.request(
+        "POST",
+        "/.authgate/logout",
+        data={"csrf_token": hidden(page, "csrf_token")},
+        Origin="http://app.test",
+    )
+    assert resp.status == 200
+    assert "authgate_session" not in browser.cookies
+    for stale in (current, first_session):
+        async with client.get(
+            f"{base}/members/x",
+            headers={
+                "Host": "app.test",
+                "Accept": "application/json",
+                "Cookie": f"authgate_session={stale}",
+            },
+        ) as after:
+            assert after.status == 401
+
+    # an API key authenticates as alice and is not forwarded
+    async with client.get(
+        f"{base}/members/api",
+        headers={"Host": "app.test", "Authorization": f"Bearer {api_key}"},
+    ) as api:
+        assert api.status == 200
+        seen = echo_headers(await api.text())
+    assert seen["remote-user"] == "alice"
+    assert "authorization" not in seen
+    async with client.get(
+        f"{base}/members/api",
+        headers={"Host": "app.test", "Authorization": "Bearer agk_" + "x" * 43},
+    ) as api:
+        assert api.status == 401
+
+    # nothing secret reached a log line
+    for secret in (PASSWORD, api_key, first_session, current):
+        assert secret not in caplog.text
+
+
+async def sign_in_again(browser: Browser) -> aiohttp.ClientResponse:
+    resp, page = await browser.request("GET", "/.authgate/login")
+    form = {
+        "csrf_token": hidden(page, "csrf_token"),
+        "rd": "",
+        "username": "alice",
+        "password": PASSWORD,
+    }
+    resp, _ = await browser.request("POST", "/.authgate/login", data=form, Origin="http://app.test")
+    assert resp.status == 303
+    return resp
