@@ -161,7 +161,7 @@ def _parse_unambiguous(url: str) -> SplitResult | None:
         parts = urlsplit(url)
     except ValueError:  # bad IPv6 brackets, NFKC characters that turn into delimiters
         return None
-    if not parts.netloc:
+    if not parts.netloc or "@" in parts.netloc:
         return None  # userinfo of any kind: `good.com@evil.com`, `good.com:443@evil.com`
     if _browser_authority(url) != parts.netloc:
         return None
