@@ -45,6 +45,7 @@ def service_settings() -> dict[str, list[str]]:
         ("LockPersonality", "yes"),
         ("SystemCallArchitectures", "native"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("LoadCredential", "encryption.key:/etc/authgate/encryption.key"),
     ],
 )
 def test_the_unit_sets(key: str, value: str) -> None:
