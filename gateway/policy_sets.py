@@ -7,6 +7,7 @@ mapping in one assignment; if any file is invalid, nothing changes and the error
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +22,8 @@ from policies import (
     load_policy_set,
     load_policy_text,
 )
+
+log = logging.getLogger("authgate.policy")
 
 # A tenant that names no policy file gets this: nothing passes until an operator
 # says what may (fail closed).
@@ -47,9 +50,24 @@ def compile_tenant_policies(tenants: Iterable[TenantConfig]) -> Mapping[str, Pol
 class PolicyRegistry:
     """The live policy sets of a worker."""
 
-    def __init__(self, tenants: Iterable[TenantConfig]) -> None:
+    def __init__(
+        self, tenants: Iterable[TenantConfig], last_good: Mapping[str, PolicySet] | None = None
+    ) -> None:
+        """Compile from the files; when they are bad now, start from `last_good` (a
+        worker restarted after an invalid edit keeps serving what its siblings serve)."""
         self._tenants = tuple(tenants)
-        self._sets = compile_tenant_policies(self._tenants)
+        try:
+            self._sets = compile_tenant_policies(self._tenants)
+        except PolicyError as exc:
+            if last_good is None:
+                raise
+            for problem in exc.problems:
+                log.error("policy files invalid at start, serving the last good set: %s", problem)
+            self._sets = last_good
+
+    @property
+    def sets(self) -> Mapping[str, PolicySet]:
+        return self._sets
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from gateway.proxy import upstream_client
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, PlainPages
 from gateway.watch import start_watching
+from policies import PolicySet
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -62,9 +63,14 @@ def _json(status: int, payload: dict[str, object]) -> web.Response:
 class GatewayServer:
     """Everything one worker process serves, started and stopped as a unit."""
 
-    def __init__(self, config: Config, extensions: Sequence[Extension] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        extensions: Sequence[Extension] = (),
+        last_good_policies: Mapping[str, PolicySet] | None = None,
+    ) -> None:
         self.config = config
-        self.policies = PolicyRegistry(config.tenants)
+        self.policies = PolicyRegistry(config.tenants, last_good_policies)
         self.reserved = ReservedRoutes(config.server.prefix)
         self.hooks = Hooks()
         self.runtime: Runtime | None = None  # set by the identity extension at start

@@ -15,12 +15,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from gateway.config.model import Config
+from gateway.policy_sets import compile_tenant_policies
 from gateway.server import Extension, GatewayServer, listen_socket
+from policies import PolicyError, PolicySet
 
 log = logging.getLogger("authgate.supervisor")
 
@@ -42,11 +44,12 @@ async def run_worker(
     config: Config,
     extensions: Sequence[Extension],
     ready: Callable[[GatewayServer], None] | None = None,
+    last_good_policies: Mapping[str, PolicySet] | None = None,
 ) -> None:
     """Serve until SIGTERM (or SIGINT when standalone); SIGHUP reloads the policies."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    server = GatewayServer(config, extensions)
+    server = GatewayServer(config, extensions, last_good_policies)
     sockets = [listen_socket(addr) for addr in config.server.listen]
     await server.start(sockets)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -60,12 +63,15 @@ async def run_worker(
         await server.stop()
 
 
-def _worker_main(config: Config, extensions: Sequence[Extension]) -> None:
+def _worker_main(
+    config: Config, extensions: Sequence[Extension], last_good: Mapping[str, PolicySet]
+) -> None:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     install_event_loop_policy()
     try:
-        asyncio.run(run_worker(config, extensions))
+        asyncio.run(run_worker(config, extensions, last_good_policies=last_good))
     except OSError as exc:
         log.error("worker %d cannot serve: %s", os.getpid(), exc)
         sys.exit(3)
@@ -80,10 +86,13 @@ class Supervisor:
         self._workers: list[tuple[BaseProcess, float]] = []
         self._stopping = False
         self._quick_deaths = 0
+        self._reload_requested = False
+        # What a restarted worker serves if the files on disk are bad by then.
+        self._last_good: Mapping[str, PolicySet] = compile_tenant_policies(config.tenants)
 
     def _spawn(self) -> tuple[BaseProcess, float]:
         process = self._context.Process(
-            target=_worker_main, args=(self.config, self.extensions), daemon=False
+            target=_worker_main, args=(self.config, self.extensions, self._last_good), daemon=False
         )
         process.start()
         return process, time.monotonic()
@@ -92,6 +101,7 @@ class Supervisor:
         self._stopping = True
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
         for process, _ in self._workers:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signal.SIGHUP)
@@ -107,6 +117,9 @@ class Supervisor:
         status = 0
         while not self._stopping:
             time.sleep(0.2)
+            if self._reload_requested:
+                self._reload_requested = False
+                self._refresh_last_good()
             for index, (process, started) in enumerate(self._workers):
                 if process.is_alive() or self._stopping:
                     continue
@@ -122,6 +135,12 @@ class Supervisor:
                 self._workers[index] = self._spawn()
         self._shutdown()
         return status
+
+    def _refresh_last_good(self) -> None:
+        try:
+            self._last_good = compile_tenant_policies(self.config.tenants)
+        except PolicyError:
+            pass  # the workers log the problems; the last good set stays
 
     def _shutdown(self) -> None:
         for process, _ in self._workers:

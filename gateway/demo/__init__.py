@@ -15,11 +15,15 @@ from gateway.config.model import (
     ServerConfig,
     TenantConfig,
 )
+from gateway.identity.passwords import PasswordHasher
 from gateway.server import Extension, GatewayServer
+from gateway.stores import User, new_id, open_stores
 from gateway.supervisor import run_worker
 
 DEMO_POLICY = Path(__file__).with_name("policy.yaml")
 DEMO_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+DEMO_USER = "alice"
+DEMO_PASSWORD = "alice"  # noqa: S105 - the demo's published credential
 
 
 def demo_config(listen: ListenAddress, upstream_url: str, data_dir: Path) -> Config:
@@ -48,16 +52,44 @@ async def run_demo(listen: ListenAddress, extensions: Sequence[Extension]) -> No
     port = runner.addresses[0][1]
     with tempfile.TemporaryDirectory(prefix="authgate-demo-") as data_dir:
         config = demo_config(listen, f"http://127.0.0.1:{port}", Path(data_dir))
+        await add_demo_user(config)
 
         def announce(server: GatewayServer) -> None:
+            host, bound_port = server.addresses[0][:2]
+            url = f"http://{host}:{bound_port}/"
+            print(f"authgate demo: open {url} in your browser (Ctrl-C stops)", flush=True)
             print(
-                f"authgate demo: open http://{listen}/ in your browser (Ctrl-C stops)", flush=True
+                f"authgate demo: {url}members/ asks you to sign in as"
+                f" {DEMO_USER} / {DEMO_PASSWORD}",
+                flush=True,
             )
 
         try:
             await run_worker(config, extensions, ready=announce)
         finally:
             await runner.cleanup()
+
+
+async def add_demo_user(config: Config) -> None:
+    stores = await open_stores(config)
+    try:
+        await stores.users.create(
+            User(
+                id=new_id(),
+                tenant="demo",
+                username=DEMO_USER,
+                email="alice@example.test",
+                display_name="Alice Demo",
+                groups=("staff",),
+                roles=(),
+                disabled=False,
+                password_hash=await PasswordHasher(config.passwords).hash(DEMO_PASSWORD),
+                created=0.0,
+                updated=0.0,
+            )
+        )
+    finally:
+        await stores.close()
 
 
 def demo_upstream() -> web.Application:

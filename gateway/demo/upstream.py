@@ -48,6 +48,10 @@ async def show_request(request: web.Request) -> web.Response:
         f" &middot; body: {len(body)} bytes</p>"
         "<p>Highlighted rows are set by authgate; anything a client sends under those names"
         " is removed first.</p>"
+        "<p>This page is public. <a href='/members/'>/members/</a> needs a sign-in"
+        " (<code>alice</code> / <code>alice</code>): then <code>Remote-User</code> and a"
+        " signed <code>X-Authgate-Jwt</code> appear here."
+        " <a href='/.authgate/logout'>Sign out</a>.</p>"
         f"<table><tr><th>header</th><th>value</th></tr>{rows}</table></html>"
     )
     return web.Response(text=page, content_type="text/html")

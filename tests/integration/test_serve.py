@@ -180,6 +180,54 @@ def test_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
     assert f"{config}:5: tenants[0].domains:" in result.stderr
 
 
+def assert_demo_sign_in_shows_alice(port: int) -> None:
+    """The demo's members area: redirected to sign in, then the upstream sees alice."""
+    import re
+    import urllib.parse
+
+    host = {"Host": f"127.0.0.1:{port}"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/members/", headers={**host, "Accept": "text/html"})
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 302
+    login = resp.getheader("Location") or ""
+    conn.request("GET", login, headers={**host, "Accept": "text/html"})
+    resp = conn.getresponse()
+    page = resp.read().decode()
+    presession = (resp.getheader("Set-Cookie") or "").split(";")[0]
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    rd = re.search(r'name="rd" value="([^"]*)"', page)
+    assert token and rd
+    form = urllib.parse.urlencode(
+        {"csrf_token": token.group(1), "rd": rd.group(1), "username": "alice", "password": "alice"}
+    )
+    conn.request(
+        "POST",
+        "/.authgate/login",
+        body=form,
+        headers={
+            **host,
+            "Cookie": presession,
+            "Origin": f"http://127.0.0.1:{port}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 303
+    session = next(
+        v.split(";")[0] for k, v in resp.getheaders() if k == "Set-Cookie" and "session" in v
+    )
+    conn.request("GET", "/members/", headers={**host, "Cookie": session})
+    resp = conn.getresponse()
+    page = resp.read().decode()
+    conn.close()
+    assert resp.status == 200
+    assert "<td>Remote-User</td><td>alice</td>" in page
+    assert "X-Authgate-Jwt" in page
+
+
 def test_demo_shows_the_request_the_upstream_received() -> None:
     port = free_port()
     process = subprocess.Popen(
@@ -191,15 +239,18 @@ def test_demo_shows_the_request_the_upstream_received() -> None:
         wait_until_up(port, process, timeout=30)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request(
-            "GET", "/hello?x=1", headers={"Host": f"127.0.0.1:{port}", "Remote-User": "admin"}
+            "GET",
+            "/public/hello?x=1",
+            headers={"Host": f"127.0.0.1:{port}", "Remote-User": "admin"},
         )
         resp = conn.getresponse()
         page = resp.read().decode()
         assert resp.status == 200
         assert "The demo upstream received this request" in page
-        assert "GET /hello?x=1" in page
+        assert "GET /public/hello?x=1" in page
         assert "X-Forwarded-For" in page
-        assert "Remote-User" not in page
+        assert "<td>Remote-User</td>" not in page
+        assert_demo_sign_in_shows_alice(port)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -209,3 +260,4 @@ def test_demo_shows_the_request_the_upstream_received() -> None:
             process.wait()
     out = process.stdout.read().decode() if process.stdout else ""
     assert f"http://127.0.0.1:{port}/" in out
+    assert "alice / alice" in out
