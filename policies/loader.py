@@ -10,7 +10,7 @@ import ipaddress
 import re
 from typing import Any
 
-from policies.durations import parse_duration
+from policies.durations import duration_or_none
 from policies.errors import Problem, did_you_mean
 from policies.matchers import GlobError, PathMatcher
 from policies.model import IPNetwork, Level
@@ -381,7 +381,7 @@ def _rule(r: FieldReader, rules: LocatedList, index: int, path: str) -> RuleSpec
     if "fresh" in rule:
         written = r.string(rule, "fresh", f"{path}.fresh")
         if written is not None:
-            fresh = parse_duration(written)
+            fresh = duration_or_none(written)
             if fresh is None or fresh <= 0:
                 r.problem(
                     rule,

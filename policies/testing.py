@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from policies.compiler import PolicySet
-from policies.durations import parse_duration
+from policies.durations import duration_or_none
 from policies.engine import decide
 from policies.errors import PolicyError, Problem
 from policies.loader import FieldReader
@@ -235,7 +235,7 @@ def _principal(r: FieldReader, body: LocatedDict, path: str) -> PrincipalCase | 
         "auth_age" in block
         and (text := r.string(block, "auth_age", f"{path}.auth_age")) is not None
     ):
-        parsed = parse_duration(text)
+        parsed = duration_or_none(text)
         if parsed is None:
             r.problem(
                 block, "auth_age", f"{path}.auth_age", f"invalid duration '{text}' (like 90s, 15m)"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
 from gateway.errors import AuthgateError, BadRequest, ConfigError
 from policies import PolicyError, PolicySet, Principal, RequestContext, decide, load_policy_set
-from policies.durations import parse_duration
+from policies.durations import duration_or_none
 from policies.explain import explain_data, explain_text
 from policies.testing import NOW, default_policy_paths, load_case_file, run_case
 
@@ -152,7 +152,7 @@ def _context(args: argparse.Namespace, host: str, path: str) -> RequestContext:
             ip = ipaddress.ip_address(args.ip)
         except ValueError:
             raise _Usage(f"--ip: invalid IP address '{args.ip}'") from None
-    age = parse_duration(args.auth_age)
+    age = duration_or_none(args.auth_age)
     if age is None:
         raise _Usage(f"--auth-age: invalid duration '{args.auth_age}' (like 90s, 15m, 12h)")
     principal = None
