@@ -367,6 +367,7 @@ def write_json(
     results: list[ScenarioResult],
     ratio: Ratios,
     failures: list[str],
+    load_at_start: tuple[float, float, float],
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -376,6 +377,9 @@ def write_json(
         "timestamp": stamp,
         "machine": {
             "cpus": os.cpu_count(),
+            # Other work on the machine skews every figure; this says how busy it was
+            # before the benchmark added its own load.
+            "load_average_at_start": load_at_start,
             "kernel": platform.release(),
             "python": platform.python_version(),
             "aiohttp": aiohttp.__version__,
@@ -439,6 +443,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
+    load_at_start = os.getloadavg()
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -455,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ratio = ratios({r.key: r for r in results})
     print(table(results, ratio))
-    path = write_json(options.output or RESULTS, options, results, ratio, failures)
+    path = write_json(options.output or RESULTS, options, results, ratio, failures, load_at_start)
     print(f"\nresults: {path}")
     for failure in failures:
         log(f"FAILED: {failure}")
