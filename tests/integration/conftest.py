@@ -52,12 +52,12 @@ def make_config(
         policies=(policy_file,),
         routes=routes,
     )
+    server.setdefault("dev_mode", True)
     server_cfg = dataclasses.replace(
         ServerConfig(),
         listen=(ListenAddress("127.0.0.1", 0),),
-        dev_mode=True,
         trusted_proxies=tuple(ipaddress.ip_network(n) for n in trusted_proxies),
-        **server,
+        **server,  # type: ignore[arg-type]
     )
     return Config(
         source=tmp_path / "config.yaml",
