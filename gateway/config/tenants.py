@@ -74,6 +74,7 @@ TENANT_FIELDS = (
     Field("default_url", v.optional(v.http_url)),
     Field("cookie_domain", v.optional(v.exact_host_name)),
     Field("signup", v.boolean),
+    Field("login_host", v.optional(v.exact_host_name)),
     Field("users_file", v.optional(v.existing_path("file"))),
 )
 
@@ -121,6 +122,7 @@ def _tenant(index: int, raw: Any, ctx: Ctx) -> _Draft:
         _check_routes(kwargs.get("routes", ()), domains, entries.get("routes"), tctx)
         _check_default_url(kwargs.get("default_url"), domains, entries.get("default_url"), tctx)
         _check_cookie_domain(kwargs, domains, entries.get("cookie_domain"), tctx)
+        _check_login_host(kwargs.get("login_host"), domains, entries.get("login_host"), tctx)
     if "routes" in kwargs:
         kwargs["routes"] = tuple(_custom_headers(r) for r in kwargs["routes"])
     config = None
@@ -186,6 +188,15 @@ def _check_cookie_domain(
     bases = [d.removeprefix("*.") for d in domains]
     if not any(b == cookie_domain or b.endswith("." + cookie_domain) for b in bases):
         cctx.report("must be one of this tenant's domains or a parent of one")
+
+
+def _check_login_host(
+    host: str | None, domains: tuple[str, ...], entry: Entry | None, ctx: Ctx
+) -> None:
+    if host is None or entry is None:
+        return
+    if not any(v.host_covers(d, host) for d in domains):
+        ctx.child(".login_host", entry.where).report("must be one of this tenant's domains")
 
 
 def _check_unique_ids(drafts: list[_Draft]) -> None:
