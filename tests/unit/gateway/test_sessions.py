@@ -1,0 +1,154 @@
+"""SessionManager over a real SQLite store with an injected clock: expiry, idle timeout,
+rolling refresh, write rate, tenant binding and rotation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config.model import Config, SessionsConfig, TenantConfig
+from gateway.sessions import TOUCH_INTERVAL, SessionManager
+from gateway.stores import Stores, User, new_id, open_stores
+
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.mono = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def stores(tmp_path: Path, clock: Clock) -> AsyncIterator[Stores]:
+    config = Config(
+        source=tmp_path / "config.yaml",
+        tenants=(TenantConfig(id="acme", name="Acme", domains=("acme.test",)),),
+        storage=f"sqlite:///{tmp_path / 'a.db'}",
+    )
+    opened = await open_stores(config, clock=lambda: clock.now)
+    yield opened
+    await opened.close()
+
+
+async def make_user(stores: Stores, tenant: str = "acme") -> User:
+    user = User(new_id(), tenant, "alice", None, None, (), (), False, None, 0.0, 0.0)
+    await stores.users.create(user)
+    return user
+
+
+def manager(stores: Stores, clock: Clock, **settings: float) -> SessionManager:
+    return SessionManager(
+        stores.sessions,
+        stores.users,
+        stores.events,
+        SessionsConfig(**settings),  # type: ignore[arg-type]
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+
+
+async def test_a_session_expires_at_its_lifetime(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock, lifetime=3600.0, refresh_after=DAY, cache_ttl=0.0)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    clock.advance(3599)
+    assert await sessions.load(sid, "acme") is not None
+    clock.advance(2)
+    assert await sessions.load(sid, "acme") is None
+
+
+async def test_idle_timeout_ends_an_unused_session(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock, idle_timeout=600.0, cache_ttl=0.0)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    for _ in range(5):  # used every 5 minutes: stays alive
+        clock.advance(300)
+        assert await sessions.load(sid, "acme") is not None
+    clock.advance(600 + TOUCH_INTERVAL + 1)
+    assert await sessions.load(sid, "acme") is None
+    clock.advance(1)
+    assert await sessions.load(sid, "acme") is None  # revoked in the store, not only cached
+
+
+async def test_rolling_refresh_keeps_an_active_session_alive(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock, lifetime=2 * DAY, refresh_after=DAY, cache_ttl=0.0)
+    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    clock.advance(1.5 * DAY)
+    active = await sessions.load(sid, "acme")
+    assert active is not None
+    assert active.record.expires == pytest.approx(clock.now + 2 * DAY)
+    assert active.record.expires > record.expires
+
+
+async def test_the_hot_path_writes_at_most_once_a_minute(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock, cache_ttl=0.0)
+    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    clock.advance(30)
+    await sessions.load(sid, "acme")
+    stored = await stores.sessions.get(record.id_hash)
+    assert stored is not None and stored.last_seen == record.last_seen
+    clock.advance(31)
+    await sessions.load(sid, "acme")
+    stored = await stores.sessions.get(record.id_hash)
+    assert stored is not None and stored.last_seen == clock.now
+
+
+async def test_a_session_is_worthless_on_another_tenant(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "globex") is None
+    assert await sessions.load(sid, "acme") is not None
+
+
+async def test_elevation_rotates_the_id_and_kills_the_old_one(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "acme") is not None  # now cached
+    clock.advance(10)
+    elevated = await sessions.elevate(sid, ("pwd", "otp"))
+    assert elevated is not None
+    new_sid, record = elevated
+    assert new_sid != sid
+    assert record.amr == ("pwd", "otp")
+    assert record.auth_time == clock.now
+    assert await sessions.load(sid, "acme") is None
+    assert await sessions.elevate(sid, ("pwd", "otp")) is None
+    active = await sessions.load(new_sid, "acme")
+    assert active is not None and active.record.amr == ("pwd", "otp")
+
+
+async def test_disabled_users_sessions_stop_working(stores: Stores, clock: Clock) -> None:
+    import dataclasses
+
+    sessions = manager(stores, clock, cache_ttl=0.0)
+    user = await make_user(stores)
+    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    await stores.users.update(dataclasses.replace(user, disabled=True))
+    assert await sessions.load(sid, "acme") is None
+
+
+async def test_log_out_everywhere_reaches_cached_sessions(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock, cache_ttl=60.0)
+    user = await make_user(stores)
+    first, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    second, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(first, "acme") is not None
+    assert await sessions.load(second, "acme") is not None
+    assert await sessions.revoke_user("acme", user.id) == 2
+    assert await sessions.load(first, "acme") is None
+    assert await sessions.load(second, "acme") is None
+
+
+@pytest.mark.parametrize("cookie", ["", "short", "x" * 500])
+async def test_malformed_cookies_are_nobody(stores: Stores, clock: Clock, cookie: str) -> None:
+    assert await manager(stores, clock).load(cookie, "acme") is None
