@@ -41,6 +41,7 @@ from gateway.stores.base import (
     session_revoked,
     user_sessions_revoked,
 )
+from gateway.stores.credentials import CredentialStore, SqlCredentialStore
 from gateway.stores.database import Database
 from gateway.stores.postgres import open_postgres
 from gateway.stores.sql import (
@@ -62,6 +63,7 @@ __all__ = [
     "AuditEvent",
     "AuditLog",
     "Ban",
+    "CredentialStore",
     "EventBus",
     "KeyStore",
     "NotFound",
@@ -95,6 +97,7 @@ class Stores:
     audit: AuditLog
     limiter: RateLimiter
     events: EventBus
+    credentials: CredentialStore
     _pings: tuple[Callable[[], Awaitable[bool]], ...]
     _closers: tuple[Callable[[], Awaitable[None]], ...]
 
@@ -144,6 +147,7 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
             audit=SqlAuditLog(db),
             limiter=SqlRateLimiter(db, clock),
             events=SqlEventBus(db, clock),
+            credentials=SqlCredentialStore(db),
             _pings=(db.ping,),
             _closers=(db.close,),
         )
@@ -170,6 +174,7 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
         audit=SqlAuditLog(db),
         limiter=redis_backend.RedisRateLimiter(client, clock=clock),
         events=redis_backend.RedisEventBus(client),
+        credentials=SqlCredentialStore(db),
         _pings=(db.ping, redis_ping),
         _closers=(redis_close, db.close),
     )
