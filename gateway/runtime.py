@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from gateway.server import GatewayServer
 from gateway.sessions import SessionManager
 from gateway.signing import JwtSigner
 from gateway.stores import Stores, open_stores
+from gateway.users_file import LayeredUserStore, load_users_files
 from policies import Action, Decision
 
 log = logging.getLogger("authgate.runtime")
@@ -57,7 +59,10 @@ class Runtime:
 
 async def open_runtime(config: Config) -> Runtime:
     box = load_secret_box(config)
+    users_files = load_users_files(config.tenants)
     stores = await open_stores(config)
+    if users_files:
+        stores = dataclasses.replace(stores, users=LayeredUserStore(stores.users, users_files))
     try:
         sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
         await sessions.start()

@@ -9,6 +9,7 @@ leads to a host this tenant protects (invariant 4).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from gateway.csrf import new_presession_id, origin_allowed
 from gateway.redirects import safe_return_url
 from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
-from gateway.stores import User
+from gateway.stores import NotFound, User
 from gateway.tenants import TenantIndex
 from login_ui.branding import BrandingView
 from login_ui.headers import security_headers
@@ -244,7 +245,8 @@ class LoginPages:
             return None
         if runtime.hasher.needs_rehash(user.password_hash):
             rehashed = await runtime.hasher.hash(password)
-            await runtime.stores.users.update(replace(user, password_hash=rehashed))
+            with contextlib.suppress(NotFound):  # read-only users (a users file) keep theirs
+                await runtime.stores.users.update(replace(user, password_hash=rehashed))
         return user
 
     # --- sign out ------------------------------------------------------------------

@@ -11,6 +11,7 @@ from gateway.errors import ConfigError
 from gateway.extensions import default_extensions
 from gateway.policy_sets import compile_tenant_policies
 from gateway.supervisor import Supervisor, default_worker_count
+from gateway.users_file import load_users_files
 from policies import PolicyError
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(config_path(args))
         compile_tenant_policies(config.tenants)  # refuse to start on a bad policy
+        load_users_files(config.tenants)  # or a bad users file
     except (ConfigError, PolicyError) as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

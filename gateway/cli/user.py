@@ -140,6 +140,23 @@ def register(
     add_tenant_option(passwd)
     passwd.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _passwd(args, c, s)))
 
+    hashing = actions.add_parser(
+        "hash-password",
+        help="print an argon2id hash for a users file (needs no config or database)",
+    )
+    hashing.add_argument("--password-stdin", action="store_true")
+    hashing.set_defaults(func=_hash_password)
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    try:
+        password = read_password(args.password_stdin)
+    except UsageError as exc:
+        print(f"authgate user hash-password: {exc}", file=sys.stderr)
+        return 2
+    print(asyncio.run(PasswordHasher().hash(password)))
+    return 0
+
 
 async def _add(args: argparse.Namespace, config: Config, stores: Stores) -> int:
     tenant = pick_tenant(config, args.tenant)

@@ -1,0 +1,87 @@
+"""A read-only YAML users file: its users sign in; its mistakes are located; it is never written."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.config.model import PasswordsConfig
+from gateway.errors import ConfigError
+from gateway.extensions import default_extensions
+from gateway.identity.passwords import PasswordHasher
+from gateway.users_file import load_users_file
+from tests.integration.browser import Browser, hidden
+from tests.integration.conftest import StartGateway, make_config
+
+CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
+
+
+async def test_a_user_from_the_file_signs_in_and_is_forwarded(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    # hashed with other parameters than the config's: a rehash is due but must not write
+    password_hash = await PasswordHasher(PasswordsConfig(time_cost=2, memory_cost=16)).hash("pw")
+    users = tmp_path / "users.yaml"
+    users.write_text(
+        "users:\n"
+        "  carol:\n"
+        f"    password: '{password_hash}'\n"
+        "    email: carol@acme.test\n"
+        "    groups: [ops]\n"
+    )
+    before = users.read_text()
+    config = make_config(
+        tmp_path, str(upstream.make_url("")), policy="version: 1\ndefault: one_factor\n"
+    )
+    tenant = dataclasses.replace(config.tenants[0], users_file=users)
+    config = dataclasses.replace(config, tenants=(tenant,), passwords=CHEAP)
+    base = await start_gateway(config, tuple(default_extensions()))
+    async with aiohttp.ClientSession() as client:
+        browser = Browser(base, client)
+        resp, page = await browser.request("GET", "/.authgate/login")
+        form = {
+            "csrf_token": hidden(page, "csrf_token"),
+            "rd": "/x",
+            "username": "Carol",
+            "password": "pw",
+        }
+        resp, _ = await browser.request(
+            "POST", "/.authgate/login", data=form, Origin="http://app.test"
+        )
+        assert resp.status == 303
+        resp, body = await browser.request("GET", "/x", Accept="application/json")
+        assert resp.status == 200
+        assert '["Remote-User", "carol"]' in body
+        assert '["Remote-Groups", "ops"]' in body
+    assert users.read_text() == before
+
+
+def test_mistakes_name_file_line_and_key(tmp_path: Path) -> None:
+    users = tmp_path / "users.yaml"
+    users.write_text("users:\n  dave:\n    password: plain-text\n    emial: d@x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_users_file(users, "acme")
+    messages = [str(p) for p in caught.value.problems]
+    assert f"{users}:4: users.dave.emial: unknown key" in messages
+    assert any(
+        m.startswith(f"{users}:3: users.dave.password: expected an argon2 hash") for m in messages
+    )
+
+
+def test_hash_password_prints_an_argon2id_hash() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "user", "hash-password", "--password-stdin"],
+        input="a password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.startswith("$argon2id$")
+    assert "a password" not in result.stdout
