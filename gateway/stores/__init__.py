@@ -2,7 +2,8 @@
 
 `storage` (users, API keys, signing keys, audit; and by default sessions, rate
 limits and events): `sqlite:////abs/path.db` or `postgresql://…`.
-`sessions.store`: `storage`, or `redis://…`/`rediss://…` for sessions, rate
+`sessions.store`: `storage`, or a Redis URL (`redis://`, `rediss://`,
+`redis+sentinel://`, `redis+cluster://`; see `redis_urls`) for sessions, rate
 limits and revocation events shared by many instances.
 """
 
@@ -16,6 +17,7 @@ from gateway.config.model import Config
 from gateway.errors import StoreUnavailable
 from gateway.stores import postgres as postgres_backend
 from gateway.stores import redis as redis_backend
+from gateway.stores import redis_urls
 from gateway.stores import sqlite as sqlite_backend
 from gateway.stores.base import (
     REVOCATIONS,
@@ -151,20 +153,25 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
             _pings=(db.ping,),
             _closers=(db.close,),
         )
-    if not session_url.startswith(("redis://", "rediss://")):
+    if not redis_urls.is_redis_url(session_url):
         await db.close()
-        raise StoreUnavailable("sessions.store: expected 'storage' or a redis:// URL")
-    client = redis_backend.connect(session_url)
-    if not await redis_backend.ping(client):
-        await client.aclose()
+        raise StoreUnavailable(
+            "sessions.store: expected 'storage' or a redis://, rediss://,"
+            " redis+sentinel:// or redis+cluster:// URL"
+        )
+    try:
+        handle = redis_backend.open_redis(session_url)
+    except StoreUnavailable:
+        await db.close()
+        raise
+    if not await handle.ping():
+        await handle.close()
         await db.close()
         raise StoreUnavailable("sessions.store: Redis does not answer")
+    client = handle.client
 
     async def redis_ping() -> bool:
-        return await redis_backend.ping(client)
-
-    async def redis_close() -> None:
-        await client.aclose()
+        return await handle.ping()
 
     return Stores(
         users=SqlUserStore(db),
@@ -173,8 +180,10 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
         keys=SqlKeyStore(db),
         audit=SqlAuditLog(db),
         limiter=redis_backend.RedisRateLimiter(client, clock=clock),
-        events=redis_backend.RedisEventBus(client),
+        events=redis_backend.RedisEventBus(
+            client, new_pubsub=handle.pubsub, attempts=len(handle.target.nodes)
+        ),
         credentials=SqlCredentialStore(db),
         _pings=(db.ping, redis_ping),
-        _closers=(redis_close, db.close),
+        _closers=(handle.close, db.close),
     )

@@ -1,33 +1,47 @@
 """Sessions, rate limits and revocation events in Redis: for many instances.
 
-Layout under a key prefix (default `authgate:`):
+Redis standalone, Sentinel or Cluster (see `redis_urls` for the URL forms), all
+through one code path, redis-py's asyncio client (hiredis parses replies when
+installed). Layout under a key prefix (default `authgate:`):
+
 - `s:<id_hash>` a hash per session, expiring at the session's `expires`;
 - `u:<tenant>:<user_id>` and `t:<tenant>` sets of session hashes (indexes for
-  "log out everywhere" and listings; entries of expired sessions are removed
-  lazily and by `prune_expired`);
-- `rl:<window_s>:<start>:<key>` fixed-window counters, `rlw:<key>` the windows
-  a key uses (so `clear` needs no SCAN), `ban:<key>` bans.
-Multi-key updates run as Lua scripts or MULTI blocks, so they are atomic. The
-scripts build key names themselves, which suits standalone Redis and Sentinel,
-not Cluster.
+  "log out everywhere" and listings), expiring with their longest-lived member;
+  entries of gone sessions are removed lazily and by `prune_expired`;
+- `rl:{<key>}:<window_s>:<start>` fixed-window counters, `rlw:{<key>}` the windows
+  a key uses (so `clear` needs no SCAN), `ban:{<key>}` bans.
+
+Cluster safety: a script or transaction only ever touches keys of one hash slot,
+named in KEYS. The rate-limit keys of one limiter key share the hash tag `{<key>}`,
+so a hit is one atomic script. A session is found by the hash of its cookie alone,
+so its key cannot share a slot with its user's index; session operations are
+therefore ordered so that a crash between two steps never leaves a live session
+out of its user's index (index first, session second; on rotation the new session
+exists before the old one is deleted), which keeps "log out everywhere" complete
+without a cross-slot transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import Ban, Callback, SessionRecord
+from gateway.stores.redis_urls import RedisMode, RedisTarget, RedisUrlError, parse_redis_url
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -35,6 +49,8 @@ log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 5.0
 REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
+RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
+RESYNC = "resync:"  # delivered to subscribers after a gap in which messages may be lost
 
 _DRIVER_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
@@ -46,8 +62,98 @@ async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
+# --- connecting ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisHandle:
+    """A client for the deployment a URL names, and how to subscribe to it and close it.
+
+    `client` is a `redis.asyncio.Redis` (standalone, or the Sentinel-managed master)
+    or a `RedisCluster`; the stores use only commands both offer.
+    """
+
+    target: RedisTarget
+    client: Any
+    sentinel: Sentinel | None = None
+    _next_node: itertools.count[int] = field(default_factory=itertools.count, repr=False)
+
+    def pubsub(self) -> Any:
+        """A fresh PubSub. In a Cluster a plain PUBLISH reaches every node, so a
+        subscriber needs one connection to any node: we take the seed nodes in turn
+        (a lost node is replaced by the next on resubscription) rather than rely on
+        redis-py's ClusterPubSub, whose asyncio support differs between versions."""
+        if self.target.mode is not RedisMode.CLUSTER:
+            return self.client.pubsub(ignore_subscribe_messages=True)
+        nodes = self.target.nodes
+        host, port = nodes[next(self._next_node) % len(nodes)]
+        node = aioredis.Redis(host=host, port=port, **_common_options(self.target))
+        pubsub = node.pubsub(ignore_subscribe_messages=True)
+        pubsub._authgate_node = node  # type: ignore[attr-defined] # closed with the pubsub (see _close_pubsub)
+        return pubsub
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await _guard(lambda: self.client.ping()))
+        except StoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            await self.client.aclose()
+        if self.sentinel is not None:
+            for sentinel in self.sentinel.sentinels:
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    await sentinel.aclose()
+
+
+def _common_options(target: RedisTarget) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "username": target.username,
+        "password": target.password,
+    }
+    if target.tls:
+        options["ssl"] = True
+    return options
+
+
+def open_redis(url: str) -> RedisHandle:
+    """A handle for any accepted URL (connections open lazily; RedisUrlError when bad)."""
+    target = parse_redis_url(url)
+    if target.mode is RedisMode.STANDALONE:
+        return RedisHandle(target, connect(url))
+    if target.mode is RedisMode.CLUSTER:
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            health_check_interval=30,
+            **_common_options(target),
+        )
+        return RedisHandle(target, cluster)
+    assert target.service_name is not None  # parse_redis_url guarantees it
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "decode_responses": True,
+    }
+    if target.sentinel_password:
+        sentinel_options["password"] = target.sentinel_password
+    if target.tls:
+        sentinel_options["ssl"] = True
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes),
+        sentinel_kwargs=sentinel_options,
+        db=target.db,
+        health_check_interval=30,
+        **_common_options(target),
+    )
+    return RedisHandle(target, sentinel.master_for(target.service_name), sentinel)
+
+
 def connect(url: str) -> aioredis.Redis:
-    """A client for `redis://` or `rediss://` (connections open lazily)."""
+    """A client for one `redis://` or `rediss://` server (connections open lazily)."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
@@ -57,11 +163,18 @@ def connect(url: str) -> aioredis.Redis:
     )
 
 
-async def ping(client: aioredis.Redis) -> bool:
+async def ping(client: Any) -> bool:
     try:
         return bool(await _guard(lambda: client.ping()))
     except StoreUnavailable:
         return False
+
+
+def _check_prefix(prefix: str) -> str:
+    if "{" in prefix or "}" in prefix:
+        # Braces would move the hash tag and break the one-slot guarantee.
+        raise RedisUrlError("redis key prefix must not contain '{' or '}'")
+    return prefix
 
 
 # --- sessions ----------------------------------------------------------------
@@ -111,13 +224,11 @@ def _ms(t: float) -> int:
     return math.ceil(t * 1000)
 
 
-# KEYS: session, user index, tenant index. ARGV: expire-at ms, id hash, field/value...
+# KEYS: session. ARGV: expire-at ms, field/value...
 _CREATE = """
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -129,41 +240,24 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 return 1
 """
 
-# KEYS: old session, new session, user index, tenant index.
-# ARGV: old hash, new hash, expire-at ms, field/value...
-_ROTATE = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-redis.call('PEXPIREAT', KEYS[2], ARGV[3])
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[2])
+# KEYS: an index set. ARGV: member, time to live in ms. The set lives as long as
+# its longest-lived member (sets must not outlive every session forever).
+_INDEX_ADD = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
-"""
-
-# KEYS: user index. ARGV: session key prefix.
-_REVOKE_USER = """
-local n = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  n = n + redis.call('DEL', ARGV[1] .. id)
-end
-redis.call('DEL', KEYS[1])
-return n
 """
 
 
 class RedisSessionStore:
-    def __init__(
-        self, client: aioredis.Redis, prefix: str = "authgate:", clock: Clock = time.time
-    ) -> None:
+    def __init__(self, client: Any, prefix: str = "authgate:", clock: Clock = time.time) -> None:
         self._r: Any = client  # decode_responses=True: str in, str out (stubs say bytes|str)
-        self._p = prefix
+        self._p = _check_prefix(prefix)
         self._clock = clock
         self._create = client.register_script(_CREATE)
         self._touch = client.register_script(_TOUCH)
-        self._rotate = client.register_script(_ROTATE)
-        self._revoke_user = client.register_script(_REVOKE_USER)
+        self._index_add = client.register_script(_INDEX_ADD)
 
     def _s(self, id_hash: str) -> str:
         return f"{self._p}s:{id_hash}"
@@ -174,11 +268,23 @@ class RedisSessionStore:
     def _t(self, tenant: str) -> str:
         return f"{self._p}t:{tenant}"
 
+    async def _index(self, record: SessionRecord) -> None:
+        ttl_ms = max(_ms(record.expires - self._clock()), 1000)
+        for index in (self._u(record.tenant, record.user_id), self._t(record.tenant)):
+            args: list[str | int] = [record.id_hash, ttl_ms]
+            await _guard(lambda i=index, a=args: self._index_add(keys=[i], args=a))  # type: ignore[misc]
+
+    async def _unindex(self, tenant: str, user_id: str, id_hash: str) -> None:
+        await _guard(lambda: self._r.srem(self._u(tenant, user_id), id_hash))
+        await _guard(lambda: self._r.srem(self._t(tenant), id_hash))
+
+    async def _write(self, record: SessionRecord) -> None:
+        args: list[str | int] = [_ms(record.expires), *_fields(record)]
+        await _guard(lambda: self._create(keys=[self._s(record.id_hash)], args=args))
+
     async def create(self, record: SessionRecord) -> None:
-        keys = [self._s(record.id_hash), self._u(record.tenant, record.user_id)]
-        keys.append(self._t(record.tenant))
-        args: list[str | int] = [_ms(record.expires), record.id_hash, *_fields(record)]
-        await _guard(lambda: self._create(keys=keys, args=args))
+        await self._index(record)  # first: a session must never exist outside its index
+        await self._write(record)
 
     async def get(self, id_hash: str) -> SessionRecord | None:
         h = await _guard(lambda: self._r.hgetall(self._s(id_hash)))
@@ -193,24 +299,47 @@ class RedisSessionStore:
         return bool(done)
 
     async def rotate(self, old_hash: str, new: SessionRecord) -> bool:
-        keys = [self._s(old_hash), self._s(new.id_hash)]
-        keys += [self._u(new.tenant, new.user_id), self._t(new.tenant)]
-        args: list[str | int] = [old_hash, new.id_hash, _ms(new.expires), *_fields(new)]
-        done = await _guard(lambda: self._rotate(keys=keys, args=args))
-        return bool(done)
+        """New session first, then DEL of the old one decides: if the old one was
+        already gone (revoked meanwhile), the new one is removed again, so a revoked
+        session is never resurrected and a concurrent "log out everywhere", which
+        sees both in the index, removes both."""
+        if not await _guard(lambda: self._r.exists(self._s(old_hash))):
+            return False
+        await self._index(new)
+        await self._write(new)
+        if not await _guard(lambda: self._r.delete(self._s(old_hash))):
+            await _guard(lambda: self._r.delete(self._s(new.id_hash)))
+            await self._unindex(new.tenant, new.user_id, new.id_hash)
+            return False
+        await self._unindex(new.tenant, new.user_id, old_hash)
+        return True
 
     async def revoke(self, id_hash: str) -> bool:
         owner = await _guard(lambda: self._r.hmget(self._s(id_hash), ["tenant", "user_id"]))
         deleted = await _guard(lambda: self._r.delete(self._s(id_hash)))
         if owner[0] is not None and owner[1] is not None:
-            await _guard(lambda: self._r.srem(self._u(owner[0], owner[1]), id_hash))
-            await _guard(lambda: self._r.srem(self._t(owner[0]), id_hash))
+            await self._unindex(owner[0], owner[1], id_hash)
         return bool(deleted)
 
     async def revoke_user(self, tenant: str, user_id: str) -> int:
-        keys = [self._u(tenant, user_id)]
-        count = await _guard(lambda: self._revoke_user(keys=keys, args=[f"{self._p}s:"]))
-        return int(count)
+        """Delete every session in the user's index, one key at a time (each may live
+        in another slot); a second pass catches a session indexed meanwhile."""
+        index = self._u(tenant, user_id)
+        count = 0
+        done: set[str] = set()
+        for _ in range(2):
+            ids = set(await _guard(lambda: self._r.smembers(index))) - done
+            if not ids:
+                break
+            pipe = self._r.pipeline(transaction=False)
+            for id_hash in sorted(ids):
+                pipe.delete(self._s(id_hash))
+            results: Sequence[int] = await _guard(lambda p=pipe: p.execute())  # type: ignore[misc]
+            count += sum(int(n) for n in results)
+            done |= ids
+            await _guard(lambda i=ids: self._r.srem(index, *i))  # type: ignore[misc]
+            await _guard(lambda i=ids: self._r.srem(self._t(tenant), *i))  # type: ignore[misc]
+        return count
 
     async def _members(self, index: str) -> list[SessionRecord]:
         ids = sorted(await _guard(lambda: self._r.smembers(index)))
@@ -252,7 +381,8 @@ class RedisSessionStore:
         return removed
 
 
-async def _scan(client: aioredis.Redis, pattern: str) -> Any:
+async def _scan(client: Any, pattern: str) -> Any:
+    """Every matching key (a Cluster client scans every primary)."""
     try:
         async for key in client.scan_iter(match=pattern, count=500):
             yield key
@@ -262,44 +392,50 @@ async def _scan(client: aioredis.Redis, pattern: str) -> Any:
 
 # --- rate limiting -----------------------------------------------------------
 
+# KEYS: counter, registry (one slot: both carry the tag {<key>}).
+# ARGV: counter expire-at ms, window (registry member), registry ttl ms.
+_HIT = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return n
+"""
+
 
 class RedisRateLimiter:
-    """Fixed-window counters: INCR + PEXPIRE in one MULTI block per hit."""
+    """Fixed-window counters: INCR + expiry + window registry in one script per hit."""
 
-    def __init__(
-        self, client: aioredis.Redis, prefix: str = "authgate:", clock: Clock = time.time
-    ) -> None:
-        self._r = client
-        self._p = prefix
+    def __init__(self, client: Any, prefix: str = "authgate:", clock: Clock = time.time) -> None:
+        self._r: Any = client
+        self._p = _check_prefix(prefix)
         self._clock = clock
+        self._hit = client.register_script(_HIT)
 
     def _counter(self, key: str, window_s: float, start: float) -> str:
-        return f"{self._p}rl:{window_s!r}:{start!r}:{key}"
+        return f"{self._p}rl:{{{key}}}:{window_s!r}:{start!r}"
+
+    def _registry(self, key: str) -> str:
+        return f"{self._p}rlw:{{{key}}}"
+
+    def _ban(self, key: str) -> str:
+        return f"{self._p}ban:{{{key}}}"
 
     async def hit(self, key: str, window_s: float) -> int:
         start = math.floor(self._clock() / window_s) * window_s
-        counter = self._counter(key, float(window_s), float(start))
-        registry = f"{self._p}rlw:{key}"
-
-        async def run() -> list[Any]:
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.incr(counter)
-                pipe.pexpireat(counter, _ms(start + window_s) + 1000)
-                pipe.sadd(registry, repr(float(window_s)))
-                pipe.pexpire(registry, REGISTRY_TTL_MS)
-                result: list[Any] = await pipe.execute()
-                return result
-
-        results = await _guard(run)
-        return int(results[0])
+        keys = [self._counter(key, float(window_s), float(start)), self._registry(key)]
+        args: list[str | int] = [_ms(start + window_s) + 1000, repr(float(window_s))]
+        args.append(REGISTRY_TTL_MS)
+        count = await _guard(lambda: self._hit(keys=keys, args=args))
+        return int(count)
 
     async def ban(self, key: str, seconds: float) -> float:
         until = self._clock() + seconds
-        await _guard(lambda: self._r.set(f"{self._p}ban:{key}", repr(until), pxat=_ms(until)))
+        await _guard(lambda: self._r.set(self._ban(key), repr(until), pxat=_ms(until)))
         return until
 
     async def banned_until(self, key: str) -> float | None:
-        value = await _guard(lambda: self._r.get(f"{self._p}ban:{key}"))
+        value = await _guard(lambda: self._r.get(self._ban(key)))
         if value is None:
             return None
         until = float(value)
@@ -307,10 +443,10 @@ class RedisRateLimiter:
 
     async def clear(self, key: str) -> None:
         """Only the current window's counters matter to `hit`, so those are dropped."""
-        registry = f"{self._p}rlw:{key}"
+        registry = self._registry(key)
         windows = await _guard(lambda: self._r.smembers(registry))
         now = self._clock()
-        doomed = [f"{self._p}ban:{key}", registry]
+        doomed = [self._ban(key), registry]
         for text in windows:
             window_s = float(text)
             doomed.append(self._counter(key, window_s, math.floor(now / window_s) * window_s))
@@ -323,54 +459,118 @@ class RedisRateLimiter:
         async for name in _scan(self._r, prefix + "*"):
             value = await _guard(lambda n=name: self._r.get(n))  # type: ignore[misc]
             if value is not None and float(value) > now:
-                bans.append(Ban(name[len(prefix) :], float(value)))
+                key = name[len(prefix) :]
+                if key.startswith("{") and key.endswith("}"):
+                    key = key[1:-1]
+                bans.append(Ban(key, float(value)))
         return sorted(bans, key=lambda b: b.until)
 
 
 # --- events --------------------------------------------------------------------
 
 
+class _Listener:
+    """One subscription: reads messages, and reopens itself on a new connection
+    when the one it had is lost (telling the callback that it may have missed some)."""
+
+    def __init__(self, new_pubsub: Callable[[], Any], channel: str, callback: Callback) -> None:
+        self._new_pubsub = new_pubsub
+        self._channel = channel
+        self._callback = callback
+        self.pubsub: Any = None
+
+    async def open(self) -> None:
+        pubsub = self._new_pubsub()
+        try:
+            await _guard(lambda: pubsub.subscribe(self._channel))
+        except StoreUnavailable:
+            await _close_pubsub(pubsub)
+            raise
+        self.pubsub = pubsub
+
+    async def run(self) -> None:
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=1.0)
+            except _DRIVER_ERRORS:
+                log.warning("event subscription lost; reconnecting", exc_info=True)
+                await self._reopen()
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            await self._deliver(str(message["data"]))
+
+    async def _reopen(self) -> None:
+        await _close_pubsub(self.pubsub)
+        while True:
+            await asyncio.sleep(RESUBSCRIBE_DELAY)
+            try:
+                await self.open()
+            except StoreUnavailable:
+                continue
+            await self._deliver(RESYNC)
+            return
+
+    async def _deliver(self, message: str) -> None:
+        try:
+            await self._callback(message)
+        except Exception:
+            log.exception("event callback failed")
+
+
+async def _close_pubsub(pubsub: Any) -> None:
+    with contextlib.suppress(*_DRIVER_ERRORS):
+        await pubsub.aclose()
+    node = getattr(pubsub, "_authgate_node", None)
+    if node is not None:
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            await node.aclose()
+
+
 class RedisSubscription:
-    def __init__(self, pubsub: Any, task: asyncio.Task[None]) -> None:
-        self._pubsub = pubsub
+    def __init__(self, listener: _Listener, task: asyncio.Task[None]) -> None:
+        self._listener = listener
         self._task = task
 
     async def close(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        with contextlib.suppress(*_DRIVER_ERRORS):
-            await self._pubsub.aclose()
+        if self._listener.pubsub is not None:
+            await _close_pubsub(self._listener.pubsub)
 
 
 class RedisEventBus:
-    """Redis pub/sub: delivery is immediate, to every subscribed connection."""
+    """Redis pub/sub: delivery is immediate, to every subscribed connection.
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "authgate:") -> None:
-        self._r = client
-        self._p = prefix
+    Messages published while a subscriber is disconnected are lost (pub/sub keeps
+    nothing); after reconnecting the subscriber receives `RESYNC` so it can drop
+    what it cached. `new_pubsub` makes a fresh PubSub (see `RedisHandle.pubsub`)."""
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "authgate:",
+        *,
+        new_pubsub: Callable[[], Any] | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self._r: Any = client
+        self._p = _check_prefix(prefix)
+        self._new_pubsub = new_pubsub or (lambda: client.pubsub(ignore_subscribe_messages=True))
+        self._attempts = max(attempts, 1)
 
     async def publish(self, channel: str, message: str) -> None:
         await _guard(lambda: self._r.publish(self._p + channel, message))
 
     async def subscribe(self, channel: str, callback: Callback) -> RedisSubscription:
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        await _guard(lambda: pubsub.subscribe(self._p + channel))
-        task = asyncio.create_task(self._listen(pubsub, callback))
-        return RedisSubscription(pubsub, task)
-
-    async def _listen(self, pubsub: Any, callback: Callback) -> None:
-        while True:
+        listener = _Listener(self._new_pubsub, self._p + channel, callback)
+        for attempt in range(self._attempts):
             try:
-                message = await pubsub.get_message(timeout=1.0)
-            except _DRIVER_ERRORS:
-                # redis-py reconnects and resubscribes on the next call.
-                log.warning("event subscription lost; reconnecting", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            try:
-                await callback(str(message["data"]))
-            except Exception:
-                log.exception("event callback failed")
+                await listener.open()
+                break
+            except StoreUnavailable:
+                if attempt + 1 == self._attempts:
+                    raise
+        task = asyncio.create_task(listener.run())
+        return RedisSubscription(listener, task)
