@@ -106,6 +106,8 @@ class AuditConfig:
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
+    access_log: bool = True  # one line per request (never the query string)
+    otel: bool = False  # a span per request, when authgate[otel] is installed
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,8 @@ LOGGING = Section(
     (
         Field("level", v.choice("debug", "info", "warning", "error"), env="text"),
         Field("format", v.choice("json", "text"), env="text"),
+        Field("access_log", v.boolean),
+        Field("otel", v.boolean),
     ),
 )
 
