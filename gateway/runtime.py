@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -31,7 +32,11 @@ from gateway.secretbox import SecretBox, load_secret_box
 from gateway.server import GatewayServer
 from gateway.sessions import SessionManager
 from gateway.signing import JwtSigner
-from gateway.stores import Stores, open_stores
+from gateway.sso import RedisSsoCodes, SqlSsoCodes, SsoCodes, SsoCodeStore
+from gateway.stores import Stores, open_database, open_stores
+from gateway.stores import redis as redis_backend
+from gateway.stores.database import Database
+from gateway.tenant_store import TenantRefresher, TenantStore
 from gateway.users_file import LayeredUserStore, load_users_files
 from policies import Action, Decision
 
@@ -51,10 +56,26 @@ class Runtime:
     signer: JwtSigner
     csrf: CsrfTokens
     identifier: Identifier
+    tenant_store: TenantStore
+    sso: SsoCodes
+    _extra_closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
         await self.sessions.stop()
+        for close in self._extra_closers:
+            await close()
         await self.stores.close()
+
+
+async def _open_sso(
+    config: Config, stores: Stores, db: Database
+) -> tuple[SsoCodeStore, tuple[Callable[[], Awaitable[None]], ...]]:
+    """SSO codes live beside the sessions: in Redis when sessions do, else in the database."""
+    url = config.sessions.store
+    if url.startswith(("redis://", "rediss://")):
+        client = redis_backend.connect(url)
+        return RedisSsoCodes(client), (client.aclose,)
+    return SqlSsoCodes(db), ()
 
 
 async def open_runtime(config: Config) -> Runtime:
@@ -72,6 +93,10 @@ async def open_runtime(config: Config) -> Runtime:
         await stores.close()
         raise
     identifier = Identifier(config, sessions, stores.users, stores.apikeys, signer)
+    # The stores keep their database to themselves; tenants and SSO codes get their own
+    # connection to the same storage.
+    db = await open_database(config)
+    sso_codes, sso_closers = await _open_sso(config, stores, db)
     return Runtime(
         config=config,
         stores=stores,
@@ -81,6 +106,9 @@ async def open_runtime(config: Config) -> Runtime:
         signer=signer,
         csrf=CsrfTokens(box.derive("authgate csrf v1")),
         identifier=identifier,
+        tenant_store=TenantStore(db, config.tenants),
+        sso=SsoCodes(sso_codes, stores.sessions, stores.users),
+        _extra_closers=(*sso_closers, db.close),
     )
 
 
@@ -95,6 +123,7 @@ async def _housekeeping(runtime: Runtime) -> None:
             if now - last_prune >= PRUNE_SECONDS:
                 last_prune = now
                 await runtime.stores.sessions.prune_expired(now)
+                await runtime.sso.prune()
         except Exception:
             log.exception("housekeeping failed; will retry")
 
@@ -134,6 +163,7 @@ async def interstitial_challenge(
 def identity_extension(server: GatewayServer) -> None:
     """Plug sessions, API keys, identity headers and the JWKS into the server."""
     tasks: list[asyncio.Task[None]] = []
+    refreshers: list[TenantRefresher] = []
 
     async def startup() -> None:
         runtime = await open_runtime(server.config)
@@ -141,8 +171,14 @@ def identity_extension(server: GatewayServer) -> None:
         server.hooks.identify = runtime.identifier
         server.hooks.readiness.append(runtime.stores.ping)
         tasks.append(asyncio.ensure_future(_housekeeping(runtime)))
+        # Database tenants are served without a restart: polled, and at once on an event.
+        refresher = TenantRefresher(server.tenants, runtime.tenant_store, runtime.stores.events)
+        await refresher.start()
+        refreshers.append(refresher)
 
     async def cleanup() -> None:
+        for refresher in refreshers:
+            await refresher.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.audit import Event
 from gateway.config.model import Config, ListenAddress
+from gateway.geo import GeoService
 from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
 from gateway.policy_sets import PolicyRegistry
 from gateway.proxy import upstream_client
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, PlainPages
+from gateway.tenant_store import TenantDirectory
 from gateway.watch import start_watching
 from policies import PolicySet
 
@@ -70,8 +73,17 @@ class GatewayServer:
         last_good_policies: Mapping[str, PolicySet] | None = None,
     ) -> None:
         self.config = config
-        self.policies = PolicyRegistry(config.tenants, last_good_policies)
+        self.policies = PolicyRegistry(
+            config.tenants,
+            last_good_policies,
+            geoip_configured=config.geoip.database is not None,
+        )
+        # One memory-mapped reader per worker; geo features are off without a database.
+        self.geo = GeoService.open(config.geoip)
         self.reserved = ReservedRoutes(config.server.prefix)
+        # The live tenants: the config's, plus the database's once the identity
+        # extension starts refreshing it.
+        self.tenants = TenantDirectory(config.tenants, self.policies)
         self.hooks = Hooks()
         self.runtime: Runtime | None = None  # set by the identity extension at start
         self.reserved.add("/health", self._health, any_host=True)
@@ -107,6 +119,8 @@ class GatewayServer:
             self.reserved,
             identify=self.hooks.identify,
             challenge=self.hooks.challenge,
+            locate_country=self.geo.country if self.geo.enabled else None,
+            tenants=self.tenants,
         )
         lowlevel = web.Server(
             self.pipeline,
@@ -140,11 +154,20 @@ class GatewayServer:
     def reload(self) -> bool:
         """Re-read the policy files; keeps the old policies when the new ones are bad."""
         error = self.policies.reload()
+        audit = self.runtime.audit if self.runtime is not None else None
         if error is not None:
             for problem in error.problems:
                 log.error("policy reload failed: %s", problem)
+            if audit is not None:
+                audit.record(
+                    Event.POLICY_RELOAD_FAILED,
+                    outcome="kept previous policies",
+                    details={"problems": "; ".join(str(p) for p in error.problems)[:2000]},
+                )
             return False
         log.info("policies reloaded")
+        if audit is not None:
+            audit.record(Event.POLICY_RELOADED, outcome="ok")
         return True
 
     async def stop(self) -> None:
@@ -157,6 +180,7 @@ class GatewayServer:
                 await hook()
             except Exception:
                 log.exception("error while releasing a resource at shutdown")
+        self.geo.close()
 
 
 def listen_socket(address: ListenAddress) -> socket.socket:

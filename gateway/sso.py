@@ -1,0 +1,200 @@
+"""SSO across a tenant's unrelated domains: single-use codes that carry a sign-in over.
+
+Cookies cannot be shared between `acme.test` and `acme-wiki.test`. A domain without
+a session sends the browser to the tenant's login host; when the user is signed in
+there, that host issues a code bound to (tenant, target host, the signed-in session)
+and redirects to the target, which redeems the code for a session of its own (a new
+id, the same user, methods and authentication time, never outliving the source).
+
+A code is 256 bits from `secrets`; only its SHA-256 is stored, for at most
+`CODE_TTL` seconds. Redeeming deletes it in the same step that reads it, so a code
+works once, however many requests race for it; a code presented on another host
+or tenant than it was issued for is burned and refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from gateway.errors import StoreUnavailable
+from gateway.stores.base import SessionRecord, SessionStore, UserStore
+from gateway.stores.database import Database
+from gateway.stores.ids import hash_session_id, new_session_id
+
+__all__ = [
+    "CODE_TTL",
+    "RedisSsoCodes",
+    "SqlSsoCodes",
+    "SsoCodeStore",
+    "SsoCodes",
+    "SsoGrant",
+    "SsoSession",
+]
+
+CODE_TTL = 60.0  # seconds; a hand-off is two redirects, so this is generous
+_CODE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class SsoGrant:
+    """What a code stands for: a live session of `tenant`, handed to `target_host`."""
+
+    tenant: str
+    session_tag: str  # the id hash of the source session (a hash, never a cookie value)
+    target_host: str
+    expires: float
+
+
+class SsoCodeStore(Protocol):
+    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None: ...
+
+    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
+        """Remove and return the grant in one atomic step; None when unknown or expired."""
+
+    async def prune(self, now: float) -> int: ...
+
+
+class SqlSsoCodes:
+    """Codes in the storage database (`sso_codes`, schema 4)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None:
+        await self._db.execute(
+            "INSERT INTO sso_codes (code_hash, tenant, session_tag, target_host, expires)"
+            " VALUES (?, ?, ?, ?, ?)",
+            code_hash,
+            grant.tenant,
+            grant.session_tag,
+            grant.target_host,
+            grant.expires,
+        )
+
+    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT tenant, session_tag, target_host, expires FROM sso_codes"
+                " WHERE code_hash = ?",
+                code_hash,
+            )
+            if row is None:
+                return None
+            # Only the request whose DELETE removed the row may use it.
+            if await tx.execute("DELETE FROM sso_codes WHERE code_hash = ?", code_hash) != 1:
+                return None
+        grant = SsoGrant(str(row[0]), str(row[1]), str(row[2]), float(row[3]))
+        return grant if grant.expires > now else None
+
+    async def prune(self, now: float) -> int:
+        return await self._db.execute("DELETE FROM sso_codes WHERE expires <= ?", now)
+
+
+class RedisSsoCodes:
+    """Codes in Redis under `<prefix>sso:<hash>`, expiring by TTL; GETDEL consumes them."""
+
+    def __init__(self, client: Any, prefix: str = "authgate:") -> None:
+        self._r = client  # redis.asyncio.Redis with decode_responses=True
+        self._p = prefix
+
+    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None:
+        ttl_ms = max(1, int(ttl * 1000))
+        value = json.dumps([grant.tenant, grant.session_tag, grant.target_host, grant.expires])
+        try:
+            await self._r.set(f"{self._p}sso:{code_hash}", value, px=ttl_ms, nx=True)
+        except Exception as exc:  # redis-py raises many kinds; all mean "no answer"
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
+        try:
+            value = await self._r.getdel(f"{self._p}sso:{code_hash}")
+        except Exception as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        if value is None:
+            return None
+        tenant, tag, host, expires = json.loads(value)
+        grant = SsoGrant(str(tenant), str(tag), str(host), float(expires))
+        return grant if grant.expires > now else None
+
+    async def prune(self, now: float) -> int:
+        return 0  # Redis expires the keys itself
+
+
+@dataclass(frozen=True)
+class SsoSession:
+    """The session a redeemed code became: the cookie value to set, and its record."""
+
+    session_id: str
+    record: SessionRecord
+
+
+def _hash(code: str) -> str:
+    return hashlib.sha256(code.encode("ascii")).hexdigest()
+
+
+class SsoCodes:
+    """Issues and redeems hand-off codes; the only way a session crosses domains."""
+
+    def __init__(
+        self,
+        codes: SsoCodeStore,
+        sessions: SessionStore,
+        users: UserStore,
+        *,
+        now: Clock = time.time,
+        ttl: float = CODE_TTL,
+    ) -> None:
+        if not 0 < ttl <= CODE_TTL:
+            raise ValueError(f"an SSO code lives at most {CODE_TTL:.0f} seconds")
+        self._codes = codes
+        self._sessions = sessions
+        self._users = users
+        self._now = now
+        self._ttl = ttl
+
+    async def issue(self, source: SessionRecord, target_host: str) -> str:
+        """A code for `target_host` (a host of the source session's tenant: the caller checks)."""
+        code = secrets.token_urlsafe(32)
+        grant = SsoGrant(source.tenant, source.id_hash, target_host, self._now() + self._ttl)
+        await self._codes.put(_hash(code), grant, self._ttl)
+        return code
+
+    async def redeem(self, code: str, tenant: str, host: str) -> SsoSession | None:
+        """A new session on `host` for a valid code issued for exactly (tenant, host); the
+        code is consumed whatever the outcome."""
+        if not _CODE.fullmatch(code):
+            return None
+        now = self._now()
+        grant = await self._codes.take(_hash(code), now)
+        if grant is None or grant.tenant != tenant or grant.target_host != host:
+            return None
+        source = await self._sessions.get(grant.session_tag)
+        if source is None or source.tenant != tenant or source.expires <= now:
+            return None
+        user = await self._users.get(source.user_id)
+        if user is None or user.disabled or user.tenant != tenant:
+            return None
+        session_id = new_session_id()
+        # Same user, methods and authentication time (SSO is not a fresh sign-in), and
+        # never longer-lived than the session it came from.
+        record = replace(
+            source,
+            id_hash=hash_session_id(session_id),
+            created=now,
+            last_seen=now,
+            data=(),
+        )
+        await self._sessions.create(record)
+        return SsoSession(session_id, record)
+
+    async def prune(self) -> int:
+        return await self._codes.prune(self._now())
