@@ -22,6 +22,7 @@ from policies import (
     load_policy_set,
     load_policy_text,
 )
+from policies.source import Problem
 
 log = logging.getLogger("authgate.policy")
 
@@ -30,8 +31,43 @@ log = logging.getLogger("authgate.policy")
 _DENY_ALL = load_policy_text("version: 1\ndefault: deny\n", "<no policy files>")
 
 
-def compile_tenant_policies(tenants: Iterable[TenantConfig]) -> Mapping[str, PolicySet]:
-    """Every tenant's policy set; raises PolicyError listing every problem found."""
+def uses_countries(policy_set: PolicySet) -> bool:
+    """Whether any rule looks at the client's country (the pipeline then looks it up)."""
+    return any(r.countries is not None or r.not_countries is not None for r in policy_set.rules)
+
+
+def country_rules_without_geoip(sets: Iterable[PolicySet]) -> list[Problem]:
+    """One problem per rule that uses countries, for when no GeoIP database is configured:
+    such a rule could never see a country, so starting would silently change its meaning."""
+    problems: list[Problem] = []
+    seen: set[tuple[str, int | None, str]] = set()
+    for policy_set in sets:
+        for rule in policy_set.rules:
+            if rule.countries is None and rule.not_countries is None:
+                continue
+            where = rule.spec.where
+            key = "countries" if rule.countries is not None else "not_countries"
+            if (where.file, where.line, key) in seen:
+                continue
+            seen.add((where.file, where.line, key))
+            problems.append(
+                Problem(
+                    where.file,
+                    where.line,
+                    f"{where.key}.{key}" if where.key else key,
+                    f"rule '{rule.name}' uses {key} but geoip.database is not configured",
+                )
+            )
+    return problems
+
+
+def compile_tenant_policies(
+    tenants: Iterable[TenantConfig], *, geoip_configured: bool = True
+) -> Mapping[str, PolicySet]:
+    """Every tenant's policy set; raises PolicyError listing every problem found.
+
+    With `geoip_configured=False`, a rule using `countries`/`not_countries` is a problem.
+    """
     compiled: dict[str, PolicySet] = {}
     problems = []
     for tenant in tenants:
@@ -42,6 +78,8 @@ def compile_tenant_policies(tenants: Iterable[TenantConfig]) -> Mapping[str, Pol
             compiled[tenant.id] = load_policy_set(tenant.policies)
         except PolicyError as exc:
             problems.extend(exc.problems)
+    if not problems and not geoip_configured:
+        problems.extend(country_rules_without_geoip(compiled.values()))
     if problems:
         raise PolicyError(problems)
     return MappingProxyType(compiled)
@@ -51,19 +89,25 @@ class PolicyRegistry:
     """The live policy sets of a worker."""
 
     def __init__(
-        self, tenants: Iterable[TenantConfig], last_good: Mapping[str, PolicySet] | None = None
+        self,
+        tenants: Iterable[TenantConfig],
+        last_good: Mapping[str, PolicySet] | None = None,
+        *,
+        geoip_configured: bool = True,
     ) -> None:
         """Compile from the files; when they are bad now, start from `last_good` (a
         worker restarted after an invalid edit keeps serving what its siblings serve)."""
         self._tenants = tuple(tenants)
+        self._geoip = geoip_configured
         try:
-            self._sets = compile_tenant_policies(self._tenants)
+            self._sets = compile_tenant_policies(self._tenants, geoip_configured=self._geoip)
         except PolicyError as exc:
             if last_good is None:
                 raise
             for problem in exc.problems:
                 log.error("policy files invalid at start, serving the last good set: %s", problem)
             self._sets = last_good
+        self._countries = _country_tenants(self._sets)
 
     @property
     def sets(self) -> Mapping[str, PolicySet]:
@@ -76,14 +120,24 @@ class PolicyRegistry:
     def policy_set(self, tenant_id: str) -> PolicySet:
         return self._sets[tenant_id]
 
+    def uses_countries(self, tenant_id: str) -> bool:
+        """Whether the tenant's rules look at countries (True for a tenant not known
+        here, e.g. one added from the database: looking up is the safe side)."""
+        return tenant_id in self._countries or tenant_id not in self._sets
+
     def decide(self, tenant_id: str, context: RequestContext) -> Decision:
         return decide_fast(self._sets[tenant_id], context)
 
     def reload(self) -> PolicyError | None:
         """Recompile from the files; on error keep the old sets and return the error."""
         try:
-            fresh = compile_tenant_policies(self._tenants)
+            fresh = compile_tenant_policies(self._tenants, geoip_configured=self._geoip)
         except PolicyError as exc:
             return exc
+        self._countries = _country_tenants(fresh)
         self._sets = fresh
         return None
+
+
+def _country_tenants(sets: Mapping[str, PolicySet]) -> frozenset[str]:
+    return frozenset(tenant for tenant, ps in sets.items() if uses_countries(ps))
