@@ -23,7 +23,7 @@ from gateway.csrf import new_presession_id, origin_allowed
 from gateway.redirects import safe_return_url
 from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
-from gateway.stores import NotFound, User
+from gateway.stores import NotFound, SessionRecord, User
 from gateway.tenants import TenantIndex
 from login_ui.branding import BrandingView
 from login_ui.headers import security_headers
@@ -133,12 +133,38 @@ class LoginPages:
             form[key] = "1" if data.get(key) else ""
         return form
 
+    def same_origin(self, req: ReservedRequest) -> bool:
+        """The POST comes from the page's own origin (`Origin`, else `Referer`)."""
+        headers = req.request.headers
+        return origin_allowed(headers.get("Origin"), headers.get("Referer"), req.origin)
+
     def _checked(self, req: ReservedRequest, form: dict[str, str], presession: str) -> bool:
         """Same origin and a valid token for this pre-session: both, always."""
-        headers = req.request.headers
-        if not origin_allowed(headers.get("Origin"), headers.get("Referer"), req.origin):
+        if not self.same_origin(req):
             return False
         return self._runtime().csrf.check(form[CSRF_FIELD], f"presession:{presession}")
+
+    def set_session_cookie(
+        self,
+        response: web.StreamResponse,
+        tenant: TenantConfig,
+        session_id: str,
+        record: SessionRecord,
+    ) -> None:
+        response.set_cookie(
+            self.config.sessions.cookie_name,
+            session_id,
+            path="/",
+            domain=tenant.cookie_domain,
+            httponly=True,
+            secure=self._secure,
+            samesite="Lax",
+            max_age=int(record.expires - record.created) if record.remember else None,
+        )
+
+    # The MFA and account pages (login_ui/mfa.py, account.py) answer the same way.
+    page = _page
+    return_url = _return_url
 
     # --- sign in -------------------------------------------------------------------
 
@@ -220,16 +246,7 @@ class LoginPages:
         response = web.Response(
             status=303, headers={"Location": target, "Cache-Control": "no-store"}
         )
-        response.set_cookie(
-            self.config.sessions.cookie_name,
-            session_id,
-            path="/",
-            domain=tenant.cookie_domain,
-            httponly=True,
-            secure=self._secure,
-            samesite="Lax",
-            max_age=int(record.expires - record.created) if record.remember else None,
-        )
+        self.set_session_cookie(response, tenant, session_id, record)
         # A pre-session value an attacker may have planted dies with its first use.
         self._set_presession(response, new_presession_id())
         return response
