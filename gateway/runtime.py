@@ -20,17 +20,20 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from gateway.audit import AuditTrail, Event
 from gateway.config.model import Config, TenantConfig
 from gateway.csrf import CsrfTokens
+from gateway.geo import GeoService, SignInGuard, SignInHistory
 from gateway.identify import Identifier
 from gateway.identity.passwords import PasswordHasher
-from gateway.pipeline import Pipeline
+from gateway.pipeline import CONTEXT_KEY, Pipeline
 from gateway.redirects import login_url
+from gateway.regulation import Regulator
 from gateway.reserved import ReservedRequest
 from gateway.responses import wants_json
 from gateway.secretbox import SecretBox, load_secret_box
 from gateway.server import GatewayServer
-from gateway.sessions import SessionManager
+from gateway.sessions import SessionManager, fingerprint
 from gateway.signing import JwtSigner
 from gateway.sso import RedisSsoCodes, SqlSsoCodes, SsoCodes, SsoCodeStore
 from gateway.stores import Stores, open_database, open_stores
@@ -58,10 +61,15 @@ class Runtime:
     identifier: Identifier
     tenant_store: TenantStore
     sso: SsoCodes
+    audit: AuditTrail
+    regulator: Regulator
+    geo: GeoService
+    sign_ins: SignInGuard
     _extra_closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
         await self.sessions.stop()
+        await self.audit.stop()
         for close in self._extra_closers:
             await close()
         await self.stores.close()
@@ -78,7 +86,7 @@ async def _open_sso(
     return SqlSsoCodes(db), ()
 
 
-async def open_runtime(config: Config) -> Runtime:
+async def open_runtime(config: Config, geo: GeoService | None = None) -> Runtime:
     box = load_secret_box(config)
     users_files = load_users_files(config.tenants)
     stores = await open_stores(config)
@@ -97,6 +105,9 @@ async def open_runtime(config: Config) -> Runtime:
     # connection to the same storage.
     db = await open_database(config)
     sso_codes, sso_closers = await _open_sso(config, stores, db)
+    geo = geo if geo is not None else GeoService(config.geoip, None)
+    audit = AuditTrail(stores.audit, retention=config.audit.retention)
+    await audit.start()
     return Runtime(
         config=config,
         stores=stores,
@@ -108,6 +119,10 @@ async def open_runtime(config: Config) -> Runtime:
         identifier=identifier,
         tenant_store=TenantStore(db, config.tenants),
         sso=SsoCodes(sso_codes, stores.sessions, stores.users),
+        audit=audit,
+        regulator=Regulator(stores.limiter, config.regulation, audit=audit),
+        geo=geo,
+        sign_ins=SignInGuard(geo, SignInHistory(db) if geo.enabled else None),
         _extra_closers=(*sso_closers, db.close),
     )
 
@@ -123,6 +138,7 @@ async def _housekeeping(runtime: Runtime) -> None:
             if now - last_prune >= PRUNE_SECONDS:
                 last_prune = now
                 await runtime.stores.sessions.prune_expired(now)
+                await runtime.audit.prune()  # rows older than audit.retention
                 await runtime.sso.prune()
         except Exception:
             log.exception("housekeeping failed; will retry")
@@ -160,13 +176,37 @@ async def interstitial_challenge(
     return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
 
 
+def audit_denial(
+    audit: AuditTrail, request: BaseRequest, tenant: TenantConfig, decision: Decision
+) -> None:
+    """An `access_denied` row from the context the policy decided on (queued, never blocks)."""
+    context = request.get(CONTEXT_KEY)
+    principal = context.principal if context is not None else None
+    audit.record(
+        Event.ACCESS_DENIED,
+        tenant=tenant.id,
+        user=principal.user if principal is not None else None,
+        ip=str(context.ip) if context is not None and context.ip is not None else None,
+        country=context.country if context is not None else None,
+        user_agent=request.headers.get("User-Agent"),
+        session_fp=fingerprint(principal.session_id)
+        if principal is not None and principal.session_id
+        else None,
+        rule=decision.rule,
+        outcome="denied",
+        details={"host": context.host, "path": context.path[:512], "method": context.method}
+        if context is not None
+        else None,
+    )
+
+
 def identity_extension(server: GatewayServer) -> None:
     """Plug sessions, API keys, identity headers and the JWKS into the server."""
     tasks: list[asyncio.Task[None]] = []
     refreshers: list[TenantRefresher] = []
 
     async def startup() -> None:
-        runtime = await open_runtime(server.config)
+        runtime = await open_runtime(server.config, server.geo)
         server.runtime = runtime
         server.hooks.identify = runtime.identifier
         server.hooks.readiness.append(runtime.stores.ping)
@@ -198,5 +238,20 @@ def identity_extension(server: GatewayServer) -> None:
 
     server.hooks.startup.append(startup)
     server.hooks.cleanup.append(cleanup)
-    server.hooks.challenge = interstitial_challenge
+
+    async def challenge(
+        pipeline: Pipeline,
+        request: BaseRequest,
+        tenant: TenantConfig,
+        decision: Decision,
+        request_id: str,
+        original_url: str,
+    ) -> web.StreamResponse:
+        if decision.action is Action.DENY and server.runtime is not None:
+            audit_denial(server.runtime.audit, request, tenant, decision)
+        return await interstitial_challenge(
+            pipeline, request, tenant, decision, request_id, original_url
+        )
+
+    server.hooks.challenge = challenge
     server.reserved.add("/jwks.json", jwks, any_host=True)
