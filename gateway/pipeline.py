@@ -50,6 +50,9 @@ from policies.model import IPAddress
 
 log = logging.getLogger("authgate.pipeline")
 
+# The RequestContext a decision was made on, kept on the request for the challenge hook.
+CONTEXT_KEY = "authgate.context"
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -288,6 +291,7 @@ class Pipeline:
             principal=identity.principal,
             now=self.now(),
         )
+        request[CONTEXT_KEY] = context  # what the challenge hook audits a denial with
         return identity, self._policy_decide(tenant.id, context)
 
     async def _forward_auth(

@@ -1,0 +1,229 @@
+"""What one request did, for the access log, the metrics and a trace span.
+
+The pipeline opens a `RequestRecord` per request and puts it in a context variable;
+stages fill it in as they learn things (tenant, route, decision, upstream time), and
+`RequestObserver.finish` turns it into one access-log line, the request counters
+and histograms, and (when enabled) the end of an OpenTelemetry span. Every log line
+written while the request runs carries its id through `RequestIdFilter`.
+
+Paths in the log are canonical paths; the query string is never logged (it can carry
+tokens), nor any header.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config.model import Config, RouteConfig, TenantConfig
+from gateway.metrics import NONE, Metrics
+from policies import Decision
+
+access_log = logging.getLogger("authgate.access")
+log = logging.getLogger("authgate.request_log")
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
+def normal_method(method: str) -> str:
+    """One of the standard methods, or OTHER (a client may send any token)."""
+    return method if method in _METHODS else "OTHER"
+
+
+class RequestRecord:
+    """What the pipeline learned about one request. Mutable on purpose: stages write to
+    it as they go; it never leaves the request."""
+
+    __slots__ = (
+        "decide_seconds",
+        "decision",
+        "host",
+        "method",
+        "path",
+        "request_id",
+        "route",
+        "span",
+        "started",
+        "tenant",
+        "upstream_seconds",
+    )
+
+    def __init__(self, request_id: str, method: str, started: float) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.started = started
+        self.host: str | None = None
+        self.path: str | None = None
+        self.tenant: TenantConfig | None = None
+        self.route: RouteConfig | None = None
+        self.decision: Decision | None = None
+        self.decide_seconds: float | None = None
+        self.upstream_seconds: float | None = None
+        self.span: Any = None
+
+
+_CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
+    "authgate_request", default=None
+)
+
+
+def current() -> RequestRecord | None:
+    """The request being handled in this task, if any."""
+    return _CURRENT.get()
+
+
+def current_request_id() -> str | None:
+    record = _CURRENT.get()
+    return record.request_id if record is not None else None
+
+
+def note_target(host: str, path: str) -> None:
+    """The canonical host and path, once known."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.host = host
+        record.path = path
+
+
+def note_decision(
+    tenant: TenantConfig, route: RouteConfig | None, decision: Decision, seconds: float
+) -> None:
+    """The decision, and how long credentials plus policy took to reach it."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.tenant = tenant
+        record.route = route
+        record.decision = decision
+        record.decide_seconds = seconds
+
+
+def note_upstream(seconds: float) -> None:
+    """Time from sending the request upstream to its response headers."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.upstream_seconds = seconds
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record logged while a request is handled (on a
+    handler: records of every logger pass through it, in the logging task's context)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            current_id = current_request_id()
+            if current_id is not None:
+                record.request_id = current_id
+        return True
+
+
+class RequestObserver:
+    """Opens and closes the record of each request: metrics, access log, span."""
+
+    def __init__(self, config: Config, metrics: Metrics, *, tracer_provider: Any = None) -> None:
+        self.metrics = metrics
+        self.access = config.logging.access_log
+        self.tracer = tracer(config, tracer_provider)
+
+    def start(self, request_id: str, method: str, started: float) -> contextvars.Token[Any]:
+        record = RequestRecord(request_id, method, started)
+        if self.tracer is not None:
+            record.span = self.tracer.start_span("authgate request", kind=_server_kind())
+        return _CURRENT.set(record)
+
+    def finish(self, token: contextvars.Token[Any], response: web.StreamResponse | None) -> None:
+        record = _CURRENT.get()
+        _CURRENT.reset(token)
+        if record is None:
+            return
+        duration = time.perf_counter() - record.started
+        # A handler cancelled (client gone) has no response: 499, as nginx says.
+        status = response.status if response is not None else 499
+        decision = record.decision
+        action = decision.action if decision is not None else None
+        route = self.metrics.for_route(record.tenant, record.route)
+        route.count(action, status)
+        route.duration.observe(duration)
+        if record.upstream_seconds is not None:
+            route.upstream.observe(record.upstream_seconds)
+        if record.decide_seconds is not None and record.tenant is not None:
+            self.metrics.decision_timer(record.tenant.id).observe(record.decide_seconds)
+        if self.access:
+            self._access_line(record, response, status, duration)
+        if record.span is not None:
+            _end_span(record, status)
+
+    def _access_line(
+        self,
+        record: RequestRecord,
+        response: web.StreamResponse | None,
+        status: int,
+        duration: float,
+    ) -> None:
+        decision = record.decision
+        size = 0
+        if response is not None:
+            size = response.content_length or response.body_length or 0
+        access_log.info(
+            "request",
+            extra={
+                "request_id": record.request_id,
+                "tenant": record.tenant.id if record.tenant is not None else None,
+                "host": record.host,
+                "method": normal_method(record.method),
+                "path": record.path,
+                "status": status,
+                "decision": decision.action.name if decision is not None else None,
+                "rule": decision.rule if decision is not None else None,
+                "duration_ms": round(duration * 1000, 3),
+                "upstream_ms": round(record.upstream_seconds * 1000, 3)
+                if record.upstream_seconds is not None
+                else None,
+                "bytes": size,
+            },
+        )
+
+
+# --- optional OpenTelemetry (pip install authgate[otel]) ----------------------------
+
+
+def tracer(config: Config, provider: Any = None) -> Any:
+    """An OpenTelemetry tracer when `logging.otel` is on and the packages are installed;
+    None otherwise (then no span is ever made). `provider` is for tests."""
+    if not config.logging.otel:
+        return None
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        log.warning("logging.otel is on but opentelemetry is not installed (authgate[otel])")
+        return None
+    return trace.get_tracer("authgate", tracer_provider=provider)
+
+
+def _server_kind() -> Any:
+    from opentelemetry.trace import SpanKind
+
+    return SpanKind.SERVER
+
+
+def _end_span(record: RequestRecord, status: int) -> None:
+    span = record.span
+    decision = record.decision
+    span.set_attribute("http.request.method", normal_method(record.method))
+    span.set_attribute("http.response.status_code", status)
+    span.set_attribute("authgate.request_id", record.request_id)
+    if record.path is not None:
+        span.set_attribute("url.path", record.path)
+    if record.host is not None:
+        span.set_attribute("server.address", record.host)
+    if record.tenant is not None:
+        span.set_attribute("authgate.tenant", record.tenant.id)
+    span.set_attribute("authgate.decision", decision.action.name if decision else NONE)
+    if decision is not None and decision.rule is not None:
+        span.set_attribute("authgate.rule", decision.rule)
+    span.end()
