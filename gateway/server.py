@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from gateway.audit import Event
 from gateway.config.model import Config, ListenAddress
 from gateway.geo import GeoService
+from gateway.metrics import Metrics
 from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
 from gateway.policy_sets import PolicyRegistry
 from gateway.proxy import upstream_client
@@ -88,6 +94,8 @@ class GatewayServer:
         self.runtime: Runtime | None = None  # set by the identity extension at start
         self.reserved.add("/health", self._health, any_host=True)
         self.reserved.add("/ready", self._ready, any_host=True)
+        self.metrics = Metrics(config)
+        self.reserved.add("/metrics", self.metrics.handle, any_host=True)
         for extend in extensions:
             extend(self)
         self.pipeline: Pipeline | None = None
@@ -119,15 +127,33 @@ class GatewayServer:
             self.reserved,
             identify=self.hooks.identify,
             challenge=self.hooks.challenge,
+            metrics=self.metrics,
             locate_country=self.geo.country if self.geo.enabled else None,
             tenants=self.tenants,
         )
+        max_body = server_cfg.max_body_size
+
+        def make_request(
+            message: RawRequestMessage,
+            payload: StreamReader,
+            protocol: RequestHandler,
+            writer: AbstractStreamWriter,
+            task: asyncio.Task[None],
+        ) -> BaseRequest:
+            # Bounds what our own endpoints read (forms); proxied bodies are streamed.
+            return BaseRequest(
+                message, payload, protocol, writer, task, task.get_loop(), client_max_size=max_body
+            )
+
         lowlevel = web.Server(
             self.pipeline,
+            request_factory=make_request,
             access_log=None,
             max_line_size=server_cfg.max_header_size,
             max_field_size=server_cfg.max_header_size,
-            keepalive_timeout=server_cfg.keepalive_timeout,
+            # aiohttp has one timer for an idle keep-alive connection and for a request
+            # head that is still arriving (slowloris): the shorter of our two bounds.
+            keepalive_timeout=min(server_cfg.keepalive_timeout, server_cfg.client_timeout),
             handler_cancellation=True,
         )
         self._runner = web.ServerRunner(
@@ -164,8 +190,10 @@ class GatewayServer:
                     outcome="kept previous policies",
                     details={"problems": "; ".join(str(p) for p in error.problems)[:2000]},
                 )
+            self.metrics.policy_reload(ok=False)
             return False
         log.info("policies reloaded")
+        self.metrics.policy_reload(ok=True)
         if audit is not None:
             audit.record(Event.POLICY_RELOADED, outcome="ok")
         return True

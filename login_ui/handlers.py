@@ -9,6 +9,7 @@ leads to a host this tenant protects (invariant 4).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import mimetypes
@@ -122,8 +123,10 @@ class LoginPages:
 
     async def _form(self, req: ReservedRequest) -> dict[str, str] | None:
         try:
-            data = await req.request.post()
-        except ValueError:
+            # A slow client may not hold a form read open forever.
+            async with asyncio.timeout(self.config.server.client_timeout):
+                data = await req.request.post()
+        except (ValueError, TimeoutError, web.HTTPException):
             return None
         form: dict[str, str] = {}
         for key in (CSRF_FIELD, RETURN_FIELD, USERNAME_FIELD, PASSWORD_FIELD):

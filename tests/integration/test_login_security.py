@@ -181,3 +181,12 @@ async def test_our_pages_carry_the_strict_security_headers(browser: Browser) -> 
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_an_oversized_form_is_refused_without_reading_it_all(browser: Browser) -> None:
+    form = await login_form(browser)
+    resp, _ = await post_login(
+        browser, {**form, "username": "alice", "password": "x" * (2 * 1024 * 1024)}
+    )
+    assert resp.status == 400
+    assert "authgate_session" not in browser.cookies

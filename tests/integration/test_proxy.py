@@ -330,3 +330,21 @@ async def test_client_sent_identity_headers_never_arrive(
             seen = {k.lower() for k, _ in (await resp.json())["headers"]}
     for name, _ in forged[1:]:
         assert name.lower() not in seen
+
+
+async def test_a_client_trickling_its_request_head_is_dropped(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await gateway_for(tmp_path, upstream, start_gateway, client_timeout=1.0)
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n")
+    started = time.monotonic()
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        for _ in range(20):
+            await asyncio.sleep(0.25)
+            writer.write(b"X-Slow: 1\r\n")
+            await writer.drain()
+        await asyncio.wait_for(reader.readexactly(1), timeout=5)
+    assert time.monotonic() - started < 4
+    writer.close()
