@@ -32,6 +32,7 @@ from gateway.errors import BadRequest, StoreUnavailable
 from gateway.forward_auth import login_redirect, original_request
 from gateway.forwarding import FORWARDING, HOP_BY_HOP
 from gateway.identity_headers import stripped_header_names
+from gateway.metrics import Metrics
 from gateway.policy_sets import PolicyRegistry
 from gateway.proxy import (
     Forwarded,
@@ -41,6 +42,7 @@ from gateway.proxy import (
     forward_websocket,
     is_websocket_upgrade,
 )
+from gateway.request_log import RequestObserver, note_decision, note_target
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, error_response, wants_json
 from gateway.tenant_store import TenantDirectory
@@ -117,8 +119,11 @@ class Pipeline:
         now: Callable[[], float] = time.time,
         locate_country: Callable[[IPAddress | None], str | None] | None = None,
         tenants: TenantDirectory | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics(config)
+        self.observer = RequestObserver(config, self.metrics)
         # A TenantDirectory is live (database tenants swapped in while serving); without
         # one, the config's tenants are all there is.
         self.tenants: TenantDirectory | TenantIndex = (
@@ -170,9 +175,23 @@ class Pipeline:
         return os.urandom(12).hex()
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
         peer = request.remote
         peer_trusted = peer_is_trusted(peer, self._trusted)
         request_id = self._request_id(request, peer_trusted)
+        # Metrics, access log and span see every answer, errors included; a cancelled
+        # request (client gone) is recorded as 499.
+        token = self.observer.start(request_id, request.method, started)
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._answer(request, peer, peer_trusted, request_id)
+            return response
+        finally:
+            self.observer.finish(token, response)
+
+    async def _answer(
+        self, request: BaseRequest, peer: str | None, peer_trusted: bool, request_id: str
+    ) -> web.StreamResponse:
         try:
             return await self._handle(request, peer, peer_trusted, request_id)
         except BadRequest as exc:
@@ -197,6 +216,7 @@ class Pipeline:
         path = canonical_path(raw_path, path_parameters=self._path_parameters)
         xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
         ip = client_ip(peer, xff, self._trusted)
+        note_target(host, path)
 
         # reserved prefix: ours, never forwarded. Health, readiness, metrics and
         # forward-auth answer on any host (probes and proxies use addresses).
@@ -278,7 +298,10 @@ class Pipeline:
         method: str,
         ip: IPAddress | None,
     ) -> tuple[Identity, Decision]:
+        started = time.perf_counter()
         identity = await self.identify(request, tenant, route)
+        if "authorization" in identity.strip_headers:  # an API key was presented
+            self.metrics.api_key(tenant.id, identity.principal is not None)
         country = None
         if self._locate_country is not None and self.policies.uses_countries(tenant.id):
             country = self._locate_country(ip)
@@ -292,7 +315,9 @@ class Pipeline:
             now=self.now(),
         )
         request[CONTEXT_KEY] = context  # what the challenge hook audits a denial with
-        return identity, self._policy_decide(tenant.id, context)
+        decision = self._policy_decide(tenant.id, context)
+        note_decision(tenant, route, decision, time.perf_counter() - started)
+        return identity, decision
 
     async def _forward_auth(
         self, request: BaseRequest, peer_trusted: bool, ip: IPAddress | None, request_id: str

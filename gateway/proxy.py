@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,6 +22,7 @@ from yarl import URL
 
 from gateway.config.model import RouteConfig
 from gateway.forwarding import RESPONSE_HOP_BY_HOP, copy_end_to_end
+from gateway.request_log import note_upstream
 
 log = logging.getLogger("authgate.proxy")
 
@@ -135,6 +137,7 @@ async def forward_http(
     if body is None:
         headers.popall("Content-Length", None)
     url = target.url(fwd.wire_path, fwd.query)
+    sent = time.perf_counter()
     try:
         upstream = await client.request(
             request.method,
@@ -150,6 +153,7 @@ async def forward_http(
         raise UpstreamError(504, "the upstream did not answer in time") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(502, "the upstream could not be reached") from exc
+    note_upstream(time.perf_counter() - sent)  # time to the upstream's response headers
 
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
