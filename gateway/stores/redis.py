@@ -93,6 +93,9 @@ class RedisHandle:
         return pubsub
 
     async def ping(self) -> bool:
+        """Readiness; call once before concurrent use: for a Cluster the first
+        command maps the slots, and redis-py (8.1) may send a command twice when
+        many race through an unmapped cluster client."""
         try:
             return bool(await _guard(lambda: self.client.ping()))
         except StoreUnavailable:

@@ -1,0 +1,336 @@
+"""Private redis-server / PostgreSQL processes on spare ports, for tests that stop,
+kill and restart their backends (the shared servers of tests/conftest.py must
+never be touched that way).
+
+Each helper starts real server binaries (redis-server 7, PostgreSQL 15 from Debian)
+and waits until they answer; `stop()` ends exactly the processes it started.
+When a binary is missing the test skips with the reason (fails under CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import service_unavailable
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+PG_BIN = Path(os.environ.get("AUTHGATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+START_TIMEOUT = 15.0
+
+
+def spare_port(*, bus: bool = False) -> int:
+    """A port nobody listens on (and, for a Cluster node, its bus port +10000 too)."""
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        if _free(port) and (not bus or _free(port + 10000)):
+            return port
+    raise RuntimeError("no spare port found")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _wait(predicate: object, what: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up within {timeout} s")
+
+
+def require_redis() -> tuple[str, str]:
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        service_unavailable("redis-server", "redis-server/redis-cli not installed")
+    assert REDIS_SERVER is not None and REDIS_CLI is not None
+    return REDIS_SERVER, REDIS_CLI
+
+
+def redis_cli(port: int, *args: str) -> str:
+    _, cli = require_redis()
+    done = subprocess.run(
+        [cli, "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+# --- redis-server ----------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process; `restart()` keeps its port and data directory."""
+
+    directory: Path
+    port: int
+    options: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary, _ = require_redis()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"]
+        self.process = subprocess.Popen(
+            [*args, *self.options],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait(lambda: _ping(self.port), f"redis-server on {self.port}")
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (Redis flushes its append-only file) or SIGKILL; waits for the exit."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _ping(port: int) -> bool:
+    if not _answers(port):
+        return False
+    try:
+        return "PONG" in redis_cli(port, "ping")
+    except subprocess.SubprocessError:
+        return False
+
+
+def start_redis(
+    base: Path | None = None, *, appendonly: bool = False, options: Sequence[str] = ()
+) -> RedisServer:
+    directory = Path(tempfile.mkdtemp(prefix="authgate-redis-", dir=base))
+    extra = ("--appendonly", "yes", "--appendfsync", "always") if appendonly else ()
+    return RedisServer(directory, spare_port(), (*extra, *options)).start()
+
+
+@dataclass
+class RedisCluster:
+    """Three masters, no replicas: enough to spread keys over three slots ranges."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(kill=True)
+            shutil.rmtree(node.directory, ignore_errors=True)
+
+
+def start_cluster(masters: int = 3) -> RedisCluster:
+    nodes: list[RedisServer] = []
+    cluster = RedisCluster(nodes)
+    try:
+        for _ in range(masters):
+            directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-"))
+            options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            options += ("--cluster-node-timeout", "2000")
+            nodes.append(RedisServer(directory, spare_port(bus=True), options).start())
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        redis_cli(
+            nodes[0].port,
+            "--cluster",
+            "create",
+            *addresses,
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        )
+        _wait(lambda: _cluster_ok(nodes), "Redis Cluster")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _cluster_ok(nodes: Sequence[RedisServer]) -> bool:
+    try:
+        return all("cluster_state:ok" in redis_cli(n.port, "cluster", "info") for n in nodes)
+    except subprocess.SubprocessError:
+        return False
+
+
+@dataclass
+class RedisSentinel:
+    """One master and one Sentinel watching it under `service`."""
+
+    master: RedisServer
+    port: int
+    directory: Path
+    service: str = "authgate"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+        self.master.stop(kill=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.master.directory, ignore_errors=True)
+
+
+def start_sentinel(service: str = "authgate") -> RedisSentinel:
+    binary, _ = require_redis()
+    master = start_redis()
+    directory = Path(tempfile.mkdtemp(prefix="authgate-sentinel-"))
+    sentinel = RedisSentinel(master, spare_port(), directory, service)
+    conf = directory / "sentinel.conf"  # Sentinel rewrites its config: it must be writable
+    conf.write_text(
+        f"port {sentinel.port}\n"
+        "bind 127.0.0.1\n"
+        f"dir {directory}\n"
+        f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+        f"sentinel down-after-milliseconds {service} 5000\n"
+    )
+    sentinel.process = subprocess.Popen(
+        [binary, str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait(
+            lambda: (
+                _answers(sentinel.port)
+                and str(master.port)
+                in redis_cli(sentinel.port, "sentinel", "get-master-addr-by-name", service)
+            ),
+            "Redis Sentinel",
+        )
+    except BaseException:
+        sentinel.stop()
+        raise
+    return sentinel
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    """A private PostgreSQL cluster (initdb + pg_ctl) owned by the `postgres` user
+    when the tests run as root (PostgreSQL refuses to run as root)."""
+
+    directory: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        command = [str(PG_BIN / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, capture_output=True, check=True, timeout=60)
+
+    def start(self) -> PostgresServer:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        options += " -c max_connections=200"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.directory / "data"),
+            "-o",
+            options,
+            "-w",
+            "start",
+            "-l",
+            str(self.directory / "log"),
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", mode, "-w", "stop")
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    if not (PG_BIN / "initdb").exists():
+        service_unavailable("PostgreSQL binaries", f"{PG_BIN}/initdb not found")
+    directory = Path(tempfile.mkdtemp(prefix="authgate-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            service_unavailable("PostgreSQL", "running as root without a 'postgres' user")
+        os.chown(directory, user.pw_uid, user.pw_gid)
+    server = PostgresServer(directory, spare_port())
+    try:
+        server._run(
+            "initdb",
+            "-D",
+            str(directory / "data"),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
+        return server.start()
+    except BaseException:
+        server.remove()
+        raise
