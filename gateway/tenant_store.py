@@ -302,9 +302,6 @@ class TenantStore:
 
     async def _conflict(self, tenant: TenantConfig) -> TenantConflict:
         """The database said a key is taken: find out whose it is, to name them."""
-        row = await self._db.fetchone("SELECT id FROM tenants WHERE id = ?", tenant.id)
-        if row is not None:
-            return TenantConflict(f'tenant id "{tenant.id}" is already in the database')
         for domain in tenant.domains:
             owner = await self._db.fetchone(
                 "SELECT tenant FROM tenant_domains WHERE domain = ?", domain
@@ -314,6 +311,9 @@ class TenantStore:
                     f'{domain} belongs to both tenant "{owner[0]}" (database) and'
                     f' tenant "{tenant.id}" (database)'
                 )
+        row = await self._db.fetchone("SELECT id FROM tenants WHERE id = ?", tenant.id)
+        if row is not None:
+            return TenantConflict(f'tenant id "{tenant.id}" is already in the database')
         return TenantConflict(f'tenant "{tenant.id}": a domain or id is already taken')
 
 
