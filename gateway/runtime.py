@@ -26,6 +26,7 @@ from gateway.csrf import CsrfTokens
 from gateway.geo import GeoService, SignInGuard, SignInHistory
 from gateway.identify import Identifier
 from gateway.identity.passwords import PasswordHasher
+from gateway.metrics import Metrics, session_counter, timed_stores
 from gateway.pipeline import CONTEXT_KEY, Pipeline
 from gateway.redirects import login_url
 from gateway.regulation import Regulator
@@ -65,6 +66,7 @@ class Runtime:
     regulator: Regulator
     geo: GeoService
     sign_ins: SignInGuard
+    metrics: Metrics
     _extra_closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -86,12 +88,16 @@ async def _open_sso(
     return SqlSsoCodes(db), ()
 
 
-async def open_runtime(config: Config, geo: GeoService | None = None) -> Runtime:
+async def open_runtime(
+    config: Config, geo: GeoService | None = None, metrics: Metrics | None = None
+) -> Runtime:
     box = load_secret_box(config)
     users_files = load_users_files(config.tenants)
     stores = await open_stores(config)
     if users_files:
         stores = dataclasses.replace(stores, users=LayeredUserStore(stores.users, users_files))
+    metrics = metrics if metrics is not None else Metrics(config)
+    stores = timed_stores(stores, metrics)  # latency and errors of every store call
     try:
         sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
         await sessions.start()
@@ -123,6 +129,7 @@ async def open_runtime(config: Config, geo: GeoService | None = None) -> Runtime
         regulator=Regulator(stores.limiter, config.regulation, audit=audit),
         geo=geo,
         sign_ins=SignInGuard(geo, SignInHistory(db) if geo.enabled else None),
+        metrics=metrics,
         _extra_closers=(*sso_closers, db.close),
     )
 
@@ -206,7 +213,10 @@ def identity_extension(server: GatewayServer) -> None:
     refreshers: list[TenantRefresher] = []
 
     async def startup() -> None:
-        runtime = await open_runtime(server.config, server.geo)
+        runtime = await open_runtime(server.config, server.geo, server.metrics)
+        server.metrics.count_active_sessions(
+            session_counter(runtime.stores.sessions, (t.id for t in server.config.tenants))
+        )
         server.runtime = runtime
         server.hooks.identify = runtime.identifier
         server.hooks.readiness.append(runtime.stores.ping)
