@@ -16,15 +16,22 @@ import mimetypes
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.audit import Event
 from gateway.config.model import Config, TenantConfig
 from gateway.csrf import new_presession_id, origin_allowed
+from gateway.geo import Response as GeoResponse
+from gateway.geo import SignInCheck, place_details
 from gateway.redirects import safe_return_url
+from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
+from gateway.sessions import fingerprint
 from gateway.stores import NotFound, SessionRecord, User
+from gateway.stores.ids import hash_session_id
 from gateway.tenants import TenantIndex
 from login_ui.branding import BrandingView
 from login_ui.headers import security_headers
@@ -43,6 +50,11 @@ log = logging.getLogger("authgate.login")
 
 PRESESSION_COOKIE = "authgate_csrf"
 _WRONG = "Incorrect username or password."
+_BANNED = "Too many failed attempts. Please wait before trying again."
+_LOCATION_DENIED = (
+    "This sign-in was blocked because it came from an unusual location. "
+    "If it was you, contact your administrator."
+)
 _EXPIRED = "This page has expired. Please try again."
 _MAX_FIELD = 1024
 
@@ -223,21 +235,40 @@ class LoginPages:
             return response
         runtime = self._runtime()
         username = form[USERNAME_FIELD].strip()
+        # Regulation first: while banned, the password is not even looked at.
+        attempt = await runtime.regulator.attempt(tenant.id, username, req.client_ip)
+        if attempt.banned:
+            self._audit_login(req, Event.LOGIN_FAILURE, username, outcome="banned")
+            return self._banned(req, attempt)
         user = await self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
         if user is None:
+            await runtime.regulator.failed(tenant.id, username, req.client_ip, attempt)
             log.info(
                 "sign-in failed",
                 extra={"tenant": tenant.id, "ip": req.client_ip, "request_id": req.request_id},
             )
+            self._audit_login(req, Event.LOGIN_FAILURE, username, outcome="wrong credentials")
             return self._login_page(
                 req, presession, rd=form[RETURN_FIELD], username=username, error=_WRONG, status=401
             )
+        await runtime.regulator.succeeded(tenant.id, username)
+        check = await runtime.sign_ins.check(
+            tenant.id, user.id, req.client_ip, runtime.sessions.now()
+        )
+        self._audit_location(req, user.username, check)
+        if check.response is GeoResponse.DENY:
+            self._audit_login(req, Event.LOGIN_FAILURE, user.username, outcome="location denied")
+            html = self.renderer.render_error(
+                403, branding=self.branding(tenant), detail=_LOCATION_DENIED
+            )
+            return self._page(req, html, 403)
         old_session = req.request.cookies.get(self.config.sessions.cookie_name)
         session_id, record = await runtime.sessions.create(
             user,
             ("pwd",),
             ip=req.client_ip,
             user_agent=req.request.headers.get("User-Agent"),
+            country=check.current.location.country,
             remember=bool(form[REMEMBER_FIELD]),
             replaces=old_session or None,
         )
@@ -245,7 +276,19 @@ class LoginPages:
             "sign-in",
             extra={"tenant": tenant.id, "user": user.username, "request_id": req.request_id},
         )
+        step_up = check.response is GeoResponse.STEP_UP
+        self._audit_login(
+            req,
+            Event.LOGIN_SUCCESS,
+            user.username,
+            outcome="step_up" if step_up else "ok",
+            session_fp=fingerprint(record.id_hash),
+            country=record.country,
+        )
         target = self._return_url(req, form[RETURN_FIELD])
+        if step_up:
+            # An unusual place: a second factor now, before anything else.
+            target = f"{self.prefix}/mfa?rd={quote(target, safe='')}"
         response = web.Response(
             status=303, headers={"Location": target, "Cache-Control": "no-store"}
         )
@@ -253,6 +296,60 @@ class LoginPages:
         # A pre-session value an attacker may have planted dies with its first use.
         self._set_presession(response, new_presession_id())
         return response
+
+    def _banned(self, req: ReservedRequest, attempt: Attempt) -> web.Response:
+        """The same branded 429 for every username, known or not (bans reveal nothing)."""
+        html = self.renderer.render_error(429, branding=self.branding(req.tenant), detail=_BANNED)
+        response = self._page(req, html, 429)
+        response.headers["Retry-After"] = str(attempt.retry_after)
+        return response
+
+    def _audit_login(
+        self,
+        req: ReservedRequest,
+        event: Event,
+        username: str,
+        *,
+        outcome: str,
+        session_fp: str | None = None,
+        country: str | None = None,
+    ) -> None:
+        self._runtime().audit.record(
+            event,
+            tenant=req.tenant.id if req.tenant is not None else None,
+            user=username[:256] or None,
+            ip=req.client_ip,
+            country=country,
+            user_agent=req.request.headers.get("User-Agent"),
+            session_fp=session_fp,
+            outcome=outcome,
+        )
+
+    def _audit_location(self, req: ReservedRequest, username: str, check: SignInCheck) -> None:
+        """`impossible_travel` / `new_country` rows carrying both places."""
+        details = {
+            **place_details("from", check.previous),
+            **place_details("to", check.current),
+            "distance_km": round(check.distance_km, 1) if check.distance_km is not None else None,
+            "speed_kmh": round(check.speed_kmh, 1)
+            if check.speed_kmh is not None and check.speed_kmh != float("inf")
+            else None,
+        }
+        for happened, event in (
+            (check.impossible_travel, Event.IMPOSSIBLE_TRAVEL),
+            (check.new_country, Event.NEW_COUNTRY),
+        ):
+            if happened:
+                self._runtime().audit.record(
+                    event,
+                    tenant=req.tenant.id if req.tenant is not None else None,
+                    user=username,
+                    ip=req.client_ip,
+                    country=check.current.location.country,
+                    user_agent=req.request.headers.get("User-Agent"),
+                    outcome=check.response.value,
+                    details=details,
+                )
 
     async def _verify(
         self, runtime: Runtime, tenant: TenantConfig, username: str, password: str
@@ -301,10 +398,22 @@ class LoginPages:
             )
         if cookie:
             active = await runtime.sessions.load(cookie, tenant.id)
-            if active is not None and form[EVERYWHERE_FIELD]:
+            everywhere = active is not None and bool(form[EVERYWHERE_FIELD])
+            if active is not None and everywhere:
                 await runtime.sessions.revoke_user(tenant.id, active.user.id)
             else:
                 await runtime.sessions.revoke(cookie)
+            if active is not None:
+                runtime.audit.record(
+                    Event.LOGOUT,
+                    tenant=tenant.id,
+                    user=active.user.username,
+                    ip=req.client_ip,
+                    country=active.record.country,
+                    user_agent=req.request.headers.get("User-Agent"),
+                    session_fp=fingerprint(hash_session_id(cookie)),
+                    outcome="everywhere" if everywhere else "ok",
+                )
         html = self.renderer.render_logout(
             branding=self.branding(tenant), csrf_token="", signed_out=True
         )
