@@ -3,18 +3,26 @@ rotated at every rise in level, revoked everywhere at once.
 
 The hot path only reads: a session is written at most once a minute (coarse
 `last_seen` for the idle timeout, rolling expiry once `refresh_after` has passed).
-A per-process cache holds a session for `cache_ttl` seconds at most, and every
-revocation is published on the event bus so every process drops it at once.
+A per-process cache holds a session for `cache_ttl` seconds at most (and at most
+`cache_size` sessions, least recently used first out), and every revocation is
+published on the event bus so every process drops it at once.
+
+The user behind a session comes from the database; so that signed-in people keep
+working while the database is down (sessions in Redis), each process remembers
+the users it loaded recently and uses that copy only when the database cannot
+answer (never longer than USER_FALLBACK_SECONDS, and dropped on revocation).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from gateway.config.model import SessionsConfig
+from gateway.errors import StoreUnavailable
 from gateway.stores import (
     REVOCATIONS,
     EventBus,
@@ -31,7 +39,8 @@ from gateway.stores.ids import hash_session_id, new_session_id
 log = logging.getLogger("authgate.sessions")
 
 TOUCH_INTERVAL = 60.0  # the hot path writes a session at most this often
-_CACHE_LIMIT = 100_000
+USER_FALLBACK_SECONDS = 3600.0  # how stale a remembered user may be during a database outage
+RESYNC = "resync"  # event kind: the bus may have lost messages, forget every cached session
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,10 @@ class SessionManager:
         self.config = config
         self.now = now
         self._monotonic = monotonic
-        # id_hash → (cached until, session); user key → id hashes, for "user" events
-        self._cache: dict[str, tuple[float, ActiveSession]] = {}
+        # id_hash → (cached until, session), in least-recently-used order
+        self._cache: OrderedDict[str, tuple[float, ActiveSession]] = OrderedDict()
+        # user id → (loaded at, user): the fallback while the database is down
+        self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -81,8 +92,11 @@ class SessionManager:
         kind, _, rest = message.partition(":")
         if kind == "session":
             self._cache.pop(rest, None)
+        elif kind == RESYNC:
+            self._cache.clear()
         elif kind == "user":
             tenant, _, user_id = rest.partition(":")
+            self._known_users.pop(user_id, None)
             for key, (_, active) in list(self._cache.items()):
                 if active.record.tenant == tenant and active.record.user_id == user_id:
                     self._cache.pop(key, None)
@@ -98,15 +112,14 @@ class SessionManager:
         mono = self._monotonic()
         if cached is not None and cached[0] > mono:
             active = cached[1]
+            self._cache.move_to_end(id_hash)
         else:
             found = await self._fetch(id_hash)
             if found is None:
                 self._cache.pop(id_hash, None)
                 return None
             active = found
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[id_hash] = (mono + self.config.cache_ttl, active)
+            self._remember(id_hash, mono + self.config.cache_ttl, active)
         if active.record.tenant != tenant:
             return None  # a session of one tenant is worthless on another's domains
         now = self.now()
@@ -123,14 +136,45 @@ class SessionManager:
             return await self._touch(active, now)
         return active
 
+    def _remember(self, id_hash: str, until: float, active: ActiveSession) -> None:
+        limit = self.config.cache_size
+        if limit <= 0 or self.config.cache_ttl <= 0:
+            return
+        self._cache[id_hash] = (until, active)
+        self._cache.move_to_end(id_hash)
+        while len(self._cache) > limit:
+            self._cache.popitem(last=False)
+
     async def _fetch(self, id_hash: str) -> ActiveSession | None:
         record = await self.store.get(id_hash)
         if record is None:
             return None
-        user = await self.users.get(record.user_id)
+        user = await self._user(record.user_id)
         if user is None or user.disabled or user.tenant != record.tenant:
             return None
         return ActiveSession(id_hash, record, user)
+
+    async def _user(self, user_id: str) -> User | None:
+        """The user from the database; while it is down, the copy loaded recently."""
+        try:
+            user = await self.users.get(user_id)
+        except StoreUnavailable:
+            known = self._known_users.get(user_id)
+            if known is None or self._monotonic() - known[0] > USER_FALLBACK_SECONDS:
+                raise
+            log.warning(
+                "user store unavailable; using the user loaded %.0f s ago",
+                self._monotonic() - known[0],
+            )
+            return known[1]
+        if user is None:
+            self._known_users.pop(user_id, None)
+        elif max(self.config.cache_size, 0):
+            self._known_users[user_id] = (self._monotonic(), user)
+            self._known_users.move_to_end(user_id)
+            while len(self._known_users) > self.config.cache_size:
+                self._known_users.popitem(last=False)
+        return user
 
     async def _touch(self, active: ActiveSession, now: float) -> ActiveSession | None:
         record = active.record
@@ -221,11 +265,10 @@ class SessionManager:
     async def revoke_user(self, tenant: str, user_id: str) -> int:
         """Log out everywhere."""
         count = await self.store.revoke_user(tenant, user_id)
-        self._cache = {
-            k: v
-            for k, v in self._cache.items()
-            if not (v[1].record.tenant == tenant and v[1].record.user_id == user_id)
-        }
+        self._known_users.pop(user_id, None)
+        for key, (_, active) in list(self._cache.items()):
+            if active.record.tenant == tenant and active.record.user_id == user_id:
+                self._cache.pop(key, None)
         await self.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user_id))
         return count
 

@@ -50,7 +50,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class SessionsConfig:
-    store: str = "storage"  # "storage" or a redis:// URL
+    store: str = "storage"  # "storage" or a Redis URL (gateway/stores/redis_urls.py)
     cookie_name: str = "authgate_session"
     lifetime: float = 30 * DAY
     refresh_after: float = DAY
@@ -58,6 +58,7 @@ class SessionsConfig:
     idle_timeout: float = 0.0  # 0 = off
     remember_me_lifetime: float = 30 * DAY
     cache_ttl: float = 2.0  # per-process session cache bound
+    cache_size: int = 10_000  # sessions each process caches at most (least recently used go)
 
 
 @dataclass(frozen=True)

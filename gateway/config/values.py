@@ -329,13 +329,16 @@ def storage_url(value: Any, ctx: Ctx) -> str:
 
 
 def session_store(value: Any, ctx: Ctx) -> str:
-    hint = 'expected "storage" or a redis://, rediss:// or redis+sentinel:// URL'
+    hint = (
+        'expected "storage" or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL'
+    )
     if not isinstance(value, str):
         raise Invalid(hint)
     if value == "storage":
         return value
     scheme, sep, _ = value.partition("://")
-    if scheme.lower() not in ("redis", "rediss", "redis+sentinel") or not sep:
+    schemes = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+    if scheme.lower() not in (*schemes, "redis+cluster", "rediss+cluster") or not sep:
         raise Invalid(hint)
     if not urlsplit(value).netloc:
         raise Invalid(f"{hint} with a host")
