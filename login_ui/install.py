@@ -7,6 +7,7 @@ from gateway.runtime import Runtime
 from gateway.server import GatewayServer
 from login_ui.branding import BrandingView
 from login_ui.handlers import LoginPages
+from login_ui.mfa import Interstitial, MfaPages
 from login_ui.pages import PageRenderer
 
 
@@ -48,3 +49,8 @@ def login_ui_extension(server: GatewayServer) -> None:
     server.reserved.add("/theme.css", pages.theme_css)
     server.reserved.add_prefix("/static/", pages.static)
     server.reserved.add_prefix("/assets/", pages.asset)
+    mfa = MfaPages(Interstitial(pages, renderer, runtime))
+    server.reserved.add("/mfa", mfa.prompt)
+    server.reserved.add("/mfa/totp", mfa.totp)
+    server.reserved.add("/mfa/backup", mfa.backup)
+    server.reserved.add("/mfa/enrol", mfa.enrol)
