@@ -1,13 +1,25 @@
-"""Structured logs: one JSON object a line (or plain text for people at a terminal)."""
+"""Structured logs: one JSON object a line (or plain text for people at a terminal).
+
+Writing never blocks the event loop: records go to a queue and a thread writes them
+(`logging.handlers.QueueListener`). Threads do not survive `fork`, so each worker
+starts its own writer after the fork. Every record logged while a request is handled
+carries that request's id (`RequestIdFilter`, applied before the record is queued,
+in the request's own context).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
+import queue
 import sys
 import time
+from typing import TextIO
 
 from gateway.config.model import LoggingConfig
+from gateway.request_log import RequestIdFilter
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -30,13 +42,62 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(config: LoggingConfig) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _Writer:
+    """The queue in front of the real handler, and the thread that drains it."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        self.target = target
+        self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self.front = logging.handlers.QueueHandler(self.queue)
+        self.front.addFilter(RequestIdFilter())
+        self.listener: logging.handlers.QueueListener | None = None
+
+    def start(self) -> None:
+        self.listener = logging.handlers.QueueListener(self.queue, self.target)
+        self.listener.start()
+
+    def restart_after_fork(self) -> None:
+        # The parent's thread (and any lock it held) is not in the child: a new queue
+        # and a new thread. Whatever the parent had queued is the parent's to write.
+        self.queue = queue.SimpleQueue()
+        self.front.queue = self.queue
+        self.start()
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()  # writes what is queued, then ends the thread
+            self.listener = None
+
+
+_writer: _Writer | None = None
+
+
+def setup_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:
+    """Log to `stream` (stderr) through a background writer; idempotent."""
+    global _writer
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    flush_logging()
+    first = _writer is None
+    _writer = _Writer(handler)
+    _writer.start()
+    if first:
+        os.register_at_fork(after_in_child=_restart_after_fork)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_writer.front]
     root.setLevel(config.level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _restart_after_fork() -> None:
+    if _writer is not None:
+        _writer.restart_after_fork()
+
+
+def flush_logging() -> None:
+    """Write every queued record and stop the writer thread (at process exit)."""
+    if _writer is not None:
+        _writer.stop()

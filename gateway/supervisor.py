@@ -12,14 +12,18 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from gateway.config.model import Config
+from gateway.logs import flush_logging
+from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
 from gateway.policy_sets import compile_tenant_policies
 from gateway.server import Extension, GatewayServer, listen_socket
 from policies import PolicyError, PolicySet
@@ -75,6 +79,8 @@ def _worker_main(
     except OSError as exc:
         log.error("worker %d cannot serve: %s", os.getpid(), exc)
         sys.exit(3)
+    finally:
+        flush_logging()  # a forked child leaves with os._exit: no atexit runs
 
 
 class Supervisor:
@@ -107,6 +113,17 @@ class Supervisor:
                 os.kill(process.pid, signal.SIGHUP)
 
     def run(self) -> int:
+        # One scrape must see every worker: each writes its metrics to files in a
+        # directory of this serve's own, set before the first worker (and metric) exists.
+        metrics_dir = tempfile.mkdtemp(prefix="authgate-metrics-")
+        enable_multiprocess(metrics_dir)
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -124,6 +141,8 @@ class Supervisor:
                 if process.is_alive() or self._stopping:
                     continue
                 lived = time.monotonic() - started
+                if process.pid is not None:
+                    mark_worker_dead(process.pid)
                 log.warning("worker %s exited with %s; restarting", process.pid, process.exitcode)
                 self._quick_deaths = self._quick_deaths + 1 if lived < _QUICK_DEATH_SECONDS else 0
                 if self._quick_deaths >= _MAX_QUICK_DEATHS:
