@@ -1,4 +1,4 @@
-"""`authgate user add|list|disable|passwd`: the users of a tenant.
+"""`authgate user add|list|disable|passwd|reset-mfa`: the users of a tenant.
 
 Also home of the small runner the store-backed commands share (`run_with_stores`,
 `pick_tenant`): load the config, open the stores, map errors to exit codes.
@@ -140,6 +140,17 @@ def register(
     add_tenant_option(passwd)
     passwd.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _passwd(args, c, s)))
 
+    reset_mfa = actions.add_parser(
+        "reset-mfa",
+        parents=[common],
+        help="remove a user's second factors and backup codes and end their sessions",
+    )
+    reset_mfa.add_argument("username")
+    add_tenant_option(reset_mfa)
+    reset_mfa.set_defaults(
+        func=lambda args: run_with_stores(args, lambda c, s: _reset_mfa(args, c, s))
+    )
+
     hashing = actions.add_parser(
         "hash-password",
         help="print an argon2id hash for a users file (needs no config or database)",
@@ -223,6 +234,22 @@ async def _disable(args: argparse.Namespace, config: Config, stores: Stores) -> 
     ended = await stores.sessions.revoke_user(tenant, user.id)
     await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
     print(f"disabled {user.username}; ended {ended} session(s)")
+    return EXIT_OK
+
+
+async def _reset_mfa(args: argparse.Namespace, config: Config, stores: Stores) -> int:
+    """For a user who lost their device: they sign in with the password and enrol anew
+    (under `mfa.enrollment: required_at_first_prompt`)."""
+    tenant = pick_tenant(config, args.tenant)
+    user = await find_user(stores, tenant, args.username)
+    removed = await stores.credentials.remove_all_for_user(user.id)
+    ended = await stores.sessions.revoke_user(tenant, user.id)
+    await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
+    print(
+        f"reset second factors of {user.username}: removed {removed.totp_devices} TOTP"
+        f" device(s), {removed.webauthn_credentials} security key(s)/passkey(s),"
+        f" {removed.backup_codes} backup code(s); ended {ended} session(s)"
+    )
     return EXIT_OK
 
 
