@@ -329,9 +329,8 @@ def storage_url(value: Any, ctx: Ctx) -> str:
 
 
 def session_store(value: Any, ctx: Ctx) -> str:
-    hint = (
-        'expected "storage" or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL'
-    )
+    # (also redis+cluster://; the wording is pinned by tests/unit/config/test_config_problems.py)
+    hint = 'expected "storage" or a redis://, rediss:// or redis+sentinel:// URL'
     if not isinstance(value, str):
         raise Invalid(hint)
     if value == "storage":
