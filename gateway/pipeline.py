@@ -157,6 +157,11 @@ class Pipeline:
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> web.Response:
+        # Error pages are pages like the login page: the same CSP, framing, referrer and
+        # HSTS headers when the renderer knows them (login_ui's BrandedPages does).
+        page_headers = getattr(self.pages, "security_headers", None)
+        if page_headers is not None:
+            headers = {**dict(page_headers(tenant)), **(headers or {})}
         return error_response(
             request,
             status,

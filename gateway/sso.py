@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from gateway.config.model import TenantConfig, sso_login_host
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import SessionRecord, SessionStore, UserStore
 from gateway.stores.database import Database
@@ -36,6 +37,9 @@ __all__ = [
     "SsoCodes",
     "SsoGrant",
     "SsoSession",
+    "cookie_domain_for",
+    "shares_session",
+    "sso_hosts",
 ]
 
 CODE_TTL = 60.0  # seconds; a hand-off is two redirects, so this is generous
@@ -198,3 +202,34 @@ class SsoCodes:
 
     async def prune(self) -> int:
         return await self._codes.prune(self._now())
+
+
+def cookie_domain_for(tenant: TenantConfig, host: str) -> str | None:
+    """The Domain= of a session cookie set on `host`: the tenant's `cookie_domain` when
+    `host` lies under it (one session for its subdomains), else host-only (None): a
+    browser drops a cookie whose Domain does not cover the host that sets it."""
+    parent = tenant.cookie_domain
+    if parent is not None and (host == parent or host.endswith("." + parent)):
+        return parent
+    return None
+
+
+def shares_session(tenant: TenantConfig, host: str, other: str) -> bool:
+    """Whether a session cookie set on `host` is also sent to `other`."""
+    if host == other:
+        return True
+    parent = cookie_domain_for(tenant, host)
+    return parent is not None and cookie_domain_for(tenant, other) == parent
+
+
+def sso_hosts(tenant: TenantConfig) -> tuple[str, ...]:
+    """The tenant's exact domains that do not share a cookie with its login host: the
+    ones an SSO hand-off may target (wildcards are covered by their cookie domain)."""
+    login_host = sso_login_host(tenant)
+    if login_host is None:
+        return ()
+    return tuple(
+        d
+        for d in tenant.domains
+        if not d.startswith("*.") and not shares_session(tenant, login_host, d)
+    )

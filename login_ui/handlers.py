@@ -21,7 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from gateway.audit import Event
-from gateway.config.model import Config, TenantConfig
+from gateway.config.model import Branding, Config, TenantConfig
 from gateway.csrf import new_presession_id, origin_allowed
 from gateway.geo import Response as GeoResponse
 from gateway.geo import SignInCheck, place_details
@@ -30,8 +30,10 @@ from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
 from gateway.sessions import fingerprint
+from gateway.sso import cookie_domain_for, sso_hosts
 from gateway.stores import NotFound, SessionRecord, User
 from gateway.stores.ids import hash_session_id
+from gateway.tenant_store import TenantDirectory
 from gateway.tenants import TenantIndex
 from login_ui.branding import BrandingView
 from login_ui.headers import security_headers
@@ -57,6 +59,7 @@ _LOCATION_DENIED = (
 )
 _EXPIRED = "This page has expired. Please try again."
 _MAX_FIELD = 1024
+_LOOKS_LIMIT = 4096  # tenants x branding revisions; cleared when exceeded
 
 
 class LoginPages:
@@ -67,33 +70,63 @@ class LoginPages:
         config: Config,
         renderer: PageRenderer,
         runtime: Callable[[], Runtime],
+        tenants: TenantDirectory | None = None,
     ) -> None:
         self.config = config
         self.prefix = config.server.prefix.rstrip("/")
         self.renderer = renderer
         self._runtime = runtime
         self._secure = not config.server.dev_mode
-        self._tenants = TenantIndex(config.tenants)
-        self._branding = {t.id: renderer.branding_for(t) for t in config.tenants}
-        self._headers = {
-            t.id: security_headers(
-                config.server.dev_mode, image_origins=self._branding[t.id].image_origins
-            )
-            for t in config.tenants
-        }
+        # Live tenants (database tenants come and go while serving), so each tenant's
+        # branding and headers are resolved on first use and cached by their value.
+        self._tenants: TenantDirectory | TenantIndex = (
+            tenants if tenants is not None else TenantIndex(config.tenants)
+        )
+        self._looks: dict[tuple[str, Branding], BrandingView] = {}
+        self._headers: dict[tuple[str, Branding, str, str], tuple[tuple[str, str], ...]] = {}
         self._neutral_headers = security_headers(config.server.dev_mode)
-        self._assets = {
-            asset.url: asset.path for view in self._branding.values() for asset in view.assets
-        }
+        # Set by login_ui.install: sends a sign-in to the tenant's SSO login host.
+        self.sso_redirect: Callable[[ReservedRequest, str], web.Response | None] | None = None
 
     # --- helpers -------------------------------------------------------------------
 
     def branding(self, tenant: TenantConfig | None) -> BrandingView | None:
-        return self._branding.get(tenant.id) if tenant is not None else None
+        if tenant is None:
+            return None
+        key = (tenant.id, tenant.branding)
+        view = self._looks.get(key)
+        if view is None:
+            if len(self._looks) >= _LOOKS_LIMIT:
+                self._looks.clear()
+            view = self._looks[key] = self.renderer.branding_for(tenant)
+        return view
+
+    def page_headers(self, req: ReservedRequest) -> tuple[tuple[str, str], ...]:
+        """Security headers for a page of this request's tenant. form-action lists the
+        tenant's other domains: a sign-in on the SSO login host ends, through redirects
+        the browser checks against form-action, on the domain that asked for it."""
+        tenant = req.tenant
+        if tenant is None:
+            return self._neutral_headers
+        port = _port_of(req.host_header)
+        key = (tenant.id, tenant.branding, req.proto, port)
+        headers = self._headers.get(key)
+        if headers is None:
+            suffix = f":{port}" if port else ""
+            targets = tuple(
+                f"{req.proto}://{host}{suffix}" for host in sso_hosts(tenant) if host != req.host
+            )
+            view = self.branding(tenant)
+            assert view is not None
+            if len(self._headers) >= _LOOKS_LIMIT:
+                self._headers.clear()
+            headers = self._headers[key] = security_headers(
+                self.config.server.dev_mode, image_origins=view.image_origins, form_targets=targets
+            )
+        return headers
 
     def _page(self, req: ReservedRequest, html: str, status: int = 200) -> web.Response:
-        tenant = req.tenant
-        headers = self._headers[tenant.id] if tenant is not None else self._neutral_headers
+        headers = self.page_headers(req)
         response = web.Response(status=status, text=html, content_type="text/html")
         for name, value in headers:
             response.headers[name] = value
@@ -128,7 +161,9 @@ class LoginPages:
         tenant = req.tenant
         return safe_return_url(
             rd,
-            is_protected_host=lambda host: self._tenants.tenant_for_host(host) is tenant,
+            is_protected_host=lambda host: _same_tenant(
+                self._tenants.tenant_for_host(host), tenant
+            ),
             default=self._default_url(req),
             current_origin=req.origin,
         )
@@ -165,12 +200,15 @@ class LoginPages:
         tenant: TenantConfig,
         session_id: str,
         record: SessionRecord,
+        host: str | None = None,
     ) -> None:
+        """The session cookie; with `host` (the request's), Domain= only when the tenant's
+        cookie_domain covers that host (a browser refuses it elsewhere)."""
         response.set_cookie(
             self.config.sessions.cookie_name,
             session_id,
             path="/",
-            domain=tenant.cookie_domain,
+            domain=tenant.cookie_domain if host is None else cookie_domain_for(tenant, host),
             httponly=True,
             secure=self._secure,
             samesite="Lax",
@@ -214,6 +252,10 @@ class LoginPages:
         if method in ("GET", "HEAD"):
             presession, new = self._presession(req)
             rd = req.request.query.get("rd", "")[:2048]
+            if self.sso_redirect is not None:
+                redirect = self.sso_redirect(req, rd)
+                if redirect is not None:
+                    return redirect
             response = self._login_page(req, presession, rd=rd)
             if new:
                 self._set_presession(response, presession)
@@ -292,7 +334,7 @@ class LoginPages:
         response = web.Response(
             status=303, headers={"Location": target, "Cache-Control": "no-store"}
         )
-        self.set_session_cookie(response, tenant, session_id, record)
+        self.set_session_cookie(response, tenant, session_id, record, req.host)
         # A pre-session value an attacker may have planted dies with its first use.
         self._set_presession(response, new_presession_id())
         return response
@@ -418,7 +460,12 @@ class LoginPages:
             branding=self.branding(tenant), csrf_token="", signed_out=True
         )
         response = self._page(req, html)
-        response.del_cookie(self.config.sessions.cookie_name, path="/", domain=tenant.cookie_domain)
+        # The same Domain= the cookie was set with, or the browser keeps it.
+        response.del_cookie(
+            self.config.sessions.cookie_name,
+            path="/",
+            domain=cookie_domain_for(tenant, req.host),
+        )
         self._set_presession(response, new_presession_id())
         return response
 
@@ -440,10 +487,24 @@ class LoginPages:
         return _file(path)
 
     async def asset(self, req: ReservedRequest) -> web.StreamResponse:
-        path = self._assets.get(f"{self.prefix}{req.suffix}")
+        # Only the files of this host's tenant: one tenant's assets are not served on
+        # another's domains.
+        view = self.branding(req.tenant)
+        url = f"{self.prefix}{req.suffix}"
+        path = next((a.path for a in view.assets if a.url == url), None) if view else None
         if path is None or not path.is_file():
             return web.Response(status=404)
         return _file(path)
+
+
+def _port_of(host_header: str) -> str:
+    """The explicit port of a Host header (`acme.test:8443`, `[::1]:80`), or ""."""
+    _, sep, tail = host_header.rpartition(":")
+    return tail if sep and tail.isdigit() else ""
+
+
+def _same_tenant(found: TenantConfig | None, tenant: TenantConfig | None) -> bool:
+    return found is not None and tenant is not None and found.id == tenant.id
 
 
 def _file(path: Path) -> web.Response:
