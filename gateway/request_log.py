@@ -170,7 +170,13 @@ class RequestObserver:
         if response is not None:
             size = response.content_length or response.body_length or 0
         access_log.info(
-            "request",
+            "%s %s%s %d %s %.1fms",
+            normal_method(record.method),
+            record.host or "-",
+            record.path or "",
+            status,
+            decision.action.name if decision is not None else NONE,
+            duration * 1000,
             extra={
                 "request_id": record.request_id,
                 "tenant": record.tenant.id if record.tenant is not None else None,

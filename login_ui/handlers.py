@@ -280,10 +280,12 @@ class LoginPages:
         # Regulation first: while banned, the password is not even looked at.
         attempt = await runtime.regulator.attempt(tenant.id, username, req.client_ip)
         if attempt.banned:
+            runtime.metrics.sign_in(tenant.id, "password", "banned")
             self._audit_login(req, Event.LOGIN_FAILURE, username, outcome="banned")
             return self._banned(req, attempt)
         user = await self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
         if user is None:
+            runtime.metrics.sign_in(tenant.id, "password", "failure")
             await runtime.regulator.failed(tenant.id, username, req.client_ip, attempt)
             log.info(
                 "sign-in failed",
@@ -294,6 +296,7 @@ class LoginPages:
                 req, presession, rd=form[RETURN_FIELD], username=username, error=_WRONG, status=401
             )
         await runtime.regulator.succeeded(tenant.id, username)
+        runtime.metrics.sign_in(tenant.id, "password", "success")
         check = await runtime.sign_ins.check(
             tenant.id, user.id, req.client_ip, runtime.sessions.now()
         )
