@@ -7,6 +7,7 @@ from collections.abc import Callable
 from gateway.config.model import TenantConfig
 from gateway.runtime import Runtime
 from gateway.server import GatewayServer
+from login_ui.account import AccountPages
 from login_ui.branding import BrandingView
 from login_ui.handlers import LoginPages
 from login_ui.headers import security_headers
@@ -70,8 +71,10 @@ def login_ui_extension(server: GatewayServer) -> None:
     server.reserved.add("/theme.css", pages.theme_css)
     server.reserved.add_prefix("/static/", pages.static)
     server.reserved.add_prefix("/assets/", pages.asset)
-    mfa = MfaPages(Interstitial(pages, renderer, runtime))
+    shared = Interstitial(pages, renderer, runtime)
+    mfa = MfaPages(shared)
     server.reserved.add("/mfa", mfa.prompt)
     server.reserved.add("/mfa/totp", mfa.totp)
     server.reserved.add("/mfa/backup", mfa.backup)
     server.reserved.add("/mfa/enrol", mfa.enrol)
+    server.reserved.add("/account", AccountPages(shared).page)

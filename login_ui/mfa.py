@@ -176,7 +176,7 @@ class MfaPages:
         enrolment = await self._start(visit)
         if enrolment is None:
             return shared.error(req, 403, _NO_FACTOR)
-        return self._enrol_page(req, visit, enrolment, rd)
+        return self.enrol_page(req, visit, enrolment, rd)
 
     def _choice(
         self,
@@ -206,7 +206,7 @@ class MfaPages:
             visit.tenant.id, user.id, user.username, "Authenticator app", issuer=issuer
         )
 
-    def _enrol_page(
+    def enrol_page(
         self,
         req: ReservedRequest,
         visit: Visit,
@@ -293,7 +293,7 @@ class MfaPages:
             pending = await factors.totp.pending(user.id, device_id, user.username)
             if pending is None:
                 return shared.error(req, 403, _EXPIRED)
-            return self._enrol_page(req, visit, pending, rd, error=_WRONG_CODE, status=401)
+            return self.enrol_page(req, visit, pending, rd, error=_WRONG_CODE, status=401)
         await factors.succeeded(user.id)
         await factors.store.rename_totp(
             user.id, device_id, clean_name(form.get(NAME_FIELD, ""), "Authenticator app")
