@@ -112,7 +112,11 @@ async def test_counters_move_by_the_traffic_sent_and_labels_stay_bounded(
     for key in (api_key, api_key, "agk_not_a_real_key_at_all_000000"):
         async with client.get(
             f"{base}/members/api",
-            headers={"Host": "app.test", "Authorization": f"Bearer {key}", "Accept": "application/json"},
+            headers={
+                "Host": "app.test",
+                "Authorization": f"Bearer {key}",
+                "Accept": "application/json",
+            },
         ) as api:
             assert api.status in (200, 401)
 
@@ -182,3 +186,75 @@ async def test_policy_reloads_are_counted_by_result(
         assert value(samples, "authgate_policy_reloads_total", result="failure") == 2
     finally:
         await server.stop()
+
+
+@pytest.mark.slow
+def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) -> None:
+    import http.client
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from tests.integration.test_serve import (
+        _Upstream,
+        free_port,
+        get,
+        wait_until_up,
+        worker_pids,
+        write_config,
+    )
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = free_port()
+    config = write_config(tmp_path, port, upstream.server_address[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(port, process)
+        for i in range(20):  # a new connection each: SO_REUSEPORT spreads them over workers
+            assert get(port, f"/open/{i}")[0] == 200
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/.authgate/metrics", headers={"Host": "app.test"})
+        resp = conn.getresponse()
+        samples = parse(resp.read().decode())
+        conn.close()
+        assert resp.status == 200
+        requests = "authgate_requests_total"
+        labels = dict(tenant="acme", route="app.test/", decision="ALLOW", status="200")
+        assert value(samples, requests, **labels) == 20
+        duration = "authgate_request_duration_seconds_count"
+        assert value(samples, duration, tenant="acme", route="app.test/") == 20
+
+        # ...and both workers served some of them: read each worker's own file.
+        workers = worker_pids(process.pid)
+        directory = next(
+            Path(tempfile.gettempdir()).glob(f"authgate-metrics-*/counter_{workers[0]}.db")
+        ).parent
+        per_worker = []
+        for pid in workers:
+            files = [str(directory / f"counter_{pid}.db")]
+            merged = MultiProcessCollector.merge(files, accumulate=False)  # type: ignore[no-untyped-call]
+            per_worker.append(
+                sum(
+                    s.value
+                    for family in merged
+                    for s in family.samples
+                    if s.name == requests and s.labels.get("route") == "app.test/"
+                )
+            )
+        assert sum(per_worker) == 20
+        assert all(count > 0 for count in per_worker), per_worker
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        upstream.shutdown()
+        upstream.server_close()
+    assert not directory.exists()  # the per-serve directory is removed at exit
