@@ -1,0 +1,41 @@
+"""A logout on one instance is refused by another within the documented bound:
+revocation + sessions.cache_ttl + the event bus's poll interval (Redis pub/sub
+needs no poll). Two real gateways with the full extensions share PostgreSQL and
+Redis (or only PostgreSQL); the timing target itself is benchmarks/revocation.py's."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from benchmarks.revocation import add_user, build_config, instances, trial, upstream
+from gateway.stores.sql import POLL_INTERVAL
+from tests.conftest import REDIS_URL
+
+CACHE_TTL = 2.0
+SLACK = 0.3  # one request's time on a loaded CI machine
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("bus", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
+async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
+    bus: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    postgres = request.getfixturevalue("postgres_clean")
+    if bus == "redis":
+        request.getfixturevalue("redis_run_prefix")
+    session_store = REDIS_URL if bus == "redis" else "storage"
+    bound = CACHE_TTL + (0.0 if bus == "redis" else POLL_INTERVAL) + SLACK
+    async with upstream() as upstream_url:
+        config = build_config(tmp_path, upstream_url, postgres, session_store, CACHE_TTL)
+        user = await add_user(config, f"alice-{secrets.token_hex(3)}")
+        async with instances(config) as (a, b), aiohttp.ClientSession() as client:
+            for _ in range(3):
+                latency, answers = await trial(client, a, b, user)
+                passed_late = [(t, code) for t, code in answers if code == 200 and t > bound]
+                assert passed_late == []
+                assert latency <= bound
+                assert answers[-1][1] == 401, "B refuses (JSON client: 401), never errors"
