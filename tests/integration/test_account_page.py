@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config.model import Config, SessionsConfig
 from gateway.extensions import default_extensions
+from login_ui.account import describe_user_agent
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway
 from tests.integration.test_identity_flow import add_alice, sign_in
@@ -176,3 +177,28 @@ async def test_sensitive_changes_need_a_fresh_sign_in(
         resp, _ = await act(browser, action, new_password="x" * 12, new_password2="x" * 12)
         assert resp.status == 303
         assert resp.headers["Location"].endswith("&reauth=1")
+
+
+@pytest.mark.parametrize(
+    ("ua", "shown"),
+    [
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0",
+            "Firefox on Linux",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+            " Chrome/128.0 Safari/537.36 Edg/128.0",
+            "Edge on Windows",
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15"
+            " (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+            "Safari on iPhone",
+        ),
+        ("curl/8.5.0", "curl"),
+        (None, "Unknown browser"),
+    ],
+)
+def test_device_names(ua: str | None, shown: str) -> None:
+    assert describe_user_agent(ua) == shown
