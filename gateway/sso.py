@@ -165,6 +165,11 @@ class SsoCodes:
         self._now = now
         self._ttl = ttl
 
+    @property
+    def store(self) -> SsoCodeStore:
+        """The single-use code store (WebAuthn keeps its challenges there too)."""
+        return self._codes
+
     async def issue(self, source: SessionRecord, target_host: str) -> str:
         """A code for `target_host` (a host of the source session's tenant: the caller checks)."""
         code = secrets.token_urlsafe(32)
