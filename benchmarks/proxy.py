@@ -97,6 +97,7 @@ class Ratios:
     authgate_vs_minimal: float | None
     authgate_vs_nginx: float | None
     target_met: bool | None
+    authgate_vs_minimal_per_round: tuple[float, ...] = ()
 
 
 # ----------------------------------------------------------------------- start-up
@@ -185,8 +186,10 @@ def authgate_config(folder: Path, port: int, upstream_port: int) -> Path:
         f"  listen: {LOOPBACK}:{port}\n"
         "  shutdown_timeout: 2s\n"
         "storage: sqlite:///authgate.db\n"
+        # No access log in any scenario (nginx: access_log off; the minimal proxy: none).
         "logging:\n"
         "  level: warning\n"
+        "  access_log: false\n"
         "tenants:\n"
         "  - id: bench\n"
         "    name: Bench\n"
@@ -234,11 +237,13 @@ def start_authgate(options: Options, tmp: Path, upstream_port: int) -> Target:
 # ---------------------------------------------------------------------- measuring
 
 
-def measure(target: Target, options: Options, script: Path) -> tuple[WrkResult, float]:
+def measure(
+    target: Target, options: Options, script: Path, warmup: float
+) -> tuple[WrkResult, float]:
     """Warm up, then one measured wrk run; returns it and the serving processes' CPU seconds."""
     url = f"http://{LOOPBACK}:{target.port}/"
-    if options.warmup > 0:
-        run_wrk(url, _settings(options, options.warmup), script)
+    if warmup > 0:
+        run_wrk(url, _settings(options, warmup), script)
     workers = target.process.worker_pids()
     before = cpu_seconds(workers)
     result = run_wrk(url, _settings(options, options.duration), script)
@@ -270,17 +275,38 @@ def summarise(
     )
 
 
+def paired_ratios(a: ScenarioResult, b: ScenarioResult) -> tuple[float, ...]:
+    """req/s of `a` over `b`, round by round: each pair ran back to back, under the
+    same conditions, so load from elsewhere on the machine mostly cancels out."""
+    if len(a.rounds) != len(b.rounds):
+        return ()
+    return tuple(
+        x.requests_per_second / y.requests_per_second
+        for x, y in zip(a.rounds, b.rounds, strict=True)
+        if y.requests_per_second
+    )
+
+
 def ratios(results: dict[str, ScenarioResult]) -> Ratios:
+    """Median of the per-round ratios (or of the medians when rounds are missing)."""
+
     def ratio(a: str, b: str) -> float | None:
         if a not in results or b not in results or not results[b].requests_per_second:
             return None
+        paired = paired_ratios(results[a], results[b])
+        if paired:
+            return median(paired)
         return results[a].requests_per_second / results[b].requests_per_second
 
     vs_minimal = ratio("authgate", "minimal")
+    per_round: tuple[float, ...] = ()
+    if "authgate" in results and "minimal" in results:
+        per_round = paired_ratios(results["authgate"], results["minimal"])
     return Ratios(
         authgate_vs_minimal=vs_minimal,
         authgate_vs_nginx=ratio("authgate", "nginx"),
         target_met=None if vs_minimal is None else vs_minimal >= TARGET_VS_MINIMAL,
+        authgate_vs_minimal_per_round=per_round,
     )
 
 
@@ -311,9 +337,14 @@ def run(options: Options, log: Callable[[str], None]) -> tuple[list[ScenarioResu
                 targets.append(target)
             measured: dict[str, list[tuple[WrkResult, float]]] = {t.key: [] for t in targets}
             for round_number in range(1, options.rounds + 1):
-                for target in targets:
+                # Every other round in reverse order, so a drift in the machine's load
+                # does not always favour the scenario measured first.
+                order = targets if round_number % 2 else targets[::-1]
+                # The first round warms up caches and pools; later ones only reconnect.
+                warmup = options.warmup if round_number == 1 else min(options.warmup, 1.0)
+                for target in order:
                     log(f"round {round_number}/{options.rounds}: {target.label} …")
-                    measured[target.key].append(measure(target, options, script))
+                    measured[target.key].append(measure(target, options, script, warmup))
             results = [summarise(t, measured[t.key], options.workers) for t in targets]
         finally:
             for process in reversed(started):
@@ -345,7 +376,15 @@ def table(results: list[ScenarioResult], ratio: Ratios) -> str:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}x"
 
-    lines.append(f"authgate / minimal aiohttp proxy (req/s): {fmt(ratio.authgate_vs_minimal)}")
+    rounds = ", ".join(f"{r:.2f}" for r in ratio.authgate_vs_minimal_per_round)
+    lines.append(
+        f"authgate / minimal aiohttp proxy (req/s): {fmt(ratio.authgate_vs_minimal)}"
+        + (
+            f"   (median of rounds: {rounds})"
+            if len(ratio.authgate_vs_minimal_per_round) > 1
+            else ""
+        )
+    )
     lines.append(f"authgate / nginx reverse proxy   (req/s): {fmt(ratio.authgate_vs_nginx)}")
     verdict = {True: "MET", False: "NOT MET", None: "not measured"}[ratio.target_met]
     lines.append(f"target authgate ≥ {TARGET_VS_MINIMAL:.1f}x minimal aiohttp proxy: {verdict}")
@@ -435,7 +474,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         connections=args.connections,
         duration=args.duration or (3.0 if args.quick else 10.0),
         warmup=1.0 if args.quick else 2.0,
-        rounds=args.rounds or (1 if args.quick else 3),
+        rounds=args.rounds or (1 if args.quick else 5),
         upstream=args.upstream,
         output=args.output,
     )

@@ -6,6 +6,7 @@ anything is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from benchmarks._harness import (
     WRK_DONE_SCRIPT,
+    WrkResult,
     WrkSettings,
     children_of,
     cpu_seconds,
@@ -234,6 +236,19 @@ def test_missing_scenario_leaves_its_ratio_and_verdict_unknown() -> None:
     ratio = ratios({"minimal": _result("minimal", 1000)})
     assert ratio == Ratios(None, None, None)
     assert "not measured" in table([_result("minimal", 1000)], ratio)
+
+
+def _rounds(*rps: float) -> tuple[WrkResult, ...]:
+    return tuple(WrkResult(1000, 1.0, r, 1.0, 1.5, 2.0, 1.0, 3.0, 0, 0) for r in rps)
+
+
+def test_ratio_is_the_median_of_back_to_back_rounds() -> None:
+    # Round 2 ran while the machine was busy: both slowed down, their ratio did not.
+    authgate = dataclasses.replace(_result("authgate", 900), rounds=_rounds(900, 300, 950))
+    minimal = dataclasses.replace(_result("minimal", 1000), rounds=_rounds(1000, 330, 1000))
+    ratio = ratios({"authgate": authgate, "minimal": minimal})
+    assert ratio.authgate_vs_minimal_per_round == pytest.approx((0.9, 300 / 330, 0.95))
+    assert ratio.authgate_vs_minimal == pytest.approx(300 / 330)
 
 
 def test_table_prints_the_verdict_when_the_target_is_met() -> None:
