@@ -48,9 +48,11 @@ def security_headers(
     headers: list[tuple[str, str]] = [
         ("Content-Security-Policy", policy),
         ("X-Frame-Options", "DENY"),
-        # no-referrer: our URLs carry the return address (`rd`), which can name
-        # internal paths; nothing we link to needs to know where the user came from.
-        ("Referrer-Policy", "no-referrer"),
+        # same-origin: our URLs carry the return address (`rd`), which can name internal
+        # paths, so no other site learns them. Not no-referrer: under it browsers send
+        # `Origin: null` on every POST (Fetch spec), and the forms' Origin check (SECURITY
+        # invariant 9) then refuses every real sign-in.
+        ("Referrer-Policy", "same-origin"),
         ("X-Content-Type-Options", "nosniff"),
         ("Cross-Origin-Opener-Policy", "same-origin"),
     ]

@@ -14,7 +14,7 @@ def test_production_pages_get_a_strict_csp_framing_and_transport_headers() -> No
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
     assert headers["X-Frame-Options"] == "DENY"
-    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Referrer-Policy"] == "same-origin"
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Strict-Transport-Security"] == "max-age=31536000"
 
