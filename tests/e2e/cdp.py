@@ -128,7 +128,7 @@ async def chromium_tab(
     if host_rules:
         args.append(f"--host-resolver-rules={', '.join(host_rules)}")
     args.append("about:blank")
-    process = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
+    process = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
