@@ -218,6 +218,7 @@ class LoginPages:
     # The MFA and account pages (login_ui/mfa.py, account.py) answer the same way.
     page = _page
     return_url = _return_url
+    set_presession = _set_presession
 
     # --- sign in -------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class LoginPages:
             username=username,
             error=error,
             password_enabled=tenant is None or "password" in tenant.login_methods,
-            passkey_enabled=False,
+            passkey_enabled=tenant is not None and "passkey" in tenant.login_methods,
             request_id=req.request_id if error else None,
         )
         return self._page(req, html, status)

@@ -14,6 +14,8 @@ from login_ui.headers import security_headers
 from login_ui.mfa import Interstitial, MfaPages
 from login_ui.pages import PageRenderer
 from login_ui.sso import SsoPages
+from login_ui.webauthn import WebAuthnPages
+from login_ui.webauthn import install as install_webauthn
 
 
 class BrandedPages:
@@ -78,3 +80,4 @@ def login_ui_extension(server: GatewayServer) -> None:
     server.reserved.add("/mfa/backup", mfa.backup)
     server.reserved.add("/mfa/enrol", mfa.enrol)
     server.reserved.add("/account", AccountPages(shared).page)
+    install_webauthn(server.reserved, WebAuthnPages(shared))
