@@ -98,6 +98,9 @@ class Ratios:
     authgate_vs_nginx: float | None
     target_met: bool | None
     authgate_vs_minimal_per_round: tuple[float, ...] = ()
+    # CPU per request of the minimal proxy over authgate's: the same comparison as
+    # req/s, but hardly moved by other load on the machine (1.0 = as cheap).
+    cpu_efficiency_vs_minimal: float | None = None
 
 
 # ----------------------------------------------------------------------- start-up
@@ -300,13 +303,19 @@ def ratios(results: dict[str, ScenarioResult]) -> Ratios:
 
     vs_minimal = ratio("authgate", "minimal")
     per_round: tuple[float, ...] = ()
+    efficiency = None
     if "authgate" in results and "minimal" in results:
         per_round = paired_ratios(results["authgate"], results["minimal"])
+        if results["authgate"].cpu_us_per_request:
+            efficiency = (
+                results["minimal"].cpu_us_per_request / results["authgate"].cpu_us_per_request
+            )
     return Ratios(
         authgate_vs_minimal=vs_minimal,
         authgate_vs_nginx=ratio("authgate", "nginx"),
         target_met=None if vs_minimal is None else vs_minimal >= TARGET_VS_MINIMAL,
         authgate_vs_minimal_per_round=per_round,
+        cpu_efficiency_vs_minimal=efficiency,
     )
 
 
@@ -384,6 +393,9 @@ def table(results: list[ScenarioResult], ratio: Ratios) -> str:
             if len(ratio.authgate_vs_minimal_per_round) > 1
             else ""
         )
+    )
+    lines.append(
+        f"minimal / authgate (CPU µs/req):          {fmt(ratio.cpu_efficiency_vs_minimal)}"
     )
     lines.append(f"authgate / nginx reverse proxy   (req/s): {fmt(ratio.authgate_vs_nginx)}")
     verdict = {True: "MET", False: "NOT MET", None: "not measured"}[ratio.target_met]

@@ -230,6 +230,7 @@ def test_ratios_compare_authgate_with_the_minimal_proxy_and_nginx() -> None:
     assert ratio.authgate_vs_minimal == pytest.approx(0.9)
     assert ratio.authgate_vs_nginx == pytest.approx(0.3)
     assert ratio.target_met is False
+    assert ratio.cpu_efficiency_vs_minimal == pytest.approx(1.0)  # both 100 µs/req here
 
 
 def test_missing_scenario_leaves_its_ratio_and_verdict_unknown() -> None:
