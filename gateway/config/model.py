@@ -163,17 +163,19 @@ class TenantConfig:
     default_url: str | None = None  # where to land after login when rd is refused
     cookie_domain: str | None = None  # None = host-only
     signup: bool = False
-    # The host where SSO across the tenant's unrelated domains signs in; None = the
-    # first exact domain (`sso_login_host`).
+    # The host where SSO across the tenant's unrelated domains signs in; None = no
+    # hand-off: each domain (or cookie_domain family) signs in on its own.
     login_host: str | None = None
     users_file: Path | None = None  # optional read-only YAML users source
 
 
 def sso_login_host(tenant: TenantConfig) -> str | None:
-    """The tenant's primary login host: `login_host`, else its first exact domain."""
-    if tenant.login_host is not None:
-        return tenant.login_host
-    return next((d for d in tenant.domains if not d.startswith("*.")), None)
+    """The tenant's primary login host, when SSO across its domains is on.
+
+    Opt-in rather than "the first domain": a tenant whose domains are aliases of one
+    machine (the demo's localhost, 127.0.0.1, [::1]) would otherwise bounce every
+    sign-in to the first of them."""
+    return tenant.login_host
 
 
 @dataclass(frozen=True)
