@@ -104,7 +104,7 @@ class Interstitial:
         self, req: ReservedRequest, template: str, status: int = 200, **values: object
     ) -> web.Response:
         # PageRenderer renders any template of ours with the tenant's branding and URLs.
-        html = self.renderer._render(template, self.site.branding(req.tenant), **values)
+        html = self.renderer.render_page(template, self.site.branding(req.tenant), **values)
         return self.site.page(req, html, status)
 
     def error(self, req: ReservedRequest, status: int, detail: str | None = None) -> web.Response:

@@ -155,7 +155,7 @@ class PageRenderer:
         `detail` is shown to the user as is (escaped): never put secrets or internals in it.
         """
         message = error_message(status)
-        return self._render(
+        return self.render_page(
             "error.html",
             branding,
             status=status,
@@ -185,7 +185,7 @@ class PageRenderer:
         With `passkey_enabled`, a second form POSTs to `{prefix}/login/passkey`, where
         the WebAuthn handler starts the ceremony (and a script may take over the click).
         """
-        return self._render(
+        return self.render_page(
             "login.html",
             branding,
             csrf_token=csrf_token,
@@ -209,7 +209,7 @@ class PageRenderer:
         cancel_url: str = "/",
     ) -> str:
         """The sign-out confirmation (POST with an "everywhere" option), or its result page."""
-        return self._render(
+        return self.render_page(
             "logout.html",
             branding,
             csrf_token=csrf_token,
@@ -219,7 +219,8 @@ class PageRenderer:
             cancel_url=_local_url(cancel_url),
         )
 
-    def _render(self, template: str, branding: BrandingView | None, **values: object) -> str:
+    def render_page(self, template: str, branding: BrandingView | None, **values: object) -> str:
+        """Any page template with the common context (brand, urls, field names)."""
         environment = self._default
         if branding is not None:
             environment = self._by_tenant.get(branding.tenant_id, self._default)
