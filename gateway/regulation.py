@@ -10,9 +10,10 @@ correctly never add up to a ban.
 
 Counters are keyed by the normalised username whether or not the account
 exists, so a ban looks the same for an unknown user (SECURITY.md invariant 8).
-Bans live under keys of their own (`ban:…`), apart from the counters, so a ban
-can be set before its counter is reset: any attempt that raced past the ban
-check finds the ban on its second look. Counters are fixed windows of
+Bans live under keys of their own (`ban:…`), apart from the counters, and a
+counter is never reset while attempts may race on it: each ban starts a new
+counter generation instead, so the first attempt after a ban starts from zero.
+Counters are fixed windows of
 `find_time`: at a window boundary up to 2 * max_retries - 1 failures can land
 in one `find_time`; the bound holds within a window.
 """
@@ -46,6 +47,10 @@ def ip_key(tenant: str, ip: str) -> str:
 
 def _ban_key(key: str) -> str:
     return f"ban:{key}"
+
+
+def _generation_key(key: str) -> str:
+    return f"gen:{key}"
 
 
 @dataclass(frozen=True)
@@ -96,14 +101,13 @@ class Regulator:
         """
         ukey = user_key(tenant, username)
         ikey = ip_key(tenant, ip) if ip else None
+        # The generation is read before the ban: whoever sees a new generation also
+        # sees the ban set before it, so no attempt counts in a fresh counter mid-ban.
+        counter = await self._counter(ukey)
         refused = await self._banned(ukey, ikey)
         if refused is not None:
             return refused
-        count = await self.limiter.hit(ukey, self.config.find_time)
-        # Second look: a concurrent attempt may have set the ban after our first one.
-        refused = await self._banned(ukey, ikey)
-        if refused is not None:
-            return refused
+        count = await self.limiter.hit(counter, self.config.find_time)
         if count > self.config.max_retries:
             if count > self.config.max_retries + 1:  # the one just before us is banning
                 return Attempt(False, self._retry_after(self.now() + self.config.ban_time))
@@ -117,12 +121,14 @@ class Regulator:
             await self._ban(user_key(tenant, username), tenant, username=username, ip=ip)
         if ip:
             ikey = ip_key(tenant, ip)
-            if await self.limiter.hit(ikey, self.config.find_time) >= self.config.max_retries:
+            counter = await self._counter(ikey)
+            if await self.limiter.hit(counter, self.config.find_time) >= self.config.max_retries:
                 await self._ban(ikey, tenant, username=username, ip=ip)
 
     async def succeeded(self, tenant: str, username: str) -> None:
         """After a correct factor: the user's counter starts again from zero."""
-        await self.limiter.clear(user_key(tenant, username))
+        ukey = user_key(tenant, username)
+        await self.limiter.clear(await self._counter(ukey))
 
     async def banned(self, tenant: str, username: str, ip: str | None) -> Attempt:
         """Whether the username or the IP is banned now, without counting anything."""
@@ -141,11 +147,19 @@ class Regulator:
     async def clear(self, key: str) -> bool:
         """Lift the ban on `key` (as `list_bans` shows it) and reset its counter."""
         existed = await self.limiter.banned_until(_ban_key(key)) is not None
+        counter = await self._counter(key)
         await self.limiter.clear(_ban_key(key))
-        await self.limiter.clear(key)
+        await self.limiter.clear(counter)
         return existed
 
     # --- internals ---------------------------------------------------------------
+
+    async def _counter(self, key: str) -> str:
+        """The counter of `key` in its current generation: each ban starts a new one, so
+        the count after a ban starts from zero without ever resetting a live counter
+        (a reset would let racing attempts through; counts only ever go up)."""
+        generation = await self.limiter.banned_until(_generation_key(key))
+        return f"{key}@{generation!r}" if generation is not None else key
 
     async def _banned(self, ukey: str, ikey: str | None) -> Attempt | None:
         until = await self.limiter.banned_until(_ban_key(ukey))
@@ -154,10 +168,11 @@ class Regulator:
         return Attempt(False, self._retry_after(until)) if until is not None else None
 
     async def _ban(self, key: str, tenant: str, *, username: str, ip: str | None) -> float:
-        # Ban first, then reset the counter: an attempt that counts in between still
-        # finds the ban on its second look, and after the ban the count starts afresh.
+        # Ban first, then start a new counter generation (see attempt() for the order).
+        # The generation marker outlives the ban by find_time, so the old counter's
+        # fixed window is over before the marker lapses and the plain key is reused.
         until = await self.limiter.ban(_ban_key(key), self.config.ban_time)
-        await self.limiter.clear(key)
+        await self.limiter.ban(_generation_key(key), self.config.ban_time + self.config.find_time)
         log.warning(
             "banned %s for %.0f s",
             key.split(":", 1)[0],
