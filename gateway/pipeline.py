@@ -53,7 +53,7 @@ from policies.model import IPAddress
 log = logging.getLogger("authgate.pipeline")
 
 # The RequestContext a decision was made on, kept on the request for the challenge hook.
-CONTEXT_KEY = "authgate.context"
+CONTEXT_KEY = web.RequestKey("authgate.context", RequestContext)
 
 
 @dataclass(frozen=True)

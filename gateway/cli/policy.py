@@ -8,6 +8,7 @@ directly to the principal (as an API key's scopes would), on top of those its ro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -177,6 +178,8 @@ def run_explain(args: argparse.Namespace) -> int:
         else:
             policy = _tenant_policy_resolver(config_path(args))(host)
         ctx = _context(args, host, path)
+        if ctx.country is None and ctx.ip is not None:
+            ctx = dataclasses.replace(ctx, country=_country_of(config_path(args), str(ctx.ip)))
     except (PolicyError, ConfigError) as exc:
         _print_problems(exc)
         return EXIT_BAD_INPUT
@@ -192,6 +195,26 @@ def run_explain(args: argparse.Namespace) -> int:
     else:
         print(explain_text(decision, ctx))
     return EXIT_OK
+
+
+def _country_of(config_file: Path, ip: str) -> str | None:
+    """--ip without --country: the country from the configured GeoIP database, if any
+    (the same lookup the pipeline makes)."""
+    from gateway.config import load_config
+    from geoip import GeoDatabaseError, GeoReader
+
+    if not config_file.is_file():
+        return None
+    database = load_config(config_file).geoip.database
+    if database is None:
+        return None
+    try:
+        with GeoReader(database) as reader:
+            country = reader.lookup(ip).country
+    except GeoDatabaseError as exc:
+        raise _Usage(f"geoip.database: {exc}") from None
+    print(f"--ip {ip}: country {country or 'unknown'} (from {database})", file=sys.stderr)
+    return country
 
 
 def _always(policy: PolicySet) -> Callable[[str], PolicySet]:
