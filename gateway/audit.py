@@ -123,6 +123,28 @@ async def write_now(store: AuditLog, row: AuditEvent) -> None:
     await store.append(row)
 
 
+async def record_now(
+    store: AuditLog,
+    event: Event,
+    *,
+    tenant: str | None = None,
+    user: str | None = None,
+    outcome: str | None = "ok",
+    details: Mapping[str, Detail] | None = None,
+) -> None:
+    """An operator action from the CLI: logged and stored at once (no worker queue)."""
+    row = make_event(
+        event,
+        time_=time.time(),
+        tenant=tenant,
+        user=user,
+        user_agent="authgate-cli",
+        outcome=outcome,
+        details=details,
+    )
+    await write_now(store, row)
+
+
 class AuditTrail:
     """The worker's audit writer: `record()` never blocks, a task stores the rows."""
 

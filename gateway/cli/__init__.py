@@ -21,6 +21,8 @@ COMMANDS = (
     "sessions",
     "apikey",
     "keys",
+    "bans",
+    "audit",
 )
 
 EXIT_OK = 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from gateway.audit import Event, record_now
 from gateway.cli import EXIT_OK
 from gateway.cli.user import UsageError, add_tenant_option, find_user, pick_tenant, run_with_stores
 from gateway.config.durations import parse_duration
@@ -61,6 +62,13 @@ async def _create(args: argparse.Namespace, config: Config, stores: Stores) -> i
         expires=expires,
     )
     await stores.apikeys.create(key)
+    await record_now(
+        stores.audit,
+        Event.APIKEY_CREATED,
+        tenant=tenant,
+        user=user.username,
+        details={"key_id": key.id, "name": key.name},
+    )
     print(f"created API key {key.id} for {user.username}; it is shown only now:", file=sys.stderr)
     print(raw)
     return EXIT_OK
@@ -100,5 +108,11 @@ async def _revoke(args: argparse.Namespace, config: Config, stores: Stores) -> i
     if len(found) != 1 or not prefix:
         raise UsageError(f"{len(found)} keys match {args.key_id!r}; give the exact id")
     await stores.apikeys.revoke(found[0].id)
+    await record_now(
+        stores.audit,
+        Event.APIKEY_REVOKED,
+        tenant=tenant,
+        details={"key_id": found[0].id, "name": found[0].name},
+    )
     print(f"revoked API key {found[0].id} ({found[0].name})")
     return EXIT_OK

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway.audit import Event, record_now
 from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
 from gateway.config import load_config
 from gateway.config.model import Config
@@ -193,6 +194,7 @@ async def _add(args: argparse.Namespace, config: Config, stores: Stores) -> int:
         await stores.users.create(user)
     except AlreadyExists:
         raise UsageError(f"user {user.username!r} already exists in tenant {tenant!r}") from None
+    await record_now(stores.audit, Event.USER_CREATED, tenant=tenant, user=user.username)
     print(f"added user {user.username} to tenant {tenant} (id {user.id})")
     return EXIT_OK
 
@@ -233,6 +235,13 @@ async def _disable(args: argparse.Namespace, config: Config, stores: Stores) -> 
     await stores.users.update(dataclasses.replace(user, disabled=True, updated=time.time()))
     ended = await stores.sessions.revoke_user(tenant, user.id)
     await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
+    await record_now(
+        stores.audit,
+        Event.USER_DISABLED,
+        tenant=tenant,
+        user=user.username,
+        details={"sessions_ended": ended},
+    )
     print(f"disabled {user.username}; ended {ended} session(s)")
     return EXIT_OK
 
