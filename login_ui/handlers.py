@@ -200,9 +200,9 @@ class LoginPages:
         tenant: TenantConfig,
         session_id: str,
         record: SessionRecord,
-        host: str | None = None,
+        host: str,
     ) -> None:
-        """The session cookie; with `host` (the request's), Domain= only when the tenant's
+        """The session cookie for the request's `host`: Domain= only when the tenant's
         cookie_domain covers that host (a browser refuses it elsewhere)."""
         response.set_cookie(
             self.config.sessions.cookie_name,

@@ -312,7 +312,7 @@ class MfaPages:
             codes=codes,
             continue_url=shared.site.return_url(req, rd),
         )
-        shared.site.set_session_cookie(response, visit.tenant, *elevated)
+        shared.site.set_session_cookie(response, visit.tenant, *elevated, req.host)
         return response
 
     async def _wrong(
@@ -347,5 +347,5 @@ class MfaPages:
         response = web.Response(
             status=303, headers={"Location": target, "Cache-Control": "no-store"}
         )
-        shared.site.set_session_cookie(response, visit.tenant, *elevated)
+        shared.site.set_session_cookie(response, visit.tenant, *elevated, req.host)
         return response

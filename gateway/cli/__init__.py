@@ -23,6 +23,7 @@ COMMANDS = (
     "keys",
     "bans",
     "audit",
+    "tenant",
 )
 
 EXIT_OK = 0

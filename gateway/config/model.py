@@ -58,6 +58,7 @@ class SessionsConfig:
     idle_timeout: float = 0.0  # 0 = off
     remember_me_lifetime: float = 30 * DAY
     cache_ttl: float = 2.0  # per-process session cache bound
+    redis_prefix: str = "authgate:"  # key prefix in Redis (several gateways may share one)
     cache_size: int = 10_000  # sessions each process caches at most (least recently used go)
 
 

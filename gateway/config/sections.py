@@ -68,6 +68,7 @@ SESSIONS = Section(
         Field("idle_timeout", v.duration()),
         Field("remember_me_lifetime", v.duration(positive=True)),
         Field("cache_ttl", v.duration()),
+        Field("redis_prefix", v.text, env="text"),
         Field("cache_size", v.integer(minimum=0)),
     ),
 )

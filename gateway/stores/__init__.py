@@ -169,19 +169,20 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
         await db.close()
         raise StoreUnavailable("sessions.store: Redis does not answer")
     client = handle.client
+    prefix = config.sessions.redis_prefix
 
     async def redis_ping() -> bool:
         return await handle.ping()
 
     return Stores(
         users=SqlUserStore(db),
-        sessions=redis_backend.RedisSessionStore(client, clock=clock),
+        sessions=redis_backend.RedisSessionStore(client, prefix, clock=clock),
         apikeys=SqlApiKeyStore(db),
         keys=SqlKeyStore(db),
         audit=SqlAuditLog(db),
-        limiter=redis_backend.RedisRateLimiter(client, clock=clock),
+        limiter=redis_backend.RedisRateLimiter(client, prefix, clock=clock),
         events=redis_backend.RedisEventBus(
-            client, new_pubsub=handle.pubsub, attempts=len(handle.target.nodes)
+            client, prefix, new_pubsub=handle.pubsub, attempts=len(handle.target.nodes)
         ),
         credentials=SqlCredentialStore(db),
         _pings=(db.ping, redis_ping),

@@ -45,6 +45,7 @@ CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
 class Backend:
     storage: str
     sessions: str
+    prefix: str = "authgate:"  # Redis key prefix: a test's own, so counters never leak
 
 
 @pytest.fixture(
@@ -58,11 +59,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         if storage_kind == "sqlite"
         else request.getfixturevalue("postgres_clean")
     )
-    sessions = "storage"
     if session_kind == "redis":
-        request.getfixturevalue("redis_run_prefix")
-        sessions = "redis://127.0.0.1:6379/0"
-    return Backend(storage, sessions)
+        return Backend(storage, "redis://127.0.0.1:6379/0", request.getfixturevalue("redis_prefix"))
+    return Backend(storage, "storage")
 
 
 def configure(tmp_path: Path, upstream: TestServer, backend: Backend, **server: object) -> Config:
@@ -76,7 +75,7 @@ def configure(tmp_path: Path, upstream: TestServer, backend: Backend, **server: 
     return dataclasses.replace(
         config,
         storage=backend.storage,
-        sessions=SessionsConfig(store=backend.sessions),
+        sessions=SessionsConfig(store=backend.sessions, redis_prefix=backend.prefix),
         passwords=CHEAP,
     )
 

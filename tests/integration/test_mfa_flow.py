@@ -52,7 +52,7 @@ def configure(
     return dataclasses.replace(
         config,
         storage=storage,
-        sessions=SessionsConfig(store=sessions),
+        sessions=SessionsConfig(store=sessions, redis_prefix=backend.prefix if backend else "x:"),
         passwords=CHEAP,
         mfa=MfaConfig(**mfa),  # type: ignore[arg-type]
     )
@@ -130,8 +130,8 @@ async def post_code(browser: Browser, page: str, step: str, code: str) -> aiohtt
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param[0] == "sqlite":
         return Backend(f"sqlite:///{tmp_path / 'authgate.db'}", "storage")
-    request.getfixturevalue("redis_run_prefix")
-    return Backend(request.getfixturevalue("postgres_clean"), "redis://127.0.0.1:6379/0")
+    prefix = request.getfixturevalue("redis_prefix")  # this test's own keys (counters too)
+    return Backend(request.getfixturevalue("postgres_clean"), "redis://127.0.0.1:6379/0", prefix)
 
 
 async def test_totp_step_up_reaches_the_upstream_with_otp_in_amr_and_a_code_works_once(

@@ -37,13 +37,15 @@ MAX_RETRIES = 3
 BAN_TIME = 2.0
 
 
-def configure(tmp_path: Path, upstream: TestServer, sessions: str) -> Config:
+def configure(
+    tmp_path: Path, upstream: TestServer, sessions: str, redis_prefix: str = "authgate:"
+) -> Config:
     config = make_config(
         tmp_path, str(upstream.make_url("")), policy=POLICY, trusted_proxies=("127.0.0.0/8",)
     )
     return dataclasses.replace(
         config,
-        sessions=SessionsConfig(store=sessions),
+        sessions=SessionsConfig(store=sessions, redis_prefix=redis_prefix),
         passwords=CHEAP,
         # A day-long window: a burst never straddles a window boundary in practice.
         regulation=RegulationConfig(max_retries=MAX_RETRIES, find_time=86400.0, ban_time=BAN_TIME),
@@ -79,11 +81,12 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(params=["sql", "redis"])
-def sessions_store(request: pytest.FixtureRequest) -> str:
+def sessions_store(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(sessions.store, redis_prefix): with Redis, keys of this test alone, so no counter
+    from another test or an earlier run (the window is a day long) is ever counted."""
     if request.param == "redis":
-        request.getfixturevalue("redis_run_prefix")
-        return "redis://127.0.0.1:6379/0"
-    return "storage"
+        return "redis://127.0.0.1:6379/0", request.getfixturevalue("redis_prefix")
+    return "storage", "authgate:"
 
 
 class LoginForm:
@@ -112,9 +115,9 @@ async def test_concurrent_wrong_passwords_on_two_workers_ban_after_exactly_max_r
     upstream: TestServer,
     start_gateway: StartGateway,
     client: aiohttp.ClientSession,
-    sessions_store: str,
+    sessions_store: tuple[str, str],
 ) -> None:
-    config = configure(tmp_path, upstream, sessions_store)
+    config = configure(tmp_path, upstream, *sessions_store)
     # Unique per run: Redis counters outlive the test's SQLite file.
     username = f"victim-{secrets.token_hex(4)}"
     ip = f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
