@@ -12,10 +12,9 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from geoip import GeoReader, Location, distance_km, is_impossible_travel, travel_speed_kmh
-
 from gateway.config.model import GeoipConfig
 from gateway.stores.database import Database
+from geoip import GeoReader, Location, distance_km, is_impossible_travel, travel_speed_kmh
 
 log = logging.getLogger("authgate.geo")
 
