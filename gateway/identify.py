@@ -89,6 +89,14 @@ class Identifier:
             auth_time=record.auth_time,
             session_id=active.id_hash,
         )
+        if active.owes_second_factor:
+            # Worth nothing upstream until the second factor: no identity is forwarded.
+            return Identity(
+                principal=principal,
+                upstream_headers=headers,
+                strip_headers=strip,
+                owes_second_factor=True,
+            )
         self._add_identity(headers, user, record.amr, route, tenant, active.id_hash)
         return Identity(principal=principal, upstream_headers=headers, strip_headers=strip)
 

@@ -42,13 +42,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Records waiting for the writer thread. Under a load the writer cannot keep up with,
+# the queue must not become the process's memory: beyond this, records are dropped
+# (and counted) instead of queued.
+QUEUE_LIMIT = 10_000
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Never blocks the event loop and never grows past the queue's bound."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            _DroppingQueueHandler.dropped += 1
+
+
+def dropped_log_records() -> int:
+    """How many log records were dropped because the writer fell behind."""
+    return _DroppingQueueHandler.dropped
+
+
 class _Writer:
     """The queue in front of the real handler, and the thread that drains it."""
 
     def __init__(self, target: logging.Handler) -> None:
         self.target = target
-        self.queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self.front = logging.handlers.QueueHandler(self.queue)
+        self.queue: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_LIMIT)
+        self.front = _DroppingQueueHandler(self.queue)
         self.front.addFilter(RequestIdFilter())
         self.listener: logging.handlers.QueueListener | None = None
 
@@ -59,7 +82,7 @@ class _Writer:
     def restart_after_fork(self) -> None:
         # The parent's thread (and any lock it held) is not in the child: a new queue
         # and a new thread. Whatever the parent had queued is the parent's to write.
-        self.queue = queue.SimpleQueue()
+        self.queue = queue.Queue(QUEUE_LIMIT)
         self.front.queue = self.queue
         self.start()
 
@@ -90,6 +113,9 @@ def setup_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:
     root.handlers[:] = [_writer.front]
     root.setLevel(config.level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: hashes of session
+    # ids and API keys, password hashes. Never, whatever the configured level.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def _restart_after_fork() -> None:

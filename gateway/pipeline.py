@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from aiohttp import web
@@ -63,6 +63,7 @@ class Identity:
     principal: Principal | None
     upstream_headers: CIMultiDict[str] | None = None  # identity headers for the upstream
     strip_headers: frozenset[str] = frozenset()  # request headers that carried credentials
+    owes_second_factor: bool = False  # an unusual sign-in not yet confirmed (step-up)
 
 
 # Turns a request into an Identity; the identity layer installs the real one.
@@ -321,6 +322,24 @@ class Pipeline:
         )
         request[CONTEXT_KEY] = context  # what the challenge hook audits a denial with
         decision = self._policy_decide(tenant.id, context)
+        if identity.owes_second_factor and decision.action is Action.ALLOW:
+            # After an unusual sign-in the session counts for nothing until the second
+            # factor: only what an anonymous request may reach passes (as anonymous).
+            anonymous = self._policy_decide(tenant.id, replace(context, principal=None))
+            if anonymous.action is Action.ALLOW:
+                identity = Identity(
+                    principal=None,
+                    strip_headers=identity.strip_headers,
+                    upstream_headers=identity.upstream_headers,
+                )
+                decision = anonymous
+            else:
+                decision = Decision(
+                    Action.SECOND_FACTOR,
+                    decision.rule,
+                    "a second factor is required after an unusual sign-in",
+                    (),
+                )
         note_decision(tenant, route, decision, time.perf_counter() - started)
         return identity, decision
 

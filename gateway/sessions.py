@@ -39,6 +39,7 @@ from gateway.stores.ids import hash_session_id, new_session_id
 log = logging.getLogger("authgate.sessions")
 
 TOUCH_INTERVAL = 60.0  # the hot path writes a session at most this often
+STEP_UP = "step_up"  # SessionRecord.data key: a second factor is owed before anything else
 USER_FALLBACK_SECONDS = 3600.0  # how stale a remembered user may be during a database outage
 RESYNC = "resync"  # event kind: the bus may have lost messages, forget every cached session
 
@@ -50,6 +51,11 @@ class ActiveSession:
     id_hash: str
     record: SessionRecord
     user: User
+
+    @property
+    def owes_second_factor(self) -> bool:
+        """True until `elevate` (which writes fresh data) after an unusual sign-in."""
+        return any(key == STEP_UP for key, _ in self.record.data)
 
 
 def fingerprint(id_hash: str) -> str:
@@ -208,8 +214,12 @@ class SessionManager:
         country: str | None = None,
         remember: bool = False,
         replaces: str | None = None,
+        step_up: bool = False,
     ) -> tuple[str, SessionRecord]:
-        """A new session (new id) for a fresh sign-in; `replaces` (a cookie value) is revoked."""
+        """A new session (new id) for a fresh sign-in; `replaces` (a cookie value) is revoked.
+
+        With `step_up` (an unusual sign-in: impossible travel, a new country) the session
+        is worth nothing but the second-factor pages until it is elevated."""
         now = self.now()
         session_id = new_session_id()
         record = SessionRecord(
@@ -225,6 +235,7 @@ class SessionManager:
             user_agent=(user_agent or "")[:256] or None,
             country=country,
             remember=remember,
+            data=((STEP_UP, "1"),) if step_up else (),
         )
         await self.store.create(record)
         if replaces:

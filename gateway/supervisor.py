@@ -94,7 +94,9 @@ class Supervisor:
         self._quick_deaths = 0
         self._reload_requested = False
         # What a restarted worker serves if the files on disk are bad by then.
-        self._last_good: Mapping[str, PolicySet] = compile_tenant_policies(config.tenants)
+        self._last_good: Mapping[str, PolicySet] = compile_tenant_policies(
+            config.tenants, geoip_configured=config.geoip.database is not None
+        )
 
     def _spawn(self) -> tuple[BaseProcess, float]:
         process = self._context.Process(
@@ -157,7 +159,9 @@ class Supervisor:
 
     def _refresh_last_good(self) -> None:
         try:
-            self._last_good = compile_tenant_policies(self.config.tenants)
+            self._last_good = compile_tenant_policies(
+                self.config.tenants, geoip_configured=self.config.geoip.database is not None
+            )
         except PolicyError:
             pass  # the workers log the problems; the last good set stays
 

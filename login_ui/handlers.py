@@ -317,6 +317,7 @@ class LoginPages:
             country=check.current.location.country,
             remember=bool(form[REMEMBER_FIELD]),
             replaces=old_session or None,
+            step_up=check.response is GeoResponse.STEP_UP,
         )
         log.info(
             "sign-in",

@@ -389,6 +389,7 @@ class WebAuthnPages:
             user_agent=req.request.headers.get("User-Agent"),
             country=check.current.location.country,
             replaces=old_session or None,
+            step_up=check.response is GeoResponse.STEP_UP and len(set(assertion.amr)) < 2,
         )
         runtime.metrics.sign_in(tenant.id, "passkey", "success")
         runtime.audit.record(

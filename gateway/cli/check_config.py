@@ -10,7 +10,8 @@ from gateway.cli import EXIT_BAD_INPUT, EXIT_OK, config_path
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError
-from policies import PolicyError, load_policy_set
+from gateway.policy_sets import compile_tenant_policies
+from policies import PolicyError
 
 
 def register(
@@ -41,17 +42,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_policies(config: Config) -> int:
-    """Compile every tenant's policy files; raise PolicyError listing all their problems."""
-    problems = []
-    for tenant in config.tenants:
-        if not tenant.policies:
-            continue
-        try:
-            load_policy_set(tenant.policies)
-        except PolicyError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise PolicyError(problems)
+    """Compile every tenant's policy files as `serve` would; raise PolicyError listing all
+    their problems. Returns how many policy files there are."""
+    compile_tenant_policies(config.tenants, geoip_configured=config.geoip.database is not None)
     return len({p for t in config.tenants for p in t.policies})
 
 
@@ -63,6 +56,9 @@ def summary(config: Config, policy_files: int) -> str:
 
     routes = sum(len(t.routes) for t in config.tenants)
     return ", ".join(
-        (count(len(config.tenants), "tenant"), count(routes, "route"),
-         count(policy_files, "policy file"))
+        (
+            count(len(config.tenants), "tenant"),
+            count(routes, "route"),
+            count(policy_files, "policy file"),
+        )
     )

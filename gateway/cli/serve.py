@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(config_path(args))
-        compile_tenant_policies(config.tenants)  # refuse to start on a bad policy
+        compile_tenant_policies(
+            config.tenants, geoip_configured=config.geoip.database is not None
+        )  # refuse to start on a bad policy
         load_users_files(config.tenants)  # or a bad users file
     except (ConfigError, PolicyError) as exc:
         for problem in exc.problems:

@@ -135,11 +135,22 @@ async def test_london_then_tokyo_ten_minutes_later_steps_up_and_audits_both_plac
     with sqlite3.connect(tmp_path / "authgate.db") as db:
         db.execute("UPDATE sign_in_last SET time = time - 600")
 
-    resp = await sign_in(Browser(base, client), TOKYO)
+    tokyo = Browser(base, client)
+    resp = await sign_in(tokyo, TOKYO)
     assert resp.status == 303
     location = urlsplit(resp.headers["Location"])
     assert location.path == "/.authgate/mfa"
     assert parse_qs(location.query)["rd"] == ["http://app.test/x"]
+
+    # skipping the second factor gets nothing: the session owes it first
+    resp, body = await tokyo.request("GET", "/x", **{"X-Forwarded-For": LONDON})
+    assert resp.status == 302
+    assert urlsplit(resp.headers["Location"]).path == "/.authgate/mfa"
+    resp, body = await tokyo.request(
+        "GET", "/x", Accept="application/json", **{"X-Forwarded-For": LONDON}
+    )
+    assert resp.status == 401
+    assert "alice" not in body
 
     await server.runtime.audit.flush()
     rows = await server.runtime.stores.audit.search(tenant="acme", event="impossible_travel")

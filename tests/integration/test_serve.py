@@ -261,3 +261,23 @@ def test_demo_shows_the_request_the_upstream_received() -> None:
     out = process.stdout.read().decode() if process.stdout else ""
     assert f"http://127.0.0.1:{port}/" in out
     assert "alice / alice" in out
+
+
+def test_a_country_rule_without_a_geoip_database_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\ndefault: deny\nrules:\n  - name: geo\n    countries: [GB]\n    action: bypass\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "tenants:\n  - id: acme\n    domains: [app.test]\n    policies: [policy.yaml]\n"
+    )
+    for command in ("serve", "check-config"):
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", command, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2, command
+        assert f"{tmp_path / 'policy.yaml'}:4: rules[0].countries:" in result.stderr
+        assert "geoip.database is not configured" in result.stderr
