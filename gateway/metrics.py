@@ -20,6 +20,7 @@ import inspect
 import ipaddress
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
@@ -83,18 +84,71 @@ def route_label(route: RouteConfig) -> str:
     return f"{route.host}{route.path}"
 
 
+# The per-request metrics are summed in plain Python numbers first and handed to
+# prometheus_client in bulk (every FLUSH_SECONDS, and before every scrape): its own
+# observe() takes a lock per bucket value (and, with workers, writes a shared file),
+# which cost more per request than the rest of the metrics work together.
+FLUSH_SECONDS = 1.0
+
+
+class BufferedHistogram:
+    """A histogram child's observations, bucketed locally until `flush`."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        self._counts = [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        self._child._sum.inc(total)
+        for index, count in enumerate(counts):
+            if count:
+                self._child._buckets[index].inc(count)
+
+
+class BufferedCounter:
+    """A counter child's increments, summed locally until `flush`."""
+
+    __slots__ = ("_child", "_count")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._count = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self._count += amount
+
+    def flush(self) -> None:
+        if self._count:
+            count, self._count = self._count, 0
+            self._child.inc(count)
+
+
 class RouteMetrics:
     """Label children of one (tenant, route), bound once."""
 
-    __slots__ = ("_labels", "_requests", "duration", "requests", "upstream")
+    __slots__ = ("_buffered", "_labels", "_requests", "duration", "requests", "upstream")
 
     def __init__(self, metrics: Metrics, tenant: str, route: str) -> None:
         self._labels = (tenant, route)
         self._requests = metrics.requests
-        self.duration = metrics.request_duration.labels(tenant, route)
-        self.upstream = metrics.upstream_duration.labels(tenant, route)
+        self._buffered = metrics.buffered
+        self.duration = metrics.buffer(metrics.request_duration.labels(tenant, route))
+        self.upstream = metrics.buffer(metrics.upstream_duration.labels(tenant, route))
         # decision → status code → counter child; statuses are added as they are seen
-        self.requests: dict[Action | None, dict[int, Any]] = {a: {} for a in Action}
+        self.requests: dict[Action | None, dict[int, BufferedCounter]] = {a: {} for a in Action}
         self.requests[None] = {}
 
     def count(self, action: Action | None, status: int) -> None:
@@ -102,7 +156,8 @@ class RouteMetrics:
         child = by_status.get(status)
         if child is None:
             decision = action.name if action is not None else NONE
-            child = self._requests.labels(*self._labels, decision, str(status))
+            child = BufferedCounter(self._requests.labels(*self._labels, decision, str(status)))
+            self._buffered.append(child)
             by_status[status] = child
         child.inc()
 
@@ -111,6 +166,7 @@ class Metrics:
     """Every metric of one gateway process, and the handler that exposes them."""
 
     def __init__(self, config: Config) -> None:
+        self.buffered: list[BufferedHistogram | BufferedCounter] = []
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.networks: tuple[IPNetwork, ...] = config.server.metrics_networks
@@ -173,7 +229,7 @@ class Metrics:
         self._decisions: dict[str, Any] = {}
         for tenant in config.tenants:
             self._tenants[tenant.id] = RouteMetrics(self, tenant.id, NONE)
-            self._decisions[tenant.id] = self.decision_duration.labels(tenant.id)
+            self._decisions[tenant.id] = self.buffer(self.decision_duration.labels(tenant.id))
             for route in tenant.routes:
                 self._routes[id(route)] = RouteMetrics(self, tenant.id, route_label(route))
         self._nowhere = RouteMetrics(self, NONE, NONE)
@@ -208,7 +264,28 @@ class Metrics:
         return found
 
     def decision_timer(self, tenant_id: str) -> Any:
-        return self._decisions.get(tenant_id) or self.decision_duration.labels(tenant_id)
+        found = self._decisions.get(tenant_id)
+        if found is None:
+            found = self._decisions[tenant_id] = self.buffer(
+                self.decision_duration.labels(tenant_id)
+            )
+        return found
+
+    def buffer(self, histogram_child: Any) -> BufferedHistogram:
+        buffered = BufferedHistogram(histogram_child)
+        self.buffered.append(buffered)
+        return buffered
+
+    def flush(self) -> None:
+        """Hand what the hot path summed to prometheus_client (before a scrape, and
+        every FLUSH_SECONDS so other workers' scrapes see it)."""
+        for item in self.buffered:
+            item.flush()
+
+    async def flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            self.flush()
 
     def api_key(self, tenant_id: str, ok: bool) -> None:
         """An API key presented (every request that carries one is an attempt)."""
@@ -246,6 +323,7 @@ class Metrics:
                 status=403, text="forbidden\n", headers={"Cache-Control": "no-store"}
             )
         active = await self._active()
+        self.flush()
         body = await asyncio.get_running_loop().run_in_executor(None, self.exposition, active)
         return web.Response(
             body=body,

@@ -9,6 +9,7 @@ Extensions (login_ui, identity) plug in through `install` callables that see the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -171,6 +172,15 @@ class GatewayServer:
         for site in sites:
             await site.start()
         self.hooks.cleanup.append(start_watching(self.policies.files, self.reload))
+        flusher = asyncio.ensure_future(self.metrics.flush_forever())
+
+        async def stop_flushing() -> None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            self.metrics.flush()
+
+        self.hooks.cleanup.append(stop_flushing)
         self.addresses = [
             sock.getsockname()[:2]
             for site in sites

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
-from gateway.cli import EXIT_BAD_INPUT, config_path
-from gateway.errors import ConfigError
+from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, config_path
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.extensions import default_extensions
 from gateway.policy_sets import compile_tenant_policies
+from gateway.stores import migrate_storage
 from gateway.supervisor import Supervisor, default_worker_count
 from gateway.users_file import load_users_files
 from policies import PolicyError
@@ -52,5 +54,13 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         print("authgate: --workers must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if config.storage.startswith("sqlite:"):
+        # The embedded database migrates itself; do it once here, before the workers
+        # exist, instead of N workers racing for the write lock at start.
+        try:
+            asyncio.run(migrate_storage(config))
+        except StoreUnavailable as exc:
+            print(f"authgate: storage: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     logging.getLogger("authgate").debug("starting %d workers", workers)
     return Supervisor(config, workers, default_extensions()).run()

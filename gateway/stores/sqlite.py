@@ -136,9 +136,29 @@ async def migrate(path: Path) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await use_wal(conn)
             return [m.name for m in await migrate_sqlite(conn)]
     except (sqlite3.Error, OSError) as exc:
         raise StoreUnavailable(f"sqlite: cannot migrate {path}: {exc}") from exc
+
+
+async def use_wal(conn: aiosqlite.Connection) -> None:
+    """Switch the file to WAL (it stays so). Changing the journal mode needs the file to
+    itself and SQLite does not wait for that (busy_timeout does not apply), so workers
+    starting together retry briefly; a file already in WAL needs no change at all."""
+    async with conn.execute("PRAGMA journal_mode") as cursor:
+        row = await cursor.fetchone()
+    if row is not None and str(row[0]).lower() == "wal":
+        return
+    for _ in range(100):
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            await asyncio.sleep(0.05)
+    await conn.execute("PRAGMA journal_mode = WAL")
 
 
 async def open_sqlite(path: Path) -> SqliteDatabase:
@@ -150,7 +170,7 @@ async def open_sqlite(path: Path) -> SqliteDatabase:
         raise StoreUnavailable(f"sqlite: cannot open {path}: {exc}") from exc
     try:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await conn.execute("PRAGMA journal_mode = WAL")
+        await use_wal(conn)
         await conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
         await migrate_sqlite(conn)
     except sqlite3.Error as exc:

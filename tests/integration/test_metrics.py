@@ -195,15 +195,18 @@ def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) ->
     import sys
     import tempfile
     import threading
+    import time
     from http.server import ThreadingHTTPServer
 
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from gateway.metrics import FLUSH_SECONDS
     from tests.integration.test_serve import (
         _Upstream,
         free_port,
         get,
         wait_until_up,
+        wait_until_workers_listen,
         worker_pids,
         write_config,
     )
@@ -219,8 +222,12 @@ def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) ->
     )
     try:
         wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, 2)
         for i in range(20):  # a new connection each: SO_REUSEPORT spreads them over workers
             assert get(port, f"/open/{i}")[0] == 200
+        # Each worker hands its counts to the shared files at least every FLUSH_SECONDS
+        # (the scraped worker flushes its own at the scrape).
+        time.sleep(FLUSH_SECONDS + 0.5)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/.authgate/metrics", headers={"Host": "app.test"})
         resp = conn.getresponse()

@@ -111,6 +111,40 @@ tenants:
     return config
 
 
+def listening_pids(port: int) -> set[int]:
+    """Processes with a listening socket on `port` (SO_REUSEPORT: one socket per worker)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link[8:-1] in inodes for link in links if link.startswith("socket:[")):
+            found.add(int(proc.name))
+    return found
+
+
+def wait_until_workers_listen(port: int, parent: int, count: int, timeout: float = 20) -> None:
+    """Until `count` workers of `parent` each have their listening socket on `port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = worker_pids(parent)
+        if len(workers) == count and set(workers) <= listening_pids(port):
+            return
+        time.sleep(0.05)
+    raise AssertionError(
+        f"workers {worker_pids(parent)} not all listening on {port}: {listening_pids(port)}"
+    )
+
+
 def worker_pids(parent: int) -> list[int]:
     children = Path(f"/proc/{parent}/task/{parent}/children")
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
@@ -265,7 +299,8 @@ def test_demo_shows_the_request_the_upstream_received() -> None:
 
 def test_a_country_rule_without_a_geoip_database_refuses_to_start(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(
-        "version: 1\ndefault: deny\nrules:\n  - name: geo\n    countries: [GB]\n    action: bypass\n"
+        "version: 1\ndefault: deny\nrules:\n"
+        "  - name: geo\n    countries: [GB]\n    action: bypass\n"
     )
     config = tmp_path / "config.yaml"
     config.write_text(

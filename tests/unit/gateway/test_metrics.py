@@ -36,6 +36,7 @@ def config(**logging_options: object) -> Config:
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    metrics.flush()  # what a scrape does first
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(metrics.exposition().decode())
@@ -56,6 +57,32 @@ def test_requests_are_counted_under_the_route_as_configured_never_the_path() -> 
     assert got[("authgate_requests_total", labels)] == 2
     nowhere = (("decision", "-"), ("route", "-"), ("status", "421"), ("tenant", "-"))
     assert got[("authgate_requests_total", nowhere)] == 1
+
+
+def test_the_hot_path_sums_locally_and_a_flush_hands_over_exactly_once() -> None:
+    metrics = Metrics(config())
+    route = metrics.for_route(TENANT, ROUTE)
+    for amount in (0.0004, 0.003, 0.003, 42.0):
+        route.duration.observe(amount)
+    route.count(Action.ALLOW, 200)
+    raw = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+        if s.labels.get("route") == "wiki.acme.test/docs"
+    }
+    assert raw[("authgate_request_duration_seconds_count", None)] == 0  # not yet handed over
+    got = samples(metrics)
+    got_again = samples(metrics)  # a second flush adds nothing
+    assert got == got_again
+    labels = (("route", "wiki.acme.test/docs"), ("tenant", "acme"))
+    assert got[("authgate_request_duration_seconds_count", labels)] == 4
+    assert got[("authgate_request_duration_seconds_sum", labels)] == pytest.approx(42.0064)
+    bucket = {
+        le: got[("authgate_request_duration_seconds_bucket", (("le", le), *labels))]
+        for le in ("0.0005", "0.0025", "0.005", "30.0", "+Inf")
+    }
+    assert bucket == {"0.0005": 1, "0.0025": 1, "0.005": 3, "30.0": 3, "+Inf": 4}
 
 
 def test_label_children_are_bound_once_per_route_and_status() -> None:
