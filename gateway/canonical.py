@@ -286,6 +286,8 @@ def client_ip(
 
 def peer_is_trusted(peer: str | None, trusted: Sequence[IPNetwork]) -> bool:
     """Whether the peer is a configured proxy, parsed exactly as `client_ip` parses it."""
+    if not trusted:
+        return False
     address = _parse_address(peer) if peer is not None else None
     return address is not None and _is_trusted(address, trusted)
 

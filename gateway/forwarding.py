@@ -47,11 +47,26 @@ FORWARDING = frozenset(
 RESPONSE_HOP_BY_HOP = HOP_BY_HOP | {"content-length"}
 
 
+_TOKENS_CACHE: dict[str, frozenset[str]] = {}
+
+
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Header names listed in `Connection` (each one is hop-by-hop for this message)."""
     values = headers.getall("Connection", ())
     if not values:
         return frozenset()
+    if len(values) == 1:
+        # Almost always "keep-alive" or "close": parse each distinct value once.
+        found = _TOKENS_CACHE.get(values[0])
+        if found is None:
+            found = _parse_tokens(values)
+            if len(_TOKENS_CACHE) < 256:
+                _TOKENS_CACHE[values[0]] = found
+        return found
+    return _parse_tokens(values)
+
+
+def _parse_tokens(values: list[str]) -> frozenset[str]:
     return frozenset(
         token.strip().lower() for value in values for token in value.split(",") if token.strip()
     )
@@ -66,7 +81,9 @@ def copy_end_to_end(
     `also_drop`; repeats kept in order."""
     dropped = drop
     if "Connection" in headers:
-        dropped = dropped | connection_tokens(headers)
+        tokens = connection_tokens(headers)
+        if not tokens <= drop:
+            dropped = dropped | tokens
     if also_drop:
         dropped = dropped | also_drop
     out: CIMultiDict[str] = CIMultiDict()

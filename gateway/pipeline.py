@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-import aiohttp
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
@@ -37,6 +36,7 @@ from gateway.policy_sets import PolicyRegistry
 from gateway.proxy import (
     Forwarded,
     UpstreamError,
+    UpstreamPool,
     UpstreamTarget,
     forward_http,
     forward_websocket,
@@ -111,7 +111,7 @@ class Pipeline:
         self,
         config: Config,
         policies: PolicyRegistry,
-        client: aiohttp.ClientSession,
+        upstreams: UpstreamPool,
         pages: PageRenderer,
         reserved: ReservedRoutes,
         *,
@@ -132,7 +132,7 @@ class Pipeline:
         )
         self.policies = policies
         self._policy_decide = tenants.decide if tenants is not None else policies.decide
-        self.client = client
+        self.upstreams = upstreams
         self.pages = pages
         self.reserved = reserved
         self.identify = identify
@@ -146,7 +146,9 @@ class Pipeline:
         # every identity header name, and the request id (ours to set).
         self._drop = HOP_BY_HOP | FORWARDING | stripped_header_names(config) | {"x-request-id"}
         self._targets = {
-            route: UpstreamTarget.from_route(route) for t in config.tenants for route in t.routes
+            route: UpstreamTarget.from_route(route, upstreams)
+            for t in config.tenants
+            for route in t.routes
         }
 
     def error(
@@ -286,11 +288,13 @@ class Pipeline:
         )
         target = self._targets.get(route)
         if target is None:  # a route of a database tenant, added while serving
-            target = self._targets.setdefault(route, UpstreamTarget.from_route(route))
+            target = self._targets.setdefault(
+                route, UpstreamTarget.from_route(route, self.upstreams)
+            )
         try:
             if route.websockets and is_websocket_upgrade(request):
-                return await forward_websocket(request, self.client, target, route, forwarded)
-            return await forward_http(request, self.client, target, route, forwarded)
+                return await forward_websocket(request, target, route, forwarded)
+            return await forward_http(request, target, route, forwarded)
         except UpstreamError as exc:
             return self.error(request, exc.status, tenant, exc.reason, request_id)
 

@@ -108,6 +108,7 @@ class PolicyRegistry:
                 log.error("policy files invalid at start, serving the last good set: %s", problem)
             self._sets = last_good
         self._countries = _country_tenants(self._sets)
+        self._anonymous = _AnonymousDecisions(self._sets)
 
     @property
     def sets(self) -> Mapping[str, PolicySet]:
@@ -126,6 +127,8 @@ class PolicyRegistry:
         return tenant_id in self._countries or tenant_id not in self._sets
 
     def decide(self, tenant_id: str, context: RequestContext) -> Decision:
+        if context.principal is None:
+            return self._anonymous.decide(tenant_id, self._sets[tenant_id], context)
         return decide_fast(self._sets[tenant_id], context)
 
     def reload(self) -> PolicyError | None:
@@ -135,8 +138,48 @@ class PolicyRegistry:
         except PolicyError as exc:
             return exc
         self._countries = _country_tenants(fresh)
+        self._anonymous = _AnonymousDecisions(fresh)
         self._sets = fresh
         return None
+
+
+class _AnonymousDecisions:
+    """Decisions for anonymous requests, remembered per (tenant, host, path, method).
+
+    Without a principal, and in a policy set with no network or country conditions,
+    `decide` depends on nothing else, so the answer can be kept: most anonymous
+    traffic (public assets, bypass routes) repeats a small set of URLs. Built anew
+    with every policy set, so a reload never serves a stale answer.
+    """
+
+    LIMIT = 50_000  # entries; the whole map is dropped when full (cheap, bounded)
+
+    def __init__(self, sets: Mapping[str, PolicySet]) -> None:
+        self._static = frozenset(tenant for tenant, ps in sets.items() if _address_free(ps))
+        self._known: dict[tuple[str, str, str, str], Decision] = {}
+
+    def decide(self, tenant_id: str, policy: PolicySet, context: RequestContext) -> Decision:
+        if tenant_id not in self._static:
+            return decide_fast(policy, context)
+        key = (tenant_id, context.host, context.path, context.method)
+        found = self._known.get(key)
+        if found is None:
+            found = decide_fast(policy, context)
+            if len(self._known) >= self.LIMIT:
+                self._known = {}
+            self._known[key] = found
+        return found
+
+
+def _address_free(policy: PolicySet) -> bool:
+    """No rule looks at the client's address or country."""
+    return all(
+        rule.networks is None
+        and rule.not_networks is None
+        and rule.countries is None
+        and rule.not_countries is None
+        for rule in policy.rules
+    )
 
 
 def _country_tenants(sets: Mapping[str, PolicySet]) -> frozenset[str]:

@@ -30,7 +30,7 @@ from gateway.geo import GeoService
 from gateway.metrics import Metrics
 from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
 from gateway.policy_sets import PolicyRegistry
-from gateway.proxy import upstream_client
+from gateway.proxy import UpstreamPool
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, PlainPages
 from gateway.tenant_store import TenantDirectory
@@ -118,12 +118,12 @@ class GatewayServer:
         for hook in self.hooks.startup:
             await hook()
         server_cfg = self.config.server
-        client = upstream_client()
-        self.hooks.cleanup.append(client.close)
+        upstreams = UpstreamPool()
+        self.hooks.cleanup.append(upstreams.close)
         self.pipeline = Pipeline(
             self.config,
             self.policies,
-            client,
+            upstreams,
             self.hooks.pages,
             self.reserved,
             identify=self.hooks.identify,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -36,6 +37,16 @@ _QUICK_DEATH_SECONDS = 2.0
 _MAX_QUICK_DEATHS = 5
 
 
+def tune_garbage_collector() -> None:
+    """Everything built at start-up (config, compiled policies, templates, modules) lives
+    as long as the worker: move it out of the collector's sight, and collect young
+    objects less often. Measured: about a tenth of a proxied request's CPU went to
+    the collector walking those long-lived objects again and again."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 20)
+
+
 def install_event_loop_policy() -> None:
     try:
         import uvloop
@@ -56,6 +67,7 @@ async def run_worker(
     server = GatewayServer(config, extensions, last_good_policies)
     sockets = [listen_socket(addr) for addr in config.server.listen]
     await server.start(sockets)
+    tune_garbage_collector()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)

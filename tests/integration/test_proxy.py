@@ -348,3 +348,23 @@ async def test_a_client_trickling_its_request_head_is_dropped(
         await asyncio.wait_for(reader.readexactly(1), timeout=5)
     assert time.monotonic() - started < 4
     writer.close()
+
+
+async def test_small_and_large_answers_keep_their_headers_and_bodies(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await gateway_for(tmp_path, upstream, start_gateway)
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        for size in (0, 1, 65536, 65537, 300_000):
+            async with client.get(f"{base}/download?bytes={size}", headers=HOST) as resp:
+                body = await resp.read()
+                assert resp.status == 200
+                assert resp.headers["Content-Length"] == str(size)
+                assert resp.headers["Content-Type"] == "application/octet-stream"
+                assert body == b"x" * size
+            async with client.head(f"{base}/download?bytes={size}", headers=HOST) as resp:
+                assert resp.headers.get("Content-Length") in (str(size), None)
+                assert await resp.read() == b""
+        async with client.get(f"{base}/headers-out", headers=HOST, allow_redirects=False) as resp:
+            assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+            assert resp.headers["Content-Type"].startswith("text/plain")

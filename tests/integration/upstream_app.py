@@ -58,6 +58,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = total
     await response.prepare(request)
+    if request.method == "HEAD":
+        return response  # a HEAD answer has no body (StreamResponse would write one)
     sent = 0
     while sent < total:
         piece = block[: min(len(block), total - sent)]
