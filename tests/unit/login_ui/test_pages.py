@@ -292,7 +292,7 @@ def test_the_login_form_posts_with_labelled_fields_and_autocomplete(
     for field in (username, password):
         label = page.one("label", for_=field["id"] or "")
         assert label is not None
-    assert "Username or e-mail" in page.all_text and "Password" in page.all_text
+    assert "Username" in page.all_text and "Password" in page.all_text
     remember = page.one("input", name="remember_me")
     assert remember["type"] == "checkbox"
     assert page.one("label", for_=remember["id"] or "")
