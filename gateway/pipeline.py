@@ -92,13 +92,16 @@ async def plain_challenge(
     request_id: str,
     original_url: str,
 ) -> web.StreamResponse:
+    """DENY → 403; anything else → 401 with WWW-Authenticate (what programs get)."""
     if decision.action is Action.DENY:
         return pipeline.error(request, 403, tenant, "access denied by policy", request_id)
     return pipeline.error(
         request,
         401,
         tenant,
-        "authentication required",
+        "authentication required"
+        if decision.action is Action.LOGIN
+        else "a stronger or more recent authentication is required",
         request_id,
         headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
     )

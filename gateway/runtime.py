@@ -27,7 +27,7 @@ from gateway.geo import GeoService, SignInGuard, SignInHistory
 from gateway.identify import Identifier
 from gateway.identity.passwords import PasswordHasher
 from gateway.metrics import Metrics, session_counter, timed_stores
-from gateway.pipeline import CONTEXT_KEY, Pipeline
+from gateway.pipeline import CONTEXT_KEY, Pipeline, plain_challenge
 from gateway.redirects import login_url
 from gateway.regulation import Regulator
 from gateway.reserved import ReservedRequest
@@ -160,18 +160,9 @@ async def interstitial_challenge(
     original_url: str,
 ) -> web.StreamResponse:
     """DENY → 403 page; otherwise browsers go to the interstitial, programs get 401."""
-    if decision.action is Action.DENY:
-        return pipeline.error(request, 403, tenant, "access denied by policy", request_id)
-    if wants_json(request):
-        return pipeline.error(
-            request,
-            401,
-            tenant,
-            "authentication required"
-            if decision.action is Action.LOGIN
-            else "a stronger or more recent authentication is required",
-            request_id,
-            headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
+    if decision.action is Action.DENY or wants_json(request):
+        return await plain_challenge(
+            pipeline, request, tenant, decision, request_id, original_url
         )
     prefix = pipeline.reserved.prefix
     if decision.action is Action.SECOND_FACTOR:

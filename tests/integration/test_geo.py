@@ -18,20 +18,17 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.cli import main
-from gateway.config.model import Config, GeoipConfig, PasswordsConfig
+from gateway.config.model import Config, GeoipConfig
 from gateway.extensions import default_extensions
-from gateway.identity.passwords import PasswordHasher
 from gateway.server import GatewayServer
-from gateway.stores import User, new_id, open_stores
 from geoip import geolite2_database_path
 from policies import PolicyError
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import make_config
+from tests.integration.users import CHEAP, PASSWORD, create_user
 
 LONDON = "2.16.37.1"
 TOKYO = "1.1.64.1"
-PASSWORD = "correct horse battery staple"
-CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
 POLICY = """
 version: 1
 default: deny
@@ -57,25 +54,7 @@ def configure(tmp_path: Path, upstream: TestServer, policy: str = POLICY) -> Con
 
 
 async def add_alice(config: Config) -> None:
-    stores = await open_stores(config)
-    try:
-        await stores.users.create(
-            User(
-                id=new_id(),
-                tenant="acme",
-                username="alice",
-                email=None,
-                display_name=None,
-                groups=(),
-                roles=(),
-                disabled=False,
-                password_hash=await PasswordHasher(CHEAP).hash(PASSWORD),
-                created=0.0,
-                updated=0.0,
-            )
-        )
-    finally:
-        await stores.close()
+    await create_user(config, "alice")
 
 
 @pytest.fixture

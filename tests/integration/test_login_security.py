@@ -11,38 +11,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import Config, PasswordsConfig
 from gateway.extensions import default_extensions
-from gateway.identity.passwords import PasswordHasher
-from gateway.stores import User, new_id, open_stores
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
+from tests.integration.users import CHEAP, PASSWORD, create_user
 
 POLICY = "version: 1\ndefault: one_factor\n"
-PASSWORD = "s3cret-enough-password"
-CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
-
-
-async def create_user(config: Config, username: str, *, disabled: bool = False) -> None:
-    stores = await open_stores(config)
-    try:
-        await stores.users.create(
-            User(
-                id=new_id(),
-                tenant="acme",
-                username=username,
-                email=None,
-                display_name=None,
-                groups=(),
-                roles=(),
-                disabled=disabled,
-                password_hash=await PasswordHasher(CHEAP).hash(PASSWORD),
-                created=0.0,
-                updated=0.0,
-            )
-        )
-    finally:
-        await stores.close()
 
 
 @pytest.fixture

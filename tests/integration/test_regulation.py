@@ -17,12 +17,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import Config, PasswordsConfig, RegulationConfig, SessionsConfig
+from gateway.config.model import Config, RegulationConfig, SessionsConfig
 from gateway.extensions import default_extensions
-from gateway.identity.passwords import PasswordHasher
-from gateway.stores import User, new_id, open_stores
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
+from tests.integration.users import CHEAP, PASSWORD, create_user
 
 POLICY = """
 version: 1
@@ -31,8 +30,6 @@ rules:
   - name: members
     action: one_factor
 """
-PASSWORD = "correct horse battery staple"
-CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
 MAX_RETRIES = 3
 BAN_TIME = 2.0
 
@@ -50,28 +47,6 @@ def configure(
         # A day-long window: a burst never straddles a window boundary in practice.
         regulation=RegulationConfig(max_retries=MAX_RETRIES, find_time=86400.0, ban_time=BAN_TIME),
     )
-
-
-async def add_user(config: Config, username: str) -> None:
-    stores = await open_stores(config)
-    try:
-        await stores.users.create(
-            User(
-                id=new_id(),
-                tenant="acme",
-                username=username,
-                email=None,
-                display_name=None,
-                groups=(),
-                roles=(),
-                disabled=False,
-                password_hash=await PasswordHasher(CHEAP).hash(PASSWORD),
-                created=0.0,
-                updated=0.0,
-            )
-        )
-    finally:
-        await stores.close()
 
 
 @pytest.fixture
@@ -121,7 +96,7 @@ async def test_concurrent_wrong_passwords_on_two_workers_ban_after_exactly_max_r
     # Unique per run: Redis counters outlive the test's SQLite file.
     username = f"victim-{secrets.token_hex(4)}"
     ip = f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
-    await add_user(config, username)
+    await create_user(config, username)
     workers = [
         await start_gateway(config, tuple(default_extensions())),
         await start_gateway(config, tuple(default_extensions())),
@@ -159,7 +134,7 @@ async def test_a_ban_looks_the_same_for_an_unknown_user(
 ) -> None:
     config = configure(tmp_path, upstream, "storage")
     known = f"known-{secrets.token_hex(4)}"
-    await add_user(config, known)
+    await create_user(config, known)
     base = await start_gateway(config, tuple(default_extensions()))
     browser = Browser(base, client)
     _, page = await browser.request("GET", "/.authgate/login")
@@ -183,7 +158,7 @@ async def test_a_success_clears_the_users_counter(
 ) -> None:
     config = configure(tmp_path, upstream, "storage")
     username = f"forgetful-{secrets.token_hex(4)}"
-    await add_user(config, username)
+    await create_user(config, username)
     base = await start_gateway(config, tuple(default_extensions()))
     browser = Browser(base, client)
     _, page = await browser.request("GET", "/.authgate/login")

@@ -13,13 +13,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import Config, PasswordsConfig
+from gateway.config.model import Config
 from gateway.extensions import default_extensions
-from gateway.identity.passwords import PasswordHasher
-from gateway.stores import User, new_id, open_stores
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.soft_authenticator import SoftAuthenticator
+from tests.integration.users import CHEAP, PASSWORD, create_user
 
 POLICY = """
 version: 1
@@ -31,32 +30,12 @@ rules:
   - name: members
     action: one_factor
 """
-PASSWORD = "correct horse battery staple"
-CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
 ORIGIN = "http://app.test"
 P = "/.authgate"
 
 
 async def add_user(config: Config, username: str) -> None:
-    stores = await open_stores(config)
-    try:
-        await stores.users.create(
-            User(
-                id=new_id(),
-                tenant="acme",
-                username=username,
-                email=None,
-                display_name=username.title(),
-                groups=(),
-                roles=(),
-                disabled=False,
-                password_hash=await PasswordHasher(CHEAP).hash(PASSWORD),
-                created=0.0,
-                updated=0.0,
-            )
-        )
-    finally:
-        await stores.close()
+    await create_user(config, username, display_name=username.title())
 
 
 @dataclasses.dataclass
