@@ -170,9 +170,18 @@ def start_process(
     return ManagedProcess(name, popen, log_path)
 
 
-def http_get(port: int, path: str = "/", host: str = "localhost", timeout: float = 2.0) -> int:
-    """Status code of one HTTP/1.1 GET on loopback (0 when there is no answer)."""
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+def http_get(
+    port: int,
+    path: str = "/",
+    host: str = "localhost",
+    timeout: float = 2.0,
+    headers: Sequence[str] = (),
+) -> int:
+    """Status code of one HTTP/1.1 GET on loopback (0 when there is no answer).
+
+    `headers` are extra `Name: value` lines (a session cookie, for instance)."""
+    extra = "".join(f"{line}\r\n" for line in headers)
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").encode()
     try:
         with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
             sock.sendall(request)
@@ -184,7 +193,11 @@ def http_get(port: int, path: str = "/", host: str = "localhost", timeout: float
 
 
 def wait_until_serving(
-    process: ManagedProcess, port: int, host: str = "localhost", timeout: float = 20.0
+    process: ManagedProcess,
+    port: int,
+    host: str = "localhost",
+    timeout: float = 20.0,
+    headers: Sequence[str] = (),
 ) -> None:
     """Block until the server answers 200 on `/`; raise with its log if it never does."""
     deadline = time.monotonic() + timeout
@@ -194,7 +207,7 @@ def wait_until_serving(
             raise BenchmarkError(
                 f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
             )
-        last = http_get(port, "/", host)
+        last = http_get(port, "/", host, headers=headers)
         if last == 200:
             return
         time.sleep(0.1)
@@ -259,6 +272,7 @@ class WrkSettings:
     connections: int = 64
     duration: float = 10.0  # seconds
     host_header: str | None = None
+    headers: tuple[str, ...] = ()  # further `Name: value` request headers (a cookie)
 
 
 @dataclass(frozen=True)
@@ -367,6 +381,8 @@ def wrk_command(url: str, settings: WrkSettings, script: Path | None) -> list[st
     ]
     if settings.host_header:
         argv += ["-H", f"Host: {settings.host_header}"]
+    for header in settings.headers:
+        argv += ["-H", header]
     if script is not None:
         argv += ["-s", str(script)]
     argv.append(url)

@@ -11,7 +11,8 @@ refuses. The figure is the time from sending the logout to B's first refusal.
     python -m benchmarks.revocation [--trials 100] [--postgres-admin URL] [--redis URL]
 
 The run creates a database of its own on that PostgreSQL server (migrated, dropped
-at the end) and uses Redis under the default key prefix.
+at the end) and uses Redis under a key prefix of its own, whose keys it deletes at
+the end. `python -m benchmarks` calls `redis_revocation` for its report.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from benchmarks.scenarios import delete_redis_prefix, run_prefix
 from gateway.config.model import (
     Config,
     ListenAddress,
@@ -79,7 +81,12 @@ class Figures:
 
 
 def build_config(
-    folder: Path, upstream_url: str, storage: str, session_store: str, cache_ttl: float = 2.0
+    folder: Path,
+    upstream_url: str,
+    storage: str,
+    session_store: str,
+    cache_ttl: float = 2.0,
+    redis_prefix: str = "authgate:",
 ) -> Config:
     """One tenant, one route needing a session; both instances run this config."""
     policy = folder / "policy.yaml"
@@ -99,7 +106,9 @@ def build_config(
         tenants=(tenant,),
         server=server,
         storage=storage,
-        sessions=SessionsConfig(store=session_store, cache_ttl=cache_ttl),
+        sessions=SessionsConfig(
+            store=session_store, cache_ttl=cache_ttl, redis_prefix=redis_prefix
+        ),
         passwords=CHEAP,
         secrets=SecretsConfig(encryption_key=RUN_KEY),
     )
@@ -230,13 +239,26 @@ async def trial(
 async def measure(
     label: str, storage: str, session_store: str, trials: int, cache_ttl: float = 2.0
 ) -> Figures:
-    with tempfile.TemporaryDirectory(prefix="authgate-revocation-") as folder:
-        async with upstream() as upstream_url:
-            config = build_config(Path(folder), upstream_url, storage, session_store, cache_ttl)
-            user = await add_user(config, f"bench-{secrets.token_hex(4)}")
-            async with instances(config) as (a, b), aiohttp.ClientSession() as client:
-                samples = [(await trial(client, a, b, user))[0] for _ in range(trials)]
+    prefix = run_prefix()
+    try:
+        with tempfile.TemporaryDirectory(prefix="authgate-revocation-") as folder:
+            async with upstream() as upstream_url:
+                config = build_config(
+                    Path(folder), upstream_url, storage, session_store, cache_ttl, prefix
+                )
+                user = await add_user(config, f"bench-{secrets.token_hex(4)}")
+                async with instances(config) as (a, b), aiohttp.ClientSession() as client:
+                    samples = [(await trial(client, a, b, user))[0] for _ in range(trials)]
+    finally:
+        if session_store != "storage":
+            await delete_redis_prefix(session_store, prefix)
     return Figures(label, tuple(samples))
+
+
+async def redis_revocation(trials: int, postgres_admin: str, redis_url: str) -> Figures:
+    """Revocation latency across two instances on PostgreSQL + Redis pub/sub (the target)."""
+    async with scratch_database(postgres_admin) as postgres:
+        return await measure("PostgreSQL + Redis pub/sub", postgres, redis_url, trials)
 
 
 @asynccontextmanager

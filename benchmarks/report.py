@@ -1,0 +1,211 @@
+"""What `python -m benchmarks` prints and writes: ratios against the issue 8 targets,
+the table, the JSON document and the PNG chart."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._harness import median, nginx_path, wrk_path
+from benchmarks.suite import LoadResults, PacedResult, ScenarioResult
+
+
+@dataclass(frozen=True)
+class Check:
+    """One ratio or figure, with its target when the issue sets one."""
+
+    name: str
+    value: float | None
+    unit: str  # "x" for ratios, "ms", "MB"
+    target: str = ""  # e.g. ">= 1.0x"; empty: shown for scale
+    met: bool | None = None
+    per_round: tuple[float, ...] = ()
+    how: str = ""
+
+
+def paired_ratios(a: ScenarioResult, b: ScenarioResult) -> tuple[float, ...]:
+    """req/s of `a` over `b`, round by round: each pair ran in the same round, so load
+    from elsewhere on the machine mostly cancels out."""
+    if len(a.rounds) != len(b.rounds):
+        return ()
+    return tuple(
+        x.requests_per_second / y.requests_per_second
+        for x, y in zip(a.rounds, b.rounds, strict=True)
+        if y.requests_per_second
+    )
+
+
+def ratio_check(
+    results: dict[str, ScenarioResult], a: str, b: str, name: str, minimum: float | None
+) -> Check:
+    if a not in results or b not in results or not results[b].requests_per_second:
+        return Check(name, None, "x", f">= {minimum:.2f}x" if minimum else "")
+    rounds = paired_ratios(results[a], results[b])
+    value = (
+        median(rounds)
+        if rounds
+        else results[a].requests_per_second / results[b].requests_per_second
+    )
+    return Check(
+        name,
+        value,
+        "x",
+        f">= {minimum:.2f}x" if minimum is not None else "",
+        None if minimum is None else value >= minimum,
+        rounds,
+    )
+
+
+def added_latency_check(paced: Sequence[PacedResult], key: str, name: str) -> Check:
+    by_key = {p.key: p for p in paced}
+    if "direct" not in by_key or key not in by_key:
+        return Check(name, None, "ms", "<= 2 ms")
+    direct, gate = by_key["direct"], by_key[key]
+    added = gate.latency_p99_ms - direct.latency_p99_ms
+    how = (
+        f"wrk -c{gate.connections} with a {gate.pace_ms} ms delay() per connection "
+        f"(no -R in Debian's wrk): offered ≈{gate.target_rate:.0f} req/s, achieved "
+        f"{gate.achieved_rate:.0f} (direct {direct.achieved_rate:.0f}); p99 "
+        f"{gate.latency_p99_ms:.2f} ms vs direct {direct.latency_p99_ms:.2f} ms"
+    )
+    return Check(name, added, "ms", "<= 2 ms", added <= 2.0, how=how)
+
+
+def checks(load: LoadResults) -> list[Check]:
+    results = {r.key: r for r in load.scenarios}
+    found = [
+        ratio_check(results, "session", "minimal", "(b) / minimal aiohttp proxy", 1.0),
+        ratio_check(results, "session", "nginx", "(b) / nginx reverse proxy", 0.45),
+        ratio_check(results, "redis", "session", "(c) Redis / (b)", 0.9),
+        added_latency_check(load.paced, "session", "(b) p99 added over direct at ½ max"),
+        added_latency_check(load.paced, "redis", "(c) p99 added over direct at ½ max"),
+        ratio_check(results, "bypass", "minimal", "(a) bypass / minimal proxy", None),
+        ratio_check(results, "forward_auth", "nginx", "(d) forward-auth / nginx proxy", None),
+    ]
+    if "session" in results and "minimal" in results and results["session"].cpu_us_per_request:
+        value = results["minimal"].cpu_us_per_request / results["session"].cpu_us_per_request
+        found.append(Check("minimal / (b) in CPU µs per request", value, "x"))
+    return found
+
+
+# ----------------------------------------------------------------------- printing
+
+
+def _fmt(check: Check) -> str:
+    if check.value is None:
+        return "n/a"
+    return f"{check.value:.2f}{'x' if check.unit == 'x' else ' ' + check.unit}"
+
+
+def table(load: LoadResults, found: Sequence[Check], extras: Sequence[str]) -> str:
+    header = (
+        f"{'scenario':<40} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>8} "
+        f"{'RSS/worker MB':>13} {'CPU µs/req':>10} {'errors':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in load.scenarios:
+        lines.append(
+            f"{r.label:<40} {r.requests_per_second:>8.0f} {r.latency_p50_ms:>7.2f} "
+            f"{r.latency_p99_ms:>8.2f} {r.peak_rss_mb_per_worker:>13.1f} "
+            f"{r.cpu_us_per_request:>10.0f} {r.errors:>6d}"
+        )
+    if load.paced:
+        lines += ["", "fixed rate (half of (b)'s maximal req/s):"]
+        for p in load.paced:
+            lines.append(
+                f"  {p.key:<12} offered ≈{p.target_rate:>6.0f} req/s achieved "
+                f"{p.achieved_rate:>6.0f}  p50 {p.latency_p50_ms:6.2f} ms  "
+                f"p99 {p.latency_p99_ms:6.2f} ms  (-c{p.connections}, delay {p.pace_ms} ms)"
+            )
+    lines.append("")
+    for check in found:
+        verdict = {True: "MET", False: "NOT MET", None: ""}[check.met]
+        target = f"target {check.target}" if check.target else "for scale"
+        rounds = (
+            "  rounds " + ", ".join(f"{r:.2f}" for r in check.per_round)
+            if len(check.per_round) > 1
+            else ""
+        )
+        lines.append(f"{check.name:<38} {_fmt(check):>9}  {target:<16} {verdict}{rounds}")
+    lines += ["", *extras] if extras else []
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------- files
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "unknown"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def machine(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    import aiohttp
+
+    return {
+        "cpus": os.cpu_count(),
+        # Other work on the machine skews every figure; this says how busy it was.
+        "load_average_at_start": load_at_start,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "nginx": _version([nginx_path(), "-v"]),
+        "wrk": _version([wrk_path(), "-v"]),
+    }
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def write_json(path: Path, document: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=_encode) + "\n", encoding="utf-8")
+    return path
+
+
+def _encode(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def write_chart(path: Path, load: LoadResults, title: str) -> Path | None:
+    """Bars of req/s and p99 per scenario; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = [r.label.replace(" → ", "→\n").replace(" (", "\n(") for r in load.scenarios]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    left.bar(labels, [r.requests_per_second for r in load.scenarios], color="#4C72B0")
+    left.set_ylabel("requests per second (median of rounds)")
+    left.set_yscale("log")
+    right.bar(labels, [r.latency_p99_ms for r in load.scenarios], color="#DD8452")
+    right.set_ylabel("p99 latency, ms (at maximal throughput)")
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelrotation=60, labelsize=7)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

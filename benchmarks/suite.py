@@ -1,0 +1,273 @@
+"""The load part of `python -m benchmarks`: start every scenario, measure them in
+interleaved rounds with wrk, then measure added latency at a fixed, reduced rate.
+
+Scenarios (all against the same nginx upstream answering `200 ok`):
+  direct        wrk → upstream
+  nginx         wrk → nginx reverse proxy → upstream
+  minimal       wrk → minimal aiohttp proxy → upstream
+  bypass        (a) wrk → authgate, route whose policy is `bypass` → upstream
+  session       (b) wrk → authgate, signed-in session (SQLite), policy on the group,
+                identity headers and JWT → upstream
+  redis         (c) as (b), sessions in Redis
+  forward_auth  (d) wrk → nginx auth_request → authgate /.authgate/verify; → upstream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._harness import (
+    LOOPBACK,
+    WRK_DONE_SCRIPT,
+    BenchmarkError,
+    ManagedProcess,
+    WrkResult,
+    WrkSettings,
+    cpu_seconds,
+    median,
+    nginx_path,
+    peak_rss_bytes,
+    run_wrk,
+    wrk_path,
+)
+from benchmarks.scenarios import (
+    BENCH_HOST,
+    BYPASS_POLICY,
+    REDIS_URL,
+    SESSION_POLICY,
+    AuthgateSetup,
+    Scenario,
+    delete_redis_prefix,
+    run_prefix,
+    start_authgate_scenario,
+    start_forward_auth,
+    start_minimal_proxy,
+    start_nginx_proxy,
+    start_upstream,
+    stop_all,
+)
+
+MAX_ERROR_SHARE = 0.01  # more failed requests than this: the figures mean nothing
+PACE_MS = 20  # think time per connection in the fixed-rate runs (wrk's delay() is in ms)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    workers: int
+    threads: int
+    connections: int
+    duration: float
+    warmup: float
+    rounds: int
+    redis_url: str = REDIS_URL
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    key: str
+    label: str
+    requests_per_second: float  # median over rounds
+    latency_p50_ms: float
+    latency_p99_ms: float
+    peak_rss_mb_per_worker: float  # the largest authgate/proxy worker's high-water mark
+    cpu_us_per_request: float  # CPU of every serving process (not wrk, not the upstream)
+    errors: int  # socket errors + non-2xx/3xx, all rounds
+    rounds: tuple[WrkResult, ...]
+
+
+@dataclass(frozen=True)
+class PacedResult:
+    """One scenario at a fixed offered rate (closed loop with think time, see below)."""
+
+    key: str
+    target_rate: float
+    connections: int
+    pace_ms: int
+    achieved_rate: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    errors: int
+
+
+@dataclass(frozen=True)
+class LoadResults:
+    scenarios: tuple[ScenarioResult, ...]
+    paced: tuple[PacedResult, ...]
+    failures: tuple[str, ...]
+
+
+def paced_script(folder: Path, pace_ms: int) -> Path:
+    """wrk's done() report plus a fixed delay before each request of a connection.
+
+    Debian's wrk (4.1) has no `-R` (that is wrk2); `delay()` is the closest it offers:
+    each of C connections waits `pace_ms` after every answer, so the offered rate is
+    about C / (pace + latency). Latency is timed from the send, not from a schedule,
+    so this still under-reports queueing (coordinated omission) when a server stalls."""
+    path = folder / f"paced-{pace_ms}.lua"
+    path.write_text(f"function delay()\n  return {pace_ms}\nend\n{WRK_DONE_SCRIPT}", "utf-8")
+    return path
+
+
+def _settings(options: LoadOptions, duration: float, scenario: Scenario) -> WrkSettings:
+    return WrkSettings(options.threads, options.connections, duration, BENCH_HOST, scenario.headers)
+
+
+def measure(
+    scenario: Scenario, options: LoadOptions, script: Path, warmup: float
+) -> tuple[WrkResult, float]:
+    """Warm up, then one measured wrk run; returns it and the serving processes' CPU."""
+    url = f"http://{LOOPBACK}:{scenario.port}/"
+    if warmup > 0:
+        run_wrk(url, _settings(options, warmup, scenario), script)
+    pids = scenario.serving_pids()
+    before = cpu_seconds(pids)
+    result = run_wrk(url, _settings(options, options.duration, scenario), script)
+    return result, cpu_seconds(pids) - before
+
+
+def summarise(scenario: Scenario, rounds: list[tuple[WrkResult, float]]) -> ScenarioResult:
+    results = tuple(result for result, _ in rounds)
+    requests = sum(r.requests for r in results)
+    cpu = sum(seconds for _, seconds in rounds)
+    rss = max((peak_rss_bytes(pid) for pid in scenario.rss_from.worker_pids()), default=0)
+    return ScenarioResult(
+        key=scenario.key,
+        label=scenario.label,
+        requests_per_second=median(r.requests_per_second for r in results),
+        latency_p50_ms=median(r.latency_p50_ms for r in results),
+        latency_p99_ms=median(r.latency_p99_ms for r in results),
+        peak_rss_mb_per_worker=rss / 2**20,
+        cpu_us_per_request=cpu / requests * 1e6 if requests else 0.0,
+        errors=sum(r.socket_errors + r.non_2xx_3xx for r in results),
+        rounds=results,
+    )
+
+
+def paced(
+    scenario: Scenario, rate: float, options: LoadOptions, folder: Path, threads: int
+) -> PacedResult:
+    """`scenario` at about `rate` req/s: enough connections that each waits PACE_MS."""
+    connections = max(threads, math.ceil(rate * PACE_MS / 1000))
+    pace_ms = max(1, round(connections * 1000 / rate)) if rate > 0 else PACE_MS
+    script = paced_script(folder, pace_ms)
+    url = f"http://{LOOPBACK}:{scenario.port}/"
+    settings = WrkSettings(threads, connections, options.duration, BENCH_HOST, scenario.headers)
+    run_wrk(url, WrkSettings(threads, connections, 1.0, BENCH_HOST, scenario.headers), script)
+    result = run_wrk(url, settings, script)
+    return PacedResult(
+        key=scenario.key,
+        target_rate=rate,
+        connections=connections,
+        pace_ms=pace_ms,
+        achieved_rate=result.requests_per_second,
+        latency_p50_ms=result.latency_p50_ms,
+        latency_p99_ms=result.latency_p99_ms,
+        errors=result.socket_errors + result.non_2xx_3xx,
+    )
+
+
+def _starters(
+    options: LoadOptions, tmp: Path, upstream_port: int, prefix: str
+) -> list[tuple[str, Callable[[], Scenario]]]:
+    w = options.workers
+    bypass = AuthgateSetup("bypass", BYPASS_POLICY, signed_in=False)
+    session = AuthgateSetup("session", SESSION_POLICY)
+    redis = AuthgateSetup("redis", SESSION_POLICY, options.redis_url, prefix)
+    return [
+        ("nginx", lambda: start_nginx_proxy(w, tmp, upstream_port)),
+        ("minimal", lambda: start_minimal_proxy(w, tmp, upstream_port)),
+        (
+            "bypass",
+            lambda: start_authgate_scenario(
+                "bypass", "authgate (a) bypass route", w, tmp, upstream_port, bypass
+            ),
+        ),
+        (
+            "session",
+            lambda: start_authgate_scenario(
+                "session", "authgate (b) session+policy+JWT", w, tmp, upstream_port, session
+            ),
+        ),
+        (
+            "redis",
+            lambda: start_authgate_scenario(
+                "redis", "authgate (c) as (b), Redis sessions", w, tmp, upstream_port, redis
+            ),
+        ),
+        ("forward_auth", lambda: start_forward_auth(w, tmp, upstream_port)),
+    ]
+
+
+def run_load(options: LoadOptions, log: Callable[[str], None]) -> LoadResults:
+    """Start every server, measure each scenario `rounds` times (interleaved), stop all."""
+    wrk_path()
+    nginx_path()
+    prefix = run_prefix()
+    started: list[ManagedProcess] = []
+    failures: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="authgate-bench-") as name:
+            tmp = Path(name)
+            script = tmp / "done.lua"
+            script.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
+            upstream = start_upstream(options.workers, tmp)
+            started.append(upstream.processes[0])
+            scenarios = [upstream]
+            for key, start in _starters(options, tmp, upstream.port, prefix):
+                log(f"starting {key} …")
+                try:
+                    scenario = start()
+                except BenchmarkError as exc:
+                    failures.append(f"{key}: {exc}")
+                    log(f"! {key}: {str(exc).splitlines()[0]} (details at the end)")
+                    continue
+                started.extend(scenario.processes)
+                scenarios.append(scenario)
+            measured: dict[str, list[tuple[WrkResult, float]]] = {s.key: [] for s in scenarios}
+            for number in range(1, options.rounds + 1):
+                # Every other round in reverse order, so a drift in the machine's load
+                # does not always favour the scenario measured first.
+                order = scenarios if number % 2 else scenarios[::-1]
+                warmup = options.warmup if number == 1 else min(options.warmup, 1.0)
+                for scenario in order:
+                    log(f"round {number}/{options.rounds}: {scenario.label} …")
+                    measured[scenario.key].append(measure(scenario, options, script, warmup))
+            results = tuple(summarise(s, measured[s.key]) for s in scenarios)
+            paced_results = _paced_runs(scenarios, results, options, tmp, log)
+    finally:
+        stop_all(started)
+        try:
+            asyncio.run(delete_redis_prefix(options.redis_url, prefix))
+        except Exception as exc:
+            failures.append(f"could not delete Redis keys {prefix}*: {exc}")
+    for result in results:
+        total = sum(r.requests for r in result.rounds)
+        if total == 0 or result.errors > MAX_ERROR_SHARE * total:
+            failures.append(f"{result.label}: {result.errors} failed requests of {total}")
+    return LoadResults(results, paced_results, tuple(failures))
+
+
+def _paced_runs(
+    scenarios: list[Scenario],
+    results: tuple[ScenarioResult, ...],
+    options: LoadOptions,
+    tmp: Path,
+    log: Callable[[str], None],
+) -> tuple[PacedResult, ...]:
+    """direct and (b) at half of (b)'s maximal throughput, back to back."""
+    by_key = {s.key: s for s in scenarios}
+    maximum = {r.key: r.requests_per_second for r in results}
+    if "session" not in by_key or not maximum.get("session"):
+        return ()
+    rate = maximum["session"] / 2
+    out = []
+    for key in ("direct", "session", "redis"):
+        if key in by_key:
+            log(f"fixed rate {rate:.0f} req/s: {by_key[key].label} …")
+            out.append(paced(by_key[key], rate, options, tmp, min(options.threads, 2)))
+    return tuple(out)
