@@ -129,6 +129,7 @@ async def record_now(
     *,
     tenant: str | None = None,
     user: str | None = None,
+    session_fp: str | None = None,
     outcome: str | None = "ok",
     details: Mapping[str, Detail] | None = None,
 ) -> None:
@@ -139,6 +140,7 @@ async def record_now(
         tenant=tenant,
         user=user,
         user_agent="authgate-cli",
+        session_fp=session_fp,
         outcome=outcome,
         details=details,
     )

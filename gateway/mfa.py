@@ -13,30 +13,46 @@ captured before the step-up is worth nothing after it. Names used:
 
 The policy engine counts two distinct `amr` values as two factors: `pwd` + `otp`.
 
-Guessing is slow (invariant 8): failures count per user and per client IP within
-`regulation.find_time`; after `regulation.max_retries` the key is banned for
-`regulation.ban_time`, and a success clears the user's counter.
+Guessing is slow (invariant 8): every code or key is checked under the one
+`gateway.regulation.Regulator` that guards passwords, in its second-factor scope
+(`mfa:TENANT:USERNAME`, plus the client IP's counter shared with passwords), so
+bans show in `authgate bans list`. A success clears the user's second-factor count.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from gateway.config.model import Config
 from gateway.identity.backup_codes import BackupCodes
 from gateway.identity.totp import TotpService
+from gateway.regulation import SECOND_FACTOR, Attempt, Regulator
 from gateway.secretbox import SecretBox
 from gateway.sessions import SessionManager
-from gateway.stores import RateLimiter, SessionRecord
+from gateway.stores import SessionRecord
 from gateway.stores.credentials import CredentialStore
 from policies.engine import has_two_factors
 
-__all__ = ["AMR_BACKUP_CODE", "AMR_TOTP", "Methods", "SecondFactors", "open_second_factors"]
+__all__ = [
+    "AMR_BACKUP_CODE",
+    "AMR_TOTP",
+    "BACKUP_CODES",
+    "TOTP",
+    "WEBAUTHN",
+    "Methods",
+    "SecondFactors",
+    "open_second_factors",
+]
 
 AMR_TOTP = "otp"
 AMR_BACKUP_CODE = "otp"
+
+# The names of `tenants[].mfa_methods`.
+TOTP = "totp"
+WEBAUTHN = "webauthn"
+BACKUP_CODES = "backup_codes"
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,14 @@ class Methods:
         """A real second factor is enrolled (backup codes alone are a fallback, not one)."""
         return self.totp > 0 or self.webauthn > 0
 
+    def within(self, offered: Collection[str]) -> Methods:
+        """Only what the tenant offers (`tenants[].mfa_methods`): the rest cannot be used."""
+        return Methods(
+            totp=self.totp if TOTP in offered else 0,
+            webauthn=self.webauthn if WEBAUTHN in offered else 0,
+            backup_codes=self.backup_codes if BACKUP_CODES in offered else 0,
+        )
+
 
 class SecondFactors:
     def __init__(
@@ -59,7 +83,7 @@ class SecondFactors:
         config: Config,
         store: CredentialStore,
         sessions: SessionManager,
-        limiter: RateLimiter,
+        regulator: Regulator,
         totp: TotpService,
         backup_codes: BackupCodes,
         *,
@@ -68,7 +92,7 @@ class SecondFactors:
         self.config = config
         self.store = store
         self.sessions = sessions
-        self.limiter = limiter
+        self.regulator = regulator
         self.totp = totp
         self.backup_codes = backup_codes
         self._now = now
@@ -96,36 +120,22 @@ class SecondFactors:
 
     # --- guessing ----------------------------------------------------------------
 
-    def _keys(self, user_id: str, ip: str | None) -> tuple[str, ...]:
-        keys = [f"mfa:user:{user_id}"]
-        if ip:
-            keys.append(f"mfa:ip:{ip}")
-        return tuple(keys)
+    async def attempt(self, tenant: str, username: str, ip: str | None) -> Attempt:
+        """Before checking a code or key: counted, or refused while banned."""
+        return await self.regulator.attempt(tenant, username, ip, scope=SECOND_FACTOR)
 
-    async def retry_after(self, user_id: str, ip: str | None) -> float | None:
-        """Seconds until a banned user or client may try again; None when not banned."""
-        now = self._now()
-        for key in self._keys(user_id, ip):
-            until = await self.limiter.banned_until(key)
-            if until is not None and until > now:
-                return until - now
-        return None
+    async def failed(self, tenant: str, username: str, ip: str | None, attempt: Attempt) -> None:
+        await self.regulator.failed(tenant, username, ip, attempt, scope=SECOND_FACTOR)
 
-    async def failed(self, user_id: str, ip: str | None) -> None:
-        regulation = self.config.regulation
-        for key in self._keys(user_id, ip):
-            if await self.limiter.hit(key, regulation.find_time) >= regulation.max_retries:
-                await self.limiter.ban(key, regulation.ban_time)
-
-    async def succeeded(self, user_id: str) -> None:
-        await self.limiter.clear(f"mfa:user:{user_id}")
+    async def succeeded(self, tenant: str, username: str) -> None:
+        await self.regulator.succeeded(tenant, username, scope=SECOND_FACTOR)
 
 
 def open_second_factors(
     config: Config,
     store: CredentialStore,
     sessions: SessionManager,
-    limiter: RateLimiter,
+    regulator: Regulator,
     box: SecretBox,
 ) -> SecondFactors:
     """The service over a worker's open stores; keys derived from the encryption key."""
@@ -133,7 +143,7 @@ def open_second_factors(
         config,
         store,
         sessions,
-        limiter,
+        regulator,
         TotpService(store, box, issuer=config.mfa.totp_issuer or "authgate"),
         BackupCodes(store, box.derive("authgate backup-codes v1")),
     )

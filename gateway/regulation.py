@@ -1,5 +1,12 @@
 """Brute-force regulation: failed factor attempts per username and per client IP.
 
+One regime for every factor: passwords and passkey sign-ins count under the
+`user` scope, second factors (TOTP, backup codes, WebAuthn step-up) under the
+`mfa` scope of the same username, and both share the client IP's counter. The
+scopes are apart so that a correct password (which clears the `user` counter)
+never resets the count of guessed codes: a thief who knows the password still
+gets `max_retries` code guesses per window, not `max_retries` per sign-in.
+
 The username counter is taken *before* the password (or code) is checked, with
 one atomic `RateLimiter.hit`: when 20 guesses arrive at once on many workers,
 exactly `max_retries` of them are verified and the rest are refused without
@@ -34,11 +41,13 @@ log = logging.getLogger("authgate.regulation")
 
 _USER = "user"
 _IP = "ip"
+FIRST_FACTOR = _USER
+SECOND_FACTOR = "mfa"
 
 
-def user_key(tenant: str, username: str) -> str:
+def user_key(tenant: str, username: str, scope: str = FIRST_FACTOR) -> str:
     """The counter key of a username in a tenant (whether or not the user exists)."""
-    return f"{_USER}:{tenant}:{normalize_username(username)}"
+    return f"{scope}:{tenant}:{normalize_username(username)}"
 
 
 def ip_key(tenant: str, ip: str) -> str:
@@ -92,14 +101,16 @@ class Regulator:
 
     # --- the login and MFA handlers call these ---------------------------------
 
-    async def attempt(self, tenant: str, username: str, ip: str | None) -> Attempt:
+    async def attempt(
+        self, tenant: str, username: str, ip: str | None, *, scope: str = FIRST_FACTOR
+    ) -> Attempt:
         """Before checking a factor: may this username from this IP try now?
 
         Counts the attempt against the username; refuses (without a count) while the
-        username or the IP is banned, and bans the username once the count passes
-        `max_retries`. Call `failed()` or `succeeded()` after the check.
+        username (in this scope) or the IP is banned, and bans the username once the
+        count passes `max_retries`. Call `failed()` or `succeeded()` after the check.
         """
-        ukey = user_key(tenant, username)
+        ukey = user_key(tenant, username, scope)
         ikey = ip_key(tenant, ip) if ip else None
         # The generation is read before the ban: whoever sees a new generation also
         # sees the ban set before it, so no attempt counts in a fresh counter mid-ban.
@@ -115,24 +126,36 @@ class Regulator:
             return Attempt(False, self._retry_after(until))
         return Attempt(True, user_count=count)
 
-    async def failed(self, tenant: str, username: str, ip: str | None, attempt: Attempt) -> None:
+    async def failed(
+        self,
+        tenant: str,
+        username: str,
+        ip: str | None,
+        attempt: Attempt,
+        *,
+        scope: str = FIRST_FACTOR,
+    ) -> None:
         """After a wrong factor: ban the username at `max_retries`, count the IP."""
         if attempt.user_count >= self.config.max_retries:
-            await self._ban(user_key(tenant, username), tenant, username=username, ip=ip)
+            await self._ban(user_key(tenant, username, scope), tenant, username=username, ip=ip)
         if ip:
             ikey = ip_key(tenant, ip)
             counter = await self._counter(ikey)
             if await self.limiter.hit(counter, self.config.find_time) >= self.config.max_retries:
                 await self._ban(ikey, tenant, username=username, ip=ip)
 
-    async def succeeded(self, tenant: str, username: str) -> None:
-        """After a correct factor: the user's counter starts again from zero."""
-        ukey = user_key(tenant, username)
+    async def succeeded(self, tenant: str, username: str, *, scope: str = FIRST_FACTOR) -> None:
+        """After a correct factor: the user's counter (in this scope) starts from zero."""
+        ukey = user_key(tenant, username, scope)
         await self.limiter.clear(await self._counter(ukey))
 
-    async def banned(self, tenant: str, username: str, ip: str | None) -> Attempt:
+    async def banned(
+        self, tenant: str, username: str, ip: str | None, *, scope: str = FIRST_FACTOR
+    ) -> Attempt:
         """Whether the username or the IP is banned now, without counting anything."""
-        refused = await self._banned(user_key(tenant, username), ip_key(tenant, ip) if ip else None)
+        refused = await self._banned(
+            user_key(tenant, username, scope), ip_key(tenant, ip) if ip else None
+        )
         return refused if refused is not None else Attempt(True)
 
     # --- operators (authgate bans) --------------------------------------------

@@ -17,13 +17,17 @@ Two gates guard the sensitive changes:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from aiohttp import web
 
+from gateway.audit import Event
 from gateway.identity.totp import clean_name
+from gateway.mfa import BACKUP_CODES, TOTP, WEBAUTHN
 from gateway.redirects import login_url
+from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.sessions import fingerprint
 from gateway.stores import NotFound, SessionRecord
@@ -52,7 +56,41 @@ class SessionView:
     ip: str
     country: str
     last_seen: float
+    created: float
     current: bool
+    last_seen_text: str = ""
+    created_text: str = ""
+
+    @property
+    def last_seen_iso(self) -> str:
+        return iso_time(self.last_seen)
+
+    @property
+    def created_iso(self) -> str:
+        return iso_time(self.created)
+
+
+def iso_time(t: float) -> str:
+    """For `<time datetime=…>`: machine-readable, UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def human_time(t: float, now: float) -> str:
+    """ "just now", "5 minutes ago", "3 hours ago", else "2026-11-24 06:40 UTC".
+
+    Rendered on the server in UTC (no script on our pages, and the gateway does not
+    know the reader's zone); a clock a little ahead of ours still reads "just now".
+    """
+    ago = now - t
+    if ago < 60:
+        return "just now"
+    if ago < 3600:
+        minutes = int(ago // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''} ago"
+    if ago < 6 * 3600:
+        hours = int(ago // 3600)
+        return f"{hours} hour{'s' if hours != 1 else ''} ago"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
 def describe_user_agent(user_agent: str | None) -> str:
@@ -91,6 +129,18 @@ def describe_user_agent(user_agent: str | None) -> str:
     return f"{browser} on {system}" if system else browser
 
 
+# The tenant must offer a method (`tenants[].mfa_methods`) for its actions to work.
+_METHOD_OF = {
+    "totp-add": TOTP,
+    "totp-confirm": TOTP,
+    "totp-rename": TOTP,
+    "totp-remove": TOTP,
+    "webauthn-rename": WEBAUTHN,
+    "webauthn-remove": WEBAUTHN,
+    "codes-regenerate": BACKUP_CODES,
+}
+
+
 class AccountPages:
     def __init__(self, shared: Interstitial) -> None:
         self.shared = shared
@@ -122,6 +172,8 @@ class AccountPages:
         factors = shared.factors()
         user = visit.active.user
         runtime = shared.runtime()
+        now = runtime.sessions.now()
+        offered = visit.tenant.mfa_methods
         sessions = [
             SessionView(
                 fp=fingerprint(r.id_hash),
@@ -129,7 +181,10 @@ class AccountPages:
                 ip=r.ip or "-",
                 country=r.country or "-",
                 last_seen=r.last_seen,
+                created=r.created,
                 current=r.id_hash == visit.active.id_hash,
+                last_seen_text=human_time(r.last_seen, now),
+                created_text=human_time(r.created, now),
             )
             for r in await runtime.stores.sessions.list_user(visit.tenant.id, user.id)
         ]
@@ -139,9 +194,12 @@ class AccountPages:
             csrf_token=shared.csrf_token(visit),
             user=user,
             notice=notice,
-            totp_devices=await factors.totp.devices(user.id),
-            webauthn=await factors.store.list_webauthn(user.id),
+            totp_devices=await factors.totp.devices(user.id) if TOTP in offered else (),
+            webauthn=await factors.store.list_webauthn(user.id) if WEBAUTHN in offered else (),
             codes=await factors.backup_codes.remaining(user.id),
+            offer_totp=TOTP in offered,
+            offer_webauthn=WEBAUTHN in offered,
+            offer_codes=BACKUP_CODES in offered,
             sessions=sessions,
             account_url=f"{shared.prefix}/account",
             fresh=factors.is_fresh(visit.active.record),
@@ -154,9 +212,18 @@ class AccountPages:
             return shared.error(req, 403, "This page has expired. Please try again.")
         action = form.get(ACTION_FIELD, "")
         if action == "session-revoke":
-            return await self._revoke_session(visit, form)
+            return await self._revoke_session(req, visit, form)
         if action == "everywhere":
-            await shared.runtime().sessions.revoke_user(visit.tenant.id, visit.active.user.id)
+            count = await shared.runtime().sessions.revoke_user(
+                visit.tenant.id, visit.active.user.id
+            )
+            shared.audit(
+                req,
+                visit,
+                Event.SESSION_REVOKED,
+                outcome="everywhere",
+                details={"by": "user", "sessions": count},
+            )
             response = self._go(login_url(shared.prefix, self._self_url(req)))
             response.del_cookie(
                 shared.site.config.sessions.cookie_name, path="/", domain=visit.tenant.cookie_domain
@@ -167,7 +234,7 @@ class AccountPages:
             return self._go(login_url(shared.prefix, self._self_url(req)) + "&reauth=1")
         if action == "password":
             return await self._password(visit, form)
-        methods = await factors.methods(visit.active.user.id)
+        methods = await shared.methods(visit)
         if methods.any and not factors.has_two_factors(visit.active.record):
             rd = quote(self._self_url(req), safe="")
             return self._go(f"{shared.prefix}/mfa?rd={rd}")
@@ -182,6 +249,9 @@ class AccountPages:
         item = form.get(DEVICE_FIELD, "")
         name = form.get(NAME_FIELD, "")
         done: bool
+        needs = _METHOD_OF.get(action)
+        if needs is not None and needs not in visit.tenant.mfa_methods:
+            return shared.error(req, 404)
         if action == "totp-add":
             issuer = shared.site.config.mfa.totp_issuer or visit.tenant.name
             enrolment = await factors.totp.start(
@@ -193,11 +263,23 @@ class AccountPages:
                 req, visit, enrolment, "", action=f"{shared.prefix}/account"
             )
         if action == "totp-confirm":
+            attempt = await shared.attempt(req, visit, "totp", "totp")
+            if not isinstance(attempt, Attempt):
+                return attempt
             if not await factors.totp.confirm(user.id, item, form.get(CODE_FIELD, "")):
-                await factors.failed(user.id, req.client_ip)
+                await shared.failed(req, visit, attempt, "totp", "totp")
                 return self._back("failed")
+            await factors.succeeded(visit.tenant.id, user.username)
             await factors.store.rename_totp(user.id, item, clean_name(name, "Authenticator app"))
-            if (await factors.backup_codes.remaining(user.id)).unused == 0:
+            shared.audit(
+                req,
+                visit,
+                Event.MFA_ENROLLED,
+                outcome="ok",
+                details={"method": "totp", "device": item},
+            )
+            offers_codes = BACKUP_CODES in visit.tenant.mfa_methods
+            if offers_codes and (await factors.backup_codes.remaining(user.id)).unused == 0:
                 return await self._codes(req, visit)
             return self._back("added")
         if action == "codes-regenerate":
@@ -209,6 +291,7 @@ class AccountPages:
             return self._back("renamed" if done else "failed")
         if action == "totp-remove":
             done = await factors.store.remove_totp(user.id, item)
+            self._removed(req, visit, done, "totp", item)
             return self._back("removed" if done else "failed")
         if action == "webauthn-rename":
             done = await factors.store.rename_webauthn(
@@ -217,18 +300,40 @@ class AccountPages:
             return self._back("renamed" if done else "failed")
         if action == "webauthn-remove":
             done = await factors.store.remove_webauthn(user.id, item)
+            self._removed(req, visit, done, "webauthn", item)
             return self._back("removed" if done else "failed")
         return shared.error(req, 400)
+
+    def _removed(
+        self, req: ReservedRequest, visit: Visit, done: bool, method: str, item: str
+    ) -> None:
+        if done:
+            self.shared.audit(
+                req,
+                visit,
+                Event.MFA_REMOVED,
+                outcome="ok",
+                details={"method": method, "device": item[:128]},
+            )
 
     async def _codes(self, req: ReservedRequest, visit: Visit) -> web.Response:
         codes = await self.shared.factors().backup_codes.regenerate(
             visit.tenant.id, visit.active.user.id
         )
+        self.shared.audit(
+            req,
+            visit,
+            Event.MFA_ENROLLED,
+            outcome="ok",
+            details={"method": "backup_codes", "codes": len(codes)},
+        )
         return self.shared.render(
             req, "mfa_codes.html", codes=codes, continue_url=f"{self.shared.prefix}/account"
         )
 
-    async def _revoke_session(self, visit: Visit, form: dict[str, str]) -> web.Response:
+    async def _revoke_session(
+        self, req: ReservedRequest, visit: Visit, form: dict[str, str]
+    ) -> web.Response:
         runtime = self.shared.runtime()
         wanted = form.get("session", "")
         records = await runtime.stores.sessions.list_user(visit.tenant.id, visit.active.user.id)
@@ -238,6 +343,13 @@ class AccountPages:
         if target is None:
             return self._back("failed")
         await runtime.sessions.revoke_hash(target.id_hash)
+        self.shared.audit(
+            req,
+            visit,
+            Event.SESSION_REVOKED,
+            outcome="ok",
+            details={"by": "user", "session": fingerprint(target.id_hash)},
+        )
         return self._back("revoked")
 
     async def _password(self, visit: Visit, form: dict[str, str]) -> web.Response:

@@ -4,8 +4,11 @@
 Every POST needs the session it steps up (no session, no step: a later step
 called directly gets nothing), `Origin` from our own origin, and a CSRF token
 bound to that session; a success rotates the session id, so the pre-step-up
-cookie (and every token bound to it) is dead afterwards. Factor guesses are
-limited per user and per client IP (`SecondFactors.retry_after`).
+cookie (and every token bound to it) is dead afterwards. Factor guesses go
+through the gateway's one Regulator (per user and per client IP, 429 with
+`Retry-After`); each result is audited (`mfa_success` / `mfa_failure`, never the
+code) and counted (`authgate_sign_ins_total`). A method the tenant does not offer
+(`tenants[].mfa_methods`) is neither shown nor accepted.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from dataclasses import dataclass
 from aiohttp import web
 from markupsafe import Markup
 
+from gateway.audit import Detail, Event
 from gateway.config.model import TenantConfig
 from gateway.identity.totp import Enrolment, clean_name, qr_svg
-from gateway.mfa import AMR_BACKUP_CODE, AMR_TOTP, Methods, SecondFactors, open_second_factors
+from gateway.mfa import (
+    AMR_BACKUP_CODE,
+    AMR_TOTP,
+    BACKUP_CODES,
+    TOTP,
+    Methods,
+    SecondFactors,
+    open_second_factors,
+)
 from gateway.redirects import login_url
+from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
-from gateway.sessions import ActiveSession
+from gateway.sessions import ActiveSession, fingerprint
 from login_ui.handlers import LoginPages
 from login_ui.pages import CSRF_FIELD, RETURN_FIELD, PageRenderer
 
@@ -70,11 +83,71 @@ class Interstitial:
                 runtime.config,
                 runtime.stores.credentials,
                 runtime.sessions,
-                runtime.stores.limiter,
+                runtime.regulator,
                 runtime.box,
             )
             self._factors = (runtime, service)
         return self._factors[1]
+
+    async def methods(self, visit: Visit) -> Methods:
+        """The user's second factors that this tenant offers."""
+        found = await self.factors().methods(visit.active.user.id)
+        return found.within(visit.tenant.mfa_methods)
+
+    def audit(
+        self,
+        req: ReservedRequest,
+        visit: Visit,
+        event: Event,
+        *,
+        outcome: str,
+        details: dict[str, Detail],
+        id_hash: str | None = None,
+    ) -> None:
+        """One audit row about this visitor (`id_hash`: the session after a rotation)."""
+        self.runtime().audit.record(
+            event,
+            tenant=visit.tenant.id,
+            user=visit.active.user.username,
+            ip=req.client_ip,
+            country=visit.active.record.country,
+            user_agent=req.request.headers.get("User-Agent"),
+            session_fp=fingerprint(id_hash or visit.active.id_hash),
+            outcome=outcome,
+            details=details,
+        )
+
+    async def attempt(
+        self, req: ReservedRequest, visit: Visit, method: str, metric: str
+    ) -> Attempt | web.Response:
+        """Ask the Regulator before a code or key is checked: the attempt, or the 429."""
+        attempt = await self.factors().attempt(
+            visit.tenant.id, visit.active.user.username, req.client_ip
+        )
+        if attempt.allowed:
+            return attempt
+        self.runtime().metrics.sign_in(visit.tenant.id, metric, "banned")
+        self.audit(req, visit, Event.MFA_FAILURE, outcome="banned", details={"method": method})
+        return self.too_many(req, attempt.retry_after)
+
+    async def failed(
+        self, req: ReservedRequest, visit: Visit, attempt: Attempt, method: str, metric: str
+    ) -> None:
+        """A wrong code or key: counted by the Regulator, audited, measured."""
+        await self.factors().failed(
+            visit.tenant.id, visit.active.user.username, req.client_ip, attempt
+        )
+        self.runtime().metrics.sign_in(visit.tenant.id, metric, "failure")
+        self.audit(req, visit, Event.MFA_FAILURE, outcome="wrong", details={"method": method})
+
+    async def succeeded(
+        self, req: ReservedRequest, visit: Visit, method: str, metric: str, id_hash: str
+    ) -> None:
+        await self.factors().succeeded(visit.tenant.id, visit.active.user.username)
+        self.runtime().metrics.sign_in(visit.tenant.id, metric, "success")
+        self.audit(
+            req, visit, Event.MFA_SUCCESS, outcome="ok", details={"method": method}, id_hash=id_hash
+        )
 
     async def visit(self, req: ReservedRequest) -> Visit | None:
         tenant = req.tenant
@@ -168,10 +241,10 @@ class MfaPages:
             return web.Response(
                 status=303, headers={"Location": target, "Cache-Control": "no-store"}
             )
-        methods = await factors.methods(visit.active.user.id)
+        methods = await shared.methods(visit)
         if methods.any or methods.backup_codes:
             return self._choice(req, visit, methods, rd)
-        if shared.site.config.mfa.enrollment == "deny":
+        if shared.site.config.mfa.enrollment == "deny" or TOTP not in visit.tenant.mfa_methods:
             return shared.error(req, 403, _NO_FACTOR)
         enrolment = await self._start(visit)
         if enrolment is None:
@@ -248,9 +321,6 @@ class MfaPages:
         form = await shared.form(req)
         if form is None or not shared.checked(req, visit, form):
             return shared.error(req, 403, _EXPIRED)
-        wait = await shared.factors().retry_after(visit.active.user.id, req.client_ip)
-        if wait is not None:
-            return shared.too_many(req, wait)
         return visit, form
 
     async def totp(self, req: ReservedRequest) -> web.StreamResponse:
@@ -258,21 +328,33 @@ class MfaPages:
         if isinstance(checked, web.StreamResponse):
             return checked
         visit, form = checked
+        if TOTP not in visit.tenant.mfa_methods:
+            return self.shared.error(req, 404)
+        attempt = await self.shared.attempt(req, visit, "totp", "totp")
+        if not isinstance(attempt, Attempt):
+            return attempt
         factors = self.shared.factors()
         device = await factors.totp.verify(visit.active.user.id, form.get(CODE_FIELD, ""))
         if device is None:
-            return await self._wrong(req, visit, form)
-        return await self._stepped_up(req, visit, form, AMR_TOTP, "totp")
+            return await self._wrong(req, visit, form, attempt, "totp", "totp")
+        return await self._stepped_up(req, visit, form, AMR_TOTP, "totp", "totp")
 
     async def backup(self, req: ReservedRequest) -> web.StreamResponse:
         checked = await self._post(req)
         if isinstance(checked, web.StreamResponse):
             return checked
         visit, form = checked
+        if BACKUP_CODES not in visit.tenant.mfa_methods:
+            return self.shared.error(req, 404)
+        attempt = await self.shared.attempt(req, visit, "backup_code", "backup_code")
+        if not isinstance(attempt, Attempt):
+            return attempt
         factors = self.shared.factors()
         if not await factors.backup_codes.use(visit.active.user.id, form.get(CODE_FIELD, "")):
-            return await self._wrong(req, visit, form)
-        return await self._stepped_up(req, visit, form, AMR_BACKUP_CODE, "backup code")
+            return await self._wrong(req, visit, form, attempt, "backup_code", "backup_code")
+        return await self._stepped_up(
+            req, visit, form, AMR_BACKUP_CODE, "backup_code", "backup_code"
+        )
 
     async def enrol(self, req: ReservedRequest) -> web.StreamResponse:
         """Confirm the first device at the first prompt: only while the user has none."""
@@ -287,58 +369,98 @@ class MfaPages:
         methods = await factors.methods(user.id)
         if methods.any or shared.site.config.mfa.enrollment == "deny":
             return shared.error(req, 403, _EXPIRED)
+        if TOTP not in visit.tenant.mfa_methods:
+            return shared.error(req, 404)
+        attempt = await shared.attempt(req, visit, "totp", "totp")
+        if not isinstance(attempt, Attempt):
+            return attempt
         device_id = form.get(DEVICE_FIELD, "")
         if not await factors.totp.confirm(user.id, device_id, form.get(CODE_FIELD, "")):
-            await factors.failed(user.id, req.client_ip)
+            await shared.failed(req, visit, attempt, "totp", "totp")
             pending = await factors.totp.pending(user.id, device_id, user.username)
             if pending is None:
                 return shared.error(req, 403, _EXPIRED)
             return self.enrol_page(req, visit, pending, rd, error=_WRONG_CODE, status=401)
-        await factors.succeeded(user.id)
         await factors.store.rename_totp(
             user.id, device_id, clean_name(form.get(NAME_FIELD, ""), "Authenticator app")
         )
         elevated = await factors.elevate(visit.session_id, visit.active.record, AMR_TOTP)
         if elevated is None:
             return shared.error(req, 403, _EXPIRED)
-        codes = await factors.backup_codes.regenerate(visit.tenant.id, user.id)
+        new_hash = elevated[1].id_hash
+        shared.audit(
+            req,
+            visit,
+            Event.MFA_ENROLLED,
+            outcome="ok",
+            details={"method": "totp", "device": device_id},
+            id_hash=new_hash,
+        )
+        await shared.succeeded(req, visit, "totp", "totp", new_hash)
         log.info(
             "totp enrolled at first prompt",
             extra={"tenant": visit.tenant.id, "user": user.username},
+        )
+        target = shared.site.return_url(req, rd)
+        if BACKUP_CODES not in visit.tenant.mfa_methods:
+            done = web.Response(
+                status=303, headers={"Location": target, "Cache-Control": "no-store"}
+            )
+            shared.site.set_session_cookie(done, visit.tenant, *elevated, req.host)
+            return done
+        codes = await factors.backup_codes.regenerate(visit.tenant.id, user.id)
+        shared.audit(
+            req,
+            visit,
+            Event.MFA_ENROLLED,
+            outcome="ok",
+            details={"method": "backup_codes", "codes": len(codes)},
+            id_hash=new_hash,
         )
         response = shared.render(
             req,
             "mfa_codes.html",
             codes=codes,
-            continue_url=shared.site.return_url(req, rd),
+            continue_url=target,
         )
         shared.site.set_session_cookie(response, visit.tenant, *elevated, req.host)
         return response
 
     async def _wrong(
-        self, req: ReservedRequest, visit: Visit, form: dict[str, str]
+        self,
+        req: ReservedRequest,
+        visit: Visit,
+        form: dict[str, str],
+        attempt: Attempt,
+        method: str,
+        metric: str,
     ) -> web.StreamResponse:
-        factors = self.shared.factors()
         user = visit.active.user
-        await factors.failed(user.id, req.client_ip)
+        await self.shared.failed(req, visit, attempt, method, metric)
         log.info(
             "second factor refused",
             extra={"tenant": visit.tenant.id, "user": user.username, "request_id": req.request_id},
         )
-        methods = await factors.methods(user.id)
+        methods = await self.shared.methods(visit)
         return self._choice(
             req, visit, methods, form.get(RETURN_FIELD, ""), error=_WRONG_CODE, status=401
         )
 
     async def _stepped_up(
-        self, req: ReservedRequest, visit: Visit, form: dict[str, str], amr: str, method: str
+        self,
+        req: ReservedRequest,
+        visit: Visit,
+        form: dict[str, str],
+        amr: str,
+        method: str,
+        metric: str,
     ) -> web.StreamResponse:
         shared = self.shared
         factors = shared.factors()
-        await factors.succeeded(visit.active.user.id)
         elevated = await factors.elevate(visit.session_id, visit.active.record, amr)
         if elevated is None:
             return shared.error(req, 403, _EXPIRED)
+        await shared.succeeded(req, visit, method, metric, elevated[1].id_hash)
         log.info(
             "second factor accepted",
             extra={"tenant": visit.tenant.id, "user": visit.active.user.username, "method": method},

@@ -234,12 +234,11 @@ class WebAuthnPages:
         if isinstance(checked, web.Response):
             return checked
         visit, body = checked
-        factors = self.shared.factors()
         user = visit.active.user
-        wait = await factors.retry_after(user.id, req.client_ip)
-        if wait is not None:
+        attempt = await self.shared.attempt(req, visit, "webauthn", "passkey")
+        if not isinstance(attempt, Attempt):
             response = _json(429, error="too many attempts")
-            response.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+            response.headers["Retry-After"] = attempt.headers["Retry-After"]
             return response
         runtime = self.shared.runtime()
         try:
@@ -252,31 +251,19 @@ class WebAuthnPages:
                 user,
             )
         except WebAuthnError as exc:
-            await factors.failed(user.id, req.client_ip)
-            runtime.metrics.sign_in(visit.tenant.id, "passkey", "failure")
+            await self.shared.failed(req, visit, attempt, "webauthn", "passkey")
             log.info(
                 "webauthn second factor refused: %s",
                 exc,
                 extra={"tenant": visit.tenant.id, "user": user.username},
             )
             return _json(401, error=_REFUSED)
-        await factors.succeeded(user.id)
         record = visit.active.record
         amr = record.amr + tuple(m for m in assertion.amr if m not in record.amr)
         elevated = await runtime.sessions.elevate(visit.session_id, amr)
         if elevated is None:
             return _json(403, error=_EXPIRED)
-        runtime.metrics.sign_in(visit.tenant.id, "passkey", "success")
-        runtime.audit.record(
-            Event.MFA_SUCCESS,
-            tenant=visit.tenant.id,
-            user=user.username,
-            ip=req.client_ip,
-            user_agent=req.request.headers.get("User-Agent"),
-            session_fp=fingerprint(elevated[1].id_hash),
-            outcome="ok",
-            details={"method": "webauthn", "user_verified": assertion.user_verified},
-        )
+        await self.shared.succeeded(req, visit, "webauthn", "passkey", elevated[1].id_hash)
         rd = body.get(RETURN_FIELD)
         target = self.shared.site.return_url(req, rd if isinstance(rd, str) else "")
         response = _json(200, redirect=target)

@@ -20,7 +20,10 @@ def register(
         "bans",
         parents=[common],
         help="list or lift brute-force bans",
-        description="Bans keys look like user:TENANT:USERNAME or ip:TENANT:ADDRESS.",
+        description=(
+            "Ban keys look like user:TENANT:USERNAME (passwords, passkeys), "
+            "mfa:TENANT:USERNAME (second factors) or ip:TENANT:ADDRESS."
+        ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", parents=[common], help="bans in force now")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from gateway.audit import Event, record_now
 from gateway.cli import EXIT_OK
 from gateway.cli.user import (
     UsageError,
@@ -14,6 +15,7 @@ from gateway.cli.user import (
     run_with_stores,
 )
 from gateway.config.model import Config
+from gateway.sessions import fingerprint
 from gateway.stores import (
     REVOCATIONS,
     SessionRecord,
@@ -74,11 +76,28 @@ async def _revoke(args: argparse.Namespace, config: Config, stores: Stores) -> i
         user = await find_user(stores, tenant, args.user)
         count = await stores.sessions.revoke_user(tenant, user.id)
         await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
+        await record_now(
+            stores.audit,
+            Event.SESSION_REVOKED,
+            tenant=tenant,
+            user=user.username,
+            outcome="everywhere",
+            details={"by": "operator", "sessions": count},
+        )
         print(f"revoked {count} session(s) of {user.username}")
         return EXIT_OK
     session = _one(await stores.sessions.list(tenant), args.id_prefix)
     await stores.sessions.revoke(session.id_hash)
     await stores.events.publish(REVOCATIONS, session_revoked(session.id_hash))
+    owner = await stores.users.get(session.user_id)
+    await record_now(
+        stores.audit,
+        Event.SESSION_REVOKED,
+        tenant=tenant,
+        user=owner.username if owner is not None else session.user_id,
+        session_fp=fingerprint(session.id_hash),
+        details={"by": "operator"},
+    )
     print(f"revoked session {session.id_hash[:12]}")
     return EXIT_OK
 

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from gateway.config.model import Config, MfaConfig, SessionsConfig
 from gateway.extensions import default_extensions
 from gateway.mfa import open_second_factors
+from gateway.regulation import Regulator
 from gateway.secretbox import load_secret_box
 from gateway.stores import open_stores
 from tests.integration.browser import Browser, hidden
@@ -39,6 +40,7 @@ rules:
     action: one_factor
 """
 ORIGIN = "http://app.test"
+ALL_MFA_METHODS = ("totp", "webauthn", "backup_codes")
 
 
 def configure(
@@ -49,8 +51,11 @@ def configure(
     )
     storage = backend.storage if backend else f"sqlite:///{tmp_path / 'authgate.db'}"
     sessions = backend.sessions if backend else "storage"
+    # Backup codes are opt-in per tenant (tenants[].mfa_methods); these tests use them.
+    tenant = dataclasses.replace(config.tenants[0], mfa_methods=ALL_MFA_METHODS)
     return dataclasses.replace(
         config,
+        tenants=(tenant,),
         storage=storage,
         sessions=SessionsConfig(store=sessions, redis_prefix=backend.prefix if backend else "x:"),
         passwords=CHEAP,
@@ -72,7 +77,7 @@ async def enrol_totp(config: Config, user_id: str) -> str:
             config,
             stores.credentials,
             None,
-            stores.limiter,
+            Regulator(stores.limiter, config.regulation),
             load_secret_box(config),  # type: ignore[arg-type]
         )
         enrolment = await factors.totp.start("acme", user_id, "alice", "phone")
@@ -90,7 +95,7 @@ async def backup_codes(config: Config, user_id: str) -> tuple[str, ...]:
             config,
             stores.credentials,
             None,
-            stores.limiter,
+            Regulator(stores.limiter, config.regulation),
             load_secret_box(config),  # type: ignore[arg-type]
         )
         return await factors.backup_codes.regenerate("acme", user_id)

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.mfa import open_second_factors
+from gateway.regulation import Regulator
 from gateway.secretbox import load_secret_box
 from gateway.stores import SessionRecord, open_stores
 from gateway.stores.credentials import BackupCodeCount
@@ -32,7 +33,7 @@ def test_reset_mfa_removes_factors_and_codes_and_ends_sessions(
                 config,
                 stores.credentials,
                 None,
-                stores.limiter,
+                Regulator(stores.limiter, config.regulation),
                 load_secret_box(config),  # type: ignore[arg-type]
             )
             ids = []

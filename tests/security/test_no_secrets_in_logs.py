@@ -1,7 +1,9 @@
-"""SECURITY.md invariant 10: no password, session id, API key, CSRF token or JWT in
-any log line or audit row, after a full scenario through the real gateway: failed
-sign-ins, a ban, a sign-in, requests with the session and with an API key, a denial,
-a policy reload and a logout. Every log record of every logger is captured at DEBUG.
+"""SECURITY.md invariant 10: no password, session id, API key, CSRF token, JWT,
+TOTP seed or code in any log line or audit row, after a full scenario through the
+real gateway: failed sign-ins, a ban, a sign-in, requests with the session and with
+an API key, a denial, a TOTP enrolment on the account page, a wrong code and a
+step-up, a policy reload and a logout. Every log record of every logger is captured
+at DEBUG.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pyotp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -131,6 +136,7 @@ async def test_no_secret_reaches_a_log_line_or_an_audit_row(
             ) as api:
                 assert api.status in (200, 401)
         upstream_jwt = await _jwt_seen_upstream(browser)
+        totp_secret, totp_codes = await _enrol_and_step_up(browser, f"http://{host}:{port}", client)
         server.reload()
         # logout
         _, page = await browser.request("GET", "/.authgate/logout")
@@ -155,6 +161,9 @@ async def test_no_secret_reaches_a_log_line_or_an_audit_row(
         "access_denied",
         "policy_reloaded",
         "logout",
+        "mfa_enrolled",
+        "mfa_failure",
+        "mfa_success",
     } <= events
 
     formatter = JsonFormatter()
@@ -169,10 +178,66 @@ async def test_no_secret_reaches_a_log_line_or_an_audit_row(
         "API key body": api_key[len(api_key_display_prefix(api_key)) :],
         "CSRF token": csrf,
         "identity JWT": upstream_jwt,
+        "TOTP seed": totp_secret,
     }
     for name, secret in secrets_.items():
         leaks = [t for t in texts if secret in t]
         assert not leaks, f"the {name} leaked into: {leaks[0][:300]}"
+    # Six digits also occur inside timestamps: a code counts only standing alone.
+    for code in totp_codes:
+        leaks = [t for t in texts if re.search(rf"(?<![0-9.]){code}(?![0-9])", t)]
+        assert not leaks, f"the TOTP code {code} leaked into: {leaks[0][:300]}"
+
+
+async def _enrol_and_step_up(
+    browser: Browser, base: str, client: aiohttp.ClientSession
+) -> tuple[str, tuple[str, ...]]:
+    """A TOTP device added on the account page, then another sign-in steps up with a
+    wrong code and a right one; returns the seed and every code typed."""
+    account = "/.authgate/account"
+    _, page = await browser.request("GET", account)
+    form = {"csrf_token": hidden(page, "csrf_token"), "action": "totp-add"}
+    resp, page = await browser.request("POST", account, data=form, Origin="http://app.test")
+    found = re.search(r'<code class="ag-secret">([A-Z2-7]+)</code>', page)
+    assert resp.status == 200 and found
+    totp = pyotp.TOTP(found.group(1))
+    enrol_code = totp.now()
+    form = {
+        "csrf_token": hidden(page, "csrf_token"),
+        "action": "totp-confirm",
+        "device": hidden(page, "device"),
+        "name": "phone",
+        "code": enrol_code,
+    }
+    resp, _ = await browser.request("POST", account, data=form, Origin="http://app.test")
+    assert resp.status == 303 and resp.headers["Location"].endswith("?m=added")
+
+    other = Browser(base, client)
+    _, page = await other.request("GET", "/.authgate/login")
+    form = {"csrf_token": hidden(page, "csrf_token"), "rd": "", "username": "alice"}
+    resp, _ = await other.request(
+        "POST",
+        "/.authgate/login",
+        data={**form, "password": PASSWORD},
+        Origin="http://app.test",
+        **{"X-Forwarded-For": "198.51.100.20"},
+    )
+    assert resp.status == 303
+    _, prompt = await other.request("GET", "/.authgate/mfa?rd=/page")
+    used = {totp.at(time.time() + drift) for drift in (-30, 0, 30)}
+    wrong = next(c for c in ("000000", "111111", "222222") if c not in used)
+    step_code = totp.at(time.time() + 30)  # this step's code went to the enrolment
+    statuses = []
+    for code in (wrong, step_code):
+        resp, _ = await other.request(
+            "POST",
+            "/.authgate/mfa/totp",
+            data={"csrf_token": hidden(prompt, "csrf_token"), "rd": "/page", "code": code},
+            Origin="http://app.test",
+        )
+        statuses.append(resp.status)
+    assert statuses == [401, 303]
+    return found.group(1), (enrol_code, wrong, step_code)
 
 
 async def _jwt_seen_upstream(browser: Browser) -> str:

@@ -18,6 +18,7 @@ from gateway.cli import migrate as migrate_cli
 from gateway.cli import sessions as sessions_cli
 from gateway.cli import user as user_cli
 from gateway.config import load_config
+from gateway.sessions import fingerprint
 from gateway.stores import SessionRecord, open_stores
 from gateway.stores.ids import hash_api_key, hash_session_id, new_session_id
 
@@ -142,6 +143,18 @@ def test_sessions_list_and_revoke_by_prefix_and_by_user(
     assert run(config_file, "sessions", "revoke", "abc") == 2  # too short to name one
     assert run(config_file, "sessions", "revoke", "--user", "bob") == 0
     assert "revoked 2 session(s)" in capsys.readouterr().out
+
+    async def revocations() -> list[tuple[str | None, str | None, str | None]]:
+        stores = await open_stores(config)
+        try:
+            rows = await stores.audit.search(event="session_revoked")
+            return sorted(((r.user, r.session_fp, r.outcome) for r in rows), key=str)
+        finally:
+            await stores.close()
+
+    assert asyncio.run(revocations()) == sorted(
+        [("bob", None, "everywhere"), ("bob", fingerprint(hashes[0]), "ok")], key=str
+    )
 
 
 def test_apikey_is_printed_once_and_stored_hashed(
