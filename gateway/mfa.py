@@ -104,8 +104,10 @@ class SecondFactors:
         return Methods(totp=len(devices), webauthn=len(keys), backup_codes=codes.unused)
 
     def is_fresh(self, record: SessionRecord) -> bool:
-        """Recent enough for sensitive changes (`sessions.fresh_for`)."""
-        return self._now() - record.auth_time <= self.config.sessions.fresh_for
+        """Recent enough for sensitive changes (`sessions.fresh_for`, or the tenant's)."""
+        tenant = next((t for t in self.config.tenants if t.id == record.tenant), None)
+        settings = tenant.sessions.over(self.config.sessions) if tenant else self.config.sessions
+        return self._now() - record.auth_time <= settings.fresh_for
 
     @staticmethod
     def has_two_factors(record: SessionRecord) -> bool:

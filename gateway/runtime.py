@@ -99,7 +99,9 @@ async def open_runtime(
     metrics = metrics if metrics is not None else Metrics(config)
     stores = timed_stores(stores, metrics)  # latency and errors of every store call
     try:
-        sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+        sessions = SessionManager(
+            stores.sessions, stores.users, stores.events, config.sessions, tenants=config.tenants
+        )
         await sessions.start()
         signer = JwtSigner(stores.keys, box, issuer="authgate")
         await signer.start()

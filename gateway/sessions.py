@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from gateway.config.model import SessionsConfig
+from gateway.config.model import SessionsConfig, TenantConfig
 from gateway.errors import StoreUnavailable
 from gateway.stores import (
     REVOCATIONS,
@@ -71,6 +71,7 @@ class SessionManager:
         events: EventBus,
         config: SessionsConfig,
         *,
+        tenants: Iterable[TenantConfig] = (),
         now: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -78,6 +79,10 @@ class SessionManager:
         self.users = users
         self.events = events
         self.config = config
+        # Tenants with session lifetimes of their own (`tenants[].sessions`).
+        self._tenants: dict[str, SessionsConfig] = {
+            t.id: t.sessions.over(config) for t in tenants if t.sessions.over(config) != config
+        }
         self.now = now
         self._monotonic = monotonic
         # id_hash → (cached until, session), in least-recently-used order
@@ -85,6 +90,10 @@ class SessionManager:
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._subscription: Subscription | None = None
+
+    def settings(self, tenant: str) -> SessionsConfig:
+        """The session settings of a tenant: its own lifetimes over the `sessions` section."""
+        return self._tenants.get(tenant, self.config)
 
     async def start(self) -> None:
         self._subscription = await self.events.subscribe(REVOCATIONS, self._on_revocation)
@@ -133,7 +142,7 @@ class SessionManager:
         if record.expires <= now:
             self._cache.pop(id_hash, None)
             return None
-        idle = self.config.idle_timeout
+        idle = self.settings(tenant).idle_timeout
         if idle and now - record.last_seen > idle + TOUCH_INTERVAL:
             self._cache.pop(id_hash, None)
             await self.store.revoke(id_hash)
@@ -187,7 +196,7 @@ class SessionManager:
         expires = record.expires
         if now - record.created >= self.config.refresh_after:
             # Rolling refresh: an active session keeps its full lifetime.
-            expires = max(expires, now + self._lifetime(record.remember))
+            expires = max(expires, now + self._lifetime(record.tenant, record.remember))
         if not await self.store.touch(active.id_hash, now, expires):
             self._cache.pop(active.id_hash, None)
             return None
@@ -199,8 +208,9 @@ class SessionManager:
             self._cache[active.id_hash] = (until, updated)
         return updated
 
-    def _lifetime(self, remember: bool) -> float:
-        return self.config.remember_me_lifetime if remember else self.config.lifetime
+    def _lifetime(self, tenant: str, remember: bool) -> float:
+        settings = self.settings(tenant)
+        return settings.remember_me_lifetime if remember else settings.lifetime
 
     # --- writing (sign-in, step-up, sign-out) -----------------------------------
 
@@ -230,7 +240,7 @@ class SessionManager:
             auth_time=now,
             created=now,
             last_seen=now,
-            expires=now + self._lifetime(remember),
+            expires=now + self._lifetime(user.tenant, remember),
             ip=ip,
             user_agent=(user_agent or "")[:256] or None,
             country=country,

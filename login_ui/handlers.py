@@ -263,6 +263,10 @@ class LoginPages:
             return response
         if method != "POST":
             return web.Response(status=405, headers={"Allow": "GET, POST"})
+        if "password" not in req.tenant.login_methods:
+            # Not offered (`tenants[].login_methods`): not accepted when posted directly.
+            html = self.renderer.render_error(404, branding=self.branding(req.tenant))
+            return self._page(req, html, 404)
         return await self._login_post(req, req.tenant)
 
     async def _login_post(self, req: ReservedRequest, tenant: TenantConfig) -> web.StreamResponse:

@@ -7,7 +7,7 @@ Paths are absolute (resolved against the config file's folder by the loader).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -152,6 +152,28 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class TenantSessions:
+    """A tenant's own session lifetimes (`tenants[].sessions`); None = the `sessions` value."""
+
+    lifetime: float | None = None
+    idle_timeout: float | None = None
+    remember_me_lifetime: float | None = None
+    fresh_for: float | None = None
+
+    def over(self, base: SessionsConfig) -> SessionsConfig:
+        """`base` with this tenant's overrides applied."""
+        return replace(
+            base,
+            lifetime=base.lifetime if self.lifetime is None else self.lifetime,
+            idle_timeout=base.idle_timeout if self.idle_timeout is None else self.idle_timeout,
+            remember_me_lifetime=base.remember_me_lifetime
+            if self.remember_me_lifetime is None
+            else self.remember_me_lifetime,
+            fresh_for=base.fresh_for if self.fresh_for is None else self.fresh_for,
+        )
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     id: str
     name: str
@@ -168,6 +190,7 @@ class TenantConfig:
     # hand-off: each domain (or cookie_domain family) signs in on its own.
     login_host: str | None = None
     users_file: Path | None = None  # optional read-only YAML users source
+    sessions: TenantSessions = TenantSessions()
 
 
 def sso_login_host(tenant: TenantConfig) -> str | None:

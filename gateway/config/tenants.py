@@ -21,7 +21,13 @@ from gateway.config.fields import (
     parse_entries,
     record,
 )
-from gateway.config.model import Branding, FooterLink, RouteConfig, TenantConfig
+from gateway.config.model import (
+    Branding,
+    FooterLink,
+    RouteConfig,
+    TenantConfig,
+    TenantSessions,
+)
 from gateway.tenants import HostIndex
 from policies.source import line_of
 
@@ -62,6 +68,14 @@ ROUTE_FIELDS = (
     Field("jwt", v.boolean),
 )
 
+# Each key overrides the `sessions` section's for this tenant; null keeps that one.
+TENANT_SESSIONS_FIELDS = (
+    Field("lifetime", v.optional(v.duration(positive=True))),
+    Field("idle_timeout", v.optional(v.duration())),
+    Field("remember_me_lifetime", v.optional(v.duration(positive=True))),
+    Field("fresh_for", v.optional(v.duration(positive=True))),
+)
+
 TENANT_FIELDS = (
     Field("id", v.tenant_id, required=True),
     Field("name", v.text),
@@ -76,6 +90,7 @@ TENANT_FIELDS = (
     Field("signup", v.boolean),
     Field("login_host", v.optional(v.exact_host_name)),
     Field("users_file", v.optional(v.existing_path("file"))),
+    Field("sessions", record(TenantSessions, TENANT_SESSIONS_FIELDS)),
 )
 
 

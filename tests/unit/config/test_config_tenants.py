@@ -270,3 +270,16 @@ def test_default_url_and_cookie_domain_stay_within_the_tenant(load: Load, proble
     assert problems("tenants:\n" + tenant("cookie_domain: test")) == [
         "config.yaml:4: tenants[0].cookie_domain: expected a domain with at least two labels, like acme.test"
     ]
+
+
+def test_a_tenant_may_override_session_lifetimes(load: Load, problems: Problems) -> None:
+    config = load("tenants:\n" + tenant("sessions:\n  lifetime: 12h\n  idle_timeout: 30m\n  fresh_for: null"))
+    own = config.tenants[0].sessions
+    assert (own.lifetime, own.idle_timeout, own.remember_me_lifetime, own.fresh_for) == (43200.0, 1800.0, None, None)
+    effective = own.over(config.sessions)
+    assert (effective.lifetime, effective.fresh_for) == (43200.0, config.sessions.fresh_for)
+    assert load("tenants:\n" + tenant("")).tenants[0].sessions.over(config.sessions) == config.sessions
+    assert problems("tenants:\n" + tenant("sessions:\n  lifetime: 0\n  refresh_after: 1d")) == [
+        "config.yaml:5: tenants[0].sessions.lifetime: expected a duration greater than 0, like 90s, 15m, 12h or 30d",
+        'config.yaml:6: tenants[0].sessions.refresh_after: unknown key (did you mean "fresh_for"?)',
+    ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.model import Config, SessionsConfig, TenantConfig
+from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
 from gateway.sessions import TOUCH_INTERVAL, SessionManager
 from gateway.stores import Stores, User, new_id, open_stores
 
@@ -152,3 +152,40 @@ async def test_log_out_everywhere_reaches_cached_sessions(stores: Stores, clock:
 @pytest.mark.parametrize("cookie", ["", "short", "x" * 500])
 async def test_malformed_cookies_are_nobody(stores: Stores, clock: Clock, cookie: str) -> None:
     assert await manager(stores, clock).load(cookie, "acme") is None
+
+
+async def test_a_tenant_with_its_own_lifetimes_gets_them_and_others_keep_the_defaults(
+    stores: Stores, clock: Clock
+) -> None:
+    short = TenantConfig(
+        id="acme",
+        name="Acme",
+        domains=("acme.test",),
+        sessions=TenantSessions(lifetime=3600.0, idle_timeout=600.0, remember_me_lifetime=7200.0),
+    )
+    other = TenantConfig(id="globex", name="Globex", domains=("globex.test",))
+    sessions = SessionManager(
+        stores.sessions,
+        stores.users,
+        stores.events,
+        SessionsConfig(lifetime=DAY, cache_ttl=0.0),
+        tenants=(short, other),
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    assert sessions.settings("acme").lifetime == 3600.0
+    assert sessions.settings("acme").fresh_for == SessionsConfig().fresh_for  # not overridden
+    assert sessions.settings("globex").lifetime == DAY
+    alice = await make_user(stores)
+    _, record = await sessions.create(alice, ("pwd",), ip=None, user_agent=None)
+    assert record.expires - record.created == 3600.0
+    _, kept = await sessions.create(alice, ("pwd",), ip=None, user_agent=None, remember=True)
+    assert kept.expires - kept.created == 7200.0
+    _, theirs = await sessions.create(
+        await make_user(stores, "globex"), ("pwd",), ip=None, user_agent=None
+    )
+    assert theirs.expires - theirs.created == DAY
+
+    sid, _ = await sessions.create(alice, ("pwd",), ip=None, user_agent=None)
+    clock.advance(600 + TOUCH_INTERVAL + 1)  # the tenant's idle timeout, not the global "off"
+    assert await sessions.load(sid, "acme") is None
