@@ -13,6 +13,7 @@ from login_ui.handlers import LoginPages
 from login_ui.headers import security_headers
 from login_ui.mfa import Interstitial, MfaPages
 from login_ui.pages import PageRenderer
+from login_ui.signup import SignupPages
 from login_ui.sso import SsoPages
 from login_ui.webauthn import WebAuthnPages
 from login_ui.webauthn import install as install_webauthn
@@ -70,6 +71,7 @@ def login_ui_extension(server: GatewayServer) -> None:
     server.reserved.add("/sso/callback", sso.callback)
     server.reserved.add("/login", pages.login)
     server.reserved.add("/logout", pages.logout)
+    server.reserved.add("/signup", SignupPages(pages, renderer, runtime).page)
     server.reserved.add("/theme.css", pages.theme_css)
     server.reserved.add_prefix("/static/", pages.static)
     server.reserved.add_prefix("/assets/", pages.asset)
