@@ -141,12 +141,23 @@ class Interstitial:
         self.audit(req, visit, Event.MFA_FAILURE, outcome="wrong", details={"method": method})
 
     async def succeeded(
-        self, req: ReservedRequest, visit: Visit, method: str, metric: str, id_hash: str
+        self,
+        req: ReservedRequest,
+        visit: Visit,
+        method: str,
+        metric: str,
+        id_hash: str,
+        **details: Detail,
     ) -> None:
         await self.factors().succeeded(visit.tenant.id, visit.active.user.username)
         self.runtime().metrics.sign_in(visit.tenant.id, metric, "success")
         self.audit(
-            req, visit, Event.MFA_SUCCESS, outcome="ok", details={"method": method}, id_hash=id_hash
+            req,
+            visit,
+            Event.MFA_SUCCESS,
+            outcome="ok",
+            details={"method": method, **details},
+            id_hash=id_hash,
         )
 
     async def visit(self, req: ReservedRequest) -> Visit | None:

@@ -263,7 +263,14 @@ class WebAuthnPages:
         elevated = await runtime.sessions.elevate(visit.session_id, amr)
         if elevated is None:
             return _json(403, error=_EXPIRED)
-        await self.shared.succeeded(req, visit, "webauthn", "passkey", elevated[1].id_hash)
+        await self.shared.succeeded(
+            req,
+            visit,
+            "webauthn",
+            "passkey",
+            elevated[1].id_hash,
+            user_verified=assertion.user_verified,
+        )
         rd = body.get(RETURN_FIELD)
         target = self.shared.site.return_url(req, rd if isinstance(rd, str) else "")
         response = _json(200, redirect=target)
