@@ -180,7 +180,7 @@ class TenantConfig:
     domains: tuple[str, ...]
     branding: Branding = Branding()
     login_methods: tuple[str, ...] = ("password", "passkey")
-    mfa_methods: tuple[str, ...] = ("totp", "webauthn")
+    mfa_methods: tuple[str, ...] = ("totp", "webauthn", "backup_codes")
     policies: tuple[Path, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     default_url: str | None = None  # where to land after login when rd is refused

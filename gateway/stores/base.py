@@ -143,6 +143,9 @@ class SessionStore(Protocol):
 
     async def list(self, tenant: str) -> list[SessionRecord]: ...
 
+    async def count(self, tenant: str) -> int:
+        """Live sessions of the tenant, without loading them (a gauge asks this)."""
+
     async def prune_expired(self, now: float) -> int: ...
 
 

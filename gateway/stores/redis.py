@@ -372,16 +372,38 @@ class RedisSessionStore:
     async def list(self, tenant: str) -> list[SessionRecord]:
         return await self._members(self._t(tenant))
 
+    async def count(self, tenant: str) -> int:
+        """The tenant index's size: live sessions, plus expired ones not yet pruned
+        (pruning runs hourly), so an upper bound that never loads a record."""
+        return int(await _guard(lambda: self._r.scard(self._t(tenant))))
+
     async def prune_expired(self, now: float) -> int:
-        """Redis expires the sessions itself; this drops their index entries."""
+        """Redis expires the sessions itself; this drops their index entries, a few
+        hundred members at a time (an index may name 100,000 sessions: never load them)."""
         removed = 0
         for pattern in (f"{self._p}u:*", f"{self._p}t:*"):
             async for index in _scan(self._r, pattern):
-                before = await _guard(lambda i=index: self._r.scard(i))  # type: ignore[misc]
-                await self._members(index)
-                after = await _guard(lambda i=index: self._r.scard(i))  # type: ignore[misc]
-                removed += int(before) - int(after)
+                removed += await self._prune_index(index)
         return removed
+
+    async def _prune_index(self, index: str) -> int:
+        removed = 0
+        cursor: Any = 0
+        while True:
+            cursor, ids = await _guard(
+                lambda c=cursor: self._r.sscan(index, cursor=c, count=500)  # type: ignore[misc]
+            )
+            if ids:
+                pipe = self._r.pipeline(transaction=False)
+                for id_hash in ids:
+                    pipe.exists(self._s(id_hash))
+                alive = await _guard(lambda p=pipe: p.execute())  # type: ignore[misc]
+                gone = [i for i, present in zip(ids, alive, strict=True) if not present]
+                if gone:
+                    await _guard(lambda g=gone: self._r.srem(index, *g))  # type: ignore[misc]
+                    removed += len(gone)
+            if int(cursor) == 0:
+                return removed
 
 
 async def _scan(client: Any, pattern: str) -> Any:

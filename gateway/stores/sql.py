@@ -234,6 +234,14 @@ class SqlSessionStore:
         )
         return [_session(row) for row in rows]
 
+    async def count(self, tenant: str) -> int:
+        row = await self._db.fetchone(
+            "SELECT COUNT(*) FROM sessions WHERE tenant = ? AND expires > ?",
+            tenant,
+            self._clock(),
+        )
+        return int(row[0]) if row is not None else 0
+
     async def list(self, tenant: str) -> list[SessionRecord]:
         rows = await self._db.fetch(
             f"SELECT {_SESSION_COLUMNS} FROM sessions"

@@ -138,6 +138,9 @@ async def test_listings_are_scoped_and_ordered_by_creation(backend: Backend) -> 
         await store.create(session)
     assert await store.list_user("acme", "u1") == [first, second]
     assert await store.list("acme") == [first, third, second]
+    assert await store.count("acme") == 3
+    assert await store.count("globex") == 1
+    assert await store.count("nobody") == 0
 
 
 async def test_unknown_session_is_none(backend: Backend) -> None:
