@@ -84,7 +84,9 @@ def _worker_main(
 ) -> None:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    # A reload asked for while this worker is still starting must not kill it (SIGHUP's
+    # default action); it loads the files as they are now anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     install_event_loop_policy()
     try:
         asyncio.run(run_worker(config, extensions, last_good_policies=last_good))

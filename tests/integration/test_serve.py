@@ -162,6 +162,7 @@ def test_serve_runs_workers_reloads_restarts_and_drains(
     )
     try:
         wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, 2)
         assert get(port, "/open/x") == (200, "upstream saw /open/x")
         assert get(port, "/also/x")[0] == 401 or get(port, "/also/x")[0] == 403
 
@@ -183,7 +184,7 @@ def test_serve_runs_workers_reloads_restarts_and_drains(
         workers = worker_pids(process.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             now = worker_pids(process.pid)
             if len(now) == 2 and workers[0] not in now:
