@@ -1,0 +1,203 @@
+"""Where one authgate worker's time goes on scenario (b): `python -m benchmarks.hot_path`.
+
+Starts the nginx upstream and authgate with one worker on the signed-in route of
+scenario (b) (session, policy on a group, identity headers, JWT), pins the worker to
+one core and wrk plus the upstream to the other, records the worker with py-spy, and
+attributes every sample to a pipeline stage by the innermost stage function on its
+stack:
+
+    canonicalise → tenant → session → decide → headers → JWT → forward
+
+plus `metrics` (the request observer), `aiohttp server` (aiohttp's request handler
+and response writing) and the event loop's own C code (uvloop: epoll and socket I/O,
+seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC has
+no frame of its own: its time lands on whatever line allocated.
+
+    python -m benchmarks.hot_path [--seconds 15] [--rate 1000] [--redis]
+
+Needs py-spy (in the venv), wrk and nginx, and two or more CPUs for the pinning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._harness import (
+    LOOPBACK,
+    WRK_DONE_SCRIPT,
+    BenchmarkError,
+    WrkSettings,
+    run_wrk,
+    wrk_command,
+)
+from benchmarks.scenarios import (
+    BENCH_HOST,
+    REDIS_URL,
+    SESSION_POLICY,
+    AuthgateSetup,
+    delete_redis_prefix,
+    run_prefix,
+    start_authgate_scenario,
+    start_upstream,
+    stop_all,
+)
+
+# (stage, substrings of a py-spy frame "function (file:line)"); the innermost frame
+# that matches any stage decides, so JWT signing inside `_add_identity` is "JWT".
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("JWT", ("sign (gateway/signing.py", "(jwt/")),
+    ("headers", ("_add_identity (gateway/identify.py", "_without_cookie (gateway/identify.py")),
+    ("session", ("(gateway/sessions.py", "(gateway/stores/", "(redis/", "cookies (aiohttp")),
+    ("decide", ("(policies/", "decide (gateway/policy_sets.py", "_decide (gateway/pipeline.py")),
+    ("tenant", ("(gateway/tenants.py", "(gateway/tenant_store.py")),
+    ("canonicalise", ("(gateway/canonical.py",)),
+    ("forward", ("(gateway/proxy.py", "(gateway/forwarding.py", "(aiohttp/client")),
+    ("metrics", ("(gateway/metrics.py", "(gateway/request_log.py")),
+    ("identify (rest)", ("__call__ (gateway/identify.py",)),
+    ("pipeline (rest)", ("(gateway/pipeline.py",)),
+)
+LOOP = "event loop (uvloop, C)"
+ORDER = [name for name, _ in STAGES] + ["aiohttp server", LOOP]
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    samples: int
+    by_stage: tuple[tuple[str, int], ...]
+
+    def lines(self) -> list[str]:
+        out = [f"{'stage':<18} {'share':>6}  samples"]
+        for stage, count in self.by_stage:
+            out.append(f"{stage:<18} {count / self.samples * 100:5.1f}%  {count}")
+        return out
+
+
+def stage_of(frames: list[str]) -> str | None:
+    """The stage of one stack (outermost frame first); None for other threads (the
+    SQLite connection thread and the log listener, which mostly wait)."""
+    if any("Thread._bootstrap" in frame for frame in frames[:3]):
+        return None
+    for frame in reversed(frames):
+        for stage, needles in STAGES:
+            if any(needle in frame for needle in needles):
+                return stage
+    # No Python frame above the loop's own: uvloop's C code is running (epoll, socket
+    # reads and writes, its callbacks' bookkeeping); py-spy cannot see inside it.
+    if frames and "Runner.run (asyncio/runners.py" in frames[-1]:
+        return LOOP
+    return "aiohttp server"
+
+
+def attribute(raw_lines: Iterable[str]) -> Breakdown:
+    """py-spy `--format raw` (collapsed stacks, `frame;frame;… count`) by stage."""
+    counts: Counter[str] = Counter()
+    for line in raw_lines:
+        stack, _, number = line.rstrip().rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        frames = stack.split(";")[1:]  # the first element names the thread
+        stage = stage_of(frames)
+        if stage is not None:
+            counts[stage] += int(number)
+    total = sum(counts.values())
+    ordered = tuple((stage, counts[stage]) for stage in ORDER if counts[stage])
+    return Breakdown(total, ordered)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--redis", action="store_true", help="scenario (c): Redis sessions")
+    parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
+    args = parser.parse_args(argv)
+    prefix = run_prefix()
+    started = []
+    cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="authgate-hotpath-") as name:
+        tmp = Path(name)
+        try:
+            upstream = start_upstream(1, tmp)
+            started.extend(upstream.processes)
+            setup = (
+                AuthgateSetup("redis", SESSION_POLICY, REDIS_URL, prefix)
+                if args.redis
+                else AuthgateSetup("session", SESSION_POLICY)
+            )
+            gate = start_authgate_scenario("b", "authgate (b)", 1, tmp, upstream.port, setup)
+            started.extend(gate.processes)
+            worker = gate.serving_pids()[0]
+            pin = len(cpus) >= 2
+            if pin:
+                subprocess.run(
+                    ["taskset", "-pc", str(cpus[1]), str(worker)], check=True, capture_output=True
+                )
+                for pid in upstream.serving_pids():
+                    subprocess.run(
+                        ["taskset", "-pc", str(cpus[0]), str(pid)], check=True, capture_output=True
+                    )
+            script = tmp / "done.lua"
+            script.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
+            url = f"http://{LOOPBACK}:{gate.port}/"
+            settings = WrkSettings(1, args.connections, 2, BENCH_HOST, gate.headers)
+            run_wrk(url, settings, script)  # warm-up
+            settings = WrkSettings(1, args.connections, args.seconds + 4, BENCH_HOST, gate.headers)
+            argv_wrk = wrk_command(url, settings, script)
+            if pin:
+                argv_wrk = ["taskset", "-c", str(cpus[0]), *argv_wrk]
+            load = subprocess.Popen(argv_wrk, stdout=subprocess.PIPE, text=True)
+            time.sleep(1)
+            raw = args.output or tmp / "profile.txt"
+            spy = subprocess.run(
+                [
+                    os.path.join(os.path.dirname(sys.executable), "py-spy"),
+                    "record",
+                    "-p",
+                    str(worker),
+                    "-d",
+                    str(args.seconds),
+                    "-r",
+                    "500",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            out, _ = load.communicate(timeout=args.seconds + 60)
+            if spy.returncode != 0:
+                raise BenchmarkError(f"py-spy failed: {spy.stderr.strip()}")
+            from benchmarks._harness import parse_wrk_output
+
+            result = parse_wrk_output(out)
+            print(
+                f"wrk -t1 -c{args.connections}: {result.requests_per_second:.0f} req/s, "
+                f"p50 {result.latency_p50_ms:.2f} ms, errors "
+                f"{result.socket_errors + result.non_2xx_3xx} (one worker"
+                f"{', pinned' if pin else ''}, py-spy attached)"
+            )
+            breakdown = attribute(raw.read_text(encoding="utf-8").splitlines())
+            print("\n".join(breakdown.lines()))
+        finally:
+            stop_all(started)
+            if args.redis:
+                import asyncio
+
+                asyncio.run(delete_redis_prefix(REDIS_URL, prefix))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""The suite's pure parts: options, ratios against the targets, the fixed-rate script,
+the table, and py-spy stage attribution. No timing assertions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.__main__ import parse_options
+from benchmarks._harness import WrkResult, WrkSettings, wrk_command
+from benchmarks.hot_path import attribute, stage_of
+from benchmarks.report import checks, table
+from benchmarks.scenarios import SESSION_POLICY, AuthgateSetup, authgate_config
+from benchmarks.suite import LoadResults, PacedResult, ScenarioResult, paced_script
+
+
+def wrk(rps: float, p99: float = 1.0) -> WrkResult:
+    return WrkResult(int(rps * 10), 10.0, rps, 0.5, 0.8, p99, 0.6, 9.0, 0, 0)
+
+
+def scenario(key: str, *rps: float) -> ScenarioResult:
+    rounds = tuple(wrk(r) for r in rps)
+    return ScenarioResult(key, key, sorted(rps)[len(rps) // 2], 0.5, 1.0, 50.0, 100.0, 0, rounds)
+
+
+def test_quick_is_one_short_round_without_the_memory_run() -> None:
+    options = parse_options(["--quick"])
+    assert options.load.rounds == 1 and options.load.duration == 3.0
+    assert options.memory_sessions == 0 and options.revocation_trials == 10
+    full = parse_options([])
+    assert full.load.rounds == 3 and full.memory_sessions == 100_000
+
+
+def test_ratios_are_medians_of_paired_rounds_and_judged_against_the_targets() -> None:
+    load = LoadResults(
+        scenarios=(
+            scenario("nginx", 10_000, 10_000, 10_000),
+            scenario("minimal", 1000, 2000, 1000),
+            scenario("session", 1100, 1000, 900),
+            scenario("redis", 1000, 1000, 900),
+        ),
+        paced=(
+            PacedResult("direct", 500, 10, 20, 490, 0.2, 1.0, 0),
+            PacedResult("session", 500, 10, 20, 480, 1.0, 4.5, 0),
+        ),
+        failures=(),
+    )
+    found = {c.name: c for c in checks(load)}
+    vs_minimal = found["(b) / minimal aiohttp proxy"]
+    assert vs_minimal.per_round == (1.1, 0.5, 0.9)
+    assert vs_minimal.value == 0.9 and vs_minimal.met is False
+    assert found["(c) Redis / (b)"].met is True
+    added = found["(b) p99 added over direct at ½ max"]
+    assert added.value == 3.5 and added.met is False
+    assert found["(c) p99 added over direct at ½ max"].value is None
+    assert "NOT MET" in table(load, list(found.values()), ["revocation: skipped"])
+
+
+def test_the_fixed_rate_script_paces_every_connection_and_reports_exactly(tmp_path: Path) -> None:
+    text = paced_script(tmp_path, 20).read_text()
+    assert "function delay()\n  return 20\nend" in text
+    assert "WRK_JSON" in text
+
+
+def test_wrk_sends_the_session_cookie_with_the_host() -> None:
+    settings = WrkSettings(2, 8, 3, "bench.test", ("Cookie: authgate_session=abc",))
+    argv = wrk_command("http://127.0.0.1:1/", settings, None)
+    assert argv[argv.index("-H") + 1] == "Host: bench.test"
+    assert "Cookie: authgate_session=abc" in argv
+
+
+def test_a_redis_scenario_config_names_its_own_prefix(tmp_path: Path) -> None:
+    setup = AuthgateSetup("redis", SESSION_POLICY, "redis://127.0.0.1:6379/0", "ab-cd:")
+    text = authgate_config(tmp_path, 1234, 5678, setup).read_text()
+    assert 'redis_prefix: "ab-cd:"' in text and "store: redis://127.0.0.1:6379/0" in text
+
+
+def test_samples_go_to_the_innermost_pipeline_stage() -> None:
+    frames = [
+        "Runner.run (asyncio/runners.py:118)",
+        "Pipeline._handle (gateway/pipeline.py:268)",
+        "Identifier.__call__ (gateway/identify.py:101)",
+        "Identifier._add_identity (gateway/identify.py:160)",
+        "JwtSigner.sign (gateway/signing.py:300)",
+    ]
+    assert stage_of(frames) == "JWT"
+    assert stage_of(frames[:4]) == "headers"
+    assert stage_of(frames[:1]) == "event loop (uvloop, C)"
+    assert stage_of(["Thread._bootstrap (threading.py:1002)", "x (y.py:1)"]) is None
+
+
+def test_attribution_counts_raw_py_spy_lines() -> None:
+    lines = [
+        "process 1;Runner.run (asyncio/runners.py:118);canonical_path (gateway/canonical.py:170) 3",
+        "process 1;Runner.run (asyncio/runners.py:118) 1",
+        "garbage",
+    ]
+    breakdown = attribute(lines)
+    assert breakdown.samples == 4
+    assert dict(breakdown.by_stage) == {"canonicalise": 3, "event loop (uvloop, C)": 1}
