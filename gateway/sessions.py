@@ -15,10 +15,11 @@ answer (never longer than USER_FALLBACK_SECONDS, and dropped on revocation).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from gateway.config.model import SessionsConfig, TenantConfig
@@ -58,6 +59,11 @@ class ActiveSession:
         return any(key == STEP_UP for key, _ in self.record.data)
 
 
+def _retrieve(future: asyncio.Future[ActiveSession | None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def fingerprint(id_hash: str) -> str:
     """A short, non-reversible tag of a session for logs and audit rows (never the id)."""
     return id_hash[:12]
@@ -87,6 +93,7 @@ class SessionManager:
         self._monotonic = monotonic
         # id_hash → (cached until, session), in least-recently-used order
         self._cache: OrderedDict[str, tuple[float, ActiveSession]] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Future[ActiveSession | None]] = {}
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._subscription: Subscription | None = None
@@ -129,7 +136,7 @@ class SessionManager:
             active = cached[1]
             self._cache.move_to_end(id_hash)
         else:
-            found = await self._fetch(id_hash)
+            found = await self._once(("fetch", id_hash), lambda: self._fetch(id_hash))
             if found is None:
                 self._cache.pop(id_hash, None)
                 return None
@@ -148,8 +155,25 @@ class SessionManager:
             await self.store.revoke(id_hash)
             return None
         if now - record.last_seen >= TOUCH_INTERVAL:
-            return await self._touch(active, now)
+            return await self._once(("touch", id_hash), lambda: self._touch(active, now))
         return active
+
+    async def _once(
+        self, key: tuple[str, str], work: Callable[[], Awaitable[ActiveSession | None]]
+    ) -> ActiveSession | None:
+        """One store round trip per session at a time: requests arriving while it is
+        under way wait for its answer. Without this, a busy session whose cache entry
+        ends (or whose minute for a write comes) sends every request in flight to the
+        store at once — the stalls of hundreds of ms seen under load."""
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(work())
+            # A failure nobody awaits any more (all callers gone) is still retrieved.
+            pending.add_done_callback(_retrieve)
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(key, None))
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(pending)
 
     def _remember(self, id_hash: str, until: float, active: ActiveSession) -> None:
         limit = self.config.cache_size

@@ -189,3 +189,48 @@ async def test_a_tenant_with_its_own_lifetimes_gets_them_and_others_keep_the_def
     sid, _ = await sessions.create(alice, ("pwd",), ip=None, user_agent=None)
     clock.advance(600 + TOUCH_INTERVAL + 1)  # the tenant's idle timeout, not the global "off"
     assert await sessions.load(sid, "acme") is None
+
+
+async def test_concurrent_requests_share_one_store_read_and_one_write(
+    stores: Stores, clock: Clock
+) -> None:
+    import asyncio
+
+    class Counting:
+        """The real store, counting reads and writes."""
+
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+            self.gets = 0
+            self.touches = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        async def get(self, id_hash: str) -> object:
+            self.gets += 1
+            await asyncio.sleep(0.01)  # a store round trip
+            return await self.inner.get(id_hash)  # type: ignore[attr-defined]
+
+        async def touch(self, *args: object) -> object:
+            self.touches += 1
+            await asyncio.sleep(0.01)
+            return await self.inner.touch(*args)  # type: ignore[attr-defined]
+
+    counting = Counting(stores.sessions)
+    sessions = SessionManager(
+        counting,  # type: ignore[arg-type]
+        stores.users,
+        stores.events,
+        SessionsConfig(cache_ttl=2.0),
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    found = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(50)))
+    assert all(active is not None for active in found)
+    assert counting.gets == 1
+    clock.advance(TOUCH_INTERVAL + 1)  # the cache entry ended and a write is due
+    found = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(50)))
+    assert all(active is not None for active in found)
+    assert (counting.gets, counting.touches) == (2, 1)
