@@ -172,38 +172,24 @@ def start_minimal_proxy(options: Options, tmp: Path, upstream_port: int) -> Targ
     return Target("minimal", "minimal aiohttp proxy", port, process)
 
 
+BYPASS_POLICY = (
+    "version: 1\n"
+    "default: deny\n"
+    "rules:\n"
+    "  - name: bench-bypass\n"
+    f"    hosts: [{BENCH_HOST}]\n"
+    "    action: bypass\n"
+)
+
+
 def authgate_config(folder: Path, port: int, upstream_port: int) -> Path:
-    """A one-tenant config whose only route is covered by a single bypass rule."""
-    (folder / "policy.yaml").write_text(
-        "version: 1\n"
-        "default: deny\n"
-        "rules:\n"
-        "  - name: bench-bypass\n"
-        f"    hosts: [{BENCH_HOST}]\n"
-        "    action: bypass\n",
-        encoding="utf-8",
-    )
-    config = folder / "config.yaml"
-    config.write_text(
-        "server:\n"
-        f"  listen: {LOOPBACK}:{port}\n"
-        "  shutdown_timeout: 2s\n"
-        "storage: sqlite:///authgate.db\n"
-        # No access log in any scenario (nginx: access_log off; the minimal proxy: none).
-        "logging:\n"
-        "  level: warning\n"
-        "  access_log: false\n"
-        "tenants:\n"
-        "  - id: bench\n"
-        "    name: Bench\n"
-        f"    domains: [{BENCH_HOST}]\n"
-        "    policies: [policy.yaml]\n"
-        "    routes:\n"
-        f"      - host: {BENCH_HOST}\n"
-        f"        upstream: http://{LOOPBACK}:{upstream_port}\n",
-        encoding="utf-8",
-    )
-    return config
+    """A one-tenant config whose only route is covered by a single bypass rule
+    (the suite's config, with nobody signed in)."""
+    from benchmarks.scenarios import AuthgateSetup
+    from benchmarks.scenarios import authgate_config as suite_config
+
+    setup = AuthgateSetup("bypass", BYPASS_POLICY, signed_in=False)
+    return suite_config(folder, port, upstream_port, setup)
 
 
 def gateway_command() -> list[str]:
