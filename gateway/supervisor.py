@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import multiprocessing
@@ -79,14 +81,34 @@ async def run_worker(
         await server.stop()
 
 
+def follow_parent(parent: int) -> None:
+    """A worker must not outlive its supervisor (killed with SIGKILL, it cannot drain
+    its workers): ask the kernel for SIGTERM when the parent dies (Linux), and if the
+    parent is already gone, stop now."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own SIGTERM path still drains workers
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _worker_main(
-    config: Config, extensions: Sequence[Extension], last_good: Mapping[str, PolicySet]
+    config: Config,
+    extensions: Sequence[Extension],
+    last_good: Mapping[str, PolicySet],
+    parent: int,
 ) -> None:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A reload asked for while this worker is still starting must not kill it (SIGHUP's
     # default action); it loads the files as they are now anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    follow_parent(parent)
     install_event_loop_policy()
     try:
         asyncio.run(run_worker(config, extensions, last_good_policies=last_good))
@@ -114,7 +136,9 @@ class Supervisor:
 
     def _spawn(self) -> tuple[BaseProcess, float]:
         process = self._context.Process(
-            target=_worker_main, args=(self.config, self.extensions, self._last_good), daemon=False
+            target=_worker_main,
+            args=(self.config, self.extensions, self._last_good, os.getpid()),
+            daemon=False,
         )
         process.start()
         return process, time.monotonic()

@@ -317,3 +317,29 @@ def test_a_country_rule_without_a_geoip_database_refuses_to_start(tmp_path: Path
         assert result.returncode == 2, command
         assert f"{tmp_path / 'policy.yaml'}:4: rules[0].countries:" in result.stderr
         assert "geoip.database is not configured" in result.stderr
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, plain_upstream: int) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, plain_upstream)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, 2)
+        workers = worker_pids(process.pid)
+        process.kill()  # no chance to drain its workers
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.1)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert alive == []
+    finally:
+        if process.poll() is None:
+            process.kill()
