@@ -28,7 +28,7 @@ log = logging.getLogger("authgate.policy")
 
 # A tenant that names no policy file gets this: nothing passes until an operator
 # says what may (fail closed).
-_DENY_ALL = load_policy_text("version: 1\ndefault: deny\n", "<no policy files>")
+DENY_ALL = load_policy_text("version: 1\ndefault: deny\n", "<no policy files>")
 
 
 def uses_countries(policy_set: PolicySet) -> bool:
@@ -72,7 +72,7 @@ def compile_tenant_policies(
     problems = []
     for tenant in tenants:
         if not tenant.policies:
-            compiled[tenant.id] = _DENY_ALL
+            compiled[tenant.id] = DENY_ALL
             continue
         try:
             compiled[tenant.id] = load_policy_set(tenant.policies)

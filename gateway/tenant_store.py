@@ -30,9 +30,11 @@ from gateway.config.fields import Ctx, Problems, Reported, Where
 from gateway.config.model import RouteConfig, TenantConfig
 from gateway.config.tenants import parse_tenants
 from gateway.errors import AuthgateError
+from gateway.policy_sets import DENY_ALL
 from gateway.stores.base import AlreadyExists, EventBus, Subscription
 from gateway.stores.database import Database
 from gateway.tenants import TenantIndex
+from gateway.watch import Signature, signature
 from policies import (
     Decision,
     PolicyError,
@@ -40,7 +42,6 @@ from policies import (
     RequestContext,
     decide_fast,
     load_policy_set,
-    load_policy_text,
 )
 
 log = logging.getLogger("authgate.tenants")
@@ -52,7 +53,6 @@ Clock = Callable[[], float]
 
 # A database tenant without policy files: nothing passes until an operator says what
 # may (fail closed, as for a config tenant without policies).
-_DENY_ALL = load_policy_text("version: 1\ndefault: deny\n", "<no policy files>")
 
 
 class TenantConflict(AuthgateError):
@@ -379,7 +379,9 @@ class TenantDirectory:
         self.index = TenantIndex(self._config_tenants)
         self._by_id = {t.id: t for t in self._config_tenants}
         self._db_policies: Mapping[str, PolicySet] = {}
-        self._compiled: dict[tuple[Path, ...], PolicySet] = {}
+        # Compiled per (files, their stat signatures): an edited file is compiled anew
+        # at the next refresh, like the config tenants' files are reloaded.
+        self._compiled: dict[tuple[tuple[Path, Signature], ...], PolicySet] = {}
 
     @property
     def tenants(self) -> tuple[TenantConfig, ...]:
@@ -423,10 +425,13 @@ class TenantDirectory:
         return problems
 
     def _policy_set(self, files: tuple[Path, ...]) -> PolicySet:
-        cached = self._compiled.get(files)
+        key = tuple((path, signature(path)) for path in files)
+        cached = self._compiled.get(key)
         if cached is None:
-            cached = load_policy_set(files) if files else _DENY_ALL
-            self._compiled[files] = cached
+            cached = load_policy_set(files) if files else DENY_ALL
+            if len(self._compiled) > 1000:  # old signatures of edited files
+                self._compiled.clear()
+            self._compiled[key] = cached
         return cached
 
 

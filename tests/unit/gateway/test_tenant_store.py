@@ -196,6 +196,18 @@ def test_the_directory_serves_database_tenants_after_a_swap(tmp_path: Path) -> N
     assert live.decide("initech", context("initech.test")).action is Action.DENY
 
 
+def test_an_edited_policy_file_of_a_database_tenant_is_compiled_anew(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ndefault: bypass\n")
+    live = directory()
+    globex = TenantConfig(id="globex", name="Globex", domains=("globex.test",), policies=(policy,))
+    live.replace([StoredTenant("globex", globex)])
+    assert live.decide("globex", context("globex.test")).action is Action.ALLOW
+    policy.write_text("version: 1\ndefault: deny\n# edited\n")
+    live.replace([StoredTenant("globex", globex)])  # the periodic refresh
+    assert live.decide("globex", context("globex.test")).action is Action.DENY
+
+
 def test_a_database_tenant_that_clashes_with_the_config_is_left_out_and_named() -> None:
     live = directory()
     clash = TenantConfig(id="evil", name="Evil", domains=("evil.test", "acme.test"))
