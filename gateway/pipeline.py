@@ -370,7 +370,13 @@ class Pipeline:
             request, tenant, route, original.host, original.path, original.method, ip
         )
         if decision.action is Action.ALLOW:
-            headers = identity.upstream_headers or CIMultiDict()
+            # The identity headers only: the rewritten Cookie header is for an upstream
+            # we forward to, and has no place in an answer to the proxy in front.
+            headers = CIMultiDict(
+                (name, value)
+                for name, value in (identity.upstream_headers or {}).items()
+                if name.lower() != "cookie"
+            )
             return web.Response(status=200, headers=headers)
         if decision.action is Action.DENY:
             return self.error(request, 403, tenant, "access denied by policy", request_id)

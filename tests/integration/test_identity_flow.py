@@ -215,11 +215,12 @@ async def test_sign_in_identity_headers_logout_api_key_and_forward_auth(
         f"{base}/.authgate/verify",
         headers={
             "X-Original-URL": "https://app.test/members/x",
-            "Cookie": f"authgate_session={first_session}",
+            "Cookie": f"authgate_session={first_session}; theme=dark",
         },
     ) as verify:
         assert verify.status == 200
         assert verify.headers["Remote-User"] == "alice"
+        assert "Cookie" not in verify.headers  # identity only, never the request's cookies
 
     # signing in again gives a new id (no fixation), and the old one stops working
     resp = await sign_in_again(browser)
