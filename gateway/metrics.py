@@ -34,7 +34,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.config.model import Config, IPNetwork, RouteConfig, TenantConfig
@@ -356,7 +356,9 @@ class Metrics:
             gauges = CollectorRegistry(auto_describe=False)
             gauges.register(_ActiveSessions(active))
             body += generate_latest(gauges)
-        return body
+        dropped = CollectorRegistry(auto_describe=False)
+        dropped.register(_DroppedLogRecords())
+        return body + generate_latest(dropped)
 
     async def _active(self) -> tuple[tuple[str, int], ...]:
         if self._active_sessions is None:
@@ -385,6 +387,18 @@ class _ActiveSessions(Collector):
         )
         for tenant, count in self._counts:
             family.add_metric((tenant,), count)
+        yield family
+
+
+class _DroppedLogRecords(Collector):
+    def collect(self) -> Iterable[Metric]:
+        from gateway.logs import dropped_log_records  # logs → request_log → metrics
+
+        family = CounterMetricFamily(
+            "authgate_log_records_dropped",
+            "Log records dropped because the log writer fell behind (the scraped worker).",
+        )
+        family.add_metric((), dropped_log_records())
         yield family
 
 

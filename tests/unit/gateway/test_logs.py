@@ -1,0 +1,33 @@
+"""The log writer: a bounded queue that drops (and counts) rather than grows."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from gateway.config.model import LoggingConfig
+from gateway.logs import QUEUE_LIMIT, _Writer, dropped_log_records
+from gateway.metrics import Metrics
+from tests.unit.gateway.test_metrics import config
+
+
+def test_a_writer_that_falls_behind_drops_and_counts_instead_of_growing() -> None:
+    target = logging.StreamHandler(io.StringIO())
+    writer = _Writer(target)  # not started: nothing drains the queue
+    record = logging.makeLogRecord({"msg": "hello", "levelno": logging.INFO})
+    before = dropped_log_records()
+    for _ in range(QUEUE_LIMIT + 25):
+        writer.front.handle(record)
+    assert writer.queue.qsize() == QUEUE_LIMIT
+    assert dropped_log_records() - before == 25
+    scraped = Metrics(config()).exposition().decode()
+    assert f"authgate_log_records_dropped_total {float(dropped_log_records())}" in scraped
+
+
+def test_json_lines_carry_extra_fields() -> None:
+    from gateway.logs import JsonFormatter
+
+    record = logging.makeLogRecord({"msg": "sign-in", "tenant": "acme", "levelname": "INFO"})
+    line = JsonFormatter().format(record)
+    assert '"tenant": "acme"' in line and '"message": "sign-in"' in line
+    assert LoggingConfig().format == "json"
