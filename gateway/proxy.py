@@ -23,6 +23,13 @@ from yarl import URL
 from gateway.config.model import RouteConfig
 from gateway.forwarding import RESPONSE_HOP_BY_HOP, copy_end_to_end
 from gateway.request_log import note_upstream
+from gateway.upstream_client import (
+    Origin,
+    RequestBody,
+    UpstreamClient,
+    UpstreamUnreachable,
+    encode_head,
+)
 
 log = logging.getLogger("authgate.proxy")
 
@@ -34,6 +41,10 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 # Responses up to this size with a Content-Length are read whole and written at once
 # (fewer writes, no streaming machinery); larger or unsized ones stream.
 SMALL_BODY = 65536
+
+# Methods whose bodiless requests still say `Content-Length: 0` (some servers answer
+# 411 Length Required otherwise).
+_BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
 
 
 class UpstreamError(Exception):
@@ -66,7 +77,10 @@ class UpstreamTarget:
     origin: str  # scheme://host:port
     base_path: str  # "" or "/base" (no trailing slash)
     host_header: str  # host[:port] as the upstream expects it
-    session: aiohttp.ClientSession  # carries the route's timeouts
+    address: Origin  # where the lean client connects
+    connect_timeout: float
+    read_timeout: float
+    pool: UpstreamPool
 
     @classmethod
     def from_route(cls, route: RouteConfig, pool: UpstreamPool) -> UpstreamTarget:
@@ -81,37 +95,61 @@ class UpstreamTarget:
             origin=f"{url.scheme}://{hostport}",
             base_path=url.raw_path.rstrip("/"),
             host_header=hostport,
-            session=pool.session(route.connect_timeout, route.read_timeout),
+            address=pool.origin(url.scheme, host, port),
+            connect_timeout=route.connect_timeout,
+            read_timeout=route.read_timeout,
+            pool=pool,
         )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """aiohttp's client, for WebSockets (plain HTTP goes through the lean client)."""
+        return self.pool.session(self.connect_timeout, self.read_timeout)
+
+    def request_target(self, wire_path: str, query: str) -> str:
+        target = f"{self.base_path}{wire_path}"
+        return f"{target}?{query}" if query else target
 
     def url(self, wire_path: str, query: str, *, websocket: bool = False) -> URL:
         origin = self.origin
         if websocket:
             origin = "ws" + origin[4:] if origin.startswith("http:") else "wss" + origin[5:]
-        raw = f"{origin}{self.base_path}{wire_path}"
-        if query:
-            raw = f"{raw}?{query}"
-        return URL(raw, encoded=True)
+        return URL(origin + self.request_target(wire_path, query), encoded=True)
 
 
 class UpstreamPool:
-    """One pool of keep-alive connections for every upstream, and on top of it one
-    ClientSession per distinct (connect, read) timeout pair. Timeouts given per request
-    cost aiohttp about a fifth of a proxied request's CPU; given per session, nothing."""
+    """The upstream clients of one worker: the lean HTTP/1.1 client (its own keep-alive
+    pool) for requests, and aiohttp ClientSessions, one per distinct (connect, read)
+    timeout pair, for WebSockets. Both are made on first use, inside the event loop."""
 
     def __init__(self) -> None:
-        self._connector = aiohttp.TCPConnector(
-            limit=0,
-            keepalive_timeout=30,
-            enable_cleanup_closed=False,
-            ttl_dns_cache=60,
-        )
+        self._client: UpstreamClient | None = None
+        self._connector: aiohttp.TCPConnector | None = None
         self._sessions: dict[tuple[float, float], aiohttp.ClientSession] = {}
+        self._origins: dict[tuple[str, str, int | None], Origin] = {}
+
+    @property
+    def client(self) -> UpstreamClient:
+        if self._client is None:
+            self._client = UpstreamClient(keepalive_timeout=30.0)
+        return self._client
+
+    def origin(self, scheme: str, host: str, port: int | None) -> Origin:
+        """One Origin (and TLS context) per distinct upstream address."""
+        key = (scheme, host, port)
+        found = self._origins.get(key)
+        if found is None:
+            found = self._origins[key] = Origin.parse(scheme, host, port)
+        return found
 
     def session(self, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
         key = (connect_timeout, read_timeout)
         found = self._sessions.get(key)
         if found is None:
+            if self._connector is None:
+                self._connector = aiohttp.TCPConnector(
+                    limit=0, keepalive_timeout=30, enable_cleanup_closed=False, ttl_dns_cache=60
+                )
             found = self._sessions[key] = aiohttp.ClientSession(
                 connector=self._connector,
                 connector_owner=False,
@@ -124,10 +162,16 @@ class UpstreamPool:
             )
         return found
 
+    def open_connections(self) -> int:
+        return self._client.open_connections() if self._client is not None else 0
+
     async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
         for session in self._sessions.values():
             await session.close()
-        await self._connector.close()
+        if self._connector is not None:
+            await self._connector.close()
 
 
 def upstream_request_headers(
@@ -151,64 +195,90 @@ async def forward_http(
 ) -> web.StreamResponse:
     """Send the request upstream and stream the answer back; raises UpstreamError."""
     headers = upstream_request_headers(request, target, route, fwd)
-    body = request.content if request.body_exists else None
-    if body is None:
+    method = request.method
+    body: RequestBody = None
+    chunked = False
+    if request.body_exists:
+        length = request.content_length
+        if length is not None and length <= SMALL_BODY:
+            body = await request.read()  # small: sent with the head in one write
+        else:
+            body = request.content
+            if length is None:
+                headers["Transfer-Encoding"] = "chunked"
+                chunked = True
+    else:
         headers.popall("Content-Length", None)
-    url = target.url(fwd.wire_path, fwd.query)
+        if method in _BODY_EXPECTED:
+            headers["Content-Length"] = "0"
+    try:
+        head = encode_head(method, target.request_target(fwd.wire_path, fwd.query), headers)
+    except ValueError:
+        raise UpstreamError(500, "a request header could not be forwarded safely") from None
     sent = time.perf_counter()
     try:
-        upstream = await target.session.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False
+        upstream = await target.pool.client.request(
+            target.address,
+            method,
+            head,
+            body,
+            chunked=chunked,
+            connect_timeout=target.connect_timeout,
+            read_timeout=target.read_timeout,
         )
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except TimeoutError:
         raise UpstreamError(504, "the upstream did not answer in time") from None
-    except aiohttp.ClientError as exc:
+    except UpstreamUnreachable as exc:
         raise UpstreamError(502, "the upstream could not be reached") from exc
     note_upstream(time.perf_counter() - sent)  # time to the upstream's response headers
 
     async with upstream:
-        length = upstream.headers.get("Content-Length")
+        status = upstream.status
+        reason = upstream.reason or None
+        length_value = upstream.header(b"content-length")
+        framed_by_length = (
+            length_value is not None
+            and length_value.isdigit()
+            and upstream.header(b"transfer-encoding") is None
+        )
+        no_body = method == "HEAD" or status in (204, 304)
         if (
-            length is not None
-            and len(length) <= 5
-            and length.isdigit()
-            and int(length) <= SMALL_BODY
-            and request.method != "HEAD"
-            and upstream.status not in (204, 304)
-            and "Transfer-Encoding" not in upstream.headers
+            framed_by_length
+            and not no_body
+            and length_value is not None
+            and len(length_value) <= 5
+            and int(length_value) <= SMALL_BODY
         ):
             # A small body whose size is known: read it and answer in one write, head
             # and body together. Nothing has been sent yet, so a stall is still a 504.
             try:
                 answer = await upstream.read()
-            except (TimeoutError, aiohttp.ServerTimeoutError):
+            except TimeoutError:
                 raise UpstreamError(504, "the upstream did not answer in time") from None
-            except aiohttp.ClientError as exc:
+            except UpstreamUnreachable as exc:
                 raise UpstreamError(502, "the upstream broke off its answer") from exc
             return web.Response(
-                status=upstream.status,
-                reason=upstream.reason,
+                status=status,
+                reason=reason,
                 body=answer,
-                headers=copy_end_to_end(upstream.headers, RESPONSE_HOP_BY_HOP),
+                headers=upstream.headers(RESPONSE_HOP_BY_HOP),
             )
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(copy_end_to_end(upstream.headers, RESPONSE_HOP_BY_HOP))
-        if length is not None and length.isdigit() and "Transfer-Encoding" not in upstream.headers:
-            response.content_length = int(length)
-        elif upstream.status in (204, 304) or request.method == "HEAD":
-            pass
-        else:
+        response = web.StreamResponse(status=status, reason=reason)
+        response.headers.extend(upstream.headers(RESPONSE_HOP_BY_HOP))
+        if framed_by_length and length_value is not None:
+            response.content_length = int(length_value)
+        elif not no_body:
             response.enable_chunked_encoding()
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 await response.write(chunk)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except TimeoutError:
             # Headers are gone already: all we can do is cut the connection short.
             log.warning("upstream stalled mid-response; closing client connection")
             _abort(request)
             return response
-        except (aiohttp.ClientError, ConnectionResetError):
+        except (UpstreamUnreachable, ConnectionResetError):
             _abort(request)
             return response
         await response.write_eof()

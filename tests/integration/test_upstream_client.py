@@ -1,0 +1,349 @@
+"""The lean upstream client, through a running gateway, against upstreams that misbehave
+on purpose: raw sockets that answer exactly the bytes each test scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
+
+from gateway.upstream_client import encode_head
+from tests.integration.conftest import StartGateway, make_config
+
+HOST = {"Host": "app.test"}
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawUpstream:
+    """A TCP server that runs `script` for every connection and counts connections."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.closed_by_peer = asyncio.Event()
+        self.heads: list[bytes] = []
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_head(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        return head
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Callable[[Script], Awaitable[tuple[RawUpstream, str]]]]:
+    started: list[RawUpstream] = []
+
+    async def start(script: Script) -> tuple[RawUpstream, str]:
+        server = RawUpstream(script)
+        url = await server.start()
+        started.append(server)
+        return server, url
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(body)
+    return head + b"".join(x + b"\r\n" for x in extra) + b"\r\n" + body
+
+
+async def get(
+    base: str, path: str = "/", method: str = "GET"
+) -> tuple[int, bytes, CIMultiDict[str]]:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, base + path, headers=HOST) as resp,
+    ):
+        return resp.status, await resp.read(), CIMultiDict(resp.headers)
+
+
+async def test_kept_alive_connections_are_reused(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(ok(b"hello"))
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    for _ in range(20):
+        assert (await get(base))[:2] == (200, b"hello")
+    assert server.connections == 1
+    assert len(server.heads) == 20
+
+
+async def test_a_connection_the_upstream_closed_while_idle_is_not_used_again(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    # One answer per connection, then a silent close (no `Connection: close`): the next
+    # request must go out on a fresh connection, not fail on the dead one.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(ok(b"once"))
+        await writer.drain()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    for _ in range(5):
+        assert (await get(base))[:2] == (200, b"once")
+        await asyncio.sleep(0.05)
+    assert server.connections == 5
+
+
+async def test_connection_close_answers_are_honoured(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(ok(b"bye", b"Connection: close"))
+        await writer.drain()
+        # Keep the socket open: only the header says the connection is done.
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    for _ in range(3):
+        assert (await get(base))[:2] == (200, b"bye")
+    assert server.connections == 3
+
+
+async def test_an_answer_delimited_by_the_close_arrives_whole(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    payload = b"x" * 200_000
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        for i in range(0, len(payload), 50_000):
+            writer.write(payload[i : i + 50_000])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    status, body, _ = await get(base)
+    assert status == 200
+    assert body == payload
+
+
+async def test_head_answers_carry_no_body_and_the_next_request_works(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await server.read_head(reader)
+            if head.startswith(b"HEAD "):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nX-Kind: head\r\n\r\n")
+            else:
+                writer.write(ok(b"body"))
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    status, body, headers = await get(base, method="HEAD")
+    assert (status, body, headers["X-Kind"]) == (200, b"", "head")
+    assert headers["Content-Length"] == "1234"
+    assert (await get(base))[:2] == (200, b"body")
+
+
+async def test_interim_answers_are_skipped(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(ok(b"final", b"X-Final: yes"))
+        await writer.drain()
+        await reader.read()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    status, body, headers = await get(base)
+    assert (status, body, headers["X-Final"]) == (200, b"final", "yes")
+    assert "Link" not in headers
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP at all
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",  # a huge head
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",  # ambiguous
+        b"HTTP/1.1 200 OK\r\nContent-Len",  # hangs up in the middle of the head
+    ],
+    ids=["not-http", "huge-head", "two-lengths", "cut-head"],
+)
+async def test_broken_answers_are_502(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway, answer: bytes
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    status, _, _ = await get(base)
+    assert status == 502
+
+
+async def test_bytes_sent_out_of_turn_are_never_read_as_the_next_answer(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    # A response-splitting upstream: after its answer comes a second, unasked one. The
+    # next client must not receive it.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.connections == 1:
+            await server.read_head(reader)
+            writer.write(ok(b"first"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(ok(b"smuggled"))
+            await writer.drain()
+        while True:
+            await server.read_head(reader)
+            writer.write(ok(b"fresh"))
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    assert (await get(base))[:2] == (200, b"first")
+    await asyncio.sleep(0.2)
+    assert (await get(base))[:2] == (200, b"fresh")
+    assert server.connections == 2
+
+
+async def test_an_upstream_stalling_mid_body_cuts_the_client_after_the_read_timeout(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 100_000)
+        await writer.drain()
+        await reader.read()  # and never another byte
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url, route={"read_timeout": 0.5}))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with aiohttp.ClientSession() as client:
+        async with client.get(base, headers=HOST) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    assert loop.time() - started < 5
+
+
+async def test_an_early_answer_ends_a_streamed_upload(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    # The upstream refuses a big upload after its head, without reading the body; the
+    # client gets that answer, and the half-sent connection is not reused.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await server.read_head(reader)
+        if head.startswith(b"POST"):
+            writer.write(ok(b"too big", b"Connection: keep-alive").replace(b"200 OK", b"413 Nope"))
+            await writer.drain()
+            await asyncio.sleep(1)
+            return
+        writer.write(ok(b"after"))
+        await writer.drain()
+        await reader.read()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"z" * 65536
+            await asyncio.sleep(0.005)
+
+    async with aiohttp.ClientSession() as client:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with client.post(base, headers=HOST, data=chunks()) as resp:
+                assert resp.status == 413
+    assert (await get(base))[:2] == (200, b"after")
+    assert server.connections == 2
+
+
+async def test_a_client_abandoning_its_upload_frees_the_upstream_connection(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    upstream_saw_close = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        while await reader.read(65536):
+            pass
+        upstream_saw_close.set()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url, route={"read_timeout": 30}))
+    host, port = base.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10000000\r\n\r\n")
+    writer.write(b"a" * 200_000)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    # Well before the 30 s read timeout, the gateway lets go of the upstream.
+    await asyncio.wait_for(upstream_saw_close.wait(), timeout=5)
+
+
+async def test_bodiless_posts_say_content_length_zero(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await start_gateway(make_config(tmp_path, str(upstream.make_url(""))))
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{base}/echo", headers=HOST) as resp:
+            seen = await resp.json()
+    lengths = [v for k, v in seen["headers"] if k.lower() == "content-length"]
+    assert lengths == ["0"]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("X-Id", "alice\r\nX-Admin: yes"), ("X-Id", "alice\nX-Admin: yes"), ("X-Id", "a\0b")],
+)
+def test_a_head_that_would_break_framing_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError):
+        encode_head("GET", "/", CIMultiDict({name: value}))
+
+
+def test_a_target_with_a_space_is_refused() -> None:
+    with pytest.raises(ValueError):
+        encode_head("GET", "/a HTTP/1.1\r\nX: y", CIMultiDict())
+    assert encode_head("GET", "/a?b=c", CIMultiDict({"Host": "h"})) == (
+        b"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
