@@ -72,6 +72,34 @@ def _parse_tokens(values: list[str]) -> frozenset[str]:
     )
 
 
+_UNIONS: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
+
+
+def union(a: frozenset[str], b: frozenset[str]) -> frozenset[str]:
+    """`a | b`, made once per distinct pair (the pipeline passes the same few sets)."""
+    found = _UNIONS.get((a, b))
+    if found is None:
+        found = a | b
+        if len(_UNIONS) < 256:
+            _UNIONS[(a, b)] = found
+    return found
+
+
+def dropped_names(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    drop: frozenset[str],
+    also_drop: frozenset[str] = frozenset(),
+) -> frozenset[str]:
+    """The lowercase names not to copy from `headers`: `drop`, `also_drop`, and those
+    named by its `Connection` header."""
+    dropped = union(drop, also_drop) if also_drop else drop
+    if "Connection" in headers:
+        tokens = connection_tokens(headers)
+        if not tokens <= dropped:
+            dropped = dropped | tokens
+    return dropped
+
+
 def copy_end_to_end(
     headers: CIMultiDictProxy[str] | CIMultiDict[str],
     drop: frozenset[str],
@@ -79,13 +107,7 @@ def copy_end_to_end(
 ) -> CIMultiDict[str]:
     """Every header not in `drop` (lowercase names), nor named by `Connection`, nor in
     `also_drop`; repeats kept in order."""
-    dropped = drop
-    if "Connection" in headers:
-        tokens = connection_tokens(headers)
-        if not tokens <= drop:
-            dropped = dropped | tokens
-    if also_drop:
-        dropped = dropped | also_drop
+    dropped = dropped_names(headers, drop, also_drop)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         if name.lower() not in dropped:

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.identity_headers import PRESETS, HeaderNames, header_names
 from gateway.pipeline import Identity
-from gateway.sessions import SessionManager
+from gateway.sessions import ActiveSession, SessionManager
 from gateway.signing import JwtSigner
 from gateway.stores import ApiKeyStore, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
@@ -26,6 +26,9 @@ from policies import Principal
 
 _API_KEY_CACHE_SECONDS = 5.0
 _NOBODY = Identity(principal=None)
+_STRIP_COOKIE = frozenset({"cookie"})
+# Principals and identity headers built per (session, route); cleared when this many.
+_BUILT_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class Identifier:
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
+        self._built: dict[
+            tuple[str, RouteConfig | None, str],
+            tuple[ActiveSession, Principal, tuple[tuple[str, str], ...]],
+        ] = {}
 
     async def __call__(
         self, request: BaseRequest, tenant: TenantConfig, route: RouteConfig | None
@@ -69,17 +76,38 @@ class Identifier:
         cookie_header = request.headers.get("Cookie")
         if not cookie_header or self.cookie_name not in cookie_header:
             return _NOBODY
-        session_id = request.cookies.get(self.cookie_name)
+        session_id, other_cookies = split_cookie(cookie_header, self.cookie_name)
         if not session_id:
             return _NOBODY
         active = await self.sessions.load(session_id, tenant.id)
-        strip = frozenset({"cookie"})
         headers = CIMultiDict[str]()
-        other_cookies = _without_cookie(cookie_header, self.cookie_name)
         if other_cookies:
             headers["Cookie"] = other_cookies
         if active is None:
-            return Identity(principal=None, upstream_headers=headers, strip_headers=strip)
+            return Identity(principal=None, upstream_headers=headers, strip_headers=_STRIP_COOKIE)
+        principal, identity_headers = self._session_identity(active, route, tenant)
+        if active.owes_second_factor:
+            # Worth nothing upstream until the second factor: no identity is forwarded.
+            return Identity(
+                principal=principal,
+                upstream_headers=headers,
+                strip_headers=_STRIP_COOKIE,
+                owes_second_factor=True,
+            )
+        headers.extend(identity_headers)
+        self._add_jwt(headers, active.user, active.record.amr, route, tenant, active.id_hash)
+        return Identity(principal=principal, upstream_headers=headers, strip_headers=_STRIP_COOKIE)
+
+    def _session_identity(
+        self, active: ActiveSession, route: RouteConfig | None, tenant: TenantConfig
+    ) -> tuple[Principal, tuple[tuple[str, str], ...]]:
+        """The principal and the plain identity headers of a session on a route, built
+        once per loaded session: the same ActiveSession object means the same answer
+        (the session manager replaces it whenever the record or the user changes)."""
+        key = (active.id_hash, route, tenant.id)
+        found = self._built.get(key)
+        if found is not None and found[0] is active:
+            return found[1], found[2]
         record, user = active.record, active.user
         principal = Principal(
             user=user.username,
@@ -89,16 +117,13 @@ class Identifier:
             auth_time=record.auth_time,
             session_id=active.id_hash,
         )
-        if active.owes_second_factor:
-            # Worth nothing upstream until the second factor: no identity is forwarded.
-            return Identity(
-                principal=principal,
-                upstream_headers=headers,
-                strip_headers=strip,
-                owes_second_factor=True,
-            )
-        self._add_identity(headers, user, record.amr, route, tenant, active.id_hash)
-        return Identity(principal=principal, upstream_headers=headers, strip_headers=strip)
+        plain = CIMultiDict[str]()
+        self._add_plain_identity(plain, user, route)
+        items = tuple(plain.items())
+        if len(self._built) >= _BUILT_LIMIT:
+            self._built.clear()
+        self._built[key] = (active, principal, items)
+        return principal, items
 
     async def _from_api_key(
         self, key: str, tenant: TenantConfig, route: RouteConfig | None
@@ -150,7 +175,16 @@ class Identifier:
         tenant: TenantConfig,
         cache_key: str | None,
     ) -> None:
-        names = self._names.get(route, self._default_names) if route else self._default_names
+        self._add_plain_identity(headers, user, route)
+        self._add_jwt(headers, user, amr, route, tenant, cache_key)
+
+    def _names_for(self, route: RouteConfig | None) -> HeaderNames:
+        return self._names.get(route, self._default_names) if route else self._default_names
+
+    def _add_plain_identity(
+        self, headers: CIMultiDict[str], user: User, route: RouteConfig | None
+    ) -> None:
+        names = self._names_for(route)
         if names.user:
             headers[names.user] = user.username
         if names.email and user.email:
@@ -159,6 +193,17 @@ class Identifier:
             headers[names.name] = user.display_name
         if names.groups:
             headers[names.groups] = names.groups_separator.join(user.groups)
+
+    def _add_jwt(
+        self,
+        headers: CIMultiDict[str],
+        user: User,
+        amr: tuple[str, ...],
+        route: RouteConfig | None,
+        tenant: TenantConfig,
+        cache_key: str | None,
+    ) -> None:
+        names = self._names_for(route)
         if names.jwt and self.signer is not None and (route is None or route.jwt):
             # aud names the app: the public host its route serves (the tenant for
             # forward-auth requests that match no route of ours).
@@ -174,11 +219,19 @@ class Identifier:
             )
 
 
-def _without_cookie(header: str, name: str) -> str:
-    """The Cookie header minus our session cookie (the upstream never needs it)."""
+def split_cookie(header: str, name: str) -> tuple[str | None, str]:
+    """Our session cookie's value (the last one, as aiohttp's parser reads it; quotes
+    removed) and the Cookie header without it (the upstream never needs it)."""
+    value: str | None = None
     kept = []
     for part in header.split(";"):
-        key = part.split("=", 1)[0].strip()
-        if key and key != name:
+        key, _, rest = part.partition("=")
+        key = key.strip()
+        if key == name:
+            rest = rest.strip()
+            if len(rest) >= 2 and rest[0] == rest[-1] == '"':
+                rest = rest[1:-1]
+            value = rest
+        elif key:
             kept.append(part.strip())
-    return "; ".join(kept)
+    return value, "; ".join(kept)

@@ -8,6 +8,7 @@ forwarded: `canonical_path` once, `wire_path` of that same value upstream.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -54,6 +55,28 @@ log = logging.getLogger("authgate.pipeline")
 
 # The RequestContext a decision was made on, kept on the request for the challenge hook.
 CONTEXT_KEY = web.RequestKey("authgate.context", RequestContext)
+
+
+class RequestIds:
+    """Request ids unique across workers and instances without a syscall per request:
+    a random prefix drawn in each process (after the fork), then a counter. 24 hex
+    characters, like the random ids they replace; they name a request, they are no
+    secret."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+_REQUEST_IDS = RequestIds()
+# A forked worker draws its own prefix, or two workers would number alike.
+os.register_at_fork(after_in_child=_REQUEST_IDS.reset)
 
 
 @dataclass(frozen=True)
@@ -183,7 +206,7 @@ class Pipeline:
             given = request.headers.get("X-Request-Id", "")
             if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
                 return given
-        return os.urandom(12).hex()
+        return _REQUEST_IDS.next()
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import RouteConfig
-from gateway.forwarding import RESPONSE_HOP_BY_HOP, copy_end_to_end
+from gateway.forwarding import RESPONSE_HOP_BY_HOP, dropped_names, union
 from gateway.request_log import note_upstream
 from gateway.upstream_client import (
     Origin,
@@ -45,6 +45,7 @@ SMALL_BODY = 65536
 # Methods whose bodiless requests still say `Content-Length: 0` (some servers answer
 # 411 Length Required otherwise).
 _BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
+_NO_LENGTH = frozenset({"content-length"})
 
 
 class UpstreamError(Exception):
@@ -175,15 +176,25 @@ class UpstreamPool:
 
 
 def upstream_request_headers(
-    request: BaseRequest, target: UpstreamTarget, route: RouteConfig, fwd: Forwarded
-) -> CIMultiDict[str]:
-    headers = copy_end_to_end(request.headers, fwd.drop, fwd.strip)
-    headers["Host"] = fwd.host_header if route.preserve_host else target.host_header
-    headers["X-Forwarded-For"] = fwd.forwarded_for
-    headers["X-Forwarded-Proto"] = fwd.proto
-    headers["X-Forwarded-Host"] = fwd.host_header
+    request: BaseRequest,
+    target: UpstreamTarget,
+    route: RouteConfig,
+    fwd: Forwarded,
+    also_drop: frozenset[str] = frozenset(),
+) -> list[tuple[str, str]]:
+    """The headers sent upstream, in order: the client's end-to-end ones (minus those
+    carrying credentials and `also_drop`), then ours: Host, X-Forwarded-*, identity."""
+    strip = union(fwd.strip, also_drop) if also_drop else fwd.strip
+    dropped = dropped_names(request.headers, fwd.drop, strip)
+    headers = [
+        (name, value) for name, value in request.headers.items() if name.lower() not in dropped
+    ]
+    headers.append(("Host", fwd.host_header if route.preserve_host else target.host_header))
+    headers.append(("X-Forwarded-For", fwd.forwarded_for))
+    headers.append(("X-Forwarded-Proto", fwd.proto))
+    headers.append(("X-Forwarded-Host", fwd.host_header))
     if fwd.identity:
-        headers.extend(fwd.identity)
+        headers.extend(fwd.identity.items())
     return headers
 
 
@@ -194,23 +205,23 @@ async def forward_http(
     fwd: Forwarded,
 ) -> web.StreamResponse:
     """Send the request upstream and stream the answer back; raises UpstreamError."""
-    headers = upstream_request_headers(request, target, route, fwd)
     method = request.method
     body: RequestBody = None
     chunked = False
     if request.body_exists:
+        headers = upstream_request_headers(request, target, route, fwd)
         length = request.content_length
         if length is not None and length <= SMALL_BODY:
             body = await request.read()  # small: sent with the head in one write
         else:
             body = request.content
             if length is None:
-                headers["Transfer-Encoding"] = "chunked"
+                headers.append(("Transfer-Encoding", "chunked"))
                 chunked = True
     else:
-        headers.popall("Content-Length", None)
+        headers = upstream_request_headers(request, target, route, fwd, _NO_LENGTH)
         if method in _BODY_EXPECTED:
-            headers["Content-Length"] = "0"
+            headers.append(("Content-Length", "0"))
     try:
         head = encode_head(method, target.request_target(fwd.wire_path, fwd.query), headers)
     except ValueError:
@@ -316,9 +327,7 @@ async def forward_websocket(
     fwd: Forwarded,
 ) -> web.StreamResponse:
     """Open the upstream WebSocket first, then accept the client's and pump both ways."""
-    headers = upstream_request_headers(request, target, route, fwd)
-    for name in _WS_OWN_HEADERS:
-        headers.popall(name, None)
+    headers = CIMultiDict(upstream_request_headers(request, target, route, fwd, _WS_OWN_HEADERS))
     protocols = tuple(
         p.strip()
         for value in request.headers.getall("Sec-WebSocket-Protocol", ())

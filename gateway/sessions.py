@@ -93,6 +93,8 @@ class SessionManager:
         self._monotonic = monotonic
         # id_hash → (cached until, session), in least-recently-used order
         self._cache: OrderedDict[str, tuple[float, ActiveSession]] = OrderedDict()
+        # cookie value -> its SHA-256 (a hash per request was 2 % of a worker's time).
+        self._hashes: dict[str, str] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[ActiveSession | None]] = {}
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
@@ -129,7 +131,12 @@ class SessionManager:
         """The live session for this cookie value in this tenant, or None."""
         if not 20 <= len(session_id) <= 128:
             return None
-        id_hash = hash_session_id(session_id)
+        id_hash = self._hashes.get(session_id)
+        if id_hash is None:
+            id_hash = hash_session_id(session_id)
+            if len(self._hashes) >= max(self.config.cache_size, 1):
+                self._hashes.clear()
+            self._hashes[session_id] = id_hash
         cached = self._cache.get(id_hash)
         mono = self._monotonic()
         if cached is not None and cached[0] > mono:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -306,8 +306,9 @@ class _Connection(asyncio.Protocol):
         )
 
     def start(self, *, head_only: bool) -> None:
+        # The parser is reused: a connection is only reused after a complete answer,
+        # where llhttp starts afresh (HEAD answers, which it cannot frame, end theirs).
         self._reset_exchange(head_only=head_only)
-        self._parser = httptools.HttpResponseParser(self)
         self._last_read = self._loop.time()
 
     def close(self) -> None:
@@ -534,11 +535,11 @@ async def _send_stream(conn: _Connection, body: StreamReader, chunked: bool) -> 
         conn.write(b"0\r\n\r\n")
 
 
-def encode_head(method: str, target: str, headers: CIMultiDict[str]) -> bytes:
+def encode_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """The request line and headers as bytes; ValueError when any part would break the
     framing (CR, LF or NUL in a value, a space in the target) instead of smuggling."""
     lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.extend([f"{name}: {value}" for name, value in headers])
     text = "\r\n".join(lines) + "\r\n\r\n"
     # Counting is one pass each over the head, cheaper than checking every value.
     if (

@@ -1,0 +1,145 @@
+"""The identify hook over a real SQLite store: the session cookie is read and removed,
+and what is forwarded follows the user as the session manager reloads it (the
+per-session identity it builds once must never go stale)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.config.model import Config, SessionsConfig, TenantConfig
+from gateway.identify import Identifier, split_cookie
+from gateway.pipeline import RequestIds
+from gateway.sessions import SessionManager
+from gateway.stores import Stores, User, new_id, open_stores
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.mono = 0.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(
+        source=tmp_path / "config.yaml",
+        tenants=(TenantConfig(id="acme", name="Acme", domains=("acme.test",)),),
+        storage=f"sqlite:///{tmp_path / 'a.db'}",
+        sessions=SessionsConfig(cache_ttl=2.0),
+    )
+
+
+@pytest.fixture
+async def stores(config: Config, clock: Clock) -> AsyncIterator[Stores]:
+    opened = await open_stores(config, clock=lambda: clock.now)
+    yield opened
+    await opened.close()
+
+
+def identifier(config: Config, stores: Stores, clock: Clock) -> Identifier:
+    sessions = SessionManager(
+        stores.sessions,
+        stores.users,
+        stores.events,
+        config.sessions,
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    return Identifier(config, sessions, stores.users, stores.apikeys, None, now=lambda: clock.now)
+
+
+def request_with(cookie: str) -> object:
+    return make_mocked_request("GET", "/", headers={"Host": "acme.test", "Cookie": cookie})
+
+
+async def test_forwarded_identity_follows_the_user_when_the_session_is_reloaded(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    user = User(new_id(), "acme", "alice", None, None, ("staff",), (), False, None, 0.0, 0.0)
+    await stores.users.create(user)
+    identify = identifier(config, stores, clock)
+    sid, _ = await identify.sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    tenant = config.tenants[0]
+    cookie = f"theme=dark; {config.sessions.cookie_name}={sid}; lang=en"
+
+    first = await identify(request_with(cookie), tenant, None)  # type: ignore[arg-type]
+    assert first.principal is not None and first.principal.groups == {"staff"}
+    assert first.upstream_headers is not None
+    assert first.upstream_headers["Remote-Groups"] == "staff"
+    assert first.upstream_headers["Cookie"] == "theme=dark; lang=en"
+    assert "cookie" in first.strip_headers
+
+    await stores.users.update(dataclasses.replace(user, groups=("admins",), updated=1.0))
+    # Within the cache bound the cached session (and its identity) may still be served.
+    again = await identify(request_with(cookie), tenant, None)  # type: ignore[arg-type]
+    assert again.upstream_headers is not None
+    assert again.upstream_headers["Remote-Groups"] == "staff"
+    clock.mono += 3.0  # past sessions.cache_ttl: the session is reloaded with its user
+    later = await identify(request_with(cookie), tenant, None)  # type: ignore[arg-type]
+    assert later.principal is not None and later.principal.groups == {"admins"}
+    assert later.upstream_headers is not None
+    assert later.upstream_headers["Remote-Groups"] == "admins"
+
+
+async def test_an_unknown_session_cookie_forwards_no_identity(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    identify = identifier(config, stores, clock)
+    cookie = f"{config.sessions.cookie_name}={'x' * 43}; a=1"
+    found = await identify(request_with(cookie), config.tenants[0], None)  # type: ignore[arg-type]
+    assert found.principal is None
+    assert found.upstream_headers is not None
+    assert dict(found.upstream_headers) == {"Cookie": "a=1"}
+
+
+@pytest.mark.parametrize(
+    "header, value, rest",
+    [
+        ("s=abc", "abc", ""),
+        ("a=1; s=abc; b=2", "abc", "a=1; b=2"),
+        ("a=1;s=abc;b=2", "abc", "a=1; b=2"),
+        ('s="abc"', "abc", ""),
+        ("s=first; s=second", "second", ""),  # the last, as aiohttp's own parser reads it
+        ("sx=abc; xs=def", None, "sx=abc; xs=def"),  # names that merely contain ours
+        ("a=1", None, "a=1"),
+        ("s=", "", ""),
+        ("  s = abc ; ;", "abc", ""),
+    ],
+)
+def test_the_session_cookie_is_split_from_the_others(
+    header: str, value: str | None, rest: str
+) -> None:
+    assert split_cookie(header, "s") == (value, rest)
+
+
+def test_request_ids_are_unique_and_each_forked_worker_numbers_its_own() -> None:
+    ids = RequestIds()
+    many = {ids.next() for _ in range(1000)}
+    assert len(many) == 1000
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in many)
+
+    from gateway import pipeline
+
+    parent = pipeline._REQUEST_IDS.next()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what would a worker number its first request?
+        os.write(write, pipeline._REQUEST_IDS.next().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert len(child) == 24
+    assert child[:12] != parent[:12], "a forked worker draws its own prefix"
