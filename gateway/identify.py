@@ -18,9 +18,9 @@ from multidict import CIMultiDict
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.identity_headers import PRESETS, HeaderNames, header_names
 from gateway.pipeline import Identity
-from gateway.sessions import ActiveSession, SessionManager
+from gateway.sessions import RESYNC, ActiveSession, SessionManager
 from gateway.signing import JwtSigner
-from gateway.stores import ApiKeyStore, User, UserStore
+from gateway.stores import REVOCATIONS, ApiKeyStore, EventBus, Subscription, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
 from policies import Principal
 
@@ -62,10 +62,36 @@ class Identifier:
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
+        self._subscription: Subscription | None = None
         self._built: dict[
             tuple[str, RouteConfig | None, str],
             tuple[ActiveSession, Principal, tuple[tuple[str, str], ...]],
         ] = {}
+
+    async def start(self, events: EventBus) -> None:
+        """Follow the revocation channel: a revoked API key, or a changed user, leaves
+        this process's key cache at once (with the SQL bus: within its poll)."""
+        self._subscription = await events.subscribe(REVOCATIONS, self._on_revocation)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+
+    async def _on_revocation(self, message: str) -> None:
+        kind, _, rest = message.partition(":")
+        if kind == "apikey":
+            self._forget_keys(lambda holder: holder.key_id == rest)
+        elif kind == "user":
+            _, _, user_id = rest.partition(":")
+            self._forget_keys(lambda holder: holder.user.id == user_id)
+        elif kind == RESYNC:
+            self._key_cache.clear()
+
+    def _forget_keys(self, matches: Callable[[_KeyHolder], bool]) -> None:
+        for key_hash, (_, holder) in list(self._key_cache.items()):
+            if holder is not None and matches(holder):
+                self._key_cache.pop(key_hash, None)
 
     async def __call__(
         self, request: BaseRequest, tenant: TenantConfig, route: RouteConfig | None

@@ -71,6 +71,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.sessions.stop()
+        await self.identifier.stop()
         await self.audit.stop()
         for close in self._extra_closers:
             await close()
@@ -105,10 +106,11 @@ async def open_runtime(
         await sessions.start()
         signer = JwtSigner(stores.keys, box, issuer="authgate")
         await signer.start()
+        identifier = Identifier(config, sessions, stores.users, stores.apikeys, signer)
+        await identifier.start(stores.events)
     except BaseException:
         await stores.close()
         raise
-    identifier = Identifier(config, sessions, stores.users, stores.apikeys, signer)
     # The stores keep their database to themselves; tenants and SSO codes get their own
     # connection to the same storage.
     db = await open_database(config)
@@ -163,9 +165,7 @@ async def interstitial_challenge(
 ) -> web.StreamResponse:
     """DENY → 403 page; otherwise browsers go to the interstitial, programs get 401."""
     if decision.action is Action.DENY or wants_json(request):
-        return await plain_challenge(
-            pipeline, request, tenant, decision, request_id, original_url
-        )
+        return await plain_challenge(pipeline, request, tenant, decision, request_id, original_url)
     prefix = pipeline.reserved.prefix
     if decision.action is Action.SECOND_FACTOR:
         location = login_url(prefix, original_url).replace("/login", "/mfa", 1)

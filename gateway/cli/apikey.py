@@ -11,7 +11,7 @@ from gateway.cli import EXIT_OK
 from gateway.cli.user import UsageError, add_tenant_option, find_user, pick_tenant, run_with_stores
 from gateway.config.durations import parse_duration
 from gateway.config.model import Config
-from gateway.stores import ApiKey, Stores, new_id
+from gateway.stores import REVOCATIONS, ApiKey, Stores, api_key_revoked, new_id
 from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
 
 
@@ -108,6 +108,8 @@ async def _revoke(args: argparse.Namespace, config: Config, stores: Stores) -> i
     if len(found) != 1 or not prefix:
         raise UsageError(f"{len(found)} keys match {args.key_id!r}; give the exact id")
     await stores.apikeys.revoke(found[0].id)
+    # Every gateway process forgets the key now, not when its 5 s cache entry ends.
+    await stores.events.publish(REVOCATIONS, api_key_revoked(found[0].id))
     await record_now(
         stores.audit,
         Event.APIKEY_REVOKED,

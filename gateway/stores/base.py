@@ -34,6 +34,7 @@ __all__ = [
     "Subscription",
     "User",
     "UserStore",
+    "api_key_revoked",
     "new_id",
     "normalize_username",
     "session_revoked",
@@ -276,6 +277,11 @@ def session_revoked(id_hash: str) -> str:
 def user_sessions_revoked(tenant: str, user_id: str) -> str:
     """The REVOCATIONS message that drops all of a user's cached sessions."""
     return f"user:{tenant}:{user_id}"
+
+
+def api_key_revoked(key_id: str) -> str:
+    """The REVOCATIONS message that drops one API key from every process's cache."""
+    return f"apikey:{key_id}"
 
 
 Callback = Callable[[str], Awaitable[None]]

@@ -4,6 +4,7 @@ per-session identity it builds once must never go stale)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator
@@ -12,11 +13,21 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from gateway import identify as identify_module
 from gateway.config.model import Config, SessionsConfig, TenantConfig
 from gateway.identify import Identifier, split_cookie
 from gateway.pipeline import RequestIds
 from gateway.sessions import SessionManager
-from gateway.stores import Stores, User, new_id, open_stores
+from gateway.stores import (
+    REVOCATIONS,
+    ApiKey,
+    Stores,
+    User,
+    api_key_revoked,
+    new_id,
+    open_stores,
+)
+from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
 
 
 class Clock:
@@ -143,3 +154,43 @@ def test_request_ids_are_unique_and_each_forked_worker_numbers_its_own() -> None
     os.close(read)
     assert len(child) == 24
     assert child[:12] != parent[:12], "a forked worker draws its own prefix"
+
+
+async def test_a_revoked_api_key_leaves_every_process_cache_through_the_bus(
+    config: Config, stores: Stores, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With an hour-long key cache, only the revocation message can end the key early.
+    monkeypatch.setattr(identify_module, "_API_KEY_CACHE_SECONDS", 3600.0)
+    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
+    await stores.users.create(user)
+    key = new_api_key()
+    record = ApiKey(
+        new_id(), "acme", user.id, "ci", api_key_display_prefix(key), hash_api_key(key), 0.0, None
+    )
+    await stores.apikeys.create(record)
+    identify = identifier(config, stores, clock)
+    await identify.start(stores.events)
+    tenant = config.tenants[0]
+
+    def with_key() -> object:
+        return make_mocked_request(
+            "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
+        )
+
+    try:
+        found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+        assert found.principal is not None and found.principal.user == "bot"
+        await stores.apikeys.revoke(record.id)
+        # Still cached: the store alone does not reach this process's cache ...
+        found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+        assert found.principal is not None
+        # ... the message does (the SQL bus polls every POLL_INTERVAL).
+        await stores.events.publish(REVOCATIONS, api_key_revoked(record.id))
+        for _ in range(100):
+            found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+            if found.principal is None:
+                break
+            await asyncio.sleep(0.1)
+        assert found.principal is None
+    finally:
+        await identify.stop()
