@@ -46,6 +46,13 @@ SMALL_BODY = 65536
 # 411 Length Required otherwise).
 _BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
 _NO_LENGTH = frozenset({"content-length"})
+# The gateway answers `Expect: 100-continue` itself; the upstream gets the body at once.
+_EXPECT = frozenset({"expect"})
+
+
+def _wants_continue(request: BaseRequest) -> bool:
+    expect = request.headers.get("Expect")
+    return expect is not None and expect.lower() == "100-continue" and request.version >= (1, 1)
 
 
 class UpstreamError(Exception):
@@ -209,7 +216,11 @@ async def forward_http(
     body: RequestBody = None
     chunked = False
     if request.body_exists:
-        headers = upstream_request_headers(request, target, route, fwd)
+        headers = upstream_request_headers(request, target, route, fwd, _EXPECT)
+        if _wants_continue(request):
+            # The request is allowed: let the client send its body now (as nginx does),
+            # instead of making it wait for a `100 Continue` that nobody would send.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         length = request.content_length
         if length is not None and length <= SMALL_BODY:
             body = await request.read()  # small: sent with the head in one write

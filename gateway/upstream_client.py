@@ -310,6 +310,9 @@ class _Connection(asyncio.Protocol):
         # where llhttp starts afresh (HEAD answers, which it cannot frame, end theirs).
         self._reset_exchange(head_only=head_only)
         self._last_read = self._loop.time()
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
 
     def close(self) -> None:
         self.keep_alive = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -347,3 +348,27 @@ def test_a_target_with_a_space_is_refused() -> None:
     assert encode_head("GET", "/a?b=c", [("Host", "h")]) == (
         b"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n"
     )
+
+
+async def test_an_allowed_upload_that_expects_100_continue_gets_it_from_the_gateway(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await start_gateway(make_config(tmp_path, str(upstream.make_url(""))))
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    seen = json.loads(body)
+    assert seen["body_length"] == 5
+    assert not [v for k, v in seen["headers"] if k.lower() == "expect"]
