@@ -6,6 +6,7 @@ Nothing is reported one at a time: an operator fixes a file in one pass.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -99,10 +100,10 @@ class FieldReader:
         if not value:
             self.problem(container, key, path, "must not be empty (leave the key out instead)")
         out = []
-        for i in range(len(value)):
-            item = self.string(value, i, f"{path}[{i}]")
-            if item is not None:
-                out.append((item, i, f"{path}[{i}]"))
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            if isinstance(item, str) or self.string(value, i, item_path) is not None:
+                out.append((item, i, item_path))
         return out
 
 
@@ -165,11 +166,20 @@ def _level(r: FieldReader, container: LocatedDict, key: str, path: str) -> Level
 
 
 def _cidr(r: FieldReader, container: Any, key: object, path: str, text: str) -> IPNetwork | None:
+    net = _parse_cidr(text)
+    if isinstance(net, str):
+        r.problem(container, key, path, net)
+        return None
+    return net
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cidr(text: str) -> IPNetwork | str:
+    """The network `text` names, or what is wrong with it (networks are immutable: shared)."""
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
-        r.problem(container, key, path, f"invalid CIDR '{text}': {exc}")
-        return None
+        return f"invalid CIDR '{text}': {exc}"
 
 
 def _looks_like_cidr(text: str) -> bool:
@@ -241,22 +251,22 @@ def _roles(r: FieldReader, data: LocatedDict) -> tuple[RoleSpec, ...]:
 
 
 def _host(r: FieldReader, container: Any, i: int, path: str, text: str) -> str | None:
+    host, problem = _parse_host(text)
+    if problem is not None:
+        r.problem(container, i, path, problem)
+    return host
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_host(text: str) -> tuple[str | None, str | None]:
+    """(the host pattern `text` is, None) or (None, what is wrong with it)."""
     host = text.lower().rstrip(".")
     labels = host[2:].split(".") if host.startswith("*.") else host.split(".")
     if host == "*":
-        r.problem(
-            container,
-            i,
-            path,
-            "'*' alone is not a host pattern (leave out `hosts` to match every host)",
-        )
-        return None
+        return None, "'*' alone is not a host pattern (leave out `hosts` to match every host)"
     if not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        r.problem(
-            container, i, path, f"invalid host pattern '{text}' (a host name, or '*.' and a domain)"
-        )
-        return None
-    return host
+        return None, f"invalid host pattern '{text}' (a host name, or '*.' and a domain)"
+    return host, None
 
 
 def _networks_condition(r: FieldReader, rule: LocatedDict, key: str, path: str) -> NetworksSpec:
@@ -356,7 +366,7 @@ def _rule(r: FieldReader, rules: LocatedList, index: int, path: str) -> RuleSpec
     paths = []
     for text, i, item_path in r.strings(rule, "paths", f"{path}.paths") if "paths" in rule else []:
         try:
-            PathMatcher.compile([text], case_sensitive)
+            PathMatcher.check(text, case_sensitive)
         except GlobError as exc:
             r.problem(rule["paths"], i, item_path, f"invalid path pattern '{text}': {exc}")
             continue

@@ -6,6 +6,7 @@ per-request path compares strings and integers and rarely runs a regex.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -40,7 +41,7 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PathMatcher:
     """A rule's `paths`: exact paths in a set, `prefix/**` as prefixes, the rest as regexes.
 
@@ -55,25 +56,31 @@ class PathMatcher:
 
     @classmethod
     def compile(cls, patterns: Sequence[str], case_sensitive: bool) -> PathMatcher:
+        """Raises GlobError for a pattern that cannot be compiled. Matchers are immutable:
+        rules with the same patterns share one (a large policy repeats a few patterns)."""
+        return _compile_paths(tuple(patterns), case_sensitive)
+
+    @classmethod
+    def check(cls, pattern: str, case_sensitive: bool) -> None:
+        """Raises GlobError if `pattern` cannot be compiled (what `compile` would raise)."""
+        _compile_pattern(pattern, case_sensitive)
+
+    @classmethod
+    def _build(cls, patterns: tuple[str, ...], case_sensitive: bool) -> PathMatcher:
         exact: set[str] = set()
         prefixes: list[str] = []
         regexes: list[re.Pattern[str]] = []
         for pattern in patterns:
-            if pattern.startswith("re:"):
-                flags = 0 if case_sensitive else re.IGNORECASE
-                try:
-                    regexes.append(re.compile(pattern[3:], flags))
-                except re.error as exc:
-                    raise GlobError(f"invalid regex: {exc}") from None
-                continue
-            body = glob_to_regex(pattern)  # validates
-            glob = pattern if case_sensitive else pattern.lower()
-            if "*" not in glob:
-                exact.add(glob)
-            elif glob.endswith("/**") and "*" not in glob[:-3]:
-                prefixes.append(glob[:-3])
+            kind, value = _compile_pattern(pattern, case_sensitive)
+            if kind == "exact":
+                assert isinstance(value, str)
+                exact.add(value)
+            elif kind == "prefix":
+                assert isinstance(value, str)
+                prefixes.append(value)
             else:
-                regexes.append(re.compile(body if case_sensitive else glob_to_regex(glob)))
+                assert isinstance(value, re.Pattern)
+                regexes.append(value)
         return cls(case_sensitive, frozenset(exact), tuple(prefixes), tuple(regexes))
 
     def matches(self, path: str, lowered: str) -> bool:
@@ -92,6 +99,30 @@ class PathMatcher:
         )
 
 
+# Bounded: policies are reloaded; a few thousand distinct patterns cover the largest ones.
+@functools.lru_cache(maxsize=4096)
+def _compile_paths(patterns: tuple[str, ...], case_sensitive: bool) -> PathMatcher:
+    return PathMatcher._build(patterns, case_sensitive)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_pattern(pattern: str, case_sensitive: bool) -> tuple[str, str | re.Pattern[str]]:
+    """One path pattern: ("exact", path), ("prefix", "/static") or ("regex", compiled)."""
+    if pattern.startswith("re:"):
+        flags = 0 if case_sensitive else re.IGNORECASE
+        try:
+            return "regex", re.compile(pattern[3:], flags)
+        except re.error as exc:
+            raise GlobError(f"invalid regex: {exc}") from None
+    body = glob_to_regex(pattern)  # validates
+    glob = pattern if case_sensitive else pattern.lower()
+    if "*" not in glob:
+        return "exact", glob
+    if glob.endswith("/**") and "*" not in glob[:-3]:
+        return "prefix", glob[:-3]
+    return "regex", re.compile(body if case_sensitive else glob_to_regex(glob))
+
+
 # ---------------------------------------------------------------- networks
 
 
@@ -104,7 +135,7 @@ def normalise_ip(ip: IPAddress) -> IPAddress:
     return ip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkSet:
     """CIDRs as (network int, mask int) pairs per IP version: membership is two int ops."""
 
@@ -138,7 +169,7 @@ def permission_covers(granted: str, required: str) -> bool:
     return granted.endswith(".*") and required.startswith(granted[:-1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Grants:
     """A principal's effective permissions, split for quick `covers` checks."""
 
