@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from policies.errors import PolicyError, Problem, did_you_mean
 from policies.matchers import NetworkSet, PathMatcher, RuleHostIndex
 from policies.model import Action, Decision, IPNetwork, Level
-from policies.spec import NetworkSpec, NetworksSpec, PolicyDocument, RoleSpec, RuleSpec
+from policies.spec import (
+    NetworkSpec,
+    NetworksSpec,
+    PolicyDocument,
+    RoleSpec,
+    RuleSpec,
+    SubjectsSpec,
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CompiledSubjects:
     users: frozenset[str]
     groups: frozenset[str]
@@ -26,7 +33,7 @@ class CompiledSubjects:
     permissions: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A rule with every condition turned into a matcher; None means "no such condition"."""
 
@@ -54,7 +61,7 @@ class CompiledRule:
         return host in self.host_exact or any(host.endswith(s) for s in self.host_suffixes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicySet:
     """An immutable, compiled policy: what `decide()` reads. Reload builds a new one."""
 
@@ -90,7 +97,8 @@ def build_policy_set(
         name: frozenset(p for r in closure[name] for p in roles[r].permissions) for name in roles
     }
     net_map = {name: spec.networks for name, spec in networks.items()}
-    compiled = tuple(_compile_rule(i, rule, net_map) for i, rule in enumerate(rules))
+    shared = _Shared(net_map)
+    compiled = tuple(_compile_rule(i, rule, shared) for i, rule in enumerate(rules))
     return PolicySet(
         files=tuple(d.file for d in documents),
         default=default,
@@ -242,41 +250,75 @@ def _close_roles(
     return closure
 
 
-def _network_set(
-    spec: NetworksSpec | None, named: Mapping[str, tuple[IPNetwork, ...]]
-) -> NetworkSet | None:
-    if spec is None:
-        return None
-    return NetworkSet.of([*spec.cidrs, *(net for ref in spec.names for net in named[ref.name])])
+class _Shared:
+    """The immutable parts many rules have in common (a 10,000-rule policy repeats a few
+    hosts, methods, networks and subjects), each built once per policy set and shared."""
+
+    def __init__(self, named: Mapping[str, tuple[IPNetwork, ...]]) -> None:
+        self.named = named
+        self._sets: dict[tuple[str, ...], frozenset[str]] = {}
+        self._hosts: dict[tuple[str, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
+        self._networks: dict[tuple[tuple[IPNetwork, ...], tuple[str, ...]], NetworkSet] = {}
+        self._subjects: dict[
+            tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]],
+            CompiledSubjects,
+        ] = {}
+
+    def set_of(self, items: tuple[str, ...]) -> frozenset[str]:
+        found = self._sets.get(items)
+        if found is None:
+            found = self._sets[items] = frozenset(items)
+        return found
+
+    def hosts(self, hosts: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+        """(exact hosts, ".example.com" suffixes of the "*.example.com" wildcards)."""
+        found = self._hosts.get(hosts)
+        if found is None:
+            found = self._hosts[hosts] = (
+                frozenset(h for h in hosts if not h.startswith("*.")),
+                tuple(h[1:] for h in hosts if h.startswith("*.")),
+            )
+        return found
+
+    def network_set(self, spec: NetworksSpec | None) -> NetworkSet | None:
+        if spec is None:
+            return None
+        key = (spec.cidrs, tuple(ref.name for ref in spec.names))
+        found = self._networks.get(key)
+        if found is None:
+            named = self.named
+            found = self._networks[key] = NetworkSet.of(
+                [*spec.cidrs, *(net for ref in spec.names for net in named[ref.name])]
+            )
+        return found
+
+    def subjects(self, s: SubjectsSpec) -> CompiledSubjects:
+        key = (s.users, s.groups, tuple(r.name for r in s.roles), s.permissions)
+        found = self._subjects.get(key)
+        if found is None:
+            found = self._subjects[key] = CompiledSubjects(
+                frozenset(s.users), frozenset(s.groups), frozenset(key[2]), s.permissions
+            )
+        return found
 
 
-def _compile_rule(
-    position: int, spec: RuleSpec, named: Mapping[str, tuple[IPNetwork, ...]]
-) -> CompiledRule:
-    subjects = None
-    if spec.subjects is not None:
-        s = spec.subjects
-        subjects = CompiledSubjects(
-            frozenset(s.users),
-            frozenset(s.groups),
-            frozenset(r.name for r in s.roles),
-            s.permissions,
-        )
+def _compile_rule(position: int, spec: RuleSpec, shared: _Shared) -> CompiledRule:
+    host_exact, host_suffixes = shared.hosts(spec.hosts)
     reasons = _reasons(spec.name, spec.level, spec.fresh)
     return CompiledRule(
         position=position,
         name=spec.name,
         level=spec.level,
         spec=spec,
-        host_exact=frozenset(h for h in spec.hosts if not h.startswith("*.")),
-        host_suffixes=tuple(h[1:] for h in spec.hosts if h.startswith("*.")),
+        host_exact=host_exact,
+        host_suffixes=host_suffixes,
         paths=PathMatcher.compile(spec.paths, spec.case_sensitive) if spec.paths else None,
-        methods=frozenset(spec.methods) if spec.methods else None,
-        networks=_network_set(spec.networks, named),
-        not_networks=_network_set(spec.not_networks, named),
-        countries=frozenset(spec.countries) if spec.countries else None,
-        not_countries=frozenset(spec.not_countries) if spec.not_countries else None,
-        subjects=subjects,
+        methods=shared.set_of(spec.methods) if spec.methods else None,
+        networks=shared.network_set(spec.networks),
+        not_networks=shared.network_set(spec.not_networks),
+        countries=shared.set_of(spec.countries) if spec.countries else None,
+        not_countries=shared.set_of(spec.not_countries) if spec.not_countries else None,
+        subjects=shared.subjects(spec.subjects) if spec.subjects is not None else None,
         fresh=spec.fresh,
         reasons=reasons,
         decisions=_decisions(spec.name, reasons),
@@ -289,9 +331,10 @@ def _decisions(name: str | None, reasons: Mapping[Action, str]) -> dict[Action, 
 
 def _reasons(name: str | None, level: Level, fresh: float | None) -> dict[Action, str]:
     who = f"rule '{name}'" if name is not None else "no rule held; the default"
+    written = level.value
     return {
-        Action.ALLOW: f"{who} ({level.value}) allows the request",
-        Action.LOGIN: f"{who} ({level.value}) needs a logged-in user",
+        Action.ALLOW: f"{who} ({written}) allows the request",
+        Action.LOGIN: f"{who} ({written}) needs a logged-in user",
         Action.SECOND_FACTOR: f"{who} (two_factor) needs a second factor",
         Action.REAUTH: f"{who} needs an authentication younger than {_age(fresh)}",
         Action.DENY: f"{who} denies the request",

@@ -70,6 +70,7 @@ class SourceError(Exception):
 class LocatedDict(dict[Any, Any]):
     """A dict that knows its own line and the line of each key (1-based)."""
 
+    __slots__ = ("key_lines", "line")  # no per-instance __dict__: 10,000s are built at once
     line: int
     key_lines: dict[Any, int]
 
@@ -77,6 +78,7 @@ class LocatedDict(dict[Any, Any]):
 class LocatedList(list[Any]):
     """A list that knows its own line and the line of each item (1-based)."""
 
+    __slots__ = ("item_lines", "line")
     line: int
     item_lines: list[int]
 

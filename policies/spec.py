@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from policies.model import IPNetwork, Level
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Where:
     file: str
     line: int | None
@@ -22,7 +22,7 @@ class Where:
         return f"{self.file}:{self.line}" if self.line is not None else self.file
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NameRef:
     """A name that must resolve against the merged policy (a network or a role)."""
 
@@ -30,7 +30,7 @@ class NameRef:
     where: Where
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubjectsSpec:
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
@@ -38,7 +38,7 @@ class SubjectsSpec:
     permissions: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworksSpec:
     """`networks:` or `not_networks:` of a rule: CIDRs written inline plus named networks."""
 
@@ -46,7 +46,7 @@ class NetworksSpec:
     names: tuple[NameRef, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleSpec:
     name: str
     where: Where
@@ -64,7 +64,7 @@ class RuleSpec:
     description: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoleSpec:
     name: str
     where: Where
@@ -78,14 +78,14 @@ class RoleSpec:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkSpec:
     name: str
     where: Where
     networks: tuple[IPNetwork, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyDocument:
     """One policy file."""
 
