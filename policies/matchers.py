@@ -53,6 +53,13 @@ class PathMatcher:
     exact: frozenset[str]
     prefixes: tuple[str, ...]  # "/static" for "/static/**"; "" for "/**"
     regexes: tuple[re.Pattern[str], ...]
+    # Derived once for `matches` (a rule's paths are tried on every request of its host):
+    # the exact paths plus each prefix itself; each prefix + "/", for one startswith();
+    # the regexes that see the key (globs), and those that see the path as is (`re:`).
+    _whole: frozenset[str] = frozenset()
+    _starts: tuple[str, ...] = ()
+    _key_regexes: tuple[re.Pattern[str], ...] = ()
+    _path_regexes: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
     def compile(cls, patterns: Sequence[str], case_sensitive: bool) -> PathMatcher:
@@ -81,22 +88,33 @@ class PathMatcher:
             else:
                 assert isinstance(value, re.Pattern)
                 regexes.append(value)
-        return cls(case_sensitive, frozenset(exact), tuple(prefixes), tuple(regexes))
+        # Globs were lowercased when case-insensitive (they see `lowered`); `re:` patterns
+        # then carry IGNORECASE and see the path as is.
+        as_is = tuple(r for r in regexes if not case_sensitive and r.flags & re.IGNORECASE)
+        return cls(
+            case_sensitive,
+            frozenset(exact),
+            tuple(prefixes),
+            tuple(regexes),
+            _whole=frozenset(exact) | frozenset(prefixes),
+            _starts=tuple(prefix + "/" for prefix in prefixes),
+            _key_regexes=tuple(r for r in regexes if r not in as_is),
+            _path_regexes=as_is,
+        )
 
     def matches(self, path: str, lowered: str) -> bool:
         """`lowered` is `path.lower()`, computed once per request by the caller."""
         key = path if self.case_sensitive else lowered
-        if key in self.exact:
+        if key in self._whole or (self._starts and key.startswith(self._starts)):
             return True
-        for prefix in self.prefixes:
-            if key.startswith(prefix) and (len(key) == len(prefix) or key[len(prefix)] == "/"):
+        for regex in self._key_regexes:
+            if regex.fullmatch(key):
                 return True
-        if self.case_sensitive:
-            return any(r.fullmatch(path) for r in self.regexes)
-        # Globs were lowercased (match `lowered`); `re:` patterns carry IGNORECASE (match `path`).
-        return any(
-            r.fullmatch(lowered if not r.flags & re.IGNORECASE else path) for r in self.regexes
-        )
+        # Loops, not any(): no generator per call on the per-request path.
+        for regex in self._path_regexes:  # noqa: SIM110
+            if regex.fullmatch(path):
+                return True
+        return False
 
 
 # Bounded: policies are reloaded; a few thousand distinct patterns cover the largest ones.
