@@ -73,8 +73,8 @@ def added_latency_check(
     direct, gate = by_key["direct"], by_key[key]
     added = gate.latency_p99_ms - direct.latency_p99_ms
     how = (
-        f"wrk -c{gate.connections} with a {gate.pace_ms} ms delay() per connection "
-        f"(no -R in Debian's wrk): offered ≈{gate.target_rate:.0f} req/s, achieved "
+        f"wrk -c{gate.connections}, open loop (an evenly spaced schedule per wrk thread in "
+        f"delay(); no -R in Debian's wrk): offered ≈{gate.target_rate:.0f} req/s, achieved "
         f"{gate.achieved_rate:.0f} (direct {direct.achieved_rate:.0f}); p99 "
         f"{gate.latency_p99_ms:.2f} ms vs direct {direct.latency_p99_ms:.2f} ms"
     )
@@ -130,7 +130,7 @@ def table(load: LoadResults, found: Sequence[Check], extras: Sequence[str]) -> s
             lines.append(
                 f"  {p.key:<12} offered ≈{p.target_rate:>6.0f} req/s achieved "
                 f"{p.achieved_rate:>6.0f}  p50 {p.latency_p50_ms:6.2f} ms  "
-                f"p99 {p.latency_p99_ms:6.2f} ms  (-c{p.connections}, delay {p.pace_ms} ms)"
+                f"p99 {p.latency_p99_ms:6.2f} ms  (-c{p.connections}, open loop)"
             )
     lines.append("")
     for check in found:

@@ -53,7 +53,7 @@ from benchmarks.scenarios import (
 )
 
 MAX_ERROR_SHARE = 0.01  # more failed requests than this: the figures mean nothing
-PACE_MS = 20  # think time per connection in the fixed-rate runs (wrk's delay() is in ms)
+PACE_MS = 20  # fixed-rate runs: connections = rate x this (each idle ~this long between sends)
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,44 @@ class LoadResults:
     failures: tuple[str, ...]
 
 
-def paced_script(folder: Path, pace_ms: int) -> Path:
-    """wrk's done() report plus a fixed delay before each request of a connection.
+def paced_script(folder: Path, rate_per_thread: float) -> Path:
+    """wrk's done() report plus an open-loop schedule: each wrk thread sends at a steady
+    `rate_per_thread`, on whichever of its connections is free.
 
-    Debian's wrk (4.1) has no `-R` (that is wrk2); `delay()` is the closest it offers:
-    each of C connections waits `pace_ms` after every answer, so the offered rate is
-    about C / (pace + latency). Latency is timed from the send, not from a schedule,
-    so this still under-reports queueing (coordinated omission) when a server stalls."""
-    path = folder / f"paced-{pace_ms}.lua"
-    path.write_text(f"function delay()\n  return {pace_ms}\nend\n{WRK_DONE_SCRIPT}", "utf-8")
+    Debian's wrk (4.1) has no `-R` (that is wrk2), but its `delay()` hook runs before
+    every request: here it hands out send times from one evenly spaced schedule per
+    thread (monotonic clock through LuaJIT's FFI). A fixed think time per connection
+    instead keeps connections that started together in lockstep — the server meets all
+    of them at once every period, bursts rather than a rate, and the last of a burst
+    waits for all the others. Latency is timed from the actual send, so a send that
+    falls behind its slot (every connection busy) under-reports queueing (coordinated
+    omission); the run has ~2x the connections the rate needs to make that rare."""
+    interval_ms = 1000.0 / rate_per_thread
+    path = folder / f"open-loop-{rate_per_thread:.0f}.lua"
+    path.write_text(
+        f"""local ffi = require("ffi")
+ffi.cdef[[
+typedef struct {{ long tv_sec; long tv_nsec; }} authgate_timespec;
+int clock_gettime(int clock, authgate_timespec *tp);
+]]
+local ts = ffi.new("authgate_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval = {interval_ms:.6f}
+local next_slot = nil
+function delay()
+  local now = now_ms()
+  if next_slot == nil then next_slot = now + math.random() * interval end
+  if next_slot < now then next_slot = now end  -- behind: send at once, never catch up in a burst
+  local wait = next_slot - now
+  next_slot = next_slot + interval
+  return math.floor(wait + 0.5)
+end
+{WRK_DONE_SCRIPT}""",
+        "utf-8",
+    )
     return path
 
 
@@ -151,10 +180,11 @@ def summarise(scenario: Scenario, rounds: list[tuple[WrkResult, float]]) -> Scen
 def paced(
     scenario: Scenario, rate: float, options: LoadOptions, folder: Path, threads: int
 ) -> PacedResult:
-    """`scenario` at about `rate` req/s: enough connections that each waits PACE_MS."""
+    """`scenario` at a steady `rate` req/s (open loop), from a pool of connections large
+    enough that each is idle about PACE_MS between its requests."""
     connections = max(threads, math.ceil(rate * PACE_MS / 1000))
-    pace_ms = max(1, round(connections * 1000 / rate)) if rate > 0 else PACE_MS
-    script = paced_script(folder, pace_ms)
+    pace_ms = PACE_MS
+    script = paced_script(folder, max(rate, 1.0) / threads)
     url = f"http://{LOOPBACK}:{scenario.port}/"
     settings = WrkSettings(threads, connections, options.duration, BENCH_HOST, scenario.headers)
     run_wrk(url, WrkSettings(threads, connections, 1.0, BENCH_HOST, scenario.headers), script)

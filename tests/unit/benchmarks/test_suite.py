@@ -3,14 +3,18 @@ the table, and py-spy stage attribution. No timing assertions."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from aiohttp import web
+
 from benchmarks.__main__ import parse_options
-from benchmarks._harness import WrkResult, WrkSettings, wrk_command
+from benchmarks._harness import WrkResult, WrkSettings, run_wrk, wrk_command
 from benchmarks.hot_path import attribute, stage_of
 from benchmarks.report import checks, table
 from benchmarks.scenarios import SESSION_POLICY, AuthgateSetup, authgate_config
 from benchmarks.suite import LoadResults, PacedResult, ScenarioResult, paced_script
+from tests.unit.deploy.tools import require_tool
 
 
 def wrk(rps: float, p99: float = 1.0) -> WrkResult:
@@ -55,10 +59,33 @@ def test_ratios_are_medians_of_paired_rounds_and_judged_against_the_targets() ->
     assert "NOT MET" in table(load, list(found.values()), ["revocation: skipped"])
 
 
-def test_the_fixed_rate_script_paces_every_connection_and_reports_exactly(tmp_path: Path) -> None:
-    text = paced_script(tmp_path, 20).read_text()
-    assert "function delay()\n  return 20\nend" in text
+def test_the_fixed_rate_script_spaces_sends_evenly_and_reports_exactly(tmp_path: Path) -> None:
+    text = paced_script(tmp_path, 2000).read_text()
+    assert "local interval = 0.500000" in text  # 2,000 req/s per thread: one send per 0.5 ms
+    assert "clock_gettime" in text
     assert "WRK_JSON" in text
+
+
+async def test_the_fixed_rate_script_holds_wrk_to_its_rate(tmp_path: Path) -> None:
+    # Open loop: 8 connections against an instant server would make thousands of
+    # requests a second in a closed loop; scheduled at 100/s they make about 100/s.
+    async def ok(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="ok")
+
+    require_tool("wrk")
+    server = web.Server(ok)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        settings = WrkSettings(1, 8, 2, "bench.test", ())
+        script = paced_script(tmp_path, 100)
+        result = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{port}/", settings, script)
+    finally:
+        await runner.cleanup()
+    assert 100 <= result.requests <= 400
 
 
 def test_wrk_sends_the_session_cookie_with_the_host() -> None:
