@@ -18,9 +18,9 @@ from multidict import CIMultiDict
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.identity_headers import PRESETS, HeaderNames, header_names
 from gateway.pipeline import Identity
-from gateway.sessions import RESYNC, ActiveSession, SessionManager
+from gateway.sessions import RESYNC, ActiveSession, RevocationFollower, SessionManager
 from gateway.signing import JwtSigner
-from gateway.stores import REVOCATIONS, ApiKeyStore, EventBus, Subscription, User, UserStore
+from gateway.stores import ApiKeyStore, EventBus, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
 from policies import Principal
 
@@ -39,7 +39,7 @@ class _KeyHolder:
     expires: float | None
 
 
-class Identifier:
+class Identifier(RevocationFollower):
     """The pipeline's `identify` hook, built once per worker."""
 
     def __init__(
@@ -63,7 +63,6 @@ class Identifier:
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
-        self._subscription: Subscription | None = None
         self._built: dict[
             tuple[str, RouteConfig | None, str],
             tuple[ActiveSession, Principal, tuple[tuple[str, str], ...]],
@@ -72,12 +71,7 @@ class Identifier:
     async def start(self, events: EventBus) -> None:
         """Follow the revocation channel: a revoked API key, or a changed user, leaves
         this process's key cache at once (with the SQL bus: within its poll)."""
-        self._subscription = await events.subscribe(REVOCATIONS, self._on_revocation)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.close()
-            self._subscription = None
+        await self.follow(events)
 
     async def _on_revocation(self, message: str) -> None:
         kind, _, rest = message.partition(":")
@@ -173,7 +167,8 @@ class Identifier:
             auth_time=now,  # the key is presented afresh with every request
         )
         headers = CIMultiDict[str]()
-        self._add_identity(headers, user, ("apikey",), route, tenant, None)
+        self._add_plain_identity(headers, user, route)
+        self._add_jwt(headers, user, ("apikey",), route, tenant, None)
         return Identity(principal=principal, upstream_headers=headers, strip_headers=strip)
 
     async def _key_holder(self, key: str) -> _KeyHolder | None:
@@ -192,18 +187,6 @@ class Identifier:
             self._key_cache.clear()
         self._key_cache[key_hash] = (mono + _API_KEY_CACHE_SECONDS, holder)
         return holder
-
-    def _add_identity(
-        self,
-        headers: CIMultiDict[str],
-        user: User,
-        amr: tuple[str, ...],
-        route: RouteConfig | None,
-        tenant: TenantConfig,
-        cache_key: str | None,
-    ) -> None:
-        self._add_plain_identity(headers, user, route)
-        self._add_jwt(headers, user, amr, route, tenant, cache_key)
 
     def _names_for(self, route: RouteConfig | None) -> HeaderNames:
         return self._names.get(route, self._default_names) if route else self._default_names

@@ -170,9 +170,6 @@ class UpstreamPool:
             )
         return found
 
-    def open_connections(self) -> int:
-        return self._client.open_connections() if self._client is not None else 0
-
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()

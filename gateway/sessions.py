@@ -69,7 +69,25 @@ def fingerprint(id_hash: str) -> str:
     return id_hash[:12]
 
 
-class SessionManager:
+class RevocationFollower:
+    """Follows the REVOCATIONS channel between `follow()` and `stop()`; a subclass says
+    what each message means to its own caches."""
+
+    _subscription: Subscription | None = None
+
+    async def follow(self, events: EventBus) -> None:
+        self._subscription = await events.subscribe(REVOCATIONS, self._on_revocation)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+
+    async def _on_revocation(self, message: str) -> None:
+        raise NotImplementedError
+
+
+class SessionManager(RevocationFollower):
     def __init__(
         self,
         store: SessionStore,
@@ -98,19 +116,13 @@ class SessionManager:
         self._inflight: dict[tuple[str, str], asyncio.Future[ActiveSession | None]] = {}
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
-        self._subscription: Subscription | None = None
 
     def settings(self, tenant: str) -> SessionsConfig:
         """The session settings of a tenant: its own lifetimes over the `sessions` section."""
         return self._tenants.get(tenant, self.config)
 
     async def start(self) -> None:
-        self._subscription = await self.events.subscribe(REVOCATIONS, self._on_revocation)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.close()
-            self._subscription = None
+        await self.follow(self.events)
 
     async def _on_revocation(self, message: str) -> None:
         kind, _, rest = message.partition(":")

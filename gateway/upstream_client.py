@@ -432,10 +432,6 @@ class UpstreamClient:
         if pending:
             self._sweeper = self.loop.call_later(self.keepalive_timeout, self._sweep)
 
-    def open_connections(self) -> int:
-        """Connections held, idle or busy (what the fault tests watch)."""
-        return len(self._busy) + sum(len(idle) for idle in self._idle.values())
-
     async def _connect(self, origin: Origin, limit: float) -> _Connection:
         def factory() -> _Connection:
             return _Connection(self, origin)
