@@ -145,7 +145,7 @@ def open_redis(url: str) -> RedisHandle:
         sentinel_options["password"] = target.sentinel_password
     if target.tls:
         sentinel_options["ssl"] = True
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
         list(target.nodes),
         sentinel_kwargs=sentinel_options,
         db=target.db,
