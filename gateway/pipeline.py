@@ -247,6 +247,8 @@ class Pipeline:
             raise BadRequest("missing Host header")
         host = canonical_host(host_header)
         raw_path, _, query = request.raw_path.partition("?")
+        if "#" in query:  # (a '#' in the path is refused by canonical_path)
+            raise BadRequest("query: '#' (a fragment is never sent to a server)")
         path = canonical_path(raw_path, path_parameters=self._path_parameters)
         xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
         ip = client_ip(peer, xff, self._trusted)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ MAX_HEAD_BYTES = 65536
 # client has taken some (a 1 GiB download costs a few buffers, not a GiB).
 HIGH_WATER = 262144
 LOW_WATER = 65536
+# More 1xx answers than this before the real one: the upstream is broken.
+MAX_INTERIM = 16
 # Methods a request may be sent again on a fresh connection when a kept-alive one
 # turns out to have been closed by the upstream (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -70,7 +73,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._last_read = 0.0
+        self._last_progress = 0.0  # the last byte read, or request body byte sent
+        self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._write_ready: asyncio.Future[None] | None = None
         self._paused_writing = False
@@ -91,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._interim = False
+        self._interims = 0
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
 
@@ -101,7 +106,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = self._loop.time()
+        self._last_progress = self._loop.time()
         if self.complete or self._failure is not None:
             # Bytes nobody asked for (after a complete answer, or an idle connection):
             # the upstream is out of step; never read them as the next answer.
@@ -113,9 +118,14 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamUnreachable("the upstream switched protocols unasked"))
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamUnreachable(f"the upstream's answer is not HTTP/1.1: {exc}"))
-        except _HeadTooLarge:
-            self._fail(UpstreamUnreachable("the upstream's response head is too large"))
+            # What our callbacks raise comes back wrapped (HttpParserCallbackError).
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _OutOfTurn):
+                self._fail(UpstreamUnreachable("the upstream sent bytes out of turn"))
+            elif isinstance(cause, _HeadTooLarge):
+                self._fail(UpstreamUnreachable("the upstream's response head is too large"))
+            else:
+                self._fail(UpstreamUnreachable(f"the upstream's answer is not HTTP/1.1: {exc}"))
 
     def eof_received(self) -> bool | None:
         self._ended()
@@ -150,15 +160,26 @@ class _Connection(asyncio.Protocol):
             self._fail(_Disconnected("the upstream closed the connection"))
 
     def _framed(self) -> bool:
+        """Whether the answer says how long it is (else the close ends it): a
+        Content-Length, or `chunked` as the last transfer coding (RFC 9112 §6.3)."""
+        codings = b""
         for name, value in self.raw_headers:
             lower = name.lower()
-            if lower == b"content-length" or (
-                lower == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
+            if lower == b"content-length":
                 return True
-        return False
+            if lower == b"transfer-encoding":
+                codings = value
+        return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     # -- llhttp callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # A second answer in the same packet as the first: llhttp would parse it into
+        # this exchange (and the pool would hand its rest to the next client).
+        if self.complete:
+            raise _OutOfTurn
+        if self._interims > MAX_INTERIM:
+            raise _HeadTooLarge
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -201,10 +222,12 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._interim:
+            # The head budget (MAX_HEAD_BYTES) covers the interim answers too, and there
+            # may be MAX_INTERIM of them: a stream of 1xx cannot keep a request forever.
             self._interim = False
+            self._interims += 1
             self.reason = b""
             self.raw_headers = []
-            self._head_bytes = 0
             return
         self.complete = True
         self._wake()
@@ -231,21 +254,23 @@ class _Connection(asyncio.Protocol):
         if self._failure is not None:
             raise self._failure
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(limit, self._check_timeout, waiter, limit)
+        self._timer = self._loop.call_later(limit, self._check_timeout, waiter, limit)
         try:
             await waiter
         finally:
-            timer.cancel()
+            self._timer.cancel()
             self._waiter = None
 
     def _check_timeout(self, waiter: asyncio.Future[None], timeout: float) -> None:
         if waiter.done():
             return
-        idle = self._loop.time() - self._last_read
+        idle = self._loop.time() - self._last_progress
         if idle >= timeout:
             waiter.set_exception(TimeoutError())
-        else:  # data came meanwhile: the clock restarts from the last read
-            self._loop.call_later(timeout - idle, self._check_timeout, waiter, timeout)
+        else:  # bytes moved meanwhile: the clock restarts from then
+            self._timer = self._loop.call_later(
+                timeout - idle, self._check_timeout, waiter, timeout
+            )
 
     async def read_head(self, limit: float) -> None:
         while not self.head_done:
@@ -280,6 +305,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def progressed(self) -> None:
+        """Request body bytes went out: the read timeout counts from now."""
+        self._last_progress = self._loop.time()
+
     async def drain(self) -> None:
         if self._paused_writing and not self.closed:
             self._write_ready = self._loop.create_future()
@@ -296,8 +325,12 @@ class _Connection(asyncio.Protocol):
     # -- reuse --------------------------------------------------------------------
 
     def reusable(self) -> bool:
+        # Paused or holding unread bytes, a pooled connection would hand whatever the
+        # upstream sent meanwhile to the next client: such a connection is closed.
         return (
-            self.complete
+            not self._paused_reading
+            and not self._chunks
+            and self.complete
             and self.keep_alive
             and self._failure is None
             and not self.closed
@@ -309,7 +342,7 @@ class _Connection(asyncio.Protocol):
         # The parser is reused: a connection is only reused after a complete answer,
         # where llhttp starts afresh (HEAD answers, which it cannot frame, end theirs).
         self._reset_exchange(head_only=head_only)
-        self._last_read = self._loop.time()
+        self._last_progress = self._loop.time()
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
@@ -321,6 +354,10 @@ class _Connection(asyncio.Protocol):
 
 
 class _HeadTooLarge(Exception):
+    pass
+
+
+class _OutOfTurn(Exception):
     pass
 
 
@@ -530,22 +567,31 @@ async def _send_stream(conn: _Connection, body: StreamReader, chunked: bool) -> 
     while chunk := await body.readany():
         conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         await conn.drain()
+        conn.progressed()  # an upload that moves is not an upstream that hangs
     if chunked:
         conn.write(b"0\r\n\r\n")
 
 
+# Control characters other than HTAB (and the CR LF we put between lines ourselves):
+# never in a header value we write, never in the request target (RFC 9110 §5.5).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def encode_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """The request line and headers as bytes; ValueError when any part would break the
-    framing (CR, LF or NUL in a value, a space in the target) instead of smuggling."""
+    framing (a control character in a value, a space, tab or '#' in the target)
+    instead of smuggling."""
     lines = [f"{method} {target} HTTP/1.1"]
     lines.extend([f"{name}: {value}" for name, value in headers])
     text = "\r\n".join(lines) + "\r\n\r\n"
-    # Counting is one pass each over the head, cheaper than checking every value.
+    # One pass of a regex and two counts over the head, cheaper than checking every value.
     if (
-        text.count("\n") != len(lines) + 1
+        _CONTROL.search(text) is not None
+        or text.count("\n") != len(lines) + 1
         or text.count("\r") != len(lines) + 1
-        or "\0" in text
         or " " in target
+        or "\t" in target
+        or "#" in target
     ):
         raise ValueError("a request header or the target contains a control character")
     return text.encode("utf-8", "surrogateescape")

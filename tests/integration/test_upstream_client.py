@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from gateway.upstream_client import encode_head
+from gateway.upstream_client import Origin, UpstreamClient, encode_head
 from tests.integration.conftest import StartGateway, make_config
 
 HOST = {"Host": "app.test"}
@@ -372,3 +373,176 @@ async def test_an_allowed_upload_that_expects_100_continue_gets_it_from_the_gate
     seen = json.loads(body)
     assert seen["body_length"] == 5
     assert not [v for k, v in seen["headers"] if k.lower() == "expect"]
+
+
+# --- found by review (2026-12-04): each of these once let bytes cross between clients
+
+
+async def test_a_second_answer_in_the_same_packet_is_not_read_into_anyone(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.connections == 1:
+            await server.read_head(reader)
+            writer.write(
+                ok(b"A-body")
+                + b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/\r\n"
+                + b"Set-Cookie: sid=planted; x="
+            )
+            await writer.drain()
+        while True:
+            await server.read_head(reader)
+            writer.write(ok(b"B-body"))
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    status, body, headers = await get(base)
+    assert (status, body) == (200, b"A-body")
+    assert "Location" not in headers and "Set-Cookie" not in headers
+    status, body, headers = await get(base)
+    assert (status, body) == (200, b"B-body")
+    assert "Set-Cookie" not in headers
+    assert server.connections == 2
+
+
+async def test_a_connection_left_with_unread_bytes_is_never_pooled() -> None:
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if connections == 1:
+                # An answer bigger than the client buffers before pausing, all of it
+                # received; then, while the connection would sit idle, more bytes.
+                answer = ok(b"a" * 300_000)
+                writer.write(answer[:200_000])
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(answer[200_000:])
+                await writer.drain()
+                await asyncio.sleep(0.3)
+                writer.write(ok(b"SENT-WHILE-IDLE"))
+                await writer.drain()
+            else:
+                writer.write(ok(b"mine"))
+                await writer.drain()
+            await reader.read()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    upstream = await asyncio.start_server(serve, "127.0.0.1", 0)
+    origin = Origin("127.0.0.1", upstream.sockets[0].getsockname()[1])
+    client = UpstreamClient()
+    head = encode_head("GET", "/", [("Host", "u")])
+    try:
+        first = await client.request(
+            origin, "GET", head, None, chunked=False, connect_timeout=2, read_timeout=2
+        )
+        await asyncio.sleep(0.2)  # all of it buffered, reading paused; nobody reads it
+        await first.release()  # the client went away
+        await asyncio.sleep(0.4)  # the upstream sends its unasked bytes meanwhile
+        second = await client.request(
+            origin, "GET", head, None, chunked=False, connect_timeout=2, read_timeout=2
+        )
+        async with second:
+            assert await second.read() == b"mine"
+        assert connections == 2
+    finally:
+        await client.close()
+        upstream.close()
+
+
+async def test_a_slow_but_moving_upload_is_not_a_hung_upstream(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    # The upstream takes ~3 s to read 12 MB at ~4 MB/s (a small receive buffer keeps the
+    # gateway's writes waiting on it; what the kernel holds, at most its 4 MB send
+    # buffer, drains in ~1 s): the read timeout (1.5 s) counts from the last byte that
+    # moved either way, not from the request head.
+    size = 12_000_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            got = 0
+            while got < size:
+                got += len(await reader.read(65536))
+                await asyncio.sleep(0.015)
+            writer.write(ok(b"%d" % got))
+            await writer.drain()
+            await reader.read()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    listener.bind(("127.0.0.1", 0))
+    upstream = await asyncio.start_server(serve, sock=listener)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        base = await start_gateway(make_config(tmp_path, url, route={"read_timeout": 1.5}))
+        async with aiohttp.ClientSession() as client:
+            async with client.post(base, headers=HOST, data=b"u" * size) as resp:
+                assert resp.status == 200
+                assert await resp.read() == b"%d" % size
+    finally:
+        upstream.close()
+
+
+async def test_an_endless_stream_of_interim_answers_is_502(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        while True:
+            writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url, route={"read_timeout": 30}))
+    status, _, _ = await asyncio.wait_for(get(base), timeout=10)
+    assert status == 502
+
+
+async def test_chunked_only_as_the_last_coding_frames_an_answer(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    # `chunked, gzip`: not chunked framing; the close ends the body (RFC 9112 §6.3).
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw-bytes")
+        await writer.drain()
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        async with client.get(base, headers=HOST) as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"raw-bytes"
+
+
+@pytest.mark.parametrize("value", ["a\x0bb", "a\x1b[31mb", "a\x7fb", "a\x00b"])
+def test_control_characters_in_identity_values_are_refused(value: str) -> None:
+    with pytest.raises(ValueError):
+        encode_head("GET", "/", [("Remote-Name", value)])
+    assert encode_head("GET", "/", [("Remote-Name", "a\tb")]).count(b"\t") == 1
+
+
+async def test_a_fragment_in_the_query_is_400(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    base = await start_gateway(make_config(tmp_path, str(upstream.make_url(""))))
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /echo?a#b HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
