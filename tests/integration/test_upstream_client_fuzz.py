@@ -20,7 +20,7 @@ READ_TIMEOUT = 0.2
 @dataclass(frozen=True)
 class Answer:
     status: int
-    framing: str  # length | chunked | close | short | two-lengths | garbage
+    framing: str  # length | chunked | close | short | two-lengths | garbage | extra | partial
     interim: bool  # a 100/103 before the answer
     body: bytes
 
@@ -29,7 +29,7 @@ class Answer:
         body = self.body
         if self.framing == "garbage":
             return b"NOT HTTP AT ALL\r\n\r\n" + body
-        if self.framing in ("length", "short"):
+        if self.framing in ("length", "short", "extra", "partial"):
             size = len(body) + (7 if self.framing == "short" else 0)
             lines.append(b"Content-Length: %d" % size)
         elif self.framing == "two-lengths":
@@ -46,24 +46,40 @@ class Answer:
         if head_request or self.status in (204, 304):
             body = b""
         interim = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" if self.interim else b""
-        return interim + b"\r\n".join(lines) + b"\r\n\r\n" + body
+        # "extra": a second, unasked answer right behind this one (response splitting).
+        # "partial": the start of one, whose rest would be the next client's answer.
+        extra = {
+            "extra": b"HTTP/1.1 302 Found\r\nLocation: /evil\r\nContent-Length: 0\r\n\r\n",
+            "partial": b"HTTP/1.1 302 Found\r\nLocation: /evil\r\nSet-Cookie: x=",
+        }.get(self.framing, b"")
+        return interim + b"\r\n".join(lines) + b"\r\n\r\n" + body + extra
 
     def valid(self) -> bool:
-        return self.framing in ("length", "chunked", "close")
+        return self.framing in ("length", "chunked", "close", "extra", "partial")
 
     def closes(self) -> bool:
         """Whether the upstream ends the connection after this answer. A 204/304 has no
         body, so a wrong Content-Length cannot desync it: the upstream carries on."""
         if self.framing == "short" and self.status in (204, 304):
             return False
-        return self.framing not in ("length", "chunked")
+        return self.framing not in ("length", "chunked", "extra", "partial")
 
 
 answers = st.builds(
     Answer,
     status=st.sampled_from([200, 201, 204, 304, 404, 500]),
     framing=st.sampled_from(
-        ["length", "length", "chunked", "close", "short", "two-lengths", "garbage"]
+        [
+            "length",
+            "length",
+            "chunked",
+            "close",
+            "short",
+            "two-lengths",
+            "garbage",
+            "extra",
+            "partial",
+        ]
     ),
     interim=st.booleans(),
     body=st.binary(min_size=0, max_size=700),
@@ -124,6 +140,9 @@ async def _run(script: list[tuple[str, Answer]]) -> None:
                 continue
             assert answer.valid() or answer.framing == "short", (seq, answer)
             assert response.status == answer.status
+            # Only this answer's own headers: nothing of an answer that came after it.
+            assert response.header(b"location") is None, (seq, answer)
+            assert response.header(b"set-cookie") is None, (seq, answer)
             no_body = method == "HEAD" or answer.status in (204, 304)
             if answer.framing == "short":
                 # Cut short by the read timeout: the bytes it did get are its own.
