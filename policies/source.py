@@ -468,6 +468,8 @@ class _Builder:
         while True:
             event = get()
             cls = event.__class__
+            # The scalar fast path of `_mapping`, inlined here too on purpose: a method
+            # call per scalar is a tenth of a 10,000-rule load.
             if cls is ScalarEvent and event.anchor is None:
                 implicit = event.implicit
                 if implicit[0]:
