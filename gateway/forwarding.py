@@ -52,7 +52,11 @@ _TOKENS_CACHE: dict[str, frozenset[str]] = {}
 
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Header names listed in `Connection` (each one is hop-by-hop for this message)."""
-    values = headers.getall("Connection", ())
+    return tokens_of(headers.getall("Connection", []))
+
+
+def tokens_of(values: list[str]) -> frozenset[str]:
+    """The lowercase names listed in these `Connection` header values."""
     if not values:
         return frozenset()
     if len(values) == 1:
@@ -94,10 +98,13 @@ def dropped_names(
     named by its `Connection` header."""
     dropped = union(drop, also_drop) if also_drop else drop
     if "Connection" in headers:
-        tokens = connection_tokens(headers)
-        if not tokens <= dropped:
-            dropped = dropped | tokens
+        dropped = with_tokens(dropped, connection_tokens(headers))
     return dropped
+
+
+def with_tokens(dropped: frozenset[str], tokens: frozenset[str]) -> frozenset[str]:
+    """`dropped` plus the `Connection` tokens (no new set when they are in it already)."""
+    return dropped if tokens <= dropped else dropped | tokens
 
 
 def copy_end_to_end(

@@ -26,6 +26,8 @@ import httptools
 from aiohttp import StreamReader
 from multidict import CIMultiDict
 
+from gateway.forwarding import tokens_of, with_tokens
+
 # An upstream that sends more head than this is broken or hostile; it gets a 502.
 MAX_HEAD_BYTES = 65536
 # Past this many buffered body bytes the upstream socket stops being read until the
@@ -386,11 +388,10 @@ class UpstreamResponse:
 
     def headers(self, drop: frozenset[str]) -> CIMultiDict[str]:
         """The headers not in `drop` (lowercase) nor named by `Connection`, in order."""
-        dropped = drop
-        for key, value in self.raw_headers:
-            if key.lower() == b"connection":
-                tokens = {t.strip().lower() for t in value.decode("latin-1").split(",")}
-                dropped = dropped | tokens
+        connection = [
+            v.decode("latin-1") for k, v in self.raw_headers if k.lower() == b"connection"
+        ]
+        dropped = with_tokens(drop, tokens_of(connection)) if connection else drop
         out: CIMultiDict[str] = CIMultiDict()
         for key, value in self.raw_headers:
             name = key.decode("utf-8", "surrogateescape")
