@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policies.model import IPAddress, IPNetwork
 
@@ -53,13 +53,27 @@ class PathMatcher:
     exact: frozenset[str]
     prefixes: tuple[str, ...]  # "/static" for "/static/**"; "" for "/**"
     regexes: tuple[re.Pattern[str], ...]
-    # Derived once for `matches` (a rule's paths are tried on every request of its host):
-    # the exact paths plus each prefix itself; each prefix + "/", for one startswith();
-    # the regexes that see the key (globs), and those that see the path as is (`re:`).
-    _whole: frozenset[str] = frozenset()
-    _starts: tuple[str, ...] = ()
-    _key_regexes: tuple[re.Pattern[str], ...] = ()
-    _path_regexes: tuple[re.Pattern[str], ...] = ()
+    # Derived from the above once, for `matches` (a rule's paths are tried on every
+    # request of its host): the exact paths plus each prefix itself; each prefix + "/",
+    # for one startswith(); the regexes that see the key (globs), and those that see the
+    # path as is (`re:`, which carry IGNORECASE when the rule is case-insensitive).
+    _whole: frozenset[str] = field(init=False)
+    _starts: tuple[str, ...] = field(init=False)
+    _key_regexes: tuple[re.Pattern[str], ...] = field(init=False)
+    _path_regexes: tuple[re.Pattern[str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        as_is = tuple(
+            r for r in self.regexes if not self.case_sensitive and r.flags & re.IGNORECASE
+        )
+        derived = {
+            "_whole": self.exact | frozenset(self.prefixes),
+            "_starts": tuple(prefix + "/" for prefix in self.prefixes),
+            "_key_regexes": tuple(r for r in self.regexes if r not in as_is),
+            "_path_regexes": as_is,
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
 
     @classmethod
     def compile(cls, patterns: Sequence[str], case_sensitive: bool) -> PathMatcher:
@@ -88,19 +102,7 @@ class PathMatcher:
             else:
                 assert isinstance(value, re.Pattern)
                 regexes.append(value)
-        # Globs were lowercased when case-insensitive (they see `lowered`); `re:` patterns
-        # then carry IGNORECASE and see the path as is.
-        as_is = tuple(r for r in regexes if not case_sensitive and r.flags & re.IGNORECASE)
-        return cls(
-            case_sensitive,
-            frozenset(exact),
-            tuple(prefixes),
-            tuple(regexes),
-            _whole=frozenset(exact) | frozenset(prefixes),
-            _starts=tuple(prefix + "/" for prefix in prefixes),
-            _key_regexes=tuple(r for r in regexes if r not in as_is),
-            _path_regexes=as_is,
-        )
+        return cls(case_sensitive, frozenset(exact), tuple(prefixes), tuple(regexes))
 
     def matches(self, path: str, lowered: str) -> bool:
         """`lowered` is `path.lower()`, computed once per request by the caller."""

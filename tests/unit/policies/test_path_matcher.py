@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from policies.matchers import PathMatcher
@@ -39,3 +41,13 @@ def test_path_patterns(
 ) -> None:
     matcher = PathMatcher.compile(patterns, case_sensitive)
     assert matcher.matches(path, path.lower()) is expected
+
+
+def test_a_matcher_built_directly_derives_its_lookups_too() -> None:
+    # No way to construct a matcher whose fast lookups are empty (a deny rule that
+    # matched nothing would let requests through).
+    matcher = PathMatcher(True, frozenset({"/a"}), ("/s",), (re.compile("/x.*"),))
+    assert matcher.matches("/a", "/a")
+    assert matcher.matches("/s/1", "/s/1")
+    assert matcher.matches("/xy", "/xy")
+    assert not matcher.matches("/b", "/b")
