@@ -155,6 +155,15 @@ _STILL_ESCAPED = re.compile(r"%[0-9A-Fa-f]{2}")
 _DELIMITERS = "/.\\;%?#:@"
 
 
+def split_target(raw: str) -> tuple[str, str]:
+    """A request target's raw path and raw query, or `BadRequest`: a target never
+    carries a fragment, in its path or in its query (aiohttp's raw_path keeps one)."""
+    if "#" in raw:
+        raise BadRequest("target: '#' fragment in the request target")
+    path, _, query = raw.partition("?")
+    return path, query
+
+
 def canonical_path(raw: str, *, path_parameters: PathParameters = "reject") -> str:
     """The one decoded form of a request path, or `BadRequest`.
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from gateway.canonical import canonical_host, canonical_path
+from gateway.canonical import canonical_host, canonical_path, split_target
 from gateway.errors import BadRequest
 
 _METHODS = frozenset(
@@ -70,7 +70,7 @@ def original_request(request: BaseRequest, path_parameters: str) -> OriginalRequ
         proto = headers.get("X-Forwarded-Proto", "https").lower()
         if proto not in ("http", "https"):
             raise BadRequest("forward-auth: X-Forwarded-Proto must be http or https")
-        raw_path, _, query = uri.partition("?")
+        raw_path, query = split_target(uri)
         redirect_capable = True
     return OriginalRequest(
         proto=proto,

@@ -25,6 +25,7 @@ from gateway.canonical import (
     client_ip,
     forwarded_for_value,
     peer_is_trusted,
+    split_target,
     wire_path,
 )
 from gateway.config.model import Config, RouteConfig, TenantConfig
@@ -246,9 +247,7 @@ class Pipeline:
         if not host_header:
             raise BadRequest("missing Host header")
         host = canonical_host(host_header)
-        raw_path, _, query = request.raw_path.partition("?")
-        if "#" in query:  # (a '#' in the path is refused by canonical_path)
-            raise BadRequest("query: '#' (a fragment is never sent to a server)")
+        raw_path, query = split_target(request.raw_path)
         path = canonical_path(raw_path, path_parameters=self._path_parameters)
         xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
         ip = client_ip(peer, xff, self._trusted)

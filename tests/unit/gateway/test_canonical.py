@@ -15,6 +15,7 @@ from gateway.canonical import (
     client_ip,
     forwarded_for_value,
     peer_is_trusted,
+    split_target,
     wire_path,
 )
 from gateway.errors import BadRequest
@@ -450,3 +451,25 @@ def test_canonical_host_is_idempotent_and_plain(raw: str) -> None:
 )
 def test_client_ip_never_raises(peer: str | None, xff: list[str]) -> None:
     client_ip(peer, xff, TRUSTED)
+
+
+# --- split_target: path and query, never a fragment ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/a", ("/a", "")),
+        ("/a?", ("/a", "")),
+        ("/a?x=1&y=2", ("/a", "x=1&y=2")),
+        ("/a?x=?", ("/a", "x=?")),
+    ],
+)
+def test_split_target_gives_path_and_raw_query(raw: str, expected: tuple[str, str]) -> None:
+    assert split_target(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["/a#b", "/a?x#y", "/a?#", "#"])
+def test_split_target_refuses_a_fragment_anywhere(raw: str) -> None:
+    with pytest.raises(BadRequest, match="fragment"):
+        split_target(raw)
