@@ -102,8 +102,10 @@ class FieldReader:
         out = []
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
-            if isinstance(item, str) or self.string(value, i, item_path) is not None:
+            if isinstance(item, str):
                 out.append((item, i, item_path))
+            else:
+                self.string(value, i, item_path)  # says what is wrong with it
         return out
 
 
