@@ -1,5 +1,5 @@
 """A lean HTTP/1.1 client for upstreams: a keep-alive pool, bodies streamed both ways,
-and a read timeout between successive reads.
+and a read timeout counted from the last byte that moved either way.
 
 Why not aiohttp's ClientSession (which WebSockets still use): per proxied request it
 builds a ClientRequest, runs its header and cookie machinery, and arms several timers;
@@ -480,7 +480,7 @@ class UpstreamClient:
                     factory, origin.host, origin.port, ssl=origin.tls
                 )
         except TimeoutError:
-            raise
+            raise  # an OSError too, but a 504, not a 502
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamUnreachable(f"cannot connect: {exc}") from exc
         return conn
