@@ -35,6 +35,7 @@ from benchmarks._harness import (
     LOOPBACK,
     WRK_DONE_SCRIPT,
     BenchmarkError,
+    ManagedProcess,
     WrkSettings,
     run_wrk,
     wrk_command,
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     args = parser.parse_args(argv)
     prefix = run_prefix()
-    started = []
+    started: list[ManagedProcess] = []
     cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="authgate-hotpath-") as name:
         tmp = Path(name)

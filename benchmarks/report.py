@@ -95,6 +95,8 @@ def checks(load: LoadResults) -> list[Check]:
             load.paced, "minimal", "minimal proxy p99 added at ½ max", target=False
         ),
         ratio_check(results, "bypass", "minimal", "(a) bypass / minimal proxy", None),
+        ratio_check(results, "floor", "nginx", "Python floor / nginx proxy", None),
+        ratio_check(results, "session", "floor", "(b) / Python floor", None),
         ratio_check(results, "forward_auth", "nginx", "(d) forward-auth / nginx proxy", None),
     ]
     if "session" in results and "minimal" in results and results["session"].cpu_us_per_request:

@@ -127,12 +127,14 @@ def start_nginx_proxy(workers: int, tmp: Path, upstream_port: int) -> Scenario:
     return Scenario("nginx", "nginx reverse proxy", port, (process,), process)
 
 
-def start_minimal_proxy(workers: int, tmp: Path, upstream_port: int) -> Scenario:
+def _start_python_proxy(
+    key: str, label: str, module: str, workers: int, tmp: Path, upstream_port: int
+) -> Scenario:
     port = free_port()
     argv = [
         sys.executable,
         "-m",
-        "benchmarks.minimal_proxy",
+        module,
         "--port",
         str(port),
         "--upstream",
@@ -140,9 +142,27 @@ def start_minimal_proxy(workers: int, tmp: Path, upstream_port: int) -> Scenario
         "--workers",
         str(workers),
     ]
-    process = start_process("minimal aiohttp proxy", argv, tmp / "minimal.log", cwd=REPO)
+    process = start_process(label, argv, tmp / f"{key}.log", cwd=REPO)
     wait_until_serving(process, port, BENCH_HOST)
-    return Scenario("minimal", "minimal aiohttp proxy", port, (process,), process)
+    return Scenario(key, label, port, (process,), process)
+
+
+def start_minimal_proxy(workers: int, tmp: Path, upstream_port: int) -> Scenario:
+    return _start_python_proxy(
+        "minimal", "minimal aiohttp proxy", "benchmarks.minimal_proxy", workers, tmp, upstream_port
+    )
+
+
+def start_floor_proxy(workers: int, tmp: Path, upstream_port: int) -> Scenario:
+    """The Python floor (`benchmarks/floor_proxy.py`): bytes relayed, nothing else."""
+    return _start_python_proxy(
+        "floor",
+        "Python floor (bytes relayed)",
+        "benchmarks.floor_proxy",
+        workers,
+        tmp,
+        upstream_port,
+    )
 
 
 # ------------------------------------------------------------------------ authgate

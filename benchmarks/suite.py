@@ -5,6 +5,7 @@ Scenarios (all against the same nginx upstream answering `200 ok`):
   direct        wrk → upstream
   nginx         wrk → nginx reverse proxy → upstream
   minimal       wrk → minimal aiohttp proxy → upstream
+  floor         wrk → the Python floor (llhttp finds message ends, bytes relayed) → upstream
   bypass        (a) wrk → authgate, route whose policy is `bypass` → upstream
   session       (b) wrk → authgate, signed-in session (SQLite), policy on the group,
                 identity headers and JWT → upstream
@@ -45,6 +46,7 @@ from benchmarks.scenarios import (
     delete_redis_prefix,
     run_prefix,
     start_authgate_scenario,
+    start_floor_proxy,
     start_forward_auth,
     start_minimal_proxy,
     start_nginx_proxy,
@@ -211,6 +213,7 @@ def _starters(
     return [
         ("nginx", lambda: start_nginx_proxy(w, tmp, upstream_port)),
         ("minimal", lambda: start_minimal_proxy(w, tmp, upstream_port)),
+        ("floor", lambda: start_floor_proxy(w, tmp, upstream_port)),
         (
             "bypass",
             lambda: start_authgate_scenario(
