@@ -94,6 +94,7 @@ def checks(load: LoadResults) -> list[Check]:
         added_latency_check(
             load.paced, "minimal", "minimal proxy p99 added at ½ max", target=False
         ),
+        added_latency_check(load.paced, "floor", "Python floor p99 added at ½ max", target=False),
         ratio_check(results, "bypass", "minimal", "(a) bypass / minimal proxy", None),
         ratio_check(results, "floor", "nginx", "Python floor / nginx proxy", None),
         ratio_check(results, "session", "floor", "(b) / Python floor", None),

@@ -292,15 +292,15 @@ def _paced_runs(
     tmp: Path,
     log: Callable[[str], None],
 ) -> tuple[PacedResult, ...]:
-    """direct, the minimal proxy (for scale), (b) and (c) at half of (b)'s maximal
-    throughput, back to back."""
+    """direct, the minimal proxy and the Python floor (for scale), (b) and (c) at half
+    of (b)'s maximal throughput, back to back."""
     by_key = {s.key: s for s in scenarios}
     maximum = {r.key: r.requests_per_second for r in results}
     if "session" not in by_key or not maximum.get("session"):
         return ()
     rate = maximum["session"] / 2
     out = []
-    for key in ("direct", "minimal", "session", "redis"):
+    for key in ("direct", "minimal", "floor", "session", "redis"):
         if key in by_key:
             log(f"fixed rate {rate:.0f} req/s: {by_key[key].label} …")
             out.append(paced(by_key[key], rate, options, tmp, min(options.threads, 2)))

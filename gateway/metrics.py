@@ -29,6 +29,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -216,6 +217,7 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=registry,
         )
+        self.upstream_connections = UpstreamConnections(registry)
         self.policy_reloads = Counter(
             "authgate_policy_reloads",
             "Policy reloads in a worker (each worker reloads), by result.",
@@ -373,6 +375,33 @@ class Metrics:
             return cached  # the store errors are counted where they happen
         self._active_cache = (now, fresh)
         return fresh
+
+
+class UpstreamConnections:
+    """Open upstream connections (a gauge summed over live workers) and how many were
+    ever opened: a pool that stops reusing its connections shows as a climbing count,
+    a leak as an open gauge that never comes down. Moved per connection, never per
+    request."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open = Gauge(
+            "authgate_upstream_connections",
+            "Upstream connections open now (kept alive or in use), all workers.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.total = Counter(
+            "authgate_upstream_connections_opened",
+            "Upstream connections opened (plain HTTP; WebSockets not counted).",
+            registry=registry,
+        )
+
+    def opened(self) -> None:
+        self.open.inc()
+        self.total.inc()
+
+    def closed(self) -> None:
+        self.open.dec()
 
 
 class _ActiveSessions(Collector):

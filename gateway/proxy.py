@@ -24,6 +24,7 @@ from gateway.config.model import RouteConfig
 from gateway.forwarding import RESPONSE_HOP_BY_HOP, dropped_names, union
 from gateway.request_log import note_upstream
 from gateway.upstream_client import (
+    ConnectionWatch,
     Origin,
     RequestBody,
     UpstreamClient,
@@ -130,7 +131,8 @@ class UpstreamPool:
     pool) for requests, and aiohttp ClientSessions, one per distinct (connect, read)
     timeout pair, for WebSockets. Both are made on first use, inside the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: ConnectionWatch | None = None) -> None:
+        self._watch = watch
         self._client: UpstreamClient | None = None
         self._connector: aiohttp.TCPConnector | None = None
         self._sessions: dict[tuple[float, float], aiohttp.ClientSession] = {}
@@ -139,7 +141,7 @@ class UpstreamPool:
     @property
     def client(self) -> UpstreamClient:
         if self._client is None:
-            self._client = UpstreamClient(keepalive_timeout=30.0)
+            self._client = UpstreamClient(keepalive_timeout=30.0, watch=self._watch)
         return self._client
 
     def origin(self, scheme: str, host: str, port: int | None) -> Origin:

@@ -118,7 +118,7 @@ class GatewayServer:
         for hook in self.hooks.startup:
             await hook()
         server_cfg = self.config.server
-        upstreams = UpstreamPool()
+        upstreams = UpstreamPool(self.metrics.upstream_connections)
         self.hooks.cleanup.append(upstreams.close)
         self.pipeline = Pipeline(
             self.config,

@@ -20,7 +20,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 from aiohttp import StreamReader
@@ -62,6 +62,22 @@ class Origin:
         if scheme == "https":
             return cls(host, port or 443, ssl.create_default_context())
         return cls(host, port or 80, None)
+
+
+class ConnectionWatch(Protocol):
+    """Told of every upstream connection opened and closed (the metrics)."""
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
+class _Unwatched:
+    def opened(self) -> None:
+        pass
+
+    def closed(self) -> None:
+        pass
 
 
 class _Connection(asyncio.Protocol):
@@ -106,6 +122,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        self.pool.watch.opened()
 
     def data_received(self, data: bytes) -> None:
         self._last_progress = self._loop.time()
@@ -135,6 +152,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.watch.closed()
         self.pool.forget(self)
         self._ended()
         if self._write_ready is not None and not self._write_ready.done():
@@ -433,8 +451,14 @@ RequestBody = bytes | StreamReader | None
 class UpstreamClient:
     """Keep-alive connections to every upstream, reused last-in first-out."""
 
-    def __init__(self, keepalive_timeout: float = 30.0, max_idle_per_origin: int = 512) -> None:
+    def __init__(
+        self,
+        keepalive_timeout: float = 30.0,
+        max_idle_per_origin: int = 512,
+        watch: ConnectionWatch | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.watch: ConnectionWatch = watch if watch is not None else _Unwatched()
         self.keepalive_timeout = keepalive_timeout
         self.max_idle_per_origin = max_idle_per_origin
         self._idle: dict[Origin, list[_Connection]] = {}

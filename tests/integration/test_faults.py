@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.model import Config, PasswordsConfig, SecretsConfig, SessionsConfig
 from gateway.extensions import default_extensions
@@ -251,6 +252,11 @@ async def test_hung_and_dead_upstreams_give_504_and_502_without_leaking_connecti
         assert {s for s, _, _ in statuses} == {504}
         await asyncio.sleep(0.3)
         assert open_fds() <= before + 5, "connections to a hung upstream are closed"
+        # What an operator sees: none left open, and each 504 had a connection of its own
+        # (one that timed out is never handed to the next request).
+        metrics = await scraped(client, base)
+        assert metrics["authgate_upstream_connections"] == 0
+        assert metrics["authgate_upstream_connections_opened_total"] >= 1 + 200
     finally:
         hung.close()
         await hung.wait_closed()
@@ -261,6 +267,19 @@ async def test_hung_and_dead_upstreams_give_504_and_502_without_leaking_connecti
     status, content_type, _ = await get(client, dead_base, "/x")
     assert status == 502
     assert "text/html" in content_type
+
+
+async def scraped(client: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The unlabelled samples of /.authgate/metrics, by name."""
+    async with client.get(f"{base}/.authgate/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 # --- (d) no data lost across restarts ----------------------------------------------

@@ -6,6 +6,7 @@ or a request path; the endpoint refuses peers outside `server.metrics_networks`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from collections.abc import AsyncIterator
@@ -149,6 +150,28 @@ async def test_counters_move_by_the_traffic_sent_and_labels_stay_bounded(
     assert not any("token" in v for v in values)
 
 
+async def test_upstream_connections_are_counted_and_kept_alive(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway, client: aiohttp.ClientSession
+) -> None:
+    base = await start_gateway(configure(tmp_path, upstream))
+    before = await scrape(client, base)
+    assert value(before, "authgate_upstream_connections") == 0
+    for i in range(5):  # one after the other: one kept-alive connection serves them all
+        async with client.get(f"{base}/public/{i}", headers={"Host": "app.test"}) as resp:
+            assert resp.status == 200
+    after = await scrape(client, base)
+    assert value(after, "authgate_upstream_connections_opened_total") == 1
+    assert value(after, "authgate_upstream_connections") == 1
+
+    await upstream.close()  # the upstream goes away: the gateway sees its connection end
+    for _ in range(50):
+        gone = await scrape(client, base)
+        if value(gone, "authgate_upstream_connections") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert value(gone, "authgate_upstream_connections") == 0
+
+
 async def test_metrics_refuses_a_peer_outside_metrics_networks_even_with_forwarded_for(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway, client: aiohttp.ClientSession
 ) -> None:
@@ -239,6 +262,10 @@ def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) ->
         assert value(samples, requests, **labels) == 20
         duration = "authgate_request_duration_seconds_count"
         assert value(samples, duration, tenant="acme", route="app.test/") == 20
+        # The upstream answers HTTP/1.0 and closes: a connection per request, summed over
+        # the workers, and none left open (the gauge is the sum over live workers).
+        assert value(samples, "authgate_upstream_connections_opened_total") == 20
+        assert value(samples, "authgate_upstream_connections") == 0
 
         # ...and both workers served some of them: read each worker's own file.
         workers = worker_pids(process.pid)
