@@ -19,7 +19,7 @@ import asyncio
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks._harness import (
@@ -55,6 +55,7 @@ from benchmarks.scenarios import (
 )
 
 MAX_ERROR_SHARE = 0.01  # more failed requests than this: the figures mean nothing
+DIRECT_AT_NGINX_RATE = "direct@nginx"  # direct, paced at half of nginx's maximum
 PACE_MS = 20  # fixed-rate runs: connections = rate x this (each idle ~this long between sends)
 
 
@@ -300,8 +301,17 @@ def _paced_runs(
         return ()
     rate = maximum["session"] / 2
     out = []
+    threads = min(options.threads, 2)
     for key in ("direct", "minimal", "floor", "session", "redis"):
         if key in by_key:
             log(f"fixed rate {rate:.0f} req/s: {by_key[key].label} …")
-            out.append(paced(by_key[key], rate, options, tmp, min(options.threads, 2)))
+            out.append(paced(by_key[key], rate, options, tmp, threads))
+    # For scale: nginx at half of *its own* maximum, against direct at that same rate.
+    # The machine is then as busy as in (b)'s run at half of (b)'s maximum, and what
+    # nginx adds there is what this machine allows any proxy.
+    if "nginx" in by_key and "direct" in by_key and maximum.get("nginx"):
+        nginx_rate = maximum["nginx"] / 2
+        for scenario in (replace(by_key["direct"], key=DIRECT_AT_NGINX_RATE), by_key["nginx"]):
+            log(f"fixed rate {nginx_rate:.0f} req/s: {scenario.label} …")
+            out.append(paced(scenario, nginx_rate, options, tmp, threads))
     return tuple(out)

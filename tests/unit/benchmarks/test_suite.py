@@ -45,10 +45,15 @@ def test_ratios_are_medians_of_paired_rounds_and_judged_against_the_targets() ->
         paced=(
             PacedResult("direct", 500, 10, 20, 490, 0.2, 1.0, 0),
             PacedResult("session", 500, 10, 20, 480, 1.0, 4.5, 0),
+            PacedResult("direct@nginx", 5000, 100, 20, 4990, 0.2, 0.5, 0),
+            PacedResult("nginx", 5000, 100, 20, 4980, 0.4, 3.0, 0),
         ),
         failures=(),
     )
     found = {c.name: c for c in checks(load)}
+    # nginx at half of its own maximum is measured against direct at that same rate
+    nginx_added = found["nginx p99 added at ½ its own max"]
+    assert nginx_added.value == 2.5 and nginx_added.met is None
     vs_minimal = found["(b) / minimal aiohttp proxy"]
     assert vs_minimal.per_round == (1.1, 0.5, 0.9)
     assert vs_minimal.value == 0.9 and vs_minimal.met is False
