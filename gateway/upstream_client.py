@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Iterable
@@ -27,6 +28,8 @@ from aiohttp import StreamReader
 from multidict import CIMultiDict
 
 from gateway.forwarding import tokens_of, with_tokens
+
+log = logging.getLogger("authgate.proxy")
 
 # An upstream that sends more head than this is broken or hostile; it gets a 502.
 MAX_HEAD_BYTES = 65536
@@ -413,8 +416,17 @@ class UpstreamResponse:
         out: CIMultiDict[str] = CIMultiDict()
         for key, value in self.raw_headers:
             name = key.decode("utf-8", "surrogateescape")
-            if name.lower() not in dropped:
-                out.add(name, value.decode("utf-8", "surrogateescape"))
+            if name.lower() in dropped:
+                continue
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                # aiohttp's writer would silently cut such a value where the first
+                # undecodable byte stood (a truncated Location or Set-Cookie means
+                # something else); the header is left out whole, and said so.
+                _unwritable(name)
+                continue
+            out.add(name, text)
         return out
 
     async def read(self) -> bytes:
@@ -446,6 +458,21 @@ class UpstreamResponse:
 
 
 RequestBody = bytes | StreamReader | None
+
+
+_WARNED: set[str] = set()
+
+
+def _unwritable(name: str) -> None:
+    """Warn once per header name and process (bounded: names come from upstreams)."""
+    key = name.lower()
+    if key in _WARNED or len(_WARNED) >= 256:
+        return
+    _WARNED.add(key)
+    log.warning(
+        "an upstream response header is not UTF-8 and was left out (warned once per name)",
+        extra={"header": name},
+    )
 
 
 class UpstreamClient:

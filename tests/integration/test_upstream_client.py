@@ -546,3 +546,27 @@ async def test_a_fragment_in_the_query_is_400(
     answer = await asyncio.wait_for(reader.read(), timeout=5)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+async def test_a_header_value_that_is_not_utf8_is_left_out_whole_never_cut(
+    tmp_path: Path, raw_upstream: object, start_gateway: StartGateway
+) -> None:
+    # Latin-1 bytes in a value: aiohttp's writer would cut it at the first such byte
+    # ("caf"), which for a Location or a Set-Cookie means something else.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(ok(b"hi", b"X-Latin: caf\xe9 au lait", "X-Utf8: café".encode()))
+
+    server, url = await raw_upstream(script)  # type: ignore[operator]
+    base = await start_gateway(make_config(tmp_path, url))
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"hi"
+    assert "X-Utf8: café".encode() in head.split(b"\r\n")  # valid UTF-8 passes byte for byte
+    assert b"x-latin" not in head.lower()  # left out whole, not "caf"
