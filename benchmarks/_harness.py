@@ -7,6 +7,8 @@ so workers forked by a supervisor never outlive a benchmark, even one that faile
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing
@@ -18,7 +20,7 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +73,6 @@ def reuseport_socket(port: int, backlog: int = 4096) -> socket.socket:
 def install_uvloop() -> None:
     """uvloop when installed: authgate runs on it, so every Python server here does too."""
     with contextlib.suppress(ImportError):
-        import asyncio
-
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -102,6 +102,27 @@ def run_forked_workers(target: Callable[..., None], args: tuple[object, ...], co
     signal.signal(signal.SIGINT, stop)
     for process in processes:
         process.join()
+
+
+# A baseline proxy's worker: serve(port, upstream URL) until SIGTERM.
+Serve = Callable[[int, str], Coroutine[object, object, None]]
+
+
+def _proxy_worker(serve: Serve, port: int, upstream: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    install_uvloop()
+    asyncio.run(serve(port, upstream))
+
+
+def proxy_main(description: str, serve: Serve) -> None:
+    """The command line of a baseline proxy: `--port P --upstream URL --workers N`, each
+    worker running `serve(port, upstream)` on uvloop until SIGTERM."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="http://host:port")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    run_forked_workers(_proxy_worker, (serve, args.port, args.upstream), args.workers)
 
 
 @dataclass

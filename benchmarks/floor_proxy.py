@@ -17,7 +17,6 @@ bodies); anything else closes the connection.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 from collections import deque
@@ -25,46 +24,65 @@ from typing import cast
 
 import httptools
 
-from benchmarks._harness import install_uvloop, reuseport_socket, run_forked_workers
+from benchmarks._harness import proxy_main, reuseport_socket
 
 
-class _Upstream(asyncio.Protocol):
-    """One kept-alive connection to the upstream; relays one answer at a time."""
+class _Messages(asyncio.Protocol):
+    """A connection that collects the raw bytes of each whole message llhttp finds."""
 
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
+    def __init__(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser):
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.client: _Client | None = None
+        self.parser = parser
         self.chunks: list[bytes] = []
-        self.done = False
+        self.complete = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def send(self, client: _Client, request: bytes) -> None:
-        assert self.transport is not None
-        self.client = client
-        self.transport.write(request)
+    def on_message_complete(self) -> None:
+        self.complete = True
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail()
+            self.broken()
             return
-        if self.done:
-            self.done = False
-            client, self.client = self.client, None
-            answer = b"".join(self.chunks)
+        if self.complete:
+            self.complete = False
+            message = b"".join(self.chunks)
             self.chunks.clear()
-            self.pool.idle.append(self)
-            if client is not None:
-                client.answer(answer)
+            self.whole(message)
 
-    def on_message_complete(self) -> None:
-        self.done = True
+    def whole(self, message: bytes) -> None:
+        raise NotImplementedError
+
+    def broken(self) -> None:
+        raise NotImplementedError
+
+
+class _Upstream(_Messages):
+    """One kept-alive connection to the upstream; relays one answer at a time."""
+
+    def __init__(self, pool: _Pool) -> None:
+        super().__init__(httptools.HttpResponseParser(self))
+        self.pool = pool
+        self.client: _Client | None = None
+
+    def send(self, client: _Client, request: bytes) -> None:
+        assert self.transport is not None
+        self.client = client
+        self.transport.write(request)
+
+    def whole(self, message: bytes) -> None:
+        client, self.client = self.client, None
+        self.pool.idle.append(self)
+        if client is not None:
+            client.answer(message)
+
+    def broken(self) -> None:
+        self._fail()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail()
@@ -106,36 +124,20 @@ class _Pool:
         upstream.send(client, request)
 
 
-class _Client(asyncio.Protocol):
+class _Client(_Messages):
     """One client connection: relays each complete request to the pool."""
 
     def __init__(self, pool: _Pool) -> None:
+        super().__init__(httptools.HttpRequestParser(self))
         self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.chunks: list[bytes] = []
-        self.complete = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+    def whole(self, message: bytes) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()  # one request in flight per connection
+        self.pool.send(self, message)
 
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.close()
-            return
-        if self.complete:
-            self.complete = False
-            request = b"".join(self.chunks)
-            self.chunks.clear()
-            assert self.transport is not None
-            self.transport.pause_reading()  # one request in flight per connection
-            self.pool.send(self, request)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
+    def broken(self) -> None:
+        self.close()
 
     def answer(self, response: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -161,19 +163,8 @@ async def _serve(port: int, upstream: str) -> None:
         server.close()
 
 
-def _worker(port: int, upstream: str) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    install_uvloop()
-    asyncio.run(_serve(port, upstream))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The Python floor of a reverse proxy.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="http://host:port")
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
-    run_forked_workers(_worker, (args.port, args.upstream), args.workers)
+    proxy_main("The Python floor of a reverse proxy.", _serve)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ SO_REUSEPORT, like `authgate serve --workers N`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
@@ -21,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from benchmarks._harness import install_uvloop, reuseport_socket, run_forked_workers
+from benchmarks._harness import proxy_main, reuseport_socket
 
 HOP_BY_HOP = frozenset(
     {
@@ -108,19 +107,8 @@ async def _serve(port: int, upstream: str) -> None:
         await proxy.close()
 
 
-def _worker(port: int, upstream: str) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    install_uvloop()
-    asyncio.run(_serve(port, upstream))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="A minimal aiohttp reverse proxy (baseline).")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True, help="http://host:port")
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
-    run_forked_workers(_worker, (args.port, args.upstream), args.workers)
+    proxy_main("A minimal aiohttp reverse proxy (baseline).", _serve)
 
 
 if __name__ == "__main__":
