@@ -3,12 +3,17 @@
 Accepted forms (`rediss…` = the same over TLS):
 
 - `redis://[[user]:password@]host[:port][/db]` — one server (redis-py's own URL form,
-  so its query options such as `?ssl_cert_reqs=none` work too);
+  so its query options work too, such as `?ssl_ca_certs=/path/ca.pem` for a server
+  whose certificate a private CA signed);
 - `redis+sentinel://[[user]:password@]host:port[,host:port…]/service_name[/db]` —
   ask the Sentinels for the current master of `service_name`; the credentials are
   the master's; `?sentinel_password=…` when the Sentinels themselves want one;
 - `redis+cluster://[[user]:password@]host:port[,host:port…]` — a Redis Cluster;
   the nodes listed are only seeds (the rest is discovered); no db (Cluster has only 0).
+
+Over TLS, certificates are always verified: against the system's CAs, or against
+`?ssl_ca_certs=/path/ca.pem` (every form accepts it; for Sentinel it serves the
+Sentinels and the master alike).
 
 IPv6 hosts are written in brackets: `[::1]:6379`.
 """
@@ -44,6 +49,7 @@ class RedisTarget:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None  # a PEM file of CAs to verify TLS servers with
 
 
 class RedisUrlError(StoreUnavailable):
@@ -82,17 +88,18 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise RedisUrlError(f"sessions.store: no host in the {scheme}:// URL")
     segments = [unquote(s) for s in path.split("/") if s]
     options = parse_qs(query)
+    ca_certs = options.get("ssl_ca_certs", [None])[0]
     if mode is RedisMode.STANDALONE:
         if len(nodes) != 1:
             raise RedisUrlError(
                 "sessions.store: one host in redis:// (use redis+sentinel:// or redis+cluster://)"
             )
         db = _db(segments[0]) if segments else 0
-        return RedisTarget(mode, url, nodes, tls, None, db, username, password)
+        return RedisTarget(mode, url, nodes, tls, None, db, username, password, None, ca_certs)
     if mode is RedisMode.CLUSTER:
         if segments and segments != ["0"]:
             raise RedisUrlError("sessions.store: Redis Cluster has only database 0")
-        return RedisTarget(mode, url, nodes, tls, None, 0, username, password)
+        return RedisTarget(mode, url, nodes, tls, None, 0, username, password, None, ca_certs)
     if not segments or len(segments) > 2:
         raise RedisUrlError(
             "sessions.store: redis+sentinel://host:port[,host:port…]/service_name[/db]"
@@ -100,7 +107,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     db = _db(segments[1]) if len(segments) == 2 else 0
     sentinel_password = options.get("sentinel_password", [None])[0]
     return RedisTarget(
-        mode, url, nodes, tls, segments[0], db, username, password, sentinel_password
+        mode, url, nodes, tls, segments[0], db, username, password, sentinel_password, ca_certs
     )
 
 
