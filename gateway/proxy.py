@@ -256,6 +256,10 @@ async def forward_http(
     async with upstream:
         status = upstream.status
         reason = upstream.reason or None
+        try:
+            answer_headers = upstream.headers(RESPONSE_HOP_BY_HOP)
+        except UpstreamUnreachable as exc:  # a protective header we cannot forward whole
+            raise UpstreamError(502, str(exc)) from exc
         length_value = upstream.header(b"content-length")
         framed_by_length = (
             length_value is not None
@@ -282,10 +286,10 @@ async def forward_http(
                 status=status,
                 reason=reason,
                 body=answer,
-                headers=upstream.headers(RESPONSE_HOP_BY_HOP),
+                headers=answer_headers,
             )
         response = web.StreamResponse(status=status, reason=reason)
-        response.headers.extend(upstream.headers(RESPONSE_HOP_BY_HOP))
+        response.headers.extend(answer_headers)
         if framed_by_length and length_value is not None:
             response.content_length = int(length_value)
         elif not no_body:

@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._counted = False  # told the watch it opened, and not yet that it closed
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._last_progress = 0.0  # the last byte read, or request body byte sent
@@ -125,7 +126,22 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        self._counted = True
         self.pool.watch.opened()
+
+    def uncount(self) -> None:
+        """Tell the watch this connection is gone, once, whoever notices first:
+        uvloop closes a connection whose `create_connection` was cancelled after
+        `connection_made` without ever calling `connection_lost`."""
+        if self._counted:
+            self._counted = False
+            self.pool.watch.closed()
+
+    def abandon(self) -> None:
+        """A connection made for a `create_connection` that did not return (cancelled)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.uncount()
 
     def data_received(self, data: bytes) -> None:
         self._last_progress = self._loop.time()
@@ -155,11 +171,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool.watch.closed()
         self.pool.forget(self)
         self._ended()
         if self._write_ready is not None and not self._write_ready.done():
             self._write_ready.set_exception(UpstreamUnreachable("the upstream hung up"))
+        self.uncount()
 
     def pause_writing(self) -> None:
         self._paused_writing = True
@@ -397,7 +413,9 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self._sending = sending
         self.status = conn.status
-        self.reason = conn.reason.decode("latin-1")
+        # Only a printable ASCII reason is passed on: aiohttp's writer refuses control
+        # characters (a 500) and would re-encode other bytes; "" means the standard one.
+        self.reason = conn.reason.decode("ascii") if _PRINTABLE.fullmatch(conn.reason) else ""
         self.raw_headers = conn.raw_headers
 
     def header(self, name: bytes) -> bytes | None:
@@ -421,9 +439,15 @@ class UpstreamResponse:
             try:
                 text = value.decode("utf-8")
             except UnicodeDecodeError:
-                # aiohttp's writer would silently cut such a value where the first
-                # undecodable byte stood (a truncated Location or Set-Cookie means
-                # something else); the header is left out whole, and said so.
+                # aiohttp's writer would silently drop the undecodable bytes, and a
+                # value with bytes missing can mean something else (a Location, a
+                # Set-Cookie): the header is left out whole, and said so. Without a
+                # protective header the page would be less safe than the upstream
+                # meant: that answer is not forwarded at all (502).
+                if name.lower() in PROTECTIVE:
+                    raise UpstreamUnreachable(
+                        f"the upstream's {name} header is not UTF-8 and cannot be forwarded"
+                    ) from None
                 _unwritable(name)
                 continue
             out.add(name, text)
@@ -459,6 +483,23 @@ class UpstreamResponse:
 
 RequestBody = bytes | StreamReader | None
 
+
+# Response headers whose loss would leave the browser less protected than the upstream
+# asked for: an answer carrying one we cannot forward whole is not forwarded.
+PROTECTIVE = frozenset(
+    {
+        "content-security-policy",
+        "strict-transport-security",
+        "x-frame-options",
+        "x-content-type-options",
+        "referrer-policy",
+        "permissions-policy",
+        "cross-origin-opener-policy",
+        "cross-origin-embedder-policy",
+        "cross-origin-resource-policy",
+    }
+)
+_PRINTABLE = re.compile(rb"[\t\x20-\x7e]*")
 
 _WARNED: set[str] = set()
 
@@ -522,18 +563,25 @@ class UpstreamClient:
             self._sweeper = self.loop.call_later(self.keepalive_timeout, self._sweep)
 
     async def _connect(self, origin: Origin, limit: float) -> _Connection:
+        made: list[_Connection] = []
+
         def factory() -> _Connection:
-            return _Connection(self, origin)
+            made.append(_Connection(self, origin))
+            return made[-1]
 
         try:
             async with asyncio.timeout(limit):
                 _, conn = await self.loop.create_connection(
                     factory, origin.host, origin.port, ssl=origin.tls
                 )
-        except TimeoutError:
-            raise  # an OSError too, but a 504, not a 502
-        except (OSError, ssl.SSLError) as exc:
-            raise UpstreamUnreachable(f"cannot connect: {exc}") from exc
+        except BaseException as exc:
+            for abandoned in made:  # a timeout or a cancelled request, after the connect
+                abandoned.abandon()
+            if isinstance(exc, TimeoutError):
+                raise  # an OSError too, but a 504, not a 502
+            if isinstance(exc, (OSError, ssl.SSLError)):
+                raise UpstreamUnreachable(f"cannot connect: {exc}") from exc
+            raise
         return conn
 
     def _idle_connection(self, origin: Origin) -> _Connection | None:
