@@ -22,8 +22,8 @@ from gateway.config.model import Config, PasswordsConfig, SecretsConfig, Session
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
 from gateway.server import GatewayServer
-from gateway.stores import User, new_id, open_stores
-from gateway.stores.ids import hash_session_id
+from gateway.stores import ApiKey, User, new_id, open_stores
+from gateway.stores.ids import api_key_display_prefix, hash_api_key, hash_session_id, new_api_key
 from gateway.stores.postgres import migrate
 from tests.conftest import run_sync
 from tests.integration.browser import Browser, hidden
@@ -212,6 +212,62 @@ async def test_database_down_sign_in_is_a_branded_503_and_sessions_keep_working(
         finally:
             postgres.start()
         await eventually_status(client, base, "/members/x", cookie, 200)
+    finally:
+        await server.stop()
+
+
+async def add_api_key(config: Config, user: User) -> str:
+    stores = await open_stores(config)
+    try:
+        key = new_api_key()
+        await stores.apikeys.create(
+            ApiKey(
+                id=new_id(),
+                tenant="acme",
+                user_id=user.id,
+                name="ci",
+                prefix=api_key_display_prefix(key),
+                key_hash=hash_api_key(key),
+                created=time.time(),
+                expires=None,
+            )
+        )
+        return key
+    finally:
+        await stores.close()
+
+
+async def test_database_down_an_api_key_is_a_503_never_a_pass_and_never_a_401(
+    tmp_path: Path,
+    upstream: TestServer,
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+    client: aiohttp.ClientSession,
+) -> None:
+    # API keys live in the database. With it down, a key the worker has not seen cannot
+    # be checked: that is "try later" (503), not "let it in", and not "your key is
+    # wrong" (401), which would make a client throw a good key away.
+    config = configure(tmp_path, str(upstream.make_url("")), postgres.url, redis_server.url)
+    user = await add_user(config, f"ci{os.getpid()}{time.monotonic_ns() % 100000}")
+    key = await add_api_key(config, user)
+    server, base = await start(config)
+
+    async def with_key() -> int:
+        headers = {"Host": "app.test", "Authorization": f"Bearer {key}", "Accept": "*/*"}
+        async with client.get(f"{base}/members/api", headers=headers) as resp:
+            return resp.status
+
+    try:
+        postgres.stop("immediate")
+        try:
+            assert [await with_key() for _ in range(3)] == [503, 503, 503]
+        finally:
+            postgres.start()
+        deadline = time.monotonic() + RECOVERY
+        while (status := await with_key()) != 200:
+            assert status == 503, status
+            assert time.monotonic() < deadline, "the key still fails after the database is back"
+            await asyncio.sleep(0.1)
     finally:
         await server.stop()
 
