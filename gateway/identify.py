@@ -177,12 +177,15 @@ class Identifier(RevocationFollower):
         cached = self._key_cache.get(key_hash)
         if cached is not None and cached[0] > mono:
             return cached[1]
+        epoch = self._epoch
         record = await self.apikeys.get_by_hash(key_hash)
         holder: _KeyHolder | None = None
         if record is not None and not record.revoked:
             user = await self.users.get(record.user_id)
             if user is not None and not user.disabled:
                 holder = _KeyHolder(user, record.id, record.expires)
+        if epoch != self._epoch:
+            return holder  # a revocation arrived while it was read: not cached
         if len(self._key_cache) > 10_000:
             self._key_cache.clear()
         self._key_cache[key_hash] = (mono + _API_KEY_CACHE_SECONDS, holder)

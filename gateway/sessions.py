@@ -74,9 +74,16 @@ class RevocationFollower:
     what each message means to its own caches."""
 
     _subscription: Subscription | None = None
+    # Revocation messages received so far. A store read begun before a message may
+    # hold what it revoked: a subclass caches a read only if this did not move.
+    _epoch = 0
 
     async def follow(self, events: EventBus) -> None:
-        self._subscription = await events.subscribe(REVOCATIONS, self._on_revocation)
+        self._subscription = await events.subscribe(REVOCATIONS, self._received)
+
+    async def _received(self, message: str) -> None:
+        self._epoch += 1
+        await self._on_revocation(message)
 
     async def stop(self) -> None:
         if self._subscription is not None:
@@ -113,7 +120,7 @@ class SessionManager(RevocationFollower):
         self._cache: OrderedDict[str, tuple[float, ActiveSession]] = OrderedDict()
         # cookie value -> its SHA-256 (a hash per request was 2 % of a worker's time).
         self._hashes: dict[str, str] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[ActiveSession | None]] = {}
+        self._inflight: dict[tuple[str, str, int], asyncio.Future[ActiveSession | None]] = {}
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
 
@@ -155,12 +162,16 @@ class SessionManager(RevocationFollower):
             active = cached[1]
             self._cache.move_to_end(id_hash)
         else:
-            found = await self._once(("fetch", id_hash), lambda: self._fetch(id_hash))
+            # Keyed by the epoch too: a request arriving after a revocation message does
+            # not wait for (and trust) a read begun before it; it reads again.
+            epoch = self._epoch
+            found = await self._once(("fetch", id_hash, epoch), lambda: self._fetch(id_hash))
             if found is None:
                 self._cache.pop(id_hash, None)
                 return None
             active = found
-            self._remember(id_hash, mono + self.config.cache_ttl, active)
+            if epoch == self._epoch:  # no revocation arrived while it was read
+                self._remember(id_hash, mono + self.config.cache_ttl, active)
         if active.record.tenant != tenant:
             return None  # a session of one tenant is worthless on another's domains
         now = self.now()
@@ -174,11 +185,13 @@ class SessionManager(RevocationFollower):
             await self.store.revoke(id_hash)
             return None
         if now - record.last_seen >= TOUCH_INTERVAL:
-            return await self._once(("touch", id_hash), lambda: self._touch(active, now))
+            return await self._once(
+                ("touch", id_hash, self._epoch), lambda: self._touch(active, now)
+            )
         return active
 
     async def _once(
-        self, key: tuple[str, str], work: Callable[[], Awaitable[ActiveSession | None]]
+        self, key: tuple[str, str, int], work: Callable[[], Awaitable[ActiveSession | None]]
     ) -> ActiveSession | None:
         """One store round trip per session at a time: requests arriving while it is
         under way wait for its answer. Without this, a busy session whose cache entry

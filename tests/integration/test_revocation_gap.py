@@ -1,10 +1,13 @@
-"""A revocation published while an instance's subscription was down is lost (Redis
-pub/sub keeps nothing). The instance must not go on trusting what it cached: when its
-subscription comes back it is told to resync and forgets every cached session.
+"""Where a revocation could slip past an instance's cache, tried for real.
 
-Real Redis on a spare port, restarted for real (append-only, so the sessions survive);
-two SessionManagers stand for two gateway instances. The revocation is written to the
-store with no message at all — the message that the outage swallowed."""
+A revocation published while an instance's subscription was down is lost (Redis
+pub/sub keeps nothing): when the subscription comes back the instance is told to
+resync and forgets every cached session. And a store read begun just before a
+revocation message may hold the revoked session: its answer must not be cached, nor
+handed to requests that arrive after the message.
+
+Real Redis on a spare port (restarted for real, append-only so the sessions survive);
+two SessionManagers stand for two gateway instances."""
 
 from __future__ import annotations
 
@@ -63,6 +66,77 @@ async def test_an_instance_forgets_its_cached_sessions_after_losing_its_subscrip
         assert await follower.load(session_id, "acme") is None, (
             "a session revoked while the subscription was down still passes from the cache"
         )
+    finally:
+        await follower.stop()
+        await here.close()
+        await there.close()
+
+
+class _GatedUsers:
+    """The real user store, whose reads wait for `gate` once armed (a slow database)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def get(self, user_id: str) -> User | None:
+        if self.armed:
+            self.entered.set()
+            await self.gate.wait()
+        user: User | None = await self.inner.get(user_id)  # type: ignore[attr-defined]
+        return user
+
+
+class _Follower(SessionManager):
+    """A SessionManager that says when a revocation message has been acted on."""
+
+    received: asyncio.Event
+
+    async def _on_revocation(self, message: str) -> None:
+        await super()._on_revocation(message)
+        self.received.set()
+
+
+async def test_a_read_begun_before_a_revocation_is_neither_cached_nor_shared_after_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    sessions_config = SessionsConfig(store=redis_server.url, cache_ttl=HOUR)
+    config = Config(
+        source=tmp_path / "config.yaml",
+        tenants=(TenantConfig(id="acme", name="Acme", domains=("acme.test",)),),
+        storage=f"sqlite:///{tmp_path / 'a.db'}",
+        sessions=sessions_config,
+    )
+    here, there = await open_stores(config), await open_stores(config)
+    users = _GatedUsers(there.users)
+    signer = SessionManager(here.sessions, here.users, here.events, sessions_config)
+    follower = _Follower(there.sessions, users, there.events, sessions_config)  # type: ignore[arg-type]
+    follower.received = asyncio.Event()
+    await follower.start()
+    try:
+        user = User(new_id(), "acme", "alice", None, None, (), (), False, None, 0.0, 0.0)
+        await here.users.create(user)
+        session_id, _ = await signer.create(user, ("pwd",), ip=None, user_agent=None)
+
+        users.armed = True
+        before = asyncio.ensure_future(follower.load(session_id, "acme"))
+        await asyncio.wait_for(users.entered.wait(), 5)  # its read is under way
+        assert await signer.revoke(session_id)  # the store, and the message
+        await asyncio.wait_for(follower.received.wait(), 5)
+        after = asyncio.ensure_future(follower.load(session_id, "acme"))
+        await asyncio.sleep(0.05)
+        users.gate.set()
+
+        # Begun before the revocation, the first request is answered as it was read;
+        # what arrives after the message is not, and nothing stale stays cached.
+        assert await before is not None
+        assert await after is None, "a request after the revocation shared the stale read"
+        assert await follower.load(session_id, "acme") is None, "the stale read was cached"
     finally:
         await follower.stop()
         await here.close()

@@ -194,3 +194,56 @@ async def test_a_revoked_api_key_leaves_every_process_cache_through_the_bus(
         assert found.principal is None
     finally:
         await identify.stop()
+
+
+async def test_a_key_read_begun_before_its_revocation_message_is_not_cached(
+    config: Config, stores: Stores, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key is read (record, then user) while its revocation message arrives: the
+    # answer of that read may be the revoked key, so it must not be kept for an hour.
+    monkeypatch.setattr(identify_module, "_API_KEY_CACHE_SECONDS", 3600.0)
+    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
+    await stores.users.create(user)
+    key = new_api_key()
+    record = ApiKey(
+        new_id(), "acme", user.id, "ci", api_key_display_prefix(key), hash_api_key(key), 0.0, None
+    )
+    await stores.apikeys.create(record)
+    entered, gate, received = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class SlowUsers:
+        def __getattr__(self, name: str) -> object:
+            return getattr(stores.users, name)
+
+        async def get(self, user_id: str) -> User | None:
+            entered.set()
+            await gate.wait()
+            return await stores.users.get(user_id)
+
+    class Told(Identifier):
+        async def _on_revocation(self, message: str) -> None:
+            await super()._on_revocation(message)
+            received.set()
+
+    sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+    identify = Told(config, sessions, SlowUsers(), stores.apikeys, None, now=lambda: clock.now)  # type: ignore[arg-type]
+    await identify.start(stores.events)
+    tenant = config.tenants[0]
+
+    def with_key() -> object:
+        return make_mocked_request(
+            "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
+        )
+
+    try:
+        reading = asyncio.ensure_future(identify(with_key(), tenant, None))  # type: ignore[arg-type]
+        await asyncio.wait_for(entered.wait(), 5)
+        await stores.apikeys.revoke(record.id)
+        await stores.events.publish(REVOCATIONS, api_key_revoked(record.id))
+        await asyncio.wait_for(received.wait(), 10)  # the SQL bus polls
+        gate.set()
+        await reading  # answered as it was read: it began before the revocation
+        found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+        assert found.principal is None, "the read begun before the revocation was cached"
+    finally:
+        await identify.stop()
