@@ -326,6 +326,7 @@ class SessionManager(RevocationFollower):
             last_seen=now,
             data=data,
         )
+        self._epoch += 1  # reads under way may hold the old session: not to be cached
         if not await self.store.rotate(old_hash, new):
             return None
         await self._publish(session_revoked(old_hash), old_hash)
@@ -335,13 +336,16 @@ class SessionManager(RevocationFollower):
         return await self.revoke_hash(hash_session_id(session_id))
 
     async def revoke_hash(self, id_hash: str) -> bool:
+        self._epoch += 1  # reads under way may hold it: not to be cached
         revoked = await self.store.revoke(id_hash)
         await self._publish(session_revoked(id_hash), id_hash)
         return revoked
 
     async def revoke_user(self, tenant: str, user_id: str) -> int:
         """Log out everywhere."""
+        self._epoch += 1  # reads under way may hold their sessions: not to be cached
         count = await self.store.revoke_user(tenant, user_id)
+        self._epoch += 1
         self._known_users.pop(user_id, None)
         for key, (_, active) in list(self._cache.items()):
             if active.record.tenant == tenant and active.record.user_id == user_id:
@@ -350,6 +354,9 @@ class SessionManager(RevocationFollower):
         return count
 
     async def _publish(self, message: str, id_hash: str) -> None:
+        # This process does not wait for its own message to come back (0.5 s on the SQL
+        # bus, never if publishing fails): a read begun during the write is not cached.
+        self._epoch += 1
         self._cache.pop(id_hash, None)
         try:
             await self.events.publish(REVOCATIONS, message)

@@ -234,3 +234,44 @@ async def test_concurrent_requests_share_one_store_read_and_one_write(
     found = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(50)))
     assert all(active is not None for active in found)
     assert (counting.gets, counting.touches) == (2, 1)
+
+
+async def test_a_read_under_way_when_this_process_revokes_is_not_cached(
+    stores: Stores, clock: Clock
+) -> None:
+    # The revoking process must not wait for its own message to come back (the SQL bus
+    # polls; publishing may fail): a read begun before its revoke is not cached.
+    import asyncio
+
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class SlowUsers:
+        armed = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(stores.users, name)
+
+        async def get(self, user_id: str) -> object:
+            if self.armed:
+                self.armed = False
+                entered.set()
+                await gate.wait()
+            return await stores.users.get(user_id)
+
+    users = SlowUsers()
+    sessions = SessionManager(
+        stores.sessions,
+        users,  # type: ignore[arg-type]
+        stores.events,
+        SessionsConfig(cache_ttl=3600.0),
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    users.armed = True
+    reading = asyncio.ensure_future(sessions.load(sid, "acme"))
+    await asyncio.wait_for(entered.wait(), 5)
+    assert await sessions.revoke(sid)
+    gate.set()
+    await reading  # begun before the revocation: answered as it was read
+    assert await sessions.load(sid, "acme") is None
