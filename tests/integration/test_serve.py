@@ -343,3 +343,44 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, plain_upstre
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_worker_restarted_while_the_policy_is_broken_serves_what_its_siblings_serve(
+    tmp_path: Path, plain_upstream: int
+) -> None:
+    # Tighten the policy with no SIGHUP (each worker's watcher reloads it), break the
+    # file, kill a worker: its replacement must not start from the looser start-up set.
+    port = free_port()
+    config = write_config(tmp_path, port, plain_upstream)
+    (tmp_path / "policy.yaml").write_text(POLICY_MORE_OPEN)  # /also/ open at start-up
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+    def also_statuses() -> set[int]:
+        return {get(port, "/also/x")[0] for _ in range(16)}
+
+    try:
+        wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, 2)
+        assert also_statuses() == {200}
+        (tmp_path / "policy.yaml").write_text(POLICY_OPEN)  # /also/ closed, no SIGHUP
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and 200 in also_statuses():
+            time.sleep(0.1)
+        closed = also_statuses()
+        assert 200 not in closed
+        time.sleep(1.0)  # the supervisor's poll has seen the valid edit too
+        with (tmp_path / "policy.yaml").open("a") as policy:
+            policy.write("rules: [ {name: broken\n")  # an edit half done, or a typo
+        time.sleep(1.0)
+        workers = worker_pids(process.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_until_workers_listen(port, process.pid, 2, timeout=30)
+        assert workers[0] not in worker_pids(process.pid)
+        assert also_statuses() == closed, "a restarted worker serves the start-up policy"
+    finally:
+        process.kill()
+        process.wait()
