@@ -199,7 +199,7 @@ class TenantStore:
                     tenant_id,
                     _stored(document),
                     now,
-                    now,
+                    await self._next_updated(tx),
                 )
                 await _insert_domains(tx, tenant_id, tenant.domains, 0)
         except AlreadyExists:
@@ -287,10 +287,17 @@ class TenantStore:
         await tx.execute(
             "UPDATE tenants SET document = ?, updated = ? WHERE id = ?",
             _stored(document),
-            # Strictly increasing, so a poller comparing revisions never misses an edit.
-            self._clock(),
+            await self._next_updated(tx),
             tenant_id,
         )
+
+    async def _next_updated(self, tx: Database) -> float:
+        """Later than every edit stored so far, whatever this host's clock says: pollers
+        compare (COUNT, MAX(updated)), so an edit made from a host whose clock is behind
+        another's (or after a step back) must still move the maximum."""
+        row = await tx.fetchone("SELECT MAX(updated) FROM tenants")
+        latest = float(row[0]) if row is not None and row[0] is not None else 0.0
+        return max(self._clock(), latest + 0.001)
 
     async def _validated(self, document: dict[str, Any]) -> TenantConfig:
         tenant = parse_document(document, _origin(str(document.get("id"))))
@@ -382,6 +389,7 @@ class TenantDirectory:
         # Compiled per (files, their stat signatures): an edited file is compiled anew
         # at the next refresh, like the config tenants' files are reloaded.
         self._compiled: dict[tuple[tuple[Path, Signature], ...], PolicySet] = {}
+        self._policy_files: tuple[Path, ...] = ()
 
     @property
     def tenants(self) -> tuple[TenantConfig, ...]:
@@ -405,6 +413,9 @@ class TenantDirectory:
     def replace(self, stored: Iterable[StoredTenant]) -> list[str]:
         """Swap in the config tenants plus `stored`; returns the problems (tenants left out)."""
         tenants, problems = merge_tenants(self._config_tenants, stored)
+        self._policy_files = tuple(
+            dict.fromkeys(p for t in tenants if t.id not in self._config_ids for p in t.policies)
+        )
         policies: dict[str, PolicySet] = {}
         kept: list[TenantConfig] = []
         for tenant in tenants:
@@ -423,6 +434,11 @@ class TenantDirectory:
         self._by_id = {t.id: t for t in kept}
         self.index = index
         return problems
+
+    def policy_files_signature(self) -> tuple[tuple[Path, Signature], ...]:
+        """The database tenants' policy files as they are on disk now: when this moves,
+        the tenants must be swapped in again (their policies compiled anew)."""
+        return tuple((path, signature(path)) for path in self._policy_files)
 
     def _policy_set(self, files: tuple[Path, ...]) -> PolicySet:
         key = tuple((path, signature(path)) for path in files)
@@ -451,14 +467,16 @@ class TenantRefresher:
         self.store = store
         self.events = events
         self.interval = interval
-        self._revision: tuple[int, float] | None = None
+        self._revision: tuple[object, ...] | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
         self._wake = asyncio.Event()
+        self._forced = False
 
     async def refresh(self, *, force: bool = False) -> bool:
-        """Reload when the revision moved (or `force`); True when the index was replaced."""
-        revision = await self.store.revision()
+        """Reload when the tenants table or a database tenant's policy file moved (or
+        `force`); True when the index was replaced."""
+        revision = (await self.store.revision(), self.directory.policy_files_signature())
         if not force and revision == self._revision:
             return False
         stored = await self.store.list()
@@ -474,6 +492,8 @@ class TenantRefresher:
         self._task = asyncio.ensure_future(self._run())
 
     async def _on_event(self, message: str) -> None:
+        # Told that something changed: reload whatever the revision says.
+        self._forced = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -481,8 +501,9 @@ class TenantRefresher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
+            forced, self._forced = self._forced, False
             try:
-                await self.refresh()
+                await self.refresh(force=forced)
             except Exception:
                 log.exception("tenant refresh failed; serving the tenants loaded before")
 

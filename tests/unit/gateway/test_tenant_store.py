@@ -231,3 +231,37 @@ async def test_the_refresher_picks_up_a_domain_added_to_the_database(store: Tena
     await store.add_domain("globex", "globex-wiki.test")
     assert await refresher.refresh()
     assert live.tenant_for_host("globex-wiki.test") is not None
+
+
+async def test_the_refresher_recompiles_a_database_tenant_whose_policy_file_was_edited(
+    store: TenantStore, tmp_path: Path
+) -> None:
+    # Nothing in the tenants table moves: only the file. The edit must still apply.
+    policy = tmp_path / "globex.yaml"
+    policy.write_text("version: 1\ndefault: bypass\n")
+    await store.add("globex", "Globex", ["globex.test"])
+    await store.configure("globex", [Setting("policies", (str(policy),))])
+    live = directory()
+    refresher = TenantRefresher(live, store)
+    await refresher.refresh(force=True)
+    assert live.decide("globex", context("globex.test")).action is Action.ALLOW
+    policy.write_text("version: 1\ndefault: deny\n# tightened\n")
+    assert await refresher.refresh()
+    assert live.decide("globex", context("globex.test")).action is Action.DENY
+    assert not await refresher.refresh()  # and no reload when nothing moved
+
+
+async def test_an_edit_from_a_host_whose_clock_is_behind_still_moves_the_revision(
+    db: Database,
+) -> None:
+    ahead = TenantStore(db, (CONFIG_TENANT,), clock=lambda: 2_000_000.0)
+    behind = TenantStore(db, (CONFIG_TENANT,), clock=lambda: 1_000_000.0)
+    await behind.add("globex", "Globex", ["globex.test", "old.globex.test"])
+    await ahead.add("initech", "Initech", ["initech.test"])  # the newest `updated`
+    live = directory()
+    refresher = TenantRefresher(live, behind)
+    await refresher.refresh(force=True)
+    assert live.tenant_for_host("old.globex.test") is not None
+    await behind.remove_domain("globex", "old.globex.test")
+    assert await refresher.refresh(), "an edit with an older clock left the revision as it was"
+    assert live.tenant_for_host("old.globex.test") is None
