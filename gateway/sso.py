@@ -203,6 +203,11 @@ class SsoCodes:
             data=(),
         )
         await self._sessions.create(record)
+        # A "log out everywhere" that ran between reading the source and creating the
+        # child did not see the child: if the source is gone now, so is the child.
+        if await self._sessions.get(grant.session_tag) is None:
+            await self._sessions.revoke(record.id_hash)
+            return None
         return SsoSession(session_id, record)
 
     async def prune(self) -> int:

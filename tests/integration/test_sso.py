@@ -265,3 +265,43 @@ async def test_an_sso_code_expires_within_a_minute(tmp_path: Path, upstream: Tes
     finally:
         await db.close()
         await stores.close()
+
+
+async def test_a_hand_off_racing_log_out_everywhere_leaves_no_session(
+    tmp_path: Path, upstream: TestServer
+) -> None:
+    # "Log out everywhere" lands after the redeem read the (live) source session and
+    # before it created the child: the child must not survive it.
+    import asyncio
+
+    from gateway.sessions import SessionManager
+
+    config = two_tenants(tmp_path, str(upstream.make_url("")))
+    user = await add_user(config, "acme", "alice")
+    stores = await open_stores(config)
+    db = await open_database(config)
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    class SlowUsers:
+        def __getattr__(self, name: str) -> object:
+            return getattr(stores.users, name)
+
+        async def get(self, user_id: str) -> User | None:
+            entered.set()
+            await gate.wait()
+            return await stores.users.get(user_id)
+
+    try:
+        sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+        _, source = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+        sso = SsoCodes(SqlSsoCodes(db), stores.sessions, SlowUsers())  # type: ignore[arg-type]
+        code = await sso.issue(source, "acme-wiki.test")
+        redeeming = asyncio.ensure_future(sso.redeem(code, "acme", "acme-wiki.test"))
+        await asyncio.wait_for(entered.wait(), 5)
+        assert await sessions.revoke_user("acme", user.id) == 1
+        gate.set()
+        assert await redeeming is None
+        assert await stores.sessions.list_user("acme", user.id) == []
+    finally:
+        await db.close()
+        await stores.close()
