@@ -172,6 +172,9 @@ class Pipeline:
         # Never forwarded from the client: hop-by-hop, X-Forwarded-* (we write them),
         # every identity header name, and the request id (ours to set).
         self._drop = HOP_BY_HOP | FORWARDING | stripped_header_names(config) | {"x-request-id"}
+        # An open WebSocket is decided on again this often (its session revoked, its user
+        # disabled, the policy tightened): never later than a cached session could be.
+        self._socket_recheck = min(max(config.sessions.cache_ttl, 1.0), 5.0)
         self._targets = {
             route: UpstreamTarget.from_route(route, upstreams)
             for t in config.tenants
@@ -320,10 +323,35 @@ class Pipeline:
             )
         try:
             if route.websockets and is_websocket_upgrade(request):
-                return await forward_websocket(request, target, route, forwarded)
+
+                async def still_allowed() -> bool:
+                    return await self._still_allowed(request, tenant, route, host, path, ip)
+
+                return await forward_websocket(
+                    request, target, route, forwarded, still_allowed, self._socket_recheck
+                )
             return await forward_http(request, target, route, forwarded)
         except UpstreamError as exc:
             return self.error(request, exc.status, tenant, exc.reason, request_id)
+
+    async def _still_allowed(
+        self,
+        request: BaseRequest,
+        tenant: TenantConfig,
+        route: RouteConfig,
+        host: str,
+        path: str,
+        ip: IPAddress | None,
+    ) -> bool:
+        """Whether the request that opened a WebSocket would still be let through now.
+        A store that cannot answer means no (fail closed)."""
+        try:
+            _, decision = await self._decide(
+                request, tenant, route, host, path, request.method, ip, observe=False
+            )
+        except StoreUnavailable:
+            return False
+        return decision.action is Action.ALLOW
 
     async def _decide(
         self,
@@ -334,10 +362,13 @@ class Pipeline:
         path: str,
         method: str,
         ip: IPAddress | None,
+        *,
+        observe: bool = True,
     ) -> tuple[Identity, Decision]:
+        """`observe`: count it in the metrics and the request's log (not for re-checks)."""
         started = time.perf_counter()
         identity = await self.identify(request, tenant, route)
-        if "authorization" in identity.strip_headers:  # an API key was presented
+        if observe and "authorization" in identity.strip_headers:  # an API key was presented
             self.metrics.api_key(tenant.id, identity.principal is not None)
         country = None
         if self._locate_country is not None and self.policies.uses_countries(tenant.id):
@@ -351,7 +382,8 @@ class Pipeline:
             principal=identity.principal,
             now=self.now(),
         )
-        request[CONTEXT_KEY] = context  # what the challenge hook audits a denial with
+        if observe:
+            request[CONTEXT_KEY] = context  # what the challenge hook audits a denial with
         decision = self._policy_decide(tenant.id, context)
         if identity.owes_second_factor and decision.action is Action.ALLOW:
             # After an unusual sign-in the session counts for nothing until the second
@@ -371,7 +403,8 @@ class Pipeline:
                     "a second factor is required after an unusual sign-in",
                     (),
                 )
-        note_decision(tenant, route, decision, time.perf_counter() - started)
+        if observe:
+            note_decision(tenant, route, decision, time.perf_counter() - started)
         return identity, decision
 
     async def _forward_auth(

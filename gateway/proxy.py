@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -310,6 +311,11 @@ async def forward_http(
         return response
 
 
+async def _sleep_then(seconds: float, check: Callable[[], Awaitable[bool]]) -> bool:
+    await asyncio.sleep(seconds)
+    return await check()
+
+
 def _abort(request: BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
@@ -339,8 +345,14 @@ async def forward_websocket(
     target: UpstreamTarget,
     route: RouteConfig,
     fwd: Forwarded,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+    recheck: float = 5.0,
 ) -> web.StreamResponse:
-    """Open the upstream WebSocket first, then accept the client's and pump both ways."""
+    """Open the upstream WebSocket first, then accept the client's and pump both ways.
+
+    A socket can live for hours: every `recheck` seconds `still_allowed` decides on it
+    again, and one that is no longer allowed (session revoked, user disabled, policy
+    tightened, the store down) is closed on both sides (1008 to the client)."""
     headers = CIMultiDict(upstream_request_headers(request, target, route, fwd, _WS_OWN_HEADERS))
     protocols = tuple(
         p.strip()
@@ -389,12 +401,26 @@ async def forward_websocket(
             message = msg.extra.encode() if msg.type is WSMsgType.CLOSE and msg.extra else b""
             await sink.close(code=code, message=message)
 
+    async def watch() -> None:
+        assert still_allowed is not None
+        while await _sleep_then(recheck, still_allowed):
+            pass
+
     to_upstream = asyncio.ensure_future(pump(downstream, upstream))
     to_client = asyncio.ensure_future(pump(upstream, downstream))
+    tasks = [to_upstream, to_client]
+    watcher = asyncio.ensure_future(watch()) if still_allowed is not None else None
+    if watcher is not None:
+        tasks.append(watcher)
     try:
-        await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if watcher is not None and watcher in done and not downstream.closed:
+            log.info("closing a WebSocket whose request is no longer allowed")
+            await downstream.close(
+                code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"access revoked"
+            )
     finally:
-        for task in (to_upstream, to_client):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

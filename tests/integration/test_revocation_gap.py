@@ -152,3 +152,65 @@ async def _revoke_without_a_message(store: SessionStore, id_hash: str) -> None:
         except StoreUnavailable:
             await asyncio.sleep(0.05)
     raise AssertionError("Redis did not come back")
+
+
+async def test_an_open_websocket_is_closed_when_its_session_is_revoked(tmp_path: Path) -> None:
+    # A socket is let through once, at the upgrade, and may live for hours: the gateway
+    # decides on it again every few seconds and closes it when it would no longer pass.
+    import dataclasses
+    import secrets as secrets_module
+    from typing import Any
+
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from gateway.config.model import SecretsConfig
+    from gateway.extensions import default_extensions
+    from gateway.server import GatewayServer
+    from tests.integration.conftest import make_config
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(f"{request.headers.get('Remote-User')}: {message.data}")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    upstream = TestServer(app, host="127.0.0.1")
+    await upstream.start_server()
+    config = make_config(
+        tmp_path,
+        str(upstream.make_url("")).rstrip("/"),
+        policy="version: 1\ndefault: one_factor\n",
+        route={"websockets": True},
+    )
+    config = dataclasses.replace(
+        config,
+        sessions=SessionsConfig(cache_ttl=1.0),
+        secrets=SecretsConfig(encryption_key=secrets_module.token_urlsafe(32)),
+    )
+    server = GatewayServer(config, tuple(default_extensions()))
+    await server.start()
+    try:
+        runtime: Any = server.runtime
+        user = User(new_id(), "acme", "alice", None, None, (), (), False, None, 0.0, 0.0)
+        await runtime.stores.users.create(user)
+        session_id, _ = await runtime.sessions.create(user, ("pwd",), ip=None, user_agent=None)
+        host, port = server.addresses[0]
+        headers = {"Host": "app.test", "Cookie": f"authgate_session={session_id}"}
+        async with (
+            aiohttp.ClientSession() as client,
+            client.ws_connect(f"http://{host}:{port}/ws", headers=headers) as ws,
+        ):
+            await ws.send_str("hello")
+            assert (await asyncio.wait_for(ws.receive(), 5)).data == "alice: hello"
+            await runtime.sessions.revoke_user("acme", user.id)  # log out everywhere
+            closed = await asyncio.wait_for(ws.receive(), 10)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+    finally:
+        await server.stop()
+        await upstream.close()
