@@ -10,6 +10,7 @@ automatically at open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -103,13 +104,21 @@ class SqliteDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Transaction]:
         async with self._lock:
-            await _guard(lambda: self._conn.execute("BEGIN IMMEDIATE"))
             try:
+                await _guard(lambda: self._conn.execute("BEGIN IMMEDIATE"))
                 yield _Transaction(self._conn)
+                await _guard(lambda: self._conn.execute("COMMIT"))
             except BaseException:
-                await _guard(lambda: self._conn.execute("ROLLBACK"))
+                # Whatever ended it — an error, a failed COMMIT, or a cancellation (a
+                # client gone) while BEGIN still waited for the lock in aiosqlite's
+                # thread, which then takes it anyway — a ROLLBACK is queued behind it, so
+                # the write lock is never left held for the life of the worker.
+                await asyncio.shield(self._rollback())
                 raise
-            await _guard(lambda: self._conn.execute("COMMIT"))
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error, ValueError):  # no transaction open: fine
+            await self._conn.execute("ROLLBACK")
 
     async def ping(self) -> bool:
         try:

@@ -1,0 +1,70 @@
+"""SQLite transactions end, whatever ends the code inside them: an error, a failed
+COMMIT, or a cancellation (a client that went away) while BEGIN still waited for the
+write lock. A transaction left open would hold the lock for the life of the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.stores.sqlite import SqliteDatabase, migrate, open_sqlite
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[tuple[SqliteDatabase, Path]]:
+    path = tmp_path / "a.db"
+    await migrate(path)
+    db = await open_sqlite(path)
+    await db.execute("CREATE TABLE t (x INTEGER)")
+    yield db, path
+    await db.close()
+
+
+def outside_writer_can_write(path: Path) -> bool:
+    conn = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO t VALUES (1)")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
+async def test_a_transaction_cancelled_while_begin_waits_does_not_keep_the_lock(
+    database: tuple[SqliteDatabase, Path],
+) -> None:
+    db, path = database
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process is writing
+
+    async def write() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (2)")
+
+    waiting = asyncio.ensure_future(write())
+    await asyncio.sleep(0.3)  # BEGIN waits for the lock (busy timeout 5 s)
+    waiting.cancel()
+    await asyncio.sleep(0.1)
+    holder.execute("COMMIT")  # the queued BEGIN now gets the lock, then the ROLLBACK runs
+    holder.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert outside_writer_can_write(path), "the cancelled transaction still holds the lock"
+    async with db.transaction() as tx:  # and this worker can write again
+        await tx.execute("INSERT INTO t VALUES (3)")
+    assert [tuple(r) for r in await db.fetch("SELECT x FROM t ORDER BY x")] == [(1,), (3,)]
+
+
+async def test_an_error_inside_rolls_back(database: tuple[SqliteDatabase, Path]) -> None:
+    db, path = database
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (5)")
+            raise RuntimeError("boom")
+    assert await db.fetch("SELECT x FROM t") == []
+    assert outside_writer_can_write(path)
