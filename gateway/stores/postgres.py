@@ -31,13 +31,17 @@ _DRIVER_ERRORS = (
     asyncio.TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
 async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
-    """Run a driver call, translating its errors to ours (fail closed)."""
+    """Run a driver call, translating its errors to ours (fail closed). The deadline
+    covers waiting for a pooled connection too: against a hung server, requests would
+    otherwise queue behind the pool's ten connections for many times the timeout."""
     try:
-        return await operation()
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return await operation()
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists(str(exc)) from exc
     except _DRIVER_ERRORS as exc:
@@ -103,7 +107,7 @@ class PostgresDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn, conn.transaction():
                 yield _Connection(conn)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc

@@ -5,9 +5,11 @@ fails closed, keeps what it can serving, recovers by itself and loses nothing.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from gateway.identity.passwords import PasswordHasher
 from gateway.server import GatewayServer
 from gateway.stores import ApiKey, User, new_id, open_stores
 from gateway.stores.ids import api_key_display_prefix, hash_api_key, hash_session_id, new_api_key
-from gateway.stores.postgres import migrate
+from gateway.stores.postgres import COMMAND_TIMEOUT, migrate
 from tests.conftest import run_sync
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
@@ -268,6 +270,51 @@ async def test_database_down_an_api_key_is_a_503_never_a_pass_and_never_a_401(
             assert status == 503, status
             assert time.monotonic() < deadline, "the key still fails after the database is back"
             await asyncio.sleep(0.1)
+    finally:
+        await server.stop()
+
+
+def postgres_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and its children (backends) of a private PostgreSQL."""
+    master = int((server.directory / "data" / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+async def test_a_hung_database_is_a_503_in_bounded_time_however_many_wait(
+    tmp_path: Path,
+    upstream: TestServer,
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+    client: aiohttp.ClientSession,
+) -> None:
+    # Stopped, not dead: connections hang instead of failing. Sixty requests that each
+    # need the database must not queue behind the pool's ten connections (they did:
+    # up to 35 s, growing with the load); each gets its 503 within the store deadline.
+    config = configure(tmp_path, str(upstream.make_url("")), postgres.url, redis_server.url)
+    server, base = await start(config)
+    pids = postgres_pids(postgres)
+
+    async def unknown_key() -> tuple[int, float]:
+        headers = {"Host": "app.test", "Authorization": f"Bearer {new_api_key()}"}
+        started = time.monotonic()
+        async with client.get(f"{base}/members/api", headers=headers) as resp:
+            return resp.status, time.monotonic() - started
+
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            answers = await asyncio.gather(*(unknown_key() for _ in range(60)))
+            bypass = await get(client, base, "/public/x")
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        assert {status for status, _ in answers} == {503}
+        slowest = max(seconds for _, seconds in answers)
+        assert slowest < 3 * COMMAND_TIMEOUT, f"a request waited {slowest:.1f} s"
+        assert bypass[0] == 200
     finally:
         await server.stop()
 
