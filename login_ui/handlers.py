@@ -9,7 +9,6 @@ leads to a host this tenant protects (invariant 4).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import mimetypes
@@ -36,6 +35,7 @@ from gateway.stores.ids import hash_session_id
 from gateway.tenant_store import TenantDirectory
 from gateway.tenants import TenantIndex
 from login_ui.branding import BrandingView
+from login_ui.forms import posted_form
 from login_ui.headers import security_headers
 from login_ui.pages import (
     CSRF_FIELD,
@@ -169,11 +169,8 @@ class LoginPages:
         )
 
     async def _form(self, req: ReservedRequest) -> dict[str, str] | None:
-        try:
-            # A slow client may not hold a form read open forever.
-            async with asyncio.timeout(self.config.server.client_timeout):
-                data = await req.request.post()
-        except (ValueError, TimeoutError, web.HTTPException):
+        data = await posted_form(req, self.config.server.client_timeout)
+        if data is None:
             return None
         form: dict[str, str] = {}
         for key in (CSRF_FIELD, RETURN_FIELD, USERNAME_FIELD, PASSWORD_FIELD):

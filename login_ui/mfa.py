@@ -37,6 +37,7 @@ from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
 from gateway.sessions import ActiveSession, fingerprint
+from login_ui.forms import posted_form
 from login_ui.handlers import LoginPages
 from login_ui.pages import CSRF_FIELD, RETURN_FIELD, PageRenderer
 
@@ -169,9 +170,8 @@ class Interstitial:
         return Visit(tenant, cookie, active) if active is not None else None
 
     async def form(self, req: ReservedRequest) -> dict[str, str] | None:
-        try:
-            data = await req.request.post()
-        except ValueError:
+        data = await posted_form(req, self.site.config.server.client_timeout)
+        if data is None:
             return None
         return {key: value[:_MAX_FIELD] for key, value in data.items() if isinstance(value, str)}
 

@@ -11,7 +11,6 @@ form cannot be used to test many usernames quickly.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import unicodedata
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from gateway.reserved import ReservedRequest
 from gateway.runtime import Runtime
 from gateway.sessions import fingerprint
 from gateway.stores import AlreadyExists, User, new_id
+from login_ui.forms import posted_form
 from login_ui.handlers import PRESESSION_COOKIE, LoginPages
 from login_ui.pages import (
     CSRF_FIELD,
@@ -137,10 +137,8 @@ class SignupPages:
         return response
 
     async def _form(self, req: ReservedRequest) -> dict[str, str] | None:
-        try:
-            async with asyncio.timeout(self.site.config.server.client_timeout):
-                data = await req.request.post()
-        except (ValueError, TimeoutError, web.HTTPException):
+        data = await posted_form(req, self.site.config.server.client_timeout)
+        if data is None:
             return None
         form: dict[str, str] = {}
         for key in _FIELDS:

@@ -52,7 +52,13 @@ REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
 RESYNC = "resync:"  # delivered to subscribers after a gap in which messages may be lost
 
-_DRIVER_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException (cluster unreachable, slot not covered) is not a RedisError.
+_DRIVER_ERRORS = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 async def _guard(operation: Callable[[], Awaitable[T]]) -> T:

@@ -164,3 +164,16 @@ async def test_an_oversized_form_is_refused_without_reading_it_all(browser: Brow
     )
     assert resp.status == 400
     assert "authgate_session" not in browser.cookies
+
+
+async def test_an_oversized_form_to_any_page_is_a_4xx_never_a_500(browser: Browser) -> None:
+    big = {"csrf_token": "x", "code": "1" * (2 * 1024 * 1024)}
+    origin = {"Origin": "http://app.test"}
+    resp, _ = await browser.request("POST", "/.authgate/login/passkey", data=big, **origin)
+    assert 400 <= resp.status < 500, resp.status
+    form = await login_form(browser)
+    resp, _ = await post_login(browser, {**form, "username": "alice", "password": PASSWORD})
+    assert resp.status == 303  # signed in: the MFA and account pages read forms too
+    for path in ("/.authgate/mfa/totp", "/.authgate/account"):
+        resp, _ = await browser.request("POST", path, data=big, **origin)
+        assert 400 <= resp.status < 500, (path, resp.status)
