@@ -59,6 +59,7 @@ _REQUEST_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 ACTIVE_SESSIONS_CACHE_SECONDS = 30.0
+ACTIVE_SESSIONS_TIMEOUT = 1.0  # what a scrape waits for the count at most
 
 
 def enable_multiprocess(directory: str) -> None:
@@ -370,9 +371,15 @@ class Metrics:
         if now - at < ACTIVE_SESSIONS_CACHE_SECONDS:
             return cached
         try:
-            fresh = tuple(await self._active_sessions())
+            # A scrape must not wait on a store that hangs (Prometheus gives up at 10 s
+            # and the outage would go unseen): the count is left out instead.
+            async with asyncio.timeout(ACTIVE_SESSIONS_TIMEOUT):
+                fresh = tuple(await self._active_sessions())
         except Exception:
-            return cached  # the store errors are counted where they happen
+            # The store errors are counted where they happen; the failure is remembered
+            # like an answer, so the next scrapes do not wait again.
+            self._active_cache = (now, cached)
+            return cached
         self._active_cache = (now, fresh)
         return fresh
 

@@ -52,8 +52,12 @@ def test_requests_are_counted_under_the_route_as_configured_never_the_path() -> 
     route.count(Action.DENY, 403)
     metrics.for_route(None, None).count(None, 421)
     got = samples(metrics)
-    labels = (("decision", "ALLOW"), ("route", "wiki.acme.test/docs"), ("status", "200"),
-              ("tenant", "acme"))
+    labels = (
+        ("decision", "ALLOW"),
+        ("route", "wiki.acme.test/docs"),
+        ("status", "200"),
+        ("tenant", "acme"),
+    )
     assert got[("authgate_requests_total", labels)] == 2
     nowhere = (("decision", "-"), ("route", "-"), ("status", "421"), ("tenant", "-"))
     assert got[("authgate_requests_total", nowhere)] == 1
@@ -99,9 +103,7 @@ def test_a_route_added_while_serving_gets_its_own_labels() -> None:
     metrics = Metrics(config())
     added = dataclasses.replace(ROUTE, host="new.acme.test")
     metrics.for_route(TENANT, added).count(Action.LOGIN, 302)
-    assert any(
-        dict(labels).get("route") == "new.acme.test/docs" for _, labels in samples(metrics)
-    )
+    assert any(dict(labels).get("route") == "new.acme.test/docs" for _, labels in samples(metrics))
 
 
 def test_sign_in_methods_and_results_come_from_fixed_sets() -> None:
@@ -190,6 +192,29 @@ async def test_active_sessions_are_counted_on_scrape() -> None:
     assert 'authgate_active_sessions{tenant="acme"} 3.0' in text
 
 
+async def test_a_hung_session_store_does_not_hold_up_scrapes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from gateway import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "ACTIVE_SESSIONS_TIMEOUT", 0.05)
+    metrics = Metrics(config())
+    calls = 0
+
+    async def hangs() -> list[tuple[str, int]]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(3600)
+        return []
+
+    metrics.count_active_sessions(hangs)
+    assert await asyncio.wait_for(metrics._active(), 2) == ()
+    assert await asyncio.wait_for(metrics._active(), 2) == ()
+    assert calls == 1  # the failure is remembered: the next scrape does not wait again
+
+
 @pytest.mark.parametrize(
     ("method", "normal"), [("GET", "GET"), ("PROPFIND", "OTHER"), ("get", "OTHER")]
 )
@@ -218,8 +243,12 @@ def test_a_request_that_never_answered_is_counted_as_499() -> None:
     token = observer.start("rid", "GET", 0.0)
     note_decision(TENANT, ROUTE, Decision(Action.ALLOW, "r", "why"), 0.001)
     observer.finish(token, None)
-    labels = (("decision", "ALLOW"), ("route", "wiki.acme.test/docs"), ("status", "499"),
-              ("tenant", "acme"))
+    labels = (
+        ("decision", "ALLOW"),
+        ("route", "wiki.acme.test/docs"),
+        ("status", "499"),
+        ("tenant", "acme"),
+    )
     assert samples(metrics)[("authgate_requests_total", labels)] == 1
 
 
