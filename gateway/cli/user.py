@@ -138,6 +138,11 @@ def register(
     passwd = actions.add_parser("passwd", parents=[common], help="set a user's password")
     passwd.add_argument("username")
     passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument(
+        "--keep-sessions",
+        action="store_true",
+        help="do not end the user's sessions (they are ended by default)",
+    )
     add_tenant_option(passwd)
     passwd.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _passwd(args, c, s)))
 
@@ -233,8 +238,7 @@ async def _disable(args: argparse.Namespace, config: Config, stores: Stores) -> 
     tenant = pick_tenant(config, args.tenant)
     user = await find_user(stores, tenant, args.username)
     await stores.users.update(dataclasses.replace(user, disabled=True, updated=time.time()))
-    ended = await stores.sessions.revoke_user(tenant, user.id)
-    await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
+    ended = await _end_sessions(stores, tenant, user.id)
     await record_now(
         stores.audit,
         Event.USER_DISABLED,
@@ -252,8 +256,7 @@ async def _reset_mfa(args: argparse.Namespace, config: Config, stores: Stores) -
     tenant = pick_tenant(config, args.tenant)
     user = await find_user(stores, tenant, args.username)
     removed = await stores.credentials.remove_all_for_user(user.id)
-    ended = await stores.sessions.revoke_user(tenant, user.id)
-    await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user.id))
+    ended = await _end_sessions(stores, tenant, user.id)
     print(
         f"reset second factors of {user.username}: removed {removed.totp_devices} TOTP"
         f" device(s), {removed.webauthn_credentials} security key(s)/passkey(s),"
@@ -270,5 +273,17 @@ async def _passwd(args: argparse.Namespace, config: Config, stores: Stores) -> i
     await stores.users.update(
         dataclasses.replace(user, password_hash=password_hash, updated=time.time())
     )
-    print(f"password of {user.username} changed")
+    if args.keep_sessions:
+        print(f"password of {user.username} changed; sessions kept")
+        return EXIT_OK
+    # A reset is what an operator does when a password leaked: whoever used it is out.
+    ended = await _end_sessions(stores, tenant, user.id)
+    print(f"password of {user.username} changed; ended {ended} session(s)")
     return EXIT_OK
+
+
+async def _end_sessions(stores: Stores, tenant: str, user_id: str) -> int:
+    """Log the user out everywhere: from the store, and from every process's cache."""
+    ended = await stores.sessions.revoke_user(tenant, user_id)
+    await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user_id))
+    return ended

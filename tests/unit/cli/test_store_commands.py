@@ -186,3 +186,47 @@ def test_apikey_is_printed_once_and_stored_hashed(
     asyncio.run(check())
     for f in config_file.parent.glob("authgate.db*"):
         assert key.encode() not in f.read_bytes()
+
+
+def test_passwd_ends_the_users_sessions_unless_told_to_keep_them(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reset is what an operator does when a password leaked: whoever used it is out.
+    from gateway.config.model import SessionsConfig
+    from gateway.sessions import SessionManager
+
+    code = run(config_file, "user", "add", "bob", "--password-stdin",
+               stdin="old pass\n", monkeypatch=monkeypatch)  # fmt: skip
+    assert code == 0
+
+    async def new_session() -> str:
+        config = load_config(config_file, {})
+        stores = await open_stores(config)
+        try:
+            user = await stores.users.get_by_username("acme", "bob")
+            assert user is not None
+            manager = SessionManager(
+                stores.sessions, stores.users, stores.events, SessionsConfig(cache_ttl=0.0)
+            )
+            session_id, _ = await manager.create(user, ("pwd",), ip=None, user_agent=None)
+            return session_id
+        finally:
+            await stores.close()
+
+    async def alive(session_id: str) -> bool:
+        config = load_config(config_file, {})
+        stores = await open_stores(config)
+        try:
+            manager = SessionManager(
+                stores.sessions, stores.users, stores.events, SessionsConfig(cache_ttl=0.0)
+            )
+            return await manager.load(session_id, "acme") is not None
+        finally:
+            await stores.close()
+
+    kept = asyncio.run(new_session())
+    code = run(config_file, "user", "passwd", "bob", "--keep-sessions",
+               stdin="new pass\n", monkeypatch=monkeypatch)  # fmt: skip
+    assert code == 0 and asyncio.run(alive(kept))
+    code = run(config_file, "user", "passwd", "bob", stdin="newer pass\n", monkeypatch=monkeypatch)
+    assert code == 0 and not asyncio.run(alive(kept))
