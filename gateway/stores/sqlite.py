@@ -1,9 +1,10 @@
 """SQLite behind the `Database` interface: the embedded, zero-set-up default.
 
-One aiosqlite connection per process, in WAL mode (readers never block the
-writer) with a busy timeout (several worker processes share the file). An
-asyncio lock keeps a transaction's statements from interleaving with other
-tasks' statements on the shared connection. The schema is created and migrated
+Two aiosqlite connections per process, in WAL mode (readers never block the
+writer, nor the writer readers) with a busy timeout (several worker processes
+share the file): one for writes, where an asyncio lock keeps a transaction's
+statements from interleaving with other tasks' statements, and a read-only one
+for reads outside transactions. The schema is created and migrated
 automatically at open.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -83,10 +85,24 @@ class _Transaction(_Connection):
         """The owner closes the database, not a transaction."""
 
 
+@functools.lru_cache(maxsize=512)
+def _is_read(sql: str) -> bool:
+    """A plain SELECT; `INSERT/UPDATE … RETURNING` come through fetch too (writes)."""
+    return sql.lstrip()[:6].upper() == "SELECT"
+
+
 class SqliteDatabase:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    """Writes (and a transaction's reads) on one connection, in turn under a lock; other
+    reads, when `reader` is given, on a second, read-only connection without the lock.
+    In WAL mode a reader never waits for a writer: a write waiting for the file's write
+    lock (another worker is writing, up to the busy timeout) holds no read up, and a
+    read never sees another task's transaction before it commits."""
+
+    def __init__(self, conn: aiosqlite.Connection, reader: aiosqlite.Connection | None = None):
         self._conn = conn
+        self._reader_conn = reader
         self._direct = _Connection(conn)
+        self._reader = _Connection(reader) if reader is not None else None
         self._lock = asyncio.Lock()
 
     async def execute(self, sql: str, *args: object) -> int:
@@ -94,10 +110,14 @@ class SqliteDatabase:
             return await self._direct.execute(sql, *args)
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
+        if self._reader is not None and _is_read(sql):
+            return await self._reader.fetch(sql, *args)
         async with self._lock:
             return await self._direct.fetch(sql, *args)
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
+        if self._reader is not None and _is_read(sql):
+            return await self._reader.fetchone(sql, *args)
         async with self._lock:
             return await self._direct.fetchone(sql, *args)
 
@@ -128,6 +148,8 @@ class SqliteDatabase:
         return True
 
     async def close(self) -> None:
+        if self._reader_conn is not None:
+            await self._reader_conn.close()
         await self._conn.close()
 
 
@@ -182,10 +204,22 @@ async def open_sqlite(path: Path) -> SqliteDatabase:
         await use_wal(conn)
         await conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
         await migrate_sqlite(conn)
+        reader = await _open_reader(path)
     except sqlite3.Error as exc:
         await conn.close()
         raise StoreUnavailable(f"sqlite: cannot prepare {path}: {exc}") from exc
     except BaseException:
         await conn.close()
         raise
-    return SqliteDatabase(conn)
+    return SqliteDatabase(conn, reader)
+
+
+async def _open_reader(path: Path) -> aiosqlite.Connection:
+    reader = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await reader.execute("PRAGMA query_only = ON")
+    except BaseException:
+        await reader.close()
+        raise
+    return reader

@@ -68,3 +68,45 @@ async def test_an_error_inside_rolls_back(database: tuple[SqliteDatabase, Path])
             raise RuntimeError("boom")
     assert await db.fetch("SELECT x FROM t") == []
     assert outside_writer_can_write(path)
+
+
+async def test_a_write_waiting_for_the_file_lock_holds_no_read_up(
+    database: tuple[SqliteDatabase, Path],
+) -> None:
+    # Another worker is writing; this one's write (an audit row, say) waits up to the
+    # busy timeout for the file's write lock. Its reads — session loads — go on.
+    db, path = database
+    await db.execute("INSERT INTO t VALUES (7)")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    waiting = asyncio.ensure_future(db.execute("INSERT INTO t VALUES (8)"))
+    try:
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        row = await asyncio.wait_for(db.fetchone("SELECT x FROM t"), 2)
+        assert row is not None and tuple(row) == (7,)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+        await waiting
+    assert [tuple(r) for r in await db.fetch("SELECT x FROM t ORDER BY x")] == [(7,), (8,)]
+
+
+async def test_a_read_never_sees_a_transaction_before_it_commits(
+    database: tuple[SqliteDatabase, Path],
+) -> None:
+    db, _ = database
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def write() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (9)")
+            inside.set()
+            await release.wait()
+
+    writing = asyncio.ensure_future(write())
+    await inside.wait()
+    assert await db.fetch("SELECT x FROM t") == []  # not committed yet
+    release.set()
+    await writing
+    assert [tuple(r) for r in await db.fetch("SELECT x FROM t")] == [(9,)]
