@@ -29,7 +29,14 @@ from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
 from gateway.config import load_config
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.errors import ConfigError, StoreUnavailable
-from gateway.stores import Stores, open_database, open_stores
+from gateway.stores import (
+    REVOCATIONS,
+    Stores,
+    api_key_revoked,
+    open_database,
+    open_stores,
+    user_sessions_revoked,
+)
 from gateway.tenant_store import (
     TENANTS_CHANNEL,
     InvalidTenant,
@@ -137,10 +144,31 @@ def _remove(args: argparse.Namespace) -> int:
         if not await store.remove(args.id):
             print(f"error: no database tenant {args.id!r}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        print(f"tenant {args.id} removed")
+        sessions, keys = await _end_access(config, args.id)
+        print(f"tenant {args.id} removed; ended {sessions} session(s), revoked {keys} API key(s)")
         return EXIT_OK
 
     return _run(args, body)
+
+
+async def _end_access(config: Config, tenant_id: str) -> tuple[int, int]:
+    """A removed tenant's sessions and API keys end with it, on every instance: were
+    its id used again, they would otherwise be valid once more. Its users are kept
+    (they have no way in without a session or a key, and may be wanted back)."""
+    stores = await open_stores(config)
+    try:
+        sessions = 0
+        for user_id in {record.user_id for record in await stores.sessions.list(tenant_id)}:
+            sessions += await stores.sessions.revoke_user(tenant_id, user_id)
+            await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant_id, user_id))
+        keys = 0
+        for key in await stores.apikeys.list(tenant_id):
+            if not key.revoked and await stores.apikeys.revoke(key.id):
+                keys += 1
+                await stores.events.publish(REVOCATIONS, api_key_revoked(key.id))
+        return sessions, keys
+    finally:
+        await stores.close()
 
 
 def _domain(args: argparse.Namespace) -> int:

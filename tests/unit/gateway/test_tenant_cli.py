@@ -93,3 +93,49 @@ def test_conflicts_and_bad_values_exit_2_with_a_message(
     assert run(config_file, "domain", "add", "nobody", "x.test") == 2
     assert run(config_file, "remove", "globex") == 0
     assert run(config_file, "remove", "globex") == 2
+
+
+def test_removing_a_tenant_ends_its_sessions_and_api_keys(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Were the id used again, they would otherwise be valid once more.
+    import asyncio
+    import time
+
+    from gateway.config import load_config
+    from gateway.stores import ApiKey, SessionRecord, User, new_id, open_stores
+    from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
+
+    assert run(config_file, "add", "globex", "--domain", "globex.test") == 0
+    config = load_config(config_file)
+    user = User(new_id(), "globex", "gina", None, None, ("admin",), (), False, None, 0.0, 0.0)
+    key = new_api_key()
+    now = time.time()
+    session = SessionRecord("b" * 64, "globex", user.id, ("pwd",), now, now, now, now + 3600)
+
+    async def seed() -> None:
+        stores = await open_stores(config)
+        try:
+            await stores.users.create(user)
+            await stores.sessions.create(session)
+            await stores.apikeys.create(
+                ApiKey(new_id(), "globex", user.id, "ci", api_key_display_prefix(key),
+                       hash_api_key(key), now, None)
+            )  # fmt: skip
+        finally:
+            await stores.close()
+
+    async def left() -> tuple[bool, bool]:
+        stores = await open_stores(config)
+        try:
+            stored_key = await stores.apikeys.get_by_hash(hash_api_key(key))
+            alive = await stores.sessions.get(session.id_hash) is not None
+            return alive, stored_key is not None and not stored_key.revoked
+        finally:
+            await stores.close()
+
+    asyncio.run(seed())
+    assert asyncio.run(left()) == (True, True)
+    assert run(config_file, "remove", "globex") == 0
+    assert "ended 1 session(s), revoked 1 API key(s)" in capsys.readouterr().out
+    assert asyncio.run(left()) == (False, False)
