@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from aiohttp.web_request import BaseRequest
 from gateway.audit import AuditTrail, Event
 from gateway.config.model import Config, TenantConfig
 from gateway.csrf import CsrfTokens
+from gateway.errors import ConfigError
 from gateway.geo import GeoService, SignInGuard, SignInHistory
 from gateway.identify import Identifier
 from gateway.identity.passwords import PasswordHasher
@@ -37,11 +37,19 @@ from gateway.server import GatewayServer
 from gateway.sessions import SessionManager, fingerprint
 from gateway.signing import JwtSigner
 from gateway.sso import RedisSsoCodes, SqlSsoCodes, SsoCodes, SsoCodeStore
-from gateway.stores import Stores, open_database, open_stores
+from gateway.stores import (
+    REVOCATIONS,
+    EventBus,
+    Stores,
+    open_database,
+    open_stores,
+    user_sessions_revoked,
+)
 from gateway.stores import redis as redis_backend
 from gateway.stores.database import Database
 from gateway.tenant_store import TenantRefresher, TenantStore
-from gateway.users_file import LayeredUserStore, load_users_files
+from gateway.users_file import LayeredUserStore, load_users_files, with_users_files
+from gateway.watch import start_watching
 from policies import Action, Decision
 
 log = logging.getLogger("authgate.runtime")
@@ -93,10 +101,8 @@ async def open_runtime(
     config: Config, geo: GeoService | None = None, metrics: Metrics | None = None
 ) -> Runtime:
     box = load_secret_box(config)
-    users_files = load_users_files(config.tenants)
-    stores = await open_stores(config)
-    if users_files:
-        stores = dataclasses.replace(stores, users=LayeredUserStore(stores.users, users_files))
+    stores = with_users_files(await open_stores(config), config.tenants)
+    layered = stores.users if isinstance(stores.users, LayeredUserStore) else None
     metrics = metrics if metrics is not None else Metrics(config)
     stores = timed_stores(stores, metrics)  # latency and errors of every store call
     try:
@@ -118,6 +124,9 @@ async def open_runtime(
     geo = geo if geo is not None else GeoService(config.geoip, None)
     audit = AuditTrail(stores.audit, retention=config.audit.retention)
     await audit.start()
+    closers: tuple[Callable[[], Awaitable[None]], ...] = (*sso_closers, db.close)
+    if layered is not None:
+        closers += (_follow_users_files(config, layered, stores.events),)
     return Runtime(
         config=config,
         stores=stores,
@@ -134,8 +143,38 @@ async def open_runtime(
         geo=geo,
         sign_ins=SignInGuard(geo, SignInHistory(db) if geo.enabled else None),
         metrics=metrics,
-        _extra_closers=(*sso_closers, db.close),
+        _extra_closers=closers,
     )
+
+
+def _follow_users_files(
+    config: Config, layered: LayeredUserStore, events: EventBus
+) -> Callable[[], Awaitable[None]]:
+    """Read the users files again when they change (a user disabled, a group taken away
+    takes effect without a restart), and drop the changed users' cached sessions and
+    keys on every instance. A file made invalid keeps the users read before."""
+    paths = tuple(t.users_file for t in config.tenants if t.users_file is not None)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            files = load_users_files(config.tenants)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("users file reload failed, keeping the users read before: %s", problem)
+            return
+        for user in layered.replace(files):
+            try:
+                await events.publish(REVOCATIONS, user_sessions_revoked(user.tenant, user.id))
+            except Exception:
+                log.exception("could not publish a users-file change")
+
+    def changed() -> None:
+        task = asyncio.ensure_future(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return start_watching(paths, changed)
 
 
 async def _housekeeping(runtime: Runtime) -> None:

@@ -19,12 +19,13 @@ written to the file (a password rehash is skipped for these users).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from gateway.config.model import TenantConfig
 from gateway.errors import ConfigError
-from gateway.stores import NotFound, User, UserStore, normalize_username
+from gateway.stores import NotFound, Stores, User, UserStore, normalize_username
 from policies.source import Problem, SourceError, line_of, load_yaml_file
 
 _KEYS = ("password", "email", "name", "groups", "roles", "disabled")
@@ -139,6 +140,15 @@ def load_users_files(tenants: tuple[TenantConfig, ...]) -> dict[str, dict[str, U
     return files
 
 
+def with_users_files(stores: Stores, tenants: tuple[TenantConfig, ...]) -> Stores:
+    """The stores with the tenants' users files in front of the database's users (as
+    they are unless a tenant has a users file); ConfigError when a file is bad."""
+    files = load_users_files(tenants)
+    if not files:
+        return stores
+    return dataclasses.replace(stores, users=LayeredUserStore(stores.users, files))
+
+
 class LayeredUserStore:
     """File users (per tenant) in front of the database's UserStore."""
 
@@ -146,6 +156,14 @@ class LayeredUserStore:
         self.database = database
         self.files = files
         self._by_id = {u.id: u for users in files.values() for u in users.values()}
+
+    def replace(self, files: dict[str, dict[str, User]]) -> list[User]:
+        """Swap in the files as read again; returns the users who changed or are gone
+        (as they were), whose cached sessions and keys must be dropped everywhere."""
+        by_id = {u.id: u for users in files.values() for u in users.values()}
+        changed = [u for uid, u in self._by_id.items() if by_id.get(uid) != u]
+        self.files, self._by_id = files, by_id
+        return changed
 
     async def create(self, user: User) -> None:
         if normalize_username(user.username) in self.files.get(user.tenant, {}):

@@ -24,12 +24,14 @@ from gateway.identity.passwords import PasswordHasher
 from gateway.stores import (
     REVOCATIONS,
     AlreadyExists,
+    NotFound,
     Stores,
     User,
     new_id,
     open_stores,
     user_sessions_revoked,
 )
+from gateway.users_file import with_users_files
 
 
 class UsageError(Exception):
@@ -51,7 +53,8 @@ def run_with_stores(args: argparse.Namespace, body: Body) -> int:
     async def main() -> int:
         stores = await open_stores(config)
         try:
-            return await body(config, stores)
+            # The users files too: `sessions revoke --user` must reach a file user.
+            return await body(config, with_users_files(stores, config.tenants))
         finally:
             await stores.close()
 
@@ -63,6 +66,13 @@ def run_with_stores(args: argparse.Namespace, body: Body) -> int:
     except StoreUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except ConfigError as exc:  # a users file that does not load
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NotFound as exc:  # a users-file user is read-only
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def pick_tenant(config: Config, given: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -60,6 +61,20 @@ async def test_a_user_from_the_file_signs_in_and_is_forwarded(
         assert '["Remote-User", "carol"]' in body
         assert '["Remote-Groups", "ops"]' in body
     assert users.read_text() == before
+
+    # Disabled in the file, while the gateway runs: the session is refused within
+    # moments (the file is watched), not at the next restart.
+    users.write_text(before + "    disabled: true\n")
+    async with aiohttp.ClientSession() as client:
+        cookie = {"Cookie": f"authgate_session={browser.cookies['authgate_session']}"}
+        for _ in range(60):
+            async with client.get(
+                f"{base}/x", headers={"Host": "app.test", "Accept": "application/json", **cookie}
+            ) as resp:
+                if resp.status != 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert resp.status == 401, "a user disabled in the users file still passes"
 
 
 def test_mistakes_name_file_line_and_key(tmp_path: Path) -> None:

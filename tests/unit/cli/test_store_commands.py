@@ -230,3 +230,34 @@ def test_passwd_ends_the_users_sessions_unless_told_to_keep_them(
     assert code == 0 and asyncio.run(alive(kept))
     code = run(config_file, "user", "passwd", "bob", stdin="newer pass\n", monkeypatch=monkeypatch)
     assert code == 0 and not asyncio.run(alive(kept))
+
+
+def test_a_users_file_user_is_reached_by_the_session_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.users_file import file_user_id
+
+    (tmp_path / "users.yaml").write_text("users:\n  carol:\n    groups: [ops]\n")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(CONFIG + "    users_file: users.yaml\n")
+    now = time.time()
+    record = SessionRecord(
+        "c" * 64, "acme", file_user_id("acme", "carol"), ("pwd",), now, now, now, now + 3600
+    )
+
+    async def seed() -> bool:
+        stores = await open_stores(load_config(config_file, {}))
+        try:
+            if await stores.sessions.get(record.id_hash) is None:
+                await stores.sessions.create(record)
+                return True
+            return False
+        finally:
+            await stores.close()
+
+    assert asyncio.run(seed())
+    assert run(config_file, "sessions", "revoke", "--user", "carol") == 0
+    assert "revoked 1 session" in capsys.readouterr().out
+    assert asyncio.run(seed())  # it was gone: created again
+    assert run(config_file, "user", "disable", "carol") == 2  # read-only: edit the file
+    assert "read-only" in capsys.readouterr().err
