@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from gateway.audit import AuditTrail, Event
 from gateway.config.model import RegulationConfig
+from gateway.errors import StoreUnavailable
 from gateway.stores import RateLimiter, normalize_username
 
 log = logging.getLogger("authgate.regulation")
@@ -145,9 +146,16 @@ class Regulator:
                 await self._ban(ikey, tenant, username=username, ip=ip)
 
     async def succeeded(self, tenant: str, username: str, *, scope: str = FIRST_FACTOR) -> None:
-        """After a correct factor: the user's counter (in this scope) starts from zero."""
+        """After a correct factor: the user's counter (in this scope) starts from zero.
+
+        A store that cannot clear it does not undo the sign-in (the factor was right;
+        the session may already have been rotated): the count is left as it was, which
+        errs on the strict side, and said so."""
         ukey = user_key(tenant, username, scope)
-        await self.limiter.clear(await self._counter(ukey))
+        try:
+            await self.limiter.clear(await self._counter(ukey))
+        except StoreUnavailable:
+            log.warning("could not reset the failed-attempt count after a correct factor")
 
     async def banned(
         self, tenant: str, username: str, ip: str | None, *, scope: str = FIRST_FACTOR

@@ -140,6 +140,11 @@ def load_users_files(tenants: tuple[TenantConfig, ...]) -> dict[str, dict[str, U
     return files
 
 
+def is_file_user(user: User) -> bool:
+    """A user defined in a users file: read-only here (edit the file)."""
+    return user.id.startswith(FILE_ID_PREFIX)
+
+
 def with_users_files(stores: Stores, tenants: tuple[TenantConfig, ...]) -> Stores:
     """The stores with the tenants' users files in front of the database's users (as
     they are unless a tenant has a users file); ConfigError when a file is bad."""
@@ -194,6 +199,6 @@ class LayeredUserStore:
         return sorted(from_file + rest, key=lambda u: normalize_username(u.username))
 
     async def update(self, user: User) -> None:
-        if user.id.startswith(FILE_ID_PREFIX):
+        if is_file_user(user):
             raise NotFound("users from a users file are read-only; edit the file")
         await self.database.update(user)

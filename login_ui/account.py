@@ -31,6 +31,7 @@ from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.sessions import fingerprint
 from gateway.stores import NotFound, SessionRecord
+from gateway.users_file import is_file_user
 from login_ui.mfa import CODE_FIELD, DEVICE_FIELD, NAME_FIELD, Interstitial, MfaPages, Visit
 
 log = logging.getLogger("authgate.account")
@@ -360,15 +361,20 @@ class AccountPages:
         if new != form.get("new_password2", ""):
             return self._back("mismatch")
         user = visit.active.user
+        if is_file_user(user):  # read-only: the users file says what the password is
+            return self._back("failed")
         hashed = await runtime.hasher.hash(new)
+        # The other sessions end first: should the store fail half-way, the password is
+        # not yet changed (the person tries again), rather than changed with whoever
+        # knew the old one still signed in.
+        for record in await runtime.stores.sessions.list_user(visit.tenant.id, user.id):
+            if record.id_hash != visit.active.id_hash:
+                await runtime.sessions.revoke_hash(record.id_hash)
         try:
             await runtime.stores.users.update(
                 replace(user, password_hash=hashed, updated=runtime.sessions.now())
             )
-        except NotFound:  # a read-only user (users file)
+        except NotFound:  # the user is gone meanwhile
             return self._back("failed")
-        for record in await runtime.stores.sessions.list_user(visit.tenant.id, user.id):
-            if record.id_hash != visit.active.id_hash:
-                await runtime.sessions.revoke_hash(record.id_hash)
         log.info("password changed", extra={"tenant": visit.tenant.id, "user": user.username})
         return self._back("password")

@@ -120,3 +120,18 @@ def test_a_day_later_tokyo_is_only_a_new_country() -> None:
     )
     assert not verdict.impossible_travel and verdict.new_country
     assert verdict.response is Response.NOTIFY
+
+
+async def test_a_store_that_cannot_reset_the_count_does_not_undo_a_correct_sign_in(
+    tmp_path: Path,
+) -> None:
+    # The factor was right and the session may already be rotated: failing here would
+    # leave the person with no session at all. The count stays (the strict side).
+    from gateway.errors import StoreUnavailable
+
+    db = await open_sqlite(tmp_path / "r.db")
+    regulator = Regulator(SqlRateLimiter(db, Clock()), CONFIG, now=Clock())
+    await db.close()  # every store call now fails
+    with pytest.raises(StoreUnavailable):
+        await regulator.attempt("acme", "alice", "192.0.2.1")  # checking still fails closed
+    await regulator.succeeded("acme", "alice")  # resetting does not raise
