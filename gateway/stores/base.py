@@ -267,6 +267,9 @@ class RateLimiter(Protocol):
 # --- events (revocation fan-out) ------------------------------------------------
 
 REVOCATIONS = "revocations"
+# Delivered by a bus to its subscribers after a gap in which messages may have been
+# lost (a broken subscription, failed polls): drop whatever was cached.
+RESYNC = "resync:"
 
 
 def session_revoked(id_hash: str) -> str:

@@ -40,7 +40,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from gateway.errors import StoreUnavailable
-from gateway.stores.base import Ban, Callback, SessionRecord
+from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
 from gateway.stores.redis_urls import RedisMode, RedisTarget, RedisUrlError, parse_redis_url
 
 T = TypeVar("T")
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT = 5.0
 REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
-RESYNC = "resync:"  # delivered to subscribers after a gap in which messages may be lost
 
 # RedisClusterException (cluster unreachable, slot not covered) is not a RedisError.
 _DRIVER_ERRORS = (

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import (
+    RESYNC,
     ApiKey,
     AuditEvent,
     Ban,
@@ -560,6 +561,7 @@ class SqlEventBus:
     async def _poll(
         self, channel: str, callback: Callback, cursor: int, delivered: set[int]
     ) -> None:
+        missed = False
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
@@ -572,7 +574,16 @@ class SqlEventBus:
                 # Keep polling: the bus must survive a database blip. Callers that
                 # need certainty also bound their cache lifetime (sessions.cache_ttl).
                 log.warning("event poll failed; retrying", exc_info=True)
+                missed = True
                 continue
+            if missed:
+                # Events older than EVENT_RETENTION are deleted by whoever publishes:
+                # after a gap, some may be gone unread. Say so, as the Redis bus does.
+                missed = False
+                try:
+                    await callback(RESYNC)
+                except Exception:
+                    log.exception("event callback failed")
             for event_id, message in rows:
                 event_id = int(event_id)
                 if event_id in delivered or event_id <= cursor - LOOKBACK_IDS:
