@@ -8,6 +8,8 @@ removed from what the upstream receives.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,10 @@ from gateway.stores import ApiKeyStore, EventBus, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
 from policies import Principal
 
+log = logging.getLogger("authgate.identify")
+
 _API_KEY_CACHE_SECONDS = 5.0
+_MARK_USED_SECONDS = 300.0  # a key's last use is written at most this often per process
 _NOBODY = Identity(principal=None)
 _STRIP_COOKIE = frozenset({"cookie"})
 # Principals and identity headers built per (session, route): the busy sessions' (about
@@ -63,6 +68,8 @@ class Identifier(RevocationFollower):
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
+        self._marked: dict[str, float] = {}  # key id → when its last use is next written
+        self._marking: set[asyncio.Task[None]] = set()
         self._built: dict[
             tuple[str, RouteConfig | None, str],
             tuple[ActiveSession, Principal, tuple[tuple[str, str], ...]],
@@ -158,6 +165,7 @@ class Identifier(RevocationFollower):
             or (holder.expires is not None and holder.expires <= now)
         ):
             return Identity(principal=None, strip_headers=strip)
+        self._note_use(holder.key_id, now)
         user = holder.user
         principal = Principal(
             user=user.username,
@@ -170,6 +178,26 @@ class Identifier(RevocationFollower):
         self._add_plain_identity(headers, user, route)
         self._add_jwt(headers, user, ("apikey",), route, tenant, None)
         return Identity(principal=principal, upstream_headers=headers, strip_headers=strip)
+
+    def _note_use(self, key_id: str, now: float) -> None:
+        """Record when a key was last used (what `authgate apikey list` shows), at most
+        once per key every few minutes per process, off the request's path: a store
+        that cannot take it costs the request nothing."""
+        mono = time.monotonic()
+        if mono < self._marked.get(key_id, -1e18):
+            return
+        if len(self._marked) > 10_000:
+            self._marked.clear()
+        self._marked[key_id] = mono + _MARK_USED_SECONDS
+        task = asyncio.ensure_future(self._mark_used(key_id, now))
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def _mark_used(self, key_id: str, now: float) -> None:
+        try:
+            await self.apikeys.mark_used(key_id, now)
+        except Exception:
+            log.warning("could not record an API key's last use", exc_info=True)
 
     async def _key_holder(self, key: str) -> _KeyHolder | None:
         key_hash = hash_api_key(key)

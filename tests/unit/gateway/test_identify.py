@@ -247,3 +247,41 @@ async def test_a_key_read_begun_before_its_revocation_message_is_not_cached(
         assert found.principal is None, "the read begun before the revocation was cached"
     finally:
         await identify.stop()
+
+
+async def test_a_keys_last_use_is_recorded_at_most_every_few_minutes(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
+    await stores.users.create(user)
+    key = new_api_key()
+    await stores.apikeys.create(
+        ApiKey(new_id(), "acme", user.id, "ci", api_key_display_prefix(key), hash_api_key(key),
+               0.0, None)
+    )  # fmt: skip
+    identify = identifier(config, stores, clock)
+    tenant = config.tenants[0]
+
+    def with_key() -> object:
+        return make_mocked_request(
+            "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
+        )
+
+    async def last_used() -> float | None:
+        stored = await stores.apikeys.get_by_hash(hash_api_key(key))
+        assert stored is not None
+        return stored.last_used
+
+    assert await last_used() is None
+    first = clock.now
+    found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+    assert found.principal is not None
+    for _ in range(50):  # written off the request's path
+        if await last_used() is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert await last_used() == first
+    clock.now += 60
+    await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert await last_used() == first  # not written again within the interval
