@@ -9,6 +9,7 @@ forward-auth decides on exactly what the proxy in front will forward.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -47,16 +48,36 @@ class OriginalRequest:
         return wire_path(self.path)
 
 
+# One family or the other, never both: Traefik and Caddy copy the client's own headers
+# to the verify request and set only X-Forwarded-*, so a client-sent X-Original-URL
+# beside them would choose what is decided on while the proxy forwards something else.
+_ORIGINAL = ("X-Original-URL", "X-Original-Method")
+_FORWARDED = ("X-Forwarded-Uri", "X-Forwarded-Method", "X-Forwarded-Host", "X-Forwarded-Proto")
+# Anything urlsplit would quietly drop or cut (a fragment, tabs, controls): refused.
+_UNSAFE_URL = re.compile(r"[\x00-\x20\x7f#]")
+
+
 def original_request(request: BaseRequest, path_parameters: str) -> OriginalRequest:
-    """Read X-Original-URL (nginx), else X-Forwarded-Proto/-Host/-Uri (Traefik, Caddy)."""
+    """Read X-Original-URL/-Method (nginx), else X-Forwarded-Proto/-Host/-Uri/-Method
+    (Traefik, Caddy): one family, each header once, or 400."""
     headers = request.headers
+    for name in (*_ORIGINAL, *_FORWARDED):
+        if len(headers.getall(name, ())) > 1:
+            raise BadRequest(f"forward-auth: {name} more than once")
+    nginx_style = any(name in headers for name in _ORIGINAL)
+    if nginx_style and any(name in headers for name in ("X-Forwarded-Uri", "X-Forwarded-Method")):
+        raise BadRequest("forward-auth: X-Original-* and X-Forwarded-Uri/-Method together")
     method = (
-        headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or "GET"
+        headers.get("X-Original-Method" if nginx_style else "X-Forwarded-Method") or "GET"
     ).upper()
     if method not in _METHODS:
         raise BadRequest("forward-auth: unknown method")
     original = headers.get("X-Original-URL")
+    if nginx_style and not original:
+        raise BadRequest("forward-auth: X-Original-Method without X-Original-URL")
     if original:
+        if _UNSAFE_URL.search(original):
+            raise BadRequest("forward-auth: X-Original-URL has a fragment or a control character")
         parts = urlsplit(original)
         if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
             raise BadRequest("forward-auth: X-Original-URL must be an absolute http(s) URL")

@@ -40,6 +40,18 @@ FORWARDING = frozenset(
         "x-original-uri",
         "x-real-ip",
         "forwarded",
+        # What a client could use to make the app serve another path or method than
+        # the one decided on (old Symfony and Zend route on X-Rewrite-URL; frameworks
+        # honour method overrides), or believe another client address.
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-server",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
     }
 )
 
@@ -117,6 +129,6 @@ def copy_end_to_end(
     dropped = dropped_names(headers, drop, also_drop)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        if name.lower() not in dropped:
+        if "_" not in name and name.lower() not in dropped:
             out.add(name, value)
     return out

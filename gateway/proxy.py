@@ -193,8 +193,12 @@ def upstream_request_headers(
     carrying credentials and `also_drop`), then ours: Host, X-Forwarded-*, identity."""
     strip = union(fwd.strip, also_drop) if also_drop else fwd.strip
     dropped = dropped_names(request.headers, fwd.drop, strip)
+    # No name with an underscore: WSGI, CGI and others read `Remote_User` as the
+    # `Remote-User` we set (nginx and Apache drop them by default for this reason).
     headers = [
-        (name, value) for name, value in request.headers.items() if name.lower() not in dropped
+        (name, value)
+        for name, value in request.headers.items()
+        if "_" not in name and name.lower() not in dropped
     ]
     headers.append(("Host", fwd.host_header if route.preserve_host else target.host_header))
     headers.append(("X-Forwarded-For", fwd.forwarded_for))

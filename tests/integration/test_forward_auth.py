@@ -23,7 +23,9 @@ rules:
 """
 
 
-async def verify(base: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+async def verify(
+    base: str, headers: dict[str, str] | list[tuple[str, str]]
+) -> aiohttp.ClientResponse:
     async with aiohttp.ClientSession() as client:
         resp = await client.get(f"{base}/.authgate/verify", headers=headers, allow_redirects=False)
         await resp.read()
@@ -85,3 +87,51 @@ async def test_untrusted_callers_are_refused(
     base = await start_gateway(make_config(tmp_path, str(upstream.make_url("")), policy=POLICY))
     resp = await verify(base, {"X-Original-URL": "https://app.test/public/x"})
     assert resp.status == 403
+
+
+TRAEFIK = [
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "app.test"),
+    ("X-Forwarded-Uri", "/members/secret"),
+    ("X-Forwarded-Method", "DELETE"),
+    ("Accept", "application/json"),
+]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # Traefik and Caddy copy the client's headers: a client-sent X-Original-* beside
+        # theirs would choose the path or the method decided on. Never both families.
+        [("X-Original-URL", "https://app.test/public/x")],
+        [("X-Original-Method", "GET")],
+        # One of each header, or the proxy and authgate may read different ones.
+        [("X-Forwarded-Uri", "/public/x")],
+        [("X-Forwarded-Method", "GET")],
+    ],
+)
+async def test_a_mixed_or_repeated_description_of_the_request_is_400(
+    trusted_gateway: str, extra: list[tuple[str, str]]
+) -> None:
+    assert (await verify(trusted_gateway, TRAEFIK)).status == 401  # as it stands: refused
+    assert (await verify(trusted_gateway, [*TRAEFIK, *extra])).status == 400
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://app.test/public/x#/../../members/secret",  # urlsplit would drop it
+        "https://app.test/pub\tlic/x",  # urlsplit would remove the tab
+        "https://app.test/public/x y",
+    ],
+)
+async def test_an_original_url_that_urlsplit_would_alter_is_400(
+    trusted_gateway: str, url: str
+) -> None:
+    resp = await verify(trusted_gateway, {"X-Original-URL": url.replace("\\t", "\t")})
+    assert resp.status == 400
+
+
+async def test_an_original_method_without_its_url_is_400(trusted_gateway: str) -> None:
+    resp = await verify(trusted_gateway, {"X-Original-Method": "GET"})
+    assert resp.status == 400

@@ -332,6 +332,35 @@ async def test_client_sent_identity_headers_never_arrive(
         assert name.lower() not in seen
 
 
+async def test_headers_that_would_change_what_the_app_serves_never_arrive(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    # Underscored names: WSGI and CGI read `Remote_User` as `Remote-User`. The others
+    # make some frameworks serve another path or method, or believe another client.
+    base = await gateway_for(tmp_path, upstream, start_gateway)
+    forged = [
+        ("Remote_User", "admin"),
+        ("Remote_Groups", "admins"),
+        ("X_Authgate_Jwt", "eyJ.forged.jwt"),
+        ("Any_Underscored", "x"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("True-Client-IP", "10.0.0.1"),
+        ("X-Client-IP", "10.0.0.1"),
+        ("CF-Connecting-IP", "10.0.0.1"),
+    ]
+    async with aiohttp.ClientSession() as client:
+        async with client.get(
+            f"{base}/echo", headers=[("Host", "app.test"), ("X-Kept", "yes"), *forged]
+        ) as resp:
+            seen = {k.lower() for k, _ in (await resp.json())["headers"]}
+    assert "x-kept" in seen
+    for name, _ in forged:
+        assert name.lower() not in seen, name
+
+
 async def test_a_client_trickling_its_request_head_is_dropped(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
 ) -> None:
