@@ -198,6 +198,11 @@ class LayeredUserStore:
         ]
         return sorted(from_file + rest, key=lambda u: normalize_username(u.username))
 
+    async def set_password(self, user_id: str, password_hash: str, updated: float) -> bool:
+        if user_id.startswith(FILE_ID_PREFIX):
+            raise NotFound("users from a users file are read-only; edit the file")
+        return await self.database.set_password(user_id, password_hash, updated)
+
     async def update(self, user: User) -> None:
         if is_file_user(user):
             raise NotFound("users from a users file are read-only; edit the file")

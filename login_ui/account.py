@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from aiohttp import web
@@ -30,7 +30,7 @@ from gateway.redirects import login_url
 from gateway.regulation import Attempt
 from gateway.reserved import ReservedRequest
 from gateway.sessions import fingerprint
-from gateway.stores import NotFound, SessionRecord
+from gateway.stores import SessionRecord
 from gateway.users_file import is_file_user
 from login_ui.mfa import CODE_FIELD, DEVICE_FIELD, NAME_FIELD, Interstitial, MfaPages, Visit
 
@@ -370,11 +370,9 @@ class AccountPages:
         for record in await runtime.stores.sessions.list_user(visit.tenant.id, user.id):
             if record.id_hash != visit.active.id_hash:
                 await runtime.sessions.revoke_hash(record.id_hash)
-        try:
-            await runtime.stores.users.update(
-                replace(user, password_hash=hashed, updated=runtime.sessions.now())
-            )
-        except NotFound:  # the user is gone meanwhile
-            return self._back("failed")
+        # The hash alone, and only while the user is enabled: writing back the whole
+        # user read when the session loaded would undo a disable made meanwhile.
+        if not await runtime.stores.users.set_password(user.id, hashed, runtime.sessions.now()):
+            return self._back("failed")  # disabled or removed meanwhile
         log.info("password changed", extra={"tenant": visit.tenant.id, "user": user.username})
         return self._back("password")

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import mimetypes
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -411,7 +410,7 @@ class LoginPages:
         if runtime.hasher.needs_rehash(user.password_hash):
             rehashed = await runtime.hasher.hash(password)
             with contextlib.suppress(NotFound):  # read-only users (a users file) keep theirs
-                await runtime.stores.users.update(replace(user, password_hash=rehashed))
+                await runtime.stores.users.set_password(user.id, rehashed, user.updated)
         return user
 
     # --- sign out ------------------------------------------------------------------

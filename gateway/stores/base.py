@@ -98,6 +98,11 @@ class UserStore(Protocol):
         """Write the mutable fields (email, display name, groups, roles, disabled,
         password hash, updated) of the user with this id; raises NotFound."""
 
+    async def set_password(self, user_id: str, password_hash: str, updated: float) -> bool:
+        """Write the password hash alone, and only while the user is enabled: False when
+        the user is gone or disabled (never a whole row written back from a copy read
+        earlier, which would undo a disable made meanwhile). NotFound for read-only users."""
+
 
 # --- sessions ----------------------------------------------------------------
 

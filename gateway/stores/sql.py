@@ -113,6 +113,16 @@ class SqlUserStore:
         )
         return [_user(row) for row in rows]
 
+    async def set_password(self, user_id: str, password_hash: str, updated: float) -> bool:
+        changed = await self._db.execute(
+            "UPDATE users SET password_hash = ?, updated = ? WHERE id = ? AND disabled = ?",
+            password_hash,
+            updated,
+            user_id,
+            False,
+        )
+        return changed > 0
+
     async def update(self, user: User) -> None:
         changed = await self._db.execute(
             "UPDATE users SET email = ?, display_name = ?, groups = ?, roles = ?,"

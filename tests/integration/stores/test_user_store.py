@@ -80,3 +80,21 @@ async def test_updating_an_unknown_user_raises_not_found(users: SqlUserStore) ->
 async def test_unknown_user_is_none(users: SqlUserStore) -> None:
     assert await users.get(new_id()) is None
     assert await users.get_by_username("acme", "nobody") is None
+
+
+async def test_set_password_writes_the_hash_alone_and_never_revives_a_disabled_user(
+    users: SqlUserStore,
+) -> None:
+    # A password change holds a copy of the user read earlier; a disable made meanwhile
+    # (another instance, the CLI) must survive it.
+    alice = user()
+    await users.create(alice)
+    assert await users.set_password(alice.id, "$argon2id$v=19$new", 2000.0)
+    stored = await users.get(alice.id)
+    assert stored == dataclasses.replace(alice, password_hash="$argon2id$v=19$new", updated=2000.0)
+    await users.update(dataclasses.replace(stored, disabled=True, groups=()))
+    assert not await users.set_password(alice.id, "$argon2id$v=19$newer", 3000.0)
+    after = await users.get(alice.id)
+    assert after is not None and after.disabled and after.groups == ()
+    assert after.password_hash == "$argon2id$v=19$new"
+    assert not await users.set_password(new_id(), "$argon2id$v=19$x", 3000.0)  # no such user
