@@ -166,9 +166,9 @@ def _session(row: Row) -> SessionRecord:
     )
 
 
-async def _insert_session(db: Database, r: SessionRecord) -> None:
-    await db.execute(
-        f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+def _session_values(r: SessionRecord) -> tuple[object, ...]:
+    """The columns of _SESSION_COLUMNS, in order."""
+    return (
         r.id_hash,
         r.tenant,
         r.user_id,
@@ -182,6 +182,13 @@ async def _insert_session(db: Database, r: SessionRecord) -> None:
         r.country,
         r.remember,
         json.dumps([list(pair) for pair in r.data]),
+    )
+
+
+async def _insert_session(db: Database, r: SessionRecord) -> None:
+    await db.execute(
+        f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        *_session_values(r),
     )
 
 
@@ -215,25 +222,38 @@ class SqlSessionStore:
         return changed > 0
 
     async def rotate(self, old_hash: str, new: SessionRecord) -> bool:
-        async with self._db.transaction() as tx:
-            gone = await tx.execute(
-                "DELETE FROM sessions WHERE id_hash = ? AND expires > ?", old_hash, self._clock()
-            )
-            if gone == 0:
-                return False
-            await _insert_session(tx, new)
-        return True
+        # In place, one UPDATE: a "log out everywhere" (DELETE … WHERE user_id) that
+        # waits for this row's lock checks the new version of the row and deletes it.
+        # A delete-and-insert would leave it a row it never saw (PostgreSQL, READ
+        # COMMITTED): a live successor after the user was logged out everywhere.
+        moved = await self._db.execute(
+            "UPDATE sessions SET id_hash = ?, tenant = ?, user_id = ?, amr = ?, auth_time = ?,"
+            " created = ?, last_seen = ?, expires = ?, ip = ?, user_agent = ?, country = ?,"
+            " remember = ?, data = ? WHERE id_hash = ? AND expires > ?",
+            *_session_values(new),
+            old_hash,
+            self._clock(),
+        )
+        return moved > 0
 
     async def revoke(self, id_hash: str) -> bool:
         return await self._db.execute("DELETE FROM sessions WHERE id_hash = ?", id_hash) > 0
 
     async def revoke_user(self, tenant: str, user_id: str) -> int:
-        return await self._db.execute(
-            "DELETE FROM sessions WHERE tenant = ? AND user_id = ? AND expires > ?",
-            tenant,
-            user_id,
-            self._clock(),
-        )
+        # Again until nothing is left: on PostgreSQL (READ COMMITTED) a DELETE that
+        # waited for a rotation's lock on the old row finds it gone, and does not see
+        # the successor that rotation committed; the next DELETE does.
+        ended = 0
+        while True:
+            removed = await self._db.execute(
+                "DELETE FROM sessions WHERE tenant = ? AND user_id = ? AND expires > ?",
+                tenant,
+                user_id,
+                self._clock(),
+            )
+            if removed == 0:
+                return ended
+            ended += removed
 
     async def list_user(self, tenant: str, user_id: str) -> list[SessionRecord]:
         rows = await self._db.fetch(

@@ -146,3 +146,31 @@ async def test_listings_are_scoped_and_ordered_by_creation(backend: Backend) -> 
 async def test_unknown_session_is_none(backend: Backend) -> None:
     store = backend.sessions()
     assert await store.get(hash_session_id(new_session_id())) is None
+
+
+async def test_log_out_everywhere_racing_a_chain_of_rotations_leaves_nothing(
+    backend: Backend,
+) -> None:
+    # Someone holding a session keeps rotating it (each step up does) while the user is
+    # logged out everywhere: once revoke_user has returned, no successor may live.
+    store = backend.sessions()
+    for trial in range(30):
+        user = f"chain{trial}"
+        current = record(user_id=user)
+        await store.create(current)
+        stop = asyncio.Event()
+
+        async def chain(user: str = user, stop: asyncio.Event = stop) -> None:
+            nonlocal current
+            while not stop.is_set():
+                successor = record(user_id=user)
+                if not await store.rotate(current.id_hash, successor):
+                    return
+                current = successor
+
+        rotating = asyncio.ensure_future(chain())
+        await asyncio.sleep(0.001 * (trial % 5))
+        await store.revoke_user("acme", user)
+        stop.set()
+        await rotating
+        assert await store.list_user("acme", user) == [], f"trial {trial}"
