@@ -70,6 +70,10 @@ class Attempt:
     allowed: bool
     retry_after: int = 0  # whole seconds, for the Retry-After header
     user_count: int = 0  # this attempt's place in the user's window (0 when refused)
+    # First factor: the IP counter this attempt was counted in before the check (given
+    # back by `succeeded`), and its place there.
+    ip_counter: str | None = None
+    ip_count: int = 0
 
     @property
     def banned(self) -> bool:
@@ -107,9 +111,10 @@ class Regulator:
     ) -> Attempt:
         """Before checking a factor: may this username from this IP try now?
 
-        Counts the attempt against the username; refuses (without a count) while the
-        username (in this scope) or the IP is banned, and bans the username once the
-        count passes `max_retries`. Call `failed()` or `succeeded()` after the check.
+        Counts the attempt against the username (and, for passwords, the IP); refuses
+        (without a count) while the username (in this scope) or the IP is banned, and
+        bans either once its count passes `max_retries`. Call `failed()` or
+        `succeeded()` after the check.
         """
         ukey = user_key(tenant, username, scope)
         ikey = ip_key(tenant, ip) if ip else None
@@ -119,13 +124,29 @@ class Regulator:
         refused = await self._banned(ukey, ikey)
         if refused is not None:
             return refused
+        # Passwords are sprayed over many usernames from one address, many at once: the
+        # IP is counted before the check (a right password gives its count back), so
+        # no more than max_retries guesses from it are ever checked, however many are
+        # in flight when its ban lands.
+        ip_counter: str | None = None
+        ip_count = 0
+        if ikey is not None and scope == FIRST_FACTOR:
+            ip_counter = await self._counter(ikey)
+            ip_count = await self.limiter.hit(ip_counter, self.config.find_time)
+            if ip_count > self.config.max_retries:
+                if ip_count > self.config.max_retries + 1:  # another attempt is banning
+                    return Attempt(False, self._retry_after(self.now() + self.config.ban_time))
+                until = await self._ban(ikey, tenant, username=username, ip=ip)
+                return Attempt(False, self._retry_after(until))
         count = await self.limiter.hit(counter, self.config.find_time)
         if count > self.config.max_retries:
+            if ip_counter is not None:  # refused, never checked: not the IP's guess
+                await self.limiter.release(ip_counter, self.config.find_time)
             if count > self.config.max_retries + 1:  # the one just before us is banning
                 return Attempt(False, self._retry_after(self.now() + self.config.ban_time))
             until = await self._ban(ukey, tenant, username=username, ip=ip)
             return Attempt(False, self._retry_after(until))
-        return Attempt(True, user_count=count)
+        return Attempt(True, user_count=count, ip_counter=ip_counter, ip_count=ip_count)
 
     async def failed(
         self,
@@ -139,23 +160,38 @@ class Regulator:
         """After a wrong factor: ban the username at `max_retries`, count the IP."""
         if attempt.user_count >= self.config.max_retries:
             await self._ban(user_key(tenant, username, scope), tenant, username=username, ip=ip)
-        if ip:
-            ikey = ip_key(tenant, ip)
+        if not ip:
+            return
+        ikey = ip_key(tenant, ip)
+        if attempt.ip_counter is not None:  # counted before the check already
+            ip_count = attempt.ip_count
+        else:
             counter = await self._counter(ikey)
-            if await self.limiter.hit(counter, self.config.find_time) >= self.config.max_retries:
-                await self._ban(ikey, tenant, username=username, ip=ip)
+            ip_count = await self.limiter.hit(counter, self.config.find_time)
+        if ip_count >= self.config.max_retries:
+            await self._ban(ikey, tenant, username=username, ip=ip)
 
-    async def succeeded(self, tenant: str, username: str, *, scope: str = FIRST_FACTOR) -> None:
-        """After a correct factor: the user's counter (in this scope) starts from zero.
+    async def succeeded(
+        self,
+        tenant: str,
+        username: str,
+        *,
+        scope: str = FIRST_FACTOR,
+        attempt: Attempt | None = None,
+    ) -> None:
+        """After a correct factor: the user's counter (in this scope) starts from zero,
+        and the IP gets back the count `attempt` took before the check.
 
-        A store that cannot clear it does not undo the sign-in (the factor was right;
-        the session may already have been rotated): the count is left as it was, which
-        errs on the strict side, and said so."""
+        A store that cannot do either does not undo the sign-in (the factor was right;
+        the session may already have been rotated): the counts are left as they were,
+        which errs on the strict side, and said so."""
         ukey = user_key(tenant, username, scope)
         try:
             await self.limiter.clear(await self._counter(ukey))
+            if attempt is not None and attempt.ip_counter is not None:
+                await self.limiter.release(attempt.ip_counter, self.config.find_time)
         except StoreUnavailable:
-            log.warning("could not reset the failed-attempt count after a correct factor")
+            log.warning("could not reset the failed-attempt counts after a correct factor")
 
     async def banned(
         self, tenant: str, username: str, ip: str | None, *, scope: str = FIRST_FACTOR

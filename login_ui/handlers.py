@@ -296,7 +296,7 @@ class LoginPages:
             return self._login_page(
                 req, presession, rd=form[RETURN_FIELD], username=username, error=_WRONG, status=401
             )
-        await runtime.regulator.succeeded(tenant.id, username)
+        await runtime.regulator.succeeded(tenant.id, username, attempt=attempt)
         runtime.metrics.sign_in(tenant.id, "password", "success")
         check = await runtime.sign_ins.check(
             tenant.id, user.id, req.client_ip, runtime.sessions.now()

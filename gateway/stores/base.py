@@ -258,6 +258,10 @@ class RateLimiter(Protocol):
         """Count one event for `key` in the current fixed window; returns the count
         so far, including this one. Atomic across processes and instances."""
 
+    async def release(self, key: str, window_s: float) -> None:
+        """Take back one event counted by `hit` in the current window (never below 0):
+        an attempt counted before it was checked, which turned out right."""
+
     async def ban(self, key: str, seconds: float) -> float:
         """Ban `key`; returns the time the ban ends."""
 

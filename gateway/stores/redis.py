@@ -441,6 +441,13 @@ return n
 """
 
 
+_RELEASE = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+
 class RedisRateLimiter:
     """Fixed-window counters: INCR + expiry + window registry in one script per hit."""
 
@@ -449,6 +456,7 @@ class RedisRateLimiter:
         self._p = _check_prefix(prefix)
         self._clock = clock
         self._hit = client.register_script(_HIT)
+        self._release = client.register_script(_RELEASE)
 
     def _counter(self, key: str, window_s: float, start: float) -> str:
         return f"{self._p}rl:{{{key}}}:{window_s!r}:{start!r}"
@@ -466,6 +474,11 @@ class RedisRateLimiter:
         args.append(REGISTRY_TTL_MS)
         count = await _guard(lambda: self._hit(keys=keys, args=args))
         return int(count)
+
+    async def release(self, key: str, window_s: float) -> None:
+        start = math.floor(self._clock() / window_s) * window_s
+        keys = [self._counter(key, float(window_s), float(start))]
+        await _guard(lambda: self._release(keys=keys))
 
     async def ban(self, key: str, seconds: float) -> float:
         until = self._clock() + seconds

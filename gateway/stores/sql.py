@@ -505,6 +505,16 @@ class SqlRateLimiter:
             raise StoreUnavailable("rate limiter upsert returned nothing")
         return int(row[0])
 
+    async def release(self, key: str, window_s: float) -> None:
+        start = math.floor(self._clock() / window_s) * window_s
+        await self._db.execute(
+            "UPDATE rate_hits SET count = count - 1"
+            " WHERE key = ? AND window_s = ? AND window_start = ? AND count > 0",
+            key,
+            float(window_s),
+            start,
+        )
+
     async def ban(self, key: str, seconds: float) -> float:
         until = self._clock() + seconds
         await self._db.execute(

@@ -51,3 +51,16 @@ async def test_clear_forgets_counts_and_ban(backend: Backend) -> None:
     assert await limiter.banned_until("user:alice") is None
     assert await limiter.hit("user:alice", WINDOW) == 1
     assert await limiter.list_bans() == []
+
+
+async def test_release_gives_back_one_hit_and_never_goes_below_zero(backend: Backend) -> None:
+    limiter = backend.limiter()
+    key = f"release-{backend.name}"
+    assert await limiter.hit(key, 60) == 1
+    assert await limiter.hit(key, 60) == 2
+    await limiter.release(key, 60)
+    assert await limiter.hit(key, 60) == 2
+    for _ in range(5):
+        await limiter.release(key, 60)
+    assert await limiter.hit(key, 60) == 1
+    await limiter.release("never-hit", 60)  # nothing to give back: no error

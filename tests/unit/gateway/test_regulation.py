@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -135,3 +136,28 @@ async def test_a_store_that_cannot_reset_the_count_does_not_undo_a_correct_sign_
     with pytest.raises(StoreUnavailable):
         await regulator.attempt("acme", "alice", "192.0.2.1")  # checking still fails closed
     await regulator.succeeded("acme", "alice")  # resetting does not raise
+
+
+async def test_no_more_guesses_from_one_ip_are_checked_than_the_limit_however_many_at_once(
+    regulator: tuple[Regulator, Clock],
+) -> None:
+    # Password spraying: one address, many usernames, all in flight together. Only
+    # max_retries of them may reach the password check.
+    reg, _ = regulator
+    attempts = await asyncio.gather(
+        *(reg.attempt("acme", f"user{i}", "198.51.100.9") for i in range(40))
+    )
+    assert sum(a.allowed for a in attempts) == CONFIG.max_retries
+    assert not (await reg.attempt("acme", "another", "198.51.100.9")).allowed
+
+
+async def test_right_passwords_from_one_address_never_ban_it(
+    regulator: tuple[Regulator, Clock],
+) -> None:
+    # Many people behind one NAT signing in correctly: each gives its count back.
+    reg, _ = regulator
+    for i in range(4 * CONFIG.max_retries):
+        attempt = await reg.attempt("acme", f"person{i}", "203.0.113.4")
+        assert attempt.allowed, i
+        await reg.succeeded("acme", f"person{i}", attempt=attempt)
+    assert await fail(reg, "someone", "203.0.113.4")  # and a wrong one still counts
