@@ -24,13 +24,14 @@ from gateway.config.model import Config, PasswordsConfig, SecretsConfig, Session
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
 from gateway.server import GatewayServer
-from gateway.stores import ApiKey, User, new_id, open_stores
-from gateway.stores.ids import api_key_display_prefix, hash_api_key, hash_session_id, new_api_key
+from gateway.stores import User, new_id, open_stores
+from gateway.stores.ids import hash_session_id, new_api_key
 from gateway.stores.postgres import COMMAND_TIMEOUT, migrate
 from tests.conftest import run_sync
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.servers import PostgresServer, RedisServer, start_postgres, start_redis
+from tests.integration.users import store_api_key
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -221,19 +222,7 @@ async def test_database_down_sign_in_is_a_branded_503_and_sessions_keep_working(
 async def add_api_key(config: Config, user: User) -> str:
     stores = await open_stores(config)
     try:
-        key = new_api_key()
-        await stores.apikeys.create(
-            ApiKey(
-                id=new_id(),
-                tenant="acme",
-                user_id=user.id,
-                name="ci",
-                prefix=api_key_display_prefix(key),
-                key_hash=hash_api_key(key),
-                created=time.time(),
-                expires=None,
-            )
-        )
+        key, _ = await store_api_key(stores, user)
         return key
     finally:
         await stores.close()

@@ -23,9 +23,9 @@ from gateway.config.model import Config, PasswordsConfig, SessionsConfig
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
 from gateway.stores import User, new_id, open_stores
-from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
+from tests.integration.users import store_api_key
 
 POLICY = """
 version: 1
@@ -99,21 +99,7 @@ async def add_alice(config: Config) -> tuple[User, str]:
             updated=0.0,
         )
         await stores.users.create(alice)
-        from gateway.stores import ApiKey
-
-        key = new_api_key()
-        await stores.apikeys.create(
-            ApiKey(
-                id=new_id(),
-                tenant="acme",
-                user_id=alice.id,
-                name="ci",
-                prefix=api_key_display_prefix(key),
-                key_hash=hash_api_key(key),
-                created=0.0,
-                expires=None,
-            )
-        )
+        key, _ = await store_api_key(stores, alice)
         return alice, key
     finally:
         await stores.close()

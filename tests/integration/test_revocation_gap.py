@@ -19,13 +19,29 @@ import pytest
 
 from gateway.config.model import Config, SessionsConfig, TenantConfig
 from gateway.sessions import SessionManager
-from gateway.stores import SessionStore, StoreUnavailable, User, new_id, open_stores
+from gateway.stores import SessionStore, Stores, StoreUnavailable, User, new_id, open_stores
 from gateway.stores.ids import hash_session_id
 from tests.integration.servers import RedisServer, start_redis
+from tests.slow_stores import GatedUsers
 
 pytestmark = pytest.mark.redis
 
 HOUR = 3600.0
+
+
+async def two_instances(
+    tmp_path: Path, redis_server: RedisServer
+) -> tuple[SessionsConfig, Stores, Stores]:
+    """Two instances' stores over one Redis and one database; sessions cached an hour,
+    so only a message (or a resync) can make a cache let go early."""
+    sessions_config = SessionsConfig(store=redis_server.url, cache_ttl=HOUR)
+    config = Config(
+        source=tmp_path / "config.yaml",
+        tenants=(TenantConfig(id="acme", name="Acme", domains=("acme.test",)),),
+        storage=f"sqlite:///{tmp_path / 'a.db'}",
+        sessions=sessions_config,
+    )
+    return sessions_config, await open_stores(config), await open_stores(config)
 
 
 @pytest.fixture
@@ -39,14 +55,7 @@ async def test_an_instance_forgets_its_cached_sessions_after_losing_its_subscrip
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     # An hour-long cache: only a message (or a resync) can make it let go early.
-    sessions_config = SessionsConfig(store=redis_server.url, cache_ttl=HOUR)
-    config = Config(
-        source=tmp_path / "config.yaml",
-        tenants=(TenantConfig(id="acme", name="Acme", domains=("acme.test",)),),
-        storage=f"sqlite:///{tmp_path / 'a.db'}",
-        sessions=sessions_config,
-    )
-    here, there = await open_stores(config), await open_stores(config)
+    sessions_config, here, there = await two_instances(tmp_path, redis_server)
     signer = SessionManager(here.sessions, here.users, here.events, sessions_config)
     follower = SessionManager(there.sessions, there.users, there.events, sessions_config)
     await follower.start()
@@ -72,26 +81,6 @@ async def test_an_instance_forgets_its_cached_sessions_after_losing_its_subscrip
         await there.close()
 
 
-class _GatedUsers:
-    """The real user store, whose reads wait for `gate` once armed (a slow database)."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.armed = False
-        self.entered = asyncio.Event()
-        self.gate = asyncio.Event()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    async def get(self, user_id: str) -> User | None:
-        if self.armed:
-            self.entered.set()
-            await self.gate.wait()
-        user: User | None = await self.inner.get(user_id)  # type: ignore[attr-defined]
-        return user
-
-
 class _Follower(SessionManager):
     """A SessionManager that says when a revocation message has been acted on."""
 
@@ -105,15 +94,8 @@ class _Follower(SessionManager):
 async def test_a_read_begun_before_a_revocation_is_neither_cached_nor_shared_after_it(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    sessions_config = SessionsConfig(store=redis_server.url, cache_ttl=HOUR)
-    config = Config(
-        source=tmp_path / "config.yaml",
-        tenants=(TenantConfig(id="acme", name="Acme", domains=("acme.test",)),),
-        storage=f"sqlite:///{tmp_path / 'a.db'}",
-        sessions=sessions_config,
-    )
-    here, there = await open_stores(config), await open_stores(config)
-    users = _GatedUsers(there.users)
+    sessions_config, here, there = await two_instances(tmp_path, redis_server)
+    users = GatedUsers(there.users)
     signer = SessionManager(here.sessions, here.users, here.events, sessions_config)
     follower = _Follower(there.sessions, users, there.events, sessions_config)  # type: ignore[arg-type]
     follower.received = asyncio.Event()

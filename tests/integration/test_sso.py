@@ -30,6 +30,7 @@ from gateway.sso import SqlSsoCodes, SsoCodes
 from gateway.stores import User, new_id, open_database, open_stores
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway
+from tests.slow_stores import GatedUsers
 
 PASSWORD = "correct horse battery staple"
 CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
@@ -280,26 +281,17 @@ async def test_a_hand_off_racing_log_out_everywhere_leaves_no_session(
     user = await add_user(config, "acme", "alice")
     stores = await open_stores(config)
     db = await open_database(config)
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    class SlowUsers:
-        def __getattr__(self, name: str) -> object:
-            return getattr(stores.users, name)
-
-        async def get(self, user_id: str) -> User | None:
-            entered.set()
-            await gate.wait()
-            return await stores.users.get(user_id)
+    users = GatedUsers(stores.users, armed=True)
 
     try:
         sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
         _, source = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
-        sso = SsoCodes(SqlSsoCodes(db), stores.sessions, SlowUsers())  # type: ignore[arg-type]
+        sso = SsoCodes(SqlSsoCodes(db), stores.sessions, users)  # type: ignore[arg-type]
         code = await sso.issue(source, "acme-wiki.test")
         redeeming = asyncio.ensure_future(sso.redeem(code, "acme", "acme-wiki.test"))
-        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.wait_for(users.entered.wait(), 5)
         assert await sessions.revoke_user("acme", user.id) == 1
-        gate.set()
+        users.gate.set()
         assert await redeeming is None
         assert await stores.sessions.list_user("acme", user.id) == []
     finally:

@@ -7,7 +7,8 @@ from typing import Any
 
 from gateway.config.model import Config, PasswordsConfig
 from gateway.identity.passwords import PasswordHasher
-from gateway.stores import User, new_id, open_stores
+from gateway.stores import ApiKey, Stores, User, new_id, open_stores
+from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
 
 # argon2 at its cheapest: tests verify passwords, they don't measure hashing.
 CHEAP = PasswordsConfig(time_cost=1, memory_cost=8, parallelism=1)
@@ -44,3 +45,20 @@ async def create_user(
     finally:
         await stores.close()
     return user
+
+
+async def store_api_key(stores: Stores, user: User) -> tuple[str, ApiKey]:
+    """A new API key of `user` in these open stores: the key (shown once) and its row."""
+    key = new_api_key()
+    record = ApiKey(
+        id=new_id(),
+        tenant=user.tenant,
+        user_id=user.id,
+        name="ci",
+        prefix=api_key_display_prefix(key),
+        key_hash=hash_api_key(key),
+        created=0.0,
+        expires=None,
+    )
+    await stores.apikeys.create(record)
+    return key, record

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.stores.base import SessionRecord
 from gateway.stores.redis import RedisSessionStore, open_redis
 from tests.integration.servers import RedisServer, spare_port, start_redis
+from tests.integration.stores.test_session_store import record as session_record
 
 pytestmark = pytest.mark.redis
 
@@ -93,29 +92,12 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     server.stop(kill=True)
 
 
-def _record() -> SessionRecord:
-    now = time.time()
-    return SessionRecord(
-        id_hash=secrets.token_hex(32),
-        tenant="acme",
-        user_id="u1",
-        amr=("pwd",),
-        auth_time=now,
-        created=now,
-        last_seen=now,
-        expires=now + 60,
-        ip="127.0.0.1",
-        user_agent="test",
-        country=None,
-    )
-
-
 async def test_sessions_go_over_tls_when_the_ca_is_named(tls_redis: TlsRedis) -> None:
     handle = open_redis(f"rediss://127.0.0.1:{tls_redis.tls_port}/0?ssl_ca_certs={tls_redis.ca}")
     try:
         assert await handle.ping()
         store = RedisSessionStore(handle.client, f"tls{secrets.token_hex(4)}:")
-        record = _record()
+        record = session_record()
         await store.create(record)
         assert await store.get(record.id_hash) == record
         assert await store.revoke(record.id_hash)

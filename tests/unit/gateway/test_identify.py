@@ -27,7 +27,9 @@ from gateway.stores import (
     new_id,
     open_stores,
 )
-from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
+from gateway.stores.ids import hash_api_key
+from tests.integration.users import store_api_key
+from tests.slow_stores import GatedUsers
 
 
 class Clock:
@@ -68,6 +70,18 @@ def identifier(config: Config, stores: Stores, clock: Clock) -> Identifier:
         monotonic=lambda: clock.mono,
     )
     return Identifier(config, sessions, stores.users, stores.apikeys, None, now=lambda: clock.now)
+
+
+async def bot_with_key(stores: Stores) -> tuple[str, ApiKey]:
+    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
+    await stores.users.create(user)
+    return await store_api_key(stores, user)
+
+
+def with_key(key: str) -> object:
+    return make_mocked_request(
+        "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
+    )
 
 
 def request_with(cookie: str) -> object:
@@ -161,33 +175,22 @@ async def test_a_revoked_api_key_leaves_every_process_cache_through_the_bus(
 ) -> None:
     # With an hour-long key cache, only the revocation message can end the key early.
     monkeypatch.setattr(identify_module, "_API_KEY_CACHE_SECONDS", 3600.0)
-    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
-    await stores.users.create(user)
-    key = new_api_key()
-    record = ApiKey(
-        new_id(), "acme", user.id, "ci", api_key_display_prefix(key), hash_api_key(key), 0.0, None
-    )
-    await stores.apikeys.create(record)
+    key, record = await bot_with_key(stores)
     identify = identifier(config, stores, clock)
     await identify.start(stores.events)
     tenant = config.tenants[0]
 
-    def with_key() -> object:
-        return make_mocked_request(
-            "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
-        )
-
     try:
-        found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+        found = await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
         assert found.principal is not None and found.principal.user == "bot"
         await stores.apikeys.revoke(record.id)
         # Still cached: the store alone does not reach this process's cache ...
-        found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+        found = await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
         assert found.principal is not None
         # ... the message does (the SQL bus polls every POLL_INTERVAL).
         await stores.events.publish(REVOCATIONS, api_key_revoked(record.id))
         for _ in range(100):
-            found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+            found = await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
             if found.principal is None:
                 break
             await asyncio.sleep(0.1)
@@ -202,23 +205,8 @@ async def test_a_key_read_begun_before_its_revocation_message_is_not_cached(
     # The key is read (record, then user) while its revocation message arrives: the
     # answer of that read may be the revoked key, so it must not be kept for an hour.
     monkeypatch.setattr(identify_module, "_API_KEY_CACHE_SECONDS", 3600.0)
-    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
-    await stores.users.create(user)
-    key = new_api_key()
-    record = ApiKey(
-        new_id(), "acme", user.id, "ci", api_key_display_prefix(key), hash_api_key(key), 0.0, None
-    )
-    await stores.apikeys.create(record)
-    entered, gate, received = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    class SlowUsers:
-        def __getattr__(self, name: str) -> object:
-            return getattr(stores.users, name)
-
-        async def get(self, user_id: str) -> User | None:
-            entered.set()
-            await gate.wait()
-            return await stores.users.get(user_id)
+    key, record = await bot_with_key(stores)
+    users, received = GatedUsers(stores.users, armed=True), asyncio.Event()
 
     class Told(Identifier):
         async def _on_revocation(self, message: str) -> None:
@@ -226,24 +214,19 @@ async def test_a_key_read_begun_before_its_revocation_message_is_not_cached(
             received.set()
 
     sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
-    identify = Told(config, sessions, SlowUsers(), stores.apikeys, None, now=lambda: clock.now)  # type: ignore[arg-type]
+    identify = Told(config, sessions, users, stores.apikeys, None, now=lambda: clock.now)  # type: ignore[arg-type]
     await identify.start(stores.events)
     tenant = config.tenants[0]
 
-    def with_key() -> object:
-        return make_mocked_request(
-            "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
-        )
-
     try:
-        reading = asyncio.ensure_future(identify(with_key(), tenant, None))  # type: ignore[arg-type]
-        await asyncio.wait_for(entered.wait(), 5)
+        reading = asyncio.ensure_future(identify(with_key(key), tenant, None))  # type: ignore[arg-type]
+        await asyncio.wait_for(users.entered.wait(), 5)
         await stores.apikeys.revoke(record.id)
         await stores.events.publish(REVOCATIONS, api_key_revoked(record.id))
         await asyncio.wait_for(received.wait(), 10)  # the SQL bus polls
-        gate.set()
+        users.gate.set()
         await reading  # answered as it was read: it began before the revocation
-        found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+        found = await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
         assert found.principal is None, "the read begun before the revocation was cached"
     finally:
         await identify.stop()
@@ -252,20 +235,9 @@ async def test_a_key_read_begun_before_its_revocation_message_is_not_cached(
 async def test_a_keys_last_use_is_recorded_at_most_every_few_minutes(
     config: Config, stores: Stores, clock: Clock
 ) -> None:
-    user = User(new_id(), "acme", "bot", None, None, (), (), False, None, 0.0, 0.0)
-    await stores.users.create(user)
-    key = new_api_key()
-    await stores.apikeys.create(
-        ApiKey(new_id(), "acme", user.id, "ci", api_key_display_prefix(key), hash_api_key(key),
-               0.0, None)
-    )  # fmt: skip
+    key, _ = await bot_with_key(stores)
     identify = identifier(config, stores, clock)
     tenant = config.tenants[0]
-
-    def with_key() -> object:
-        return make_mocked_request(
-            "GET", "/", headers={"Host": "acme.test", "Authorization": f"Bearer {key}"}
-        )
 
     async def last_used() -> float | None:
         stored = await stores.apikeys.get_by_hash(hash_api_key(key))
@@ -274,7 +246,7 @@ async def test_a_keys_last_use_is_recorded_at_most_every_few_minutes(
 
     assert await last_used() is None
     first = clock.now
-    found = await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+    found = await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
     assert found.principal is not None
     for _ in range(50):  # written off the request's path
         if await last_used() is not None:
@@ -282,6 +254,6 @@ async def test_a_keys_last_use_is_recorded_at_most_every_few_minutes(
         await asyncio.sleep(0.01)
     assert await last_used() == first
     clock.now += 60
-    await identify(with_key(), tenant, None)  # type: ignore[arg-type]
+    await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     assert await last_used() == first  # not written again within the interval

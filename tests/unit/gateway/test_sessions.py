@@ -11,6 +11,7 @@ import pytest
 from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
 from gateway.sessions import TOUCH_INTERVAL, SessionManager
 from gateway.stores import Stores, User, new_id, open_stores
+from tests.slow_stores import GatedUsers
 
 DAY = 86400.0
 
@@ -243,22 +244,7 @@ async def test_a_read_under_way_when_this_process_revokes_is_not_cached(
     # polls; publishing may fail): a read begun before its revoke is not cached.
     import asyncio
 
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    class SlowUsers:
-        armed = False
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(stores.users, name)
-
-        async def get(self, user_id: str) -> object:
-            if self.armed:
-                self.armed = False
-                entered.set()
-                await gate.wait()
-            return await stores.users.get(user_id)
-
-    users = SlowUsers()
+    users = GatedUsers(stores.users, once=True)
     sessions = SessionManager(
         stores.sessions,
         users,  # type: ignore[arg-type]
@@ -270,8 +256,8 @@ async def test_a_read_under_way_when_this_process_revokes_is_not_cached(
     sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
     users.armed = True
     reading = asyncio.ensure_future(sessions.load(sid, "acme"))
-    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(users.entered.wait(), 5)
     assert await sessions.revoke(sid)
-    gate.set()
+    users.gate.set()
     await reading  # begun before the revocation: answered as it was read
     assert await sessions.load(sid, "acme") is None
