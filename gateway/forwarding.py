@@ -117,18 +117,3 @@ def dropped_names(
 def with_tokens(dropped: frozenset[str], tokens: frozenset[str]) -> frozenset[str]:
     """`dropped` plus the `Connection` tokens (no new set when they are in it already)."""
     return dropped if tokens <= dropped else dropped | tokens
-
-
-def copy_end_to_end(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str],
-    drop: frozenset[str],
-    also_drop: frozenset[str] = frozenset(),
-) -> CIMultiDict[str]:
-    """Every header not in `drop` (lowercase names), nor named by `Connection`, nor in
-    `also_drop`; repeats kept in order."""
-    dropped = dropped_names(headers, drop, also_drop)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if "_" not in name and name.lower() not in dropped:
-            out.add(name, value)
-    return out

@@ -31,6 +31,11 @@ log = logging.getLogger("authgate.policy")
 DENY_ALL = load_policy_text("version: 1\ndefault: deny\n", "<no policy files>")
 
 
+def policy_files(tenants: Iterable[TenantConfig]) -> tuple[Path, ...]:
+    """Every policy file these tenants name, once each, in order."""
+    return tuple(dict.fromkeys(p for t in tenants for p in t.policies))
+
+
 def uses_countries(policy_set: PolicySet) -> bool:
     """Whether any rule looks at the client's country (the pipeline then looks it up)."""
     return any(r.countries is not None or r.not_countries is not None for r in policy_set.rules)
@@ -116,7 +121,7 @@ class PolicyRegistry:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return tuple(dict.fromkeys(p for t in self._tenants for p in t.policies))
+        return policy_files(self._tenants)
 
     def policy_set(self, tenant_id: str) -> PolicySet:
         return self._sets[tenant_id]

@@ -315,11 +315,6 @@ async def forward_http(
         return response
 
 
-async def _sleep_then(seconds: float, check: Callable[[], Awaitable[bool]]) -> bool:
-    await asyncio.sleep(seconds)
-    return await check()
-
-
 def _abort(request: BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
@@ -405,15 +400,16 @@ async def forward_websocket(
             message = msg.extra.encode() if msg.type is WSMsgType.CLOSE and msg.extra else b""
             await sink.close(code=code, message=message)
 
-    async def watch() -> None:
-        assert still_allowed is not None
-        while await _sleep_then(recheck, still_allowed):
-            pass
+    async def watch(still_allowed: Callable[[], Awaitable[bool]]) -> None:
+        while True:
+            await asyncio.sleep(recheck)
+            if not await still_allowed():
+                return
 
     to_upstream = asyncio.ensure_future(pump(downstream, upstream))
     to_client = asyncio.ensure_future(pump(upstream, downstream))
     tasks = [to_upstream, to_client]
-    watcher = asyncio.ensure_future(watch()) if still_allowed is not None else None
+    watcher = asyncio.ensure_future(watch(still_allowed)) if still_allowed is not None else None
     if watcher is not None:
         tasks.append(watcher)
     try:

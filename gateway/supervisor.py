@@ -27,7 +27,7 @@ from types import FrameType
 from gateway.config.model import Config
 from gateway.logs import flush_logging
 from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
-from gateway.policy_sets import compile_tenant_policies
+from gateway.policy_sets import compile_tenant_policies, policy_files
 from gateway.server import Extension, GatewayServer, listen_socket
 from gateway.watch import signature
 from policies import PolicyError, PolicySet
@@ -176,14 +176,14 @@ class Supervisor:
         # Workers reload edited policy files by themselves; the set a replacement worker
         # starts from must follow them, or a worker restarted while the files are broken
         # would serve the policy of start-up, perhaps looser than what its siblings serve.
-        policy_files = tuple(dict.fromkeys(p for t in self.config.tenants for p in t.policies))
-        seen = [signature(p) for p in policy_files]
+        files = policy_files(self.config.tenants)
+        seen = [signature(p) for p in files]
         while not self._stopping:
             time.sleep(0.2)
-            now = [signature(p) for p in policy_files]
+            now = [signature(p) for p in files]
             if now != seen:
                 time.sleep(0.25)  # a writer still writing: read what it ends with
-                seen = [signature(p) for p in policy_files]
+                seen = [signature(p) for p in files]
                 self._reload_requested = True
             if self._reload_requested:
                 self._reload_requested = False

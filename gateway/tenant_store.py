@@ -30,7 +30,7 @@ from gateway.config.fields import Ctx, Problems, Reported, Where
 from gateway.config.model import RouteConfig, TenantConfig
 from gateway.config.tenants import parse_tenants
 from gateway.errors import AuthgateError
-from gateway.policy_sets import DENY_ALL
+from gateway.policy_sets import DENY_ALL, policy_files
 from gateway.stores.base import AlreadyExists, EventBus, Subscription
 from gateway.stores.database import Database
 from gateway.tenants import TenantIndex
@@ -413,9 +413,7 @@ class TenantDirectory:
     def replace(self, stored: Iterable[StoredTenant]) -> list[str]:
         """Swap in the config tenants plus `stored`; returns the problems (tenants left out)."""
         tenants, problems = merge_tenants(self._config_tenants, stored)
-        self._policy_files = tuple(
-            dict.fromkeys(p for t in tenants if t.id not in self._config_ids for p in t.policies)
-        )
+        self._policy_files = policy_files(t for t in tenants if t.id not in self._config_ids)
         policies: dict[str, PolicySet] = {}
         kept: list[TenantConfig] = []
         for tenant in tenants:
