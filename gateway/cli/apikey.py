@@ -107,9 +107,7 @@ async def _revoke(args: argparse.Namespace, config: Config, stores: Stores) -> i
     found = [k for k in await stores.apikeys.list(tenant) if k.id.startswith(prefix)]
     if len(found) != 1 or not prefix:
         raise UsageError(f"{len(found)} keys match {args.key_id!r}; give the exact id")
-    await stores.apikeys.revoke(found[0].id)
-    # Every gateway process forgets the key now, not when its 5 s cache entry ends.
-    await stores.events.publish(REVOCATIONS, api_key_revoked(found[0].id))
+    await revoke_key(stores, found[0].id)
     await record_now(
         stores.audit,
         Event.APIKEY_REVOKED,
@@ -118,3 +116,11 @@ async def _revoke(args: argparse.Namespace, config: Config, stores: Stores) -> i
     )
     print(f"revoked API key {found[0].id} ({found[0].name})")
     return EXIT_OK
+
+
+async def revoke_key(stores: Stores, key_id: str) -> bool:
+    """Revoke the key in the store and tell every gateway process: each forgets it now,
+    not when its 5 s cache entry ends. False when it was revoked already (or is gone)."""
+    revoked = await stores.apikeys.revoke(key_id)
+    await stores.events.publish(REVOCATIONS, api_key_revoked(key_id))
+    return revoked

@@ -26,17 +26,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
+from gateway.cli.apikey import revoke_key
+from gateway.cli.user import end_sessions
 from gateway.config import load_config
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.errors import ConfigError, StoreUnavailable
-from gateway.stores import (
-    REVOCATIONS,
-    Stores,
-    api_key_revoked,
-    open_database,
-    open_stores,
-    user_sessions_revoked,
-)
+from gateway.stores import Stores, open_database, open_stores
 from gateway.tenant_store import (
     TENANTS_CHANNEL,
     InvalidTenant,
@@ -159,13 +154,11 @@ async def _end_access(config: Config, tenant_id: str) -> tuple[int, int]:
     try:
         sessions = 0
         for user_id in {record.user_id for record in await stores.sessions.list(tenant_id)}:
-            sessions += await stores.sessions.revoke_user(tenant_id, user_id)
-            await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant_id, user_id))
+            sessions += await end_sessions(stores, tenant_id, user_id)
         keys = 0
         for key in await stores.apikeys.list(tenant_id):
-            if not key.revoked and await stores.apikeys.revoke(key.id):
+            if not key.revoked and await revoke_key(stores, key.id):
                 keys += 1
-                await stores.events.publish(REVOCATIONS, api_key_revoked(key.id))
         return sessions, keys
     finally:
         await stores.close()

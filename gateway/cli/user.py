@@ -248,7 +248,7 @@ async def _disable(args: argparse.Namespace, config: Config, stores: Stores) -> 
     tenant = pick_tenant(config, args.tenant)
     user = await find_user(stores, tenant, args.username)
     await stores.users.update(dataclasses.replace(user, disabled=True, updated=time.time()))
-    ended = await _end_sessions(stores, tenant, user.id)
+    ended = await end_sessions(stores, tenant, user.id)
     await record_now(
         stores.audit,
         Event.USER_DISABLED,
@@ -266,7 +266,7 @@ async def _reset_mfa(args: argparse.Namespace, config: Config, stores: Stores) -
     tenant = pick_tenant(config, args.tenant)
     user = await find_user(stores, tenant, args.username)
     removed = await stores.credentials.remove_all_for_user(user.id)
-    ended = await _end_sessions(stores, tenant, user.id)
+    ended = await end_sessions(stores, tenant, user.id)
     print(
         f"reset second factors of {user.username}: removed {removed.totp_devices} TOTP"
         f" device(s), {removed.webauthn_credentials} security key(s)/passkey(s),"
@@ -287,12 +287,12 @@ async def _passwd(args: argparse.Namespace, config: Config, stores: Stores) -> i
         print(f"password of {user.username} changed; sessions kept")
         return EXIT_OK
     # A reset is what an operator does when a password leaked: whoever used it is out.
-    ended = await _end_sessions(stores, tenant, user.id)
+    ended = await end_sessions(stores, tenant, user.id)
     print(f"password of {user.username} changed; ended {ended} session(s)")
     return EXIT_OK
 
 
-async def _end_sessions(stores: Stores, tenant: str, user_id: str) -> int:
+async def end_sessions(stores: Stores, tenant: str, user_id: str) -> int:
     """Log the user out everywhere: from the store, and from every process's cache."""
     ended = await stores.sessions.revoke_user(tenant, user_id)
     await stores.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user_id))
