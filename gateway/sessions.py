@@ -345,19 +345,19 @@ class SessionManager(RevocationFollower):
         """Log out everywhere."""
         self._epoch += 1  # reads under way may hold their sessions: not to be cached
         count = await self.store.revoke_user(tenant, user_id)
-        self._epoch += 1
         self._known_users.pop(user_id, None)
         for key, (_, active) in list(self._cache.items()):
             if active.record.tenant == tenant and active.record.user_id == user_id:
                 self._cache.pop(key, None)
-        await self.events.publish(REVOCATIONS, user_sessions_revoked(tenant, user_id))
+        await self._publish(user_sessions_revoked(tenant, user_id))
         return count
 
-    async def _publish(self, message: str, id_hash: str) -> None:
+    async def _publish(self, message: str, id_hash: str | None = None) -> None:
         # This process does not wait for its own message to come back (0.5 s on the SQL
         # bus, never if publishing fails): a read begun during the write is not cached.
         self._epoch += 1
-        self._cache.pop(id_hash, None)
+        if id_hash is not None:
+            self._cache.pop(id_hash, None)
         try:
             await self.events.publish(REVOCATIONS, message)
         except Exception:
