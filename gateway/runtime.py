@@ -35,7 +35,7 @@ from gateway.responses import wants_json
 from gateway.secretbox import SecretBox, load_secret_box
 from gateway.server import GatewayServer
 from gateway.sessions import SessionManager, fingerprint
-from gateway.signing import JwtSigner
+from gateway.signing import JWKS_MAX_AGE, REFRESH_INTERVAL, JwtSigner
 from gateway.sso import RedisSsoCodes, SqlSsoCodes, SsoCodes, SsoCodeStore
 from gateway.stores import (
     REVOCATIONS,
@@ -54,7 +54,6 @@ from policies import Action, Decision
 
 log = logging.getLogger("authgate.runtime")
 
-KEY_REFRESH_SECONDS = 30.0
 PRUNE_SECONDS = 3600.0
 
 
@@ -181,7 +180,7 @@ async def _housekeeping(runtime: Runtime) -> None:
     """Pick up keys rotated by another instance; drop expired sessions now and then."""
     last_prune = 0.0
     while True:
-        await asyncio.sleep(KEY_REFRESH_SECONDS)
+        await asyncio.sleep(REFRESH_INTERVAL)
         try:
             await runtime.signer.refresh()
             now = time.time()
@@ -275,7 +274,7 @@ def identity_extension(server: GatewayServer) -> None:
         return web.Response(
             body=runtime.signer.jwks_json(),
             content_type="application/json",
-            headers={"Cache-Control": "public, max-age=300"},
+            headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"},
         )
 
     server.hooks.startup.append(startup)

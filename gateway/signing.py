@@ -11,7 +11,11 @@ Choices:
   upstream whose clock lags by a second would refuse a fresh token for nothing;
 - `email` and `name` are left out when unknown rather than sent as null, as OIDC does;
 - a retired key stays published for `overlap` (at least `lifetime`), so every token it
-  signed can be verified until it expires, whatever instance or cache it came from.
+  signed can be verified until it expires, whatever instance or cache it came from;
+- a rotated-in key is published `PUBLISH_AHEAD` before it signs, so no upstream ever
+  meets a kid that its copy of the JWKS (cached up to `JWKS_MAX_AGE`) or another
+  instance (which reads the keys every `REFRESH_INTERVAL`) does not know yet. Only a
+  rotation that withdraws leaked keys skips the wait: it signs with the new key at once.
 """
 
 from __future__ import annotations
@@ -40,11 +44,15 @@ __all__ = [
     "ALGORITHM",
     "DEFAULT_LIFETIME",
     "DEFAULT_OVERLAP",
+    "JWKS_MAX_AGE",
     "KEY_PURPOSE",
+    "PUBLISH_AHEAD",
+    "REFRESH_INTERVAL",
     "JwtSigner",
     "SigningError",
     "new_signing_key",
     "rotate_keys",
+    "signing_key",
 ]
 
 log = logging.getLogger("authgate.signing")
@@ -54,6 +62,11 @@ KEY_PURPOSE = "jwt-signing-key"  # SecretBox associated data: the blob opens onl
 DEFAULT_LIFETIME = 300.0
 DEFAULT_OVERLAP = 86400.0
 DEFAULT_CACHE_SIZE = 10_000
+REFRESH_INTERVAL = 30.0  # seconds between two reads of the key set by a running gateway
+JWKS_MAX_AGE = 300  # seconds; Cache-Control max-age of /.authgate/jwks.json
+# Every instance has read the new key (twice over, for clock skew) and every JWKS cache
+# that honours max-age has expired by the time the key starts signing.
+PUBLISH_AHEAD = JWKS_MAX_AGE + 2 * REFRESH_INTERVAL
 _MIN_STEP = 0.001  # seconds; well above float resolution at today's epoch times
 
 Clock = Callable[[], float]
@@ -129,6 +142,26 @@ def _newest_first(key: SigningKey) -> tuple[float, str]:
     return (key.created, key.kid)
 
 
+def signing_key(keys: Sequence[SigningKey], now: float) -> SigningKey | None:
+    """The key that signs at `now`: the newest one neither retired nor younger than
+    PUBLISH_AHEAD. While no key is that old (the first key of all, keys made by
+    instances starting together, the key a withdrawal left), the oldest key not retired:
+    the one that signed first goes on signing until its successor comes of age."""
+    live = [key for key in keys if key.retired is None or key.retired > now]
+    ready = [key for key in live if key.created + PUBLISH_AHEAD <= now]
+    if ready:
+        return max(ready, key=_newest_first)
+    return min(live, key=_newest_first, default=None)
+
+
+def _next_switch(keys: Sequence[SigningKey], now: float) -> float:
+    """When `signing_key` may answer differently for the same keys: a key comes of age
+    or one is retired."""
+    moments = [key.created + PUBLISH_AHEAD for key in keys]
+    moments += [key.retired for key in keys if key.retired is not None]
+    return min((moment for moment in moments if moment > now), default=math.inf)
+
+
 def _published_jwk(key: SigningKey) -> Jwk:
     stored = json.loads(key.public_jwk)
     jwk = {name: str(stored[name]) for name in ("kty", "crv", "x", "y")}
@@ -136,11 +169,16 @@ def _published_jwk(key: SigningKey) -> Jwk:
     return jwk
 
 
-async def rotate_keys(keys: KeyStore, box: SecretBox, *, now: float) -> SigningKey:
-    """Add a new signing key and retire every older active one (they stay published for
-    the overlap). Raises SigningError, changing nothing, when `box` cannot open the
-    current keys (a wrong encryption key). Two concurrent rotations leave exactly one
-    active key: each retires only keys older than its own, and "older" is a total order."""
+async def rotate_keys(
+    keys: KeyStore, box: SecretBox, *, now: float, withdraw: bool = False
+) -> SigningKey:
+    """Add a new signing key. It is published at once and signs from PUBLISH_AHEAD on;
+    every older active key is retired at that moment (and stays published for the
+    overlap after it). With `withdraw` (the old keys may have leaked), the old keys are
+    deleted instead: the new key signs at once and tokens the old ones signed stop
+    verifying. Raises SigningError, changing nothing, when `box` cannot open the current
+    keys (a wrong encryption key). Two concurrent rotations leave exactly one active key:
+    each retires only keys older than its own, and "older" is a total order."""
     # The new key must be strictly the newest even when the clock did not move (or this
     # host's clock lags the one that made the current key); a tie would be broken by kid
     # and could leave the old key signing.
@@ -153,10 +191,17 @@ async def rotate_keys(keys: KeyStore, box: SecretBox, *, now: float) -> SigningK
     newest = max((key.created for key in current), default=now)
     new = new_signing_key(box, now=now if now > newest else newest + _MIN_STEP)
     await keys.add(new)
+    if withdraw:
+        for key in await keys.list(retired_after=0.0):
+            if key.kid != new.kid:
+                await keys.remove(key.kid)
+        log.warning("JWT signing keys withdrawn; new kid %s signs now", new.kid)
+        return new
+    takes_over = new.created + PUBLISH_AHEAD
     for key in await keys.list(retired_after=now):
         if key.retired is None and _newest_first(key) < _newest_first(new):
-            await keys.retire(key.kid, now)
-    log.info("JWT signing key rotated: new kid %s", new.kid)
+            await keys.retire(key.kid, takes_over)
+    log.info("JWT signing key rotated: new kid %s, signing from %.0f", new.kid, takes_over)
     return new
 
 
@@ -171,6 +216,7 @@ class _KeySet:
     private_key: ec.EllipticCurvePrivateKey
     published: tuple[SigningKey, ...]
     fingerprint: tuple[tuple[str, float | None], ...]  # (kid, retired): changes ⇔ set changes
+    switch_at: float  # from then on another key may be the one to sign with
 
 
 @dataclass(frozen=True)
@@ -236,19 +282,29 @@ class JwtSigner:
             log.info("JWT signing key created: kid %s", created.kid)
             stored = await self._keys.list(retired_after=now - self._overlap)
         fingerprint = tuple(sorted((key.kid, key.retired) for key in stored))
-        if self._set is not None and self._set.fingerprint == fingerprint:
+        if (
+            self._set is not None
+            and self._set.fingerprint == fingerprint
+            and now < self._set.switch_at
+        ):
             return
-        active = [key for key in stored if key.retired is None]
-        if not active:
+        signing = signing_key(stored, now)
+        if signing is None:
             raise SigningError("the key store has no active JWT signing key")
-        signing = max(active, key=_newest_first)
-        private = self._private.get(signing.kid) or _open_private_key(signing, self._box)
-        self._private = {signing.kid: private}
+        # Every key that signs now or may sign later is opened here, so a key this
+        # instance cannot open fails the refresh when it is published, not when it is due.
+        private = {
+            key.kid: self._private.get(key.kid) or _open_private_key(key, self._box)
+            for key in stored
+            if key.retired is None or key.retired > now
+        }
+        self._private = private
         self._set = _KeySet(
             signing_kid=signing.kid,
-            private_key=private,
+            private_key=private[signing.kid],
             published=tuple(sorted(stored, key=_newest_first, reverse=True)),
             fingerprint=fingerprint,
+            switch_at=_next_switch(stored, now),
         )
         self._jwks_json = None
 

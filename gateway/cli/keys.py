@@ -1,8 +1,10 @@
 """`authgate keys rotate|list`: the keys that sign the identity JWT.
 
-Rotation adds a new key and retires the old ones; running gateways pick it up at
-their next key refresh (about 30 s) and keep publishing the old keys in the JWKS
-for the overlap, so tokens already handed to upstreams stay verifiable.
+Rotation adds a new key that every gateway publishes at its next key refresh and signs
+with six minutes later (PUBLISH_AHEAD), when every instance and every JWKS cache knows
+it; the old keys sign until then and stay published for the overlap after it, so tokens
+already handed to upstreams stay verifiable. `--withdraw-old` is for a leak: the old
+keys are deleted, and the new one signs at every gateway's next refresh (about 30 s).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from gateway.cli import EXIT_FAILURE, EXIT_OK
 from gateway.cli.user import run_with_stores
 from gateway.config.model import Config
 from gateway.secretbox import load_secret_box
-from gateway.signing import DEFAULT_OVERLAP, SigningError, rotate_keys
+from gateway.signing import (
+    DEFAULT_OVERLAP,
+    PUBLISH_AHEAD,
+    REFRESH_INTERVAL,
+    SigningError,
+    rotate_keys,
+    signing_key,
+)
 from gateway.stores import SigningKey, Stores
 
 
@@ -28,9 +37,19 @@ def register(
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     rotate = actions.add_parser(
-        "rotate", parents=[common], help="start signing with a new key; retire the old ones"
+        "rotate",
+        parents=[common],
+        help="publish a new key now, sign with it in six minutes; retire the old ones then",
     )
-    rotate.set_defaults(func=lambda args: run_with_stores(args, lambda c, s: _rotate(c, s)))
+    rotate.add_argument(
+        "--withdraw-old",
+        action="store_true",
+        help="the old keys may have leaked: delete them and sign with the new key at once"
+        " (tokens they signed stop verifying)",
+    )
+    rotate.set_defaults(
+        func=lambda args: run_with_stores(args, lambda c, s: _rotate(c, s, args.withdraw_old))
+    )
 
     listing = actions.add_parser("list", parents=[common], help="list signing keys")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -42,33 +61,51 @@ def _when(t: float | None) -> str:
 
 
 def _state(key: SigningKey, signing_kid: str | None, now: float) -> str:
-    if key.retired is None:
-        return "signing" if key.kid == signing_kid else "active"
+    if key.kid == signing_kid:
+        return "signing"
+    if key.retired is None or key.retired > now:
+        return f"next (signs from {_when(key.created + PUBLISH_AHEAD)})"
     until = key.retired + DEFAULT_OVERLAP
     return f"published until {_when(until)}" if until > now else "retired"
 
 
-async def _rotate(config: Config, stores: Stores) -> int:
+async def _rotate(config: Config, stores: Stores, withdraw: bool) -> int:
     box = load_secret_box(config)
     now = time.time()
-    before = [k.kid for k in await stores.keys.list(retired_after=now) if k.retired is None]
+    before = [k.kid for k in await stores.keys.list(retired_after=0.0 if withdraw else now)]
     try:
-        new = await rotate_keys(stores.keys, box, now=now)
+        new = await rotate_keys(stores.keys, box, now=now, withdraw=withdraw)
     except SigningError as exc:
         print(f"error: {exc}; nothing was changed", file=sys.stderr)
         return EXIT_FAILURE
     print(f"new signing key {new.kid}")
-    for kid in before:
-        print(f"retired {kid} (published until {_when(now + DEFAULT_OVERLAP)})")
-    print("running gateways switch at their next key refresh (about 30 s)")
+    if withdraw:
+        for kid in before:
+            print(f"withdrew {kid}: tokens it signed no longer verify")
+        print(
+            "running gateways sign with the new key at their next refresh"
+            f" (within {REFRESH_INTERVAL:.0f} s)"
+        )
+        return EXIT_OK
+    if not before:
+        print("no other key: gateways sign with it at once")
+        return EXIT_OK
+    takes_over = new.created + PUBLISH_AHEAD
+    print(f"published now; running gateways sign with it from {_when(takes_over)}")
+    for key in await stores.keys.list(retired_after=now):
+        if key.kid in before and key.retired is not None:
+            print(
+                f"retired {key.kid} from then"
+                f" (published until {_when(key.retired + DEFAULT_OVERLAP)})"
+            )
     return EXIT_OK
 
 
 async def _list(args: argparse.Namespace, stores: Stores) -> int:
     now = time.time()
     keys = await stores.keys.list(retired_after=0.0)  # every key, even long retired
-    active = [k for k in keys if k.retired is None]
-    signing_kid = max(active, key=lambda k: (k.created, k.kid)).kid if active else None
+    signing = signing_key(keys, now)
+    signing_kid = signing.kid if signing else None
     if args.json:
         rows = [
             {

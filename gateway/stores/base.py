@@ -204,7 +204,11 @@ class KeyStore(Protocol):
     async def list(self, retired_after: float) -> list[SigningKey]:
         """Active keys and keys retired after the given time, newest first."""
 
-    async def retire(self, kid: str, at: float) -> bool: ...
+    async def retire(self, kid: str, at: float) -> bool:
+        """Retire an active key at `at` (which may lie ahead); False when it was not active."""
+
+    async def remove(self, kid: str) -> bool:
+        """Delete a key outright (it may have leaked); False when there was none."""
 
 
 # --- audit -------------------------------------------------------------------

@@ -402,6 +402,9 @@ class SqlKeyStore:
         )
         return changed > 0
 
+    async def remove(self, kid: str) -> bool:
+        return await self._db.execute("DELETE FROM signing_keys WHERE kid = ?", kid) > 0
+
 
 # --- audit -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from gateway.cli import common_options
 from gateway.cli import keys as keys_cli
 from gateway.config import load_config
 from gateway.secretbox import SecretBox, load_secret_box
-from gateway.signing import JwtSigner, SigningError, rotate_keys
+from gateway.signing import PUBLISH_AHEAD, JwtSigner, SigningError, rotate_keys
 from gateway.stores import open_stores
 from gateway.stores.database import Database
 from gateway.stores.postgres import open_postgres
@@ -160,10 +160,15 @@ async def test_a_rotation_by_one_instance_reaches_the_other_after_refresh(
     await b.refresh()
     assert kids(a) == kids(b) == {old_kid, new_key.kid}
     assert json.loads(b.jwks_json())["keys"] == b.jwks()["keys"]
+    assert jwt.get_unverified_header(sign(a))["kid"] == old_kid  # published first
+    verify(old_token, a)  # signed by the key about to retire, verifiable anywhere
+
+    clock.now += PUBLISH_AHEAD + 1
+    await a.refresh()
+    await b.refresh()
     new_token = sign(b)
     assert jwt.get_unverified_header(new_token)["kid"] == new_key.kid
-    verify(old_token, a)  # signed by the retired key, still verifiable anywhere
-    verify(new_token, a)
+    assert kids(a) == kids(b) == {old_kid, new_key.kid}
 
     clock.now += DAY + 1
     await a.refresh()
@@ -175,14 +180,33 @@ async def test_a_rotation_in_the_same_instant_survives_the_database_round_trip(
     connect: OpenDatabase,
 ) -> None:
     store = SqlKeyStore(await connect())
-    signer = JwtSigner(store, BOX, issuer=ISSUER, now=lambda: 1_700_000_000.0)
+    clock = Clock()
+    clock.now = 1_700_000_000.0
+    signer = JwtSigner(store, BOX, issuer=ISSUER, now=clock)
     await signer.start()
     for _ in range(3):
-        new_key = await rotate_keys(store, BOX, now=1_700_000_000.0)
-        await signer.refresh()
-        assert jwt.get_unverified_header(sign(signer, audience=new_key.kid))["kid"] == new_key.kid
+        new_key = await rotate_keys(store, BOX, now=clock.now)
+    clock.now += PUBLISH_AHEAD + 1
+    await signer.refresh()
+    assert jwt.get_unverified_header(sign(signer, audience=new_key.kid))["kid"] == new_key.kid
     active = [k for k in await store.list(retired_after=0.0) if k.retired is None]
     assert [k.kid for k in active] == [new_key.kid]
+
+
+async def test_withdrawing_deletes_the_old_keys_from_the_database(
+    connect: OpenDatabase,
+) -> None:
+    store = SqlKeyStore(await connect())
+    signer = JwtSigner(store, BOX, issuer=ISSUER)
+    await signer.start()
+    (leaked,) = kids(signer)
+    await rotate_keys(store, BOX, now=time.time())  # scheduled, published, not yet signing
+    fresh = await rotate_keys(store, BOX, now=time.time(), withdraw=True)
+    assert [k.kid for k in await store.list(retired_after=0.0)] == [fresh.kid]
+    await signer.refresh()
+    assert kids(signer) == {fresh.kid}
+    assert jwt.get_unverified_header(sign(signer))["kid"] == fresh.kid
+    assert not await store.remove(leaked)  # already gone
 
 
 # --- authgate keys rotate|list -------------------------------------------------------
@@ -226,13 +250,17 @@ def test_keys_rotate_then_list(config_file: Path, capsys: pytest.CaptureFixture[
     second = out.split()[3]
     assert f"retired {first}" in out
 
+    assert "published now; running gateways sign with it from " in out
+
     assert run_cli(config_file, "keys", "list", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["kid"], r["state"]) for r in rows] == [(second, "signing"), (first, "published")]
+    # The first key goes on signing until every cache has seen the second one.
+    assert [(r["kid"], r["state"]) for r in rows] == [(second, "next"), (first, "signing")]
     assert run_cli(config_file, "keys", "list") == 0
     text = capsys.readouterr().out
     assert "PRIVATE" not in text
     assert f"{first}\tES256\tcreated " in text
+    assert "next (signs from " in text
 
     async def gateway_signs_with_the_rotated_key() -> str:
         config = load_config(config_file, {})
@@ -244,7 +272,16 @@ def test_keys_rotate_then_list(config_file: Path, capsys: pytest.CaptureFixture[
         finally:
             await stores.close()
 
-    assert asyncio.run(gateway_signs_with_the_rotated_key()) == second
+    assert asyncio.run(gateway_signs_with_the_rotated_key()) == first
+
+    assert run_cli(config_file, "keys", "rotate", "--withdraw-old") == 0
+    out = capsys.readouterr().out
+    third = out.split()[3]
+    assert f"withdrew {first}" in out and f"withdrew {second}" in out
+    assert run_cli(config_file, "keys", "list", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["kid"], r["state"]) for r in rows] == [(third, "signing")]
+    assert asyncio.run(gateway_signs_with_the_rotated_key()) == third
 
 
 def test_keys_rotate_with_the_wrong_encryption_key_changes_nothing(

@@ -16,7 +16,16 @@ import jwt.utils
 import pytest
 
 from gateway.secretbox import SecretBox, SecretBoxError
-from gateway.signing import KEY_PURPOSE, JwtSigner, SigningError, new_signing_key, rotate_keys
+from gateway.signing import (
+    JWKS_MAX_AGE,
+    KEY_PURPOSE,
+    PUBLISH_AHEAD,
+    REFRESH_INTERVAL,
+    JwtSigner,
+    SigningError,
+    new_signing_key,
+    rotate_keys,
+)
 from gateway.stores.base import SigningKey
 
 BOX_KEY = "k" * 40
@@ -53,6 +62,10 @@ class FakeKeyStore:
             key.kid, key.private_pem_encrypted, key.public_jwk, key.created, at, key.algorithm
         )
         return True
+
+    async def remove(self, kid: str) -> bool:
+        await asyncio.sleep(0)
+        return self.rows.pop(kid, None) is not None
 
 
 class Clock:
@@ -117,6 +130,27 @@ def verify(token: str, jwks: dict[str, Any], *, audience: str = "wiki.acme.test"
 
 def kids(jwks: dict[str, Any]) -> set[str]:
     return {k["kid"] for k in jwks["keys"]}
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def verifies_at(token: str, jwks: dict[str, Any], now: float) -> bool:
+    """What an upstream holding `jwks` decides at `now` (a fake clock, so exp is checked
+    here rather than by PyJWT against the wall clock)."""
+    matching = [k for k in jwks["keys"] if k["kid"] == kid_of(token)]
+    if not matching:
+        return False
+    claims = jwt.decode(
+        token,
+        jwt.PyJWK(matching[0]).key,
+        algorithms=["ES256"],
+        audience="wiki.acme.test",
+        issuer=ISSUER,
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    return bool(claims["iat"] <= now < claims["exp"])
 
 
 # --- tokens ----------------------------------------------------------------------
@@ -275,6 +309,7 @@ async def test_after_a_rotation_cached_tokens_are_resigned_with_the_new_key(
 ) -> None:
     old = sign(signer, cache_key="s1")
     new_key = await rotate_keys(store, box, now=clock.now)
+    clock.now += PUBLISH_AHEAD + 1
     await signer.refresh()
     fresh = sign(signer, cache_key="s1")
     assert fresh != old
@@ -372,11 +407,15 @@ async def test_rotation_keeps_the_old_key_published_for_the_overlap_then_drops_i
     new_key = await rotate_keys(store, box, now=clock.now)
     await signer.refresh()
     assert kids(signer.jwks()) == {old_kid, new_key.kid}
-    assert jwt.get_unverified_header(sign(signer))["kid"] == new_key.kid
     # A token the old key signed just before the rotation still verifies.
     verify(old_token, signer.jwks())
+    clock.now += PUBLISH_AHEAD + 1
+    await signer.refresh()
+    assert kid_of(sign(signer)) == new_key.kid
 
-    clock.now += DAY - 1
+    retired = store.rows[old_kid].retired
+    assert retired == new_key.created + PUBLISH_AHEAD  # when the new key took over
+    clock.now = retired + DAY - 1
     await signer.refresh()
     assert kids(signer.jwks()) == {old_kid, new_key.kid}
     assert old_kid in kids(json.loads(signer.jwks_json()))
@@ -403,8 +442,10 @@ async def test_a_rotation_at_the_same_instant_as_the_last_one_still_rotates(
 ) -> None:
     for _ in range(4):  # kids are random, so a tie broken by kid would fail about half the time
         new_key = await rotate_keys(store, box, now=clock.now)
-        await signer.refresh()
-        assert jwt.get_unverified_header(sign(signer))["kid"] == new_key.kid
+    clock.now += PUBLISH_AHEAD + 1
+    await signer.refresh()
+    assert kid_of(sign(signer)) == new_key.kid
+    assert [k.kid for k in store.rows.values() if k.retired is None] == [new_key.kid]
 
 
 async def test_two_concurrent_rotations_leave_exactly_one_active_key(
@@ -465,3 +506,97 @@ async def test_sign_micro_measurement(signer: JwtSigner) -> None:
         sign(signer, cache_key=f"cold{i}")
     cached = (time.perf_counter() - start) / n * 1e6
     print(f"\nsign(): cold {cold:.1f} µs, cached {cached:.1f} µs")
+
+
+# --- rotation: published before it signs ----------------------------------------------
+
+
+async def test_a_rotated_in_key_is_published_at_once_and_signs_only_after_publish_ahead(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    (old_kid,) = kids(signer.jwks())
+    clock.now += 1
+    new_key = await rotate_keys(store, box, now=clock.now)
+    await signer.refresh()
+    assert kids(signer.jwks()) == {old_kid, new_key.kid}
+    assert kid_of(sign(signer)) == old_kid
+    clock.now += PUBLISH_AHEAD - 1
+    await signer.refresh()
+    assert kid_of(sign(signer)) == old_kid
+    # The store did not change: the switch comes from the schedule alone.
+    clock.now += 1
+    await signer.refresh()
+    assert kid_of(sign(signer)) == new_key.kid
+    assert kids(signer.jwks()) == {old_kid, new_key.kid}  # the old one, for the overlap
+
+
+async def test_every_token_verifies_at_every_instance_and_every_cache_through_a_rotation(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    """Two instances refreshing out of step, and an upstream that refetches the JWKS only
+    when its copy is JWKS_MAX_AGE old (no refetch on an unknown kid): not one token
+    signed by either instance fails, before, during or after two rotations."""
+    a = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    b = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    await a.start()
+    await b.start()
+    cached = {"from": a, "jwks": a.jwks(), "at": clock.now}
+    start = clock.now
+    rotations = {start + 100.0, start + 100.0 + PUBLISH_AHEAD / 2, start + 1000.0}
+    signed_kids = set()
+    while clock.now < start + 1000.0 + 2 * PUBLISH_AHEAD:
+        clock.now += 1.0
+        if clock.now in rotations:
+            await rotate_keys(store, box, now=clock.now)
+        # Each instance reads the store every REFRESH_INTERVAL, b half an interval late.
+        if (clock.now - start) % REFRESH_INTERVAL == 0:
+            await a.refresh()
+        if (clock.now - start) % REFRESH_INTERVAL == REFRESH_INTERVAL / 2:
+            await b.refresh()
+        if clock.now - cached["at"] >= JWKS_MAX_AGE:
+            # The upstream's fetch lands on whichever instance the balancer picks.
+            source = b if cached["from"] is a else a
+            cached = {"from": source, "jwks": source.jwks(), "at": clock.now}
+        for instance in (a, b):
+            token = sign(instance)
+            signed_kids.add(kid_of(token))
+            assert verifies_at(token, a.jwks(), clock.now), clock.now - start
+            assert verifies_at(token, b.jwks(), clock.now), clock.now - start
+            assert verifies_at(token, cached["jwks"], clock.now), clock.now - start
+    assert len(signed_kids) == 4  # the start key and three rotations, all of them used
+
+
+async def test_withdrawing_signs_with_the_new_key_at_once_and_drops_the_old_keys(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    pending = await rotate_keys(store, box, now=clock.now)  # a scheduled one, not yet signing
+    leaked_token = sign(signer)
+    fresh = await rotate_keys(store, box, now=clock.now + 1, withdraw=True)
+    await signer.refresh()
+    assert set(store.rows) == {fresh.kid}
+    assert kids(signer.jwks()) == {fresh.kid}
+    assert kid_of(sign(signer)) == fresh.kid
+    assert not verifies_at(leaked_token, signer.jwks(), clock.now + 1)
+    assert pending.kid not in kids(signer.jwks())
+    # and later the schedule has nothing left to switch to
+    clock.now += PUBLISH_AHEAD + DAY
+    await signer.refresh()
+    assert kid_of(sign(signer)) == fresh.kid
+
+
+async def test_a_second_rotation_before_the_first_signs_keeps_one_signer_and_the_order(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    (first,) = kids(signer.jwks())
+    second = await rotate_keys(store, box, now=clock.now)
+    third = await rotate_keys(store, box, now=clock.now + 10)
+    expected = [
+        (clock.now + 5, first),
+        (clock.now + PUBLISH_AHEAD + 5, second.kid),
+        (clock.now + 10 + PUBLISH_AHEAD + 1, third.kid),
+    ]
+    for moment, kid in expected:
+        clock.now = moment
+        await signer.refresh()
+        assert kid_of(sign(signer)) == kid
+        assert kids(signer.jwks()) == {first, second.kid, third.kid}
