@@ -50,6 +50,18 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT = 5.0
 REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
+# A subscription silent this long is pinged, and one whose ping is not answered within
+# LIVENESS_TIMEOUT is opened again: a partition or a dead NAT entry closes nothing, and
+# redis-py's own health check only writes, so without this a dead subscription would
+# go unnoticed for as long as the kernel keeps retransmitting (about 15 minutes).
+LIVENESS_INTERVAL = 5.0
+LIVENESS_TIMEOUT = 3.0
+_LIVENESS_PING = "authgate-liveness"
+
+
+class _Silent(Exception):
+    """A subscription's ping went unanswered."""
+
 
 # RedisClusterException (cluster unreachable, slot not covered) is not a RedisError.
 _DRIVER_ERRORS = (
@@ -540,12 +552,25 @@ class _Listener:
         self.pubsub = pubsub
 
     async def run(self) -> None:
+        clock = asyncio.get_running_loop().time
+        heard = clock()  # when the server last said anything on this connection
+        pinged: float | None = None  # when an unanswered ping was sent
         while True:
             try:
-                message = await self.pubsub.get_message(timeout=1.0)
-            except _DRIVER_ERRORS:
+                message = await self.pubsub.get_message(timeout=min(1.0, LIVENESS_INTERVAL))
+                now = clock()
+                if message is not None:
+                    heard, pinged = now, None
+                elif pinged is not None:
+                    if now - pinged > LIVENESS_TIMEOUT:
+                        raise _Silent(f"no answer to a ping in {LIVENESS_TIMEOUT} s")
+                elif now - heard >= LIVENESS_INTERVAL:
+                    await self.pubsub.ping(_LIVENESS_PING)
+                    pinged = now
+            except (*_DRIVER_ERRORS, _Silent):
                 log.warning("event subscription lost; reconnecting", exc_info=True)
                 await self._reopen()
+                heard, pinged = clock(), None
                 continue
             if message is None or message.get("type") != "message":
                 continue
