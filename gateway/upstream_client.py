@@ -244,7 +244,9 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         if self.head_only:
             # llhttp cannot be told a HEAD answer has no body; the exchange ends here
-            # and the connection is not reused (its parser would wait for the body).
+            # and the connection is not reused: its parser would wait for the body, and
+            # a body the upstream sends anyway would be read as the next request's
+            # answer, perhaps another user's. HEAD is rare; one connection is cheap.
             self.complete = True
             self.keep_alive = False
         self._wake()
