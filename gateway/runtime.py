@@ -35,7 +35,7 @@ from gateway.responses import wants_json
 from gateway.secretbox import SecretBox, load_secret_box
 from gateway.server import GatewayServer
 from gateway.sessions import SessionManager, fingerprint
-from gateway.signing import JWKS_MAX_AGE, REFRESH_INTERVAL, JwtSigner
+from gateway.signing import REFRESH_INTERVAL, JwtSigner, SigningError
 from gateway.sso import RedisSsoCodes, SqlSsoCodes, SsoCodes, SsoCodeStore
 from gateway.stores import (
     REVOCATIONS,
@@ -176,21 +176,32 @@ def _follow_users_files(
     return start_watching(paths, changed)
 
 
-async def _housekeeping(runtime: Runtime) -> None:
-    """Pick up keys rotated by another instance; drop expired sessions now and then."""
-    last_prune = 0.0
+async def _follow_keys(signer: JwtSigner) -> None:
+    """Read the signing keys every REFRESH_INTERVAL, on a clock of its own: a rotated-in
+    key starts signing PUBLISH_AHEAD after it was added, which is safe only while every
+    instance reads the keys this often (nothing else may delay the reads)."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     while True:
-        await asyncio.sleep(REFRESH_INTERVAL)
+        due += REFRESH_INTERVAL
+        await asyncio.sleep(max(0.0, due - loop.time()))
         try:
-            await runtime.signer.refresh()
-            now = time.time()
-            if now - last_prune >= PRUNE_SECONDS:
-                last_prune = now
-                await runtime.stores.sessions.prune_expired(now)
-                await runtime.audit.prune()  # rows older than audit.retention
-                await runtime.sso.prune()
+            await signer.refresh()
         except Exception:
-            log.exception("housekeeping failed; will retry")
+            log.exception("could not read the JWT signing keys; will retry")
+        due = max(due, loop.time() - REFRESH_INTERVAL)  # after a stall, no burst of reads
+
+
+async def _prune(runtime: Runtime) -> None:
+    """Drop expired sessions, old audit rows and spent SSO codes, once an hour."""
+    while True:
+        await asyncio.sleep(PRUNE_SECONDS)
+        try:
+            await runtime.stores.sessions.prune_expired(time.time())
+            await runtime.audit.prune()  # rows older than audit.retention
+            await runtime.sso.prune()
+        except Exception:
+            log.exception("pruning failed; will retry")
 
 
 async def interstitial_challenge(
@@ -251,7 +262,8 @@ def identity_extension(server: GatewayServer) -> None:
         server.runtime = runtime
         server.hooks.identify = runtime.identifier
         server.hooks.readiness.append(runtime.stores.ping)
-        tasks.append(asyncio.ensure_future(_housekeeping(runtime)))
+        tasks.append(asyncio.ensure_future(_follow_keys(runtime.signer)))
+        tasks.append(asyncio.ensure_future(_prune(runtime)))
         # Database tenants are served without a restart: polled, and at once on an event.
         refresher = TenantRefresher(server.tenants, runtime.tenant_store, runtime.stores.events)
         await refresher.start()
@@ -271,10 +283,19 @@ def identity_extension(server: GatewayServer) -> None:
     async def jwks(req: ReservedRequest) -> web.StreamResponse:
         runtime = server.runtime
         assert runtime is not None
+        try:
+            body = runtime.signer.jwks_json()
+        except SigningError as exc:
+            log.error("no JWKS to serve: %s", exc)
+            return web.json_response(
+                {"error": "no signing keys"}, status=503, headers={"Cache-Control": "no-store"}
+            )
+        # Never cached past the moment a key this instance has not read may sign.
+        max_age = runtime.signer.jwks_max_age()
         return web.Response(
-            body=runtime.signer.jwks_json(),
+            body=body,
             content_type="application/json",
-            headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"},
+            headers={"Cache-Control": f"public, max-age={max_age}"},
         )
 
     server.hooks.startup.append(startup)

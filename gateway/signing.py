@@ -176,15 +176,17 @@ async def rotate_keys(
     every older active key is retired at that moment (and stays published for the
     overlap after it). With `withdraw` (the old keys may have leaked), the old keys are
     deleted instead: the new key signs at once and tokens the old ones signed stop
-    verifying. Raises SigningError, changing nothing, when `box` cannot open the current
-    keys (a wrong encryption key). Two concurrent rotations leave exactly one active key:
-    each retires only keys older than its own, and "older" is a total order."""
+    verifying. Without `withdraw`, raises SigningError, changing nothing, when `box`
+    cannot open the current keys (a wrong encryption key); a withdrawal needs no old key
+    opened, so it also serves to start afresh under a new encryption key. Two concurrent
+    rotations leave exactly one active key, and two withdrawals one key: each retires or
+    deletes only keys older than its own, and "older" is a total order."""
     # The new key must be strictly the newest even when the clock did not move (or this
     # host's clock lags the one that made the current key); a tie would be broken by kid
     # and could leave the old key signing.
     current = await keys.list(retired_after=now)
     for key in current:
-        if key.retired is None:
+        if key.retired is None and not withdraw:
             # A rotation with the wrong encryption key would leave every instance unable to
             # open the new key while the old one is retired: refuse before changing anything.
             _open_private_key(key, box)
@@ -193,7 +195,7 @@ async def rotate_keys(
     await keys.add(new)
     if withdraw:
         for key in await keys.list(retired_after=0.0):
-            if key.kid != new.kid:
+            if _newest_first(key) < _newest_first(new):
                 await keys.remove(key.kid)
         log.warning("JWT signing keys withdrawn; new kid %s signs now", new.kid)
         return new
@@ -261,6 +263,7 @@ class JwtSigner:
         self._private: dict[str, ec.EllipticCurvePrivateKey] = {}
         self._jwks_json: bytes | None = None
         self._jwks_until = math.inf
+        self._read_at = -math.inf  # when the key set was last read from the store
 
     # -- loading ------------------------------------------------------------------
 
@@ -275,12 +278,13 @@ class JwtSigner:
         now = self._now()
         stored = await self._keys.list(retired_after=now - self._overlap)
         if not any(key.retired is None for key in stored):
-            # Two instances starting at once may both create one: both keys get published
-            # and everyone signs with the newer, so that race is harmless.
+            # Of instances starting together on an empty store, one adds its key and
+            # the others find it: none signs with a key the others do not publish.
             created = new_signing_key(self._box, now=now)
-            await self._keys.add(created)
-            log.info("JWT signing key created: kid %s", created.kid)
+            if await self._keys.add_first(created, now):
+                log.info("JWT signing key created: kid %s", created.kid)
             stored = await self._keys.list(retired_after=now - self._overlap)
+        self._read_at = now
         fingerprint = tuple(sorted((key.kid, key.retired) for key in stored))
         if (
             self._set is not None
@@ -289,15 +293,23 @@ class JwtSigner:
         ):
             return
         signing = signing_key(stored, now)
-        if signing is None:
-            raise SigningError("the key store has no active JWT signing key")
-        # Every key that signs now or may sign later is opened here, so a key this
-        # instance cannot open fails the refresh when it is published, not when it is due.
-        private = {
-            key.kid: self._private.get(key.kid) or _open_private_key(key, self._box)
-            for key in stored
-            if key.retired is None or key.retired > now
-        }
+        try:
+            if signing is None:
+                raise SigningError("the key store has no active JWT signing key")
+            # Every key that signs now or may sign later is opened here, so a key this
+            # instance cannot open fails the refresh when published, not when it is due.
+            private = {
+                key.kid: self._private.get(key.kid) or _open_private_key(key, self._box)
+                for key in stored
+                if key.retired is None or key.retired > now
+            }
+        except SigningError:
+            if self._set is not None and self._set.signing_kid not in {k.kid for k in stored}:
+                # The key in use was withdrawn (it may have leaked): stop signing with it
+                # rather than go on until this instance can open the new one.
+                log.error("the JWT signing key in use was withdrawn; signing stops")
+                self._set, self._private, self._jwks_json = None, {}, None
+            raise
         self._private = private
         self._set = _KeySet(
             signing_kid=signing.kid,
@@ -310,7 +322,10 @@ class JwtSigner:
 
     def _key_set(self) -> _KeySet:
         if self._set is None:
-            raise SigningError("JwtSigner.start() has not been awaited")
+            raise SigningError(
+                "no JWT signing key in use: JwtSigner.start() was not awaited, or the key"
+                " in use was withdrawn and the new one cannot be opened"
+            )
         return self._set
 
     # -- signing ------------------------------------------------------------------
@@ -375,6 +390,15 @@ class JwtSigner:
                 if key.retired is None or key.retired > cutoff
             ]
         }
+
+    def jwks_max_age(self) -> int:
+        """How long a copy of the JWKS served now may be cached. A key added after our
+        last read signs PUBLISH_AHEAD after it at the earliest; less one refresh
+        interval for clocks that disagree, that is how long the copy stays complete.
+        Reads every REFRESH_INTERVAL keep it at JWKS_MAX_AGE; when they lag (a store
+        fault), it shrinks, down to 0."""
+        complete_until = self._read_at + PUBLISH_AHEAD - REFRESH_INTERVAL
+        return max(0, min(JWKS_MAX_AGE, math.floor(complete_until - self._now())))
 
     def jwks_json(self) -> bytes:
         """`jwks()` as the body of `/.authgate/jwks.json`, rebuilt only when the set changes

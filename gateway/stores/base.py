@@ -201,6 +201,11 @@ class SigningKey:
 class KeyStore(Protocol):
     async def add(self, key: SigningKey) -> None: ...
 
+    async def add_first(self, key: SigningKey, now: float) -> bool:
+        """Add `key` only when no key is active at `now` (retired neither in the past nor
+        at all), atomically: of instances starting together on an empty store, one adds
+        its key and the others find it. True when `key` was added."""
+
     async def list(self, retired_after: float) -> list[SigningKey]:
         """Active keys and keys retired after the given time, newest first."""
 

@@ -26,6 +26,11 @@ class Database(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Database]:
         """A Database whose statements commit together or not at all."""
 
+    async def lock(self, name: str) -> None:
+        """Inside a transaction: wait for the lock called `name` and hold it until the
+        transaction ends, so that transactions taking it run one after another (a read
+        then a write that depends on it). RuntimeError outside a transaction."""
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...

@@ -82,6 +82,9 @@ class _Connection:
     async def transaction(self) -> AsyncIterator[_Connection]:
         yield self  # a nested transaction joins the one already open
 
+    async def lock(self, name: str) -> None:
+        await self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", name)
+
     async def ping(self) -> bool:
         return True
 
@@ -111,6 +114,9 @@ class PostgresDatabase:
                 yield _Connection(conn)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+
+    async def lock(self, name: str) -> None:
+        raise RuntimeError("Database.lock() holds only inside a transaction")
 
     async def ping(self) -> bool:
         try:

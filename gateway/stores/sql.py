@@ -363,20 +363,35 @@ class SqlApiKeyStore:
 _KEY_COLUMNS = "kid, algorithm, private_pem_encrypted, public_jwk, created, retired"
 
 
+async def _insert_key(db: Database, key: SigningKey) -> None:
+    await db.execute(
+        f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        key.kid,
+        key.algorithm,
+        key.private_pem_encrypted,
+        key.public_jwk,
+        key.created,
+        key.retired,
+    )
+
+
 class SqlKeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def add(self, key: SigningKey) -> None:
-        await self._db.execute(
-            f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            key.kid,
-            key.algorithm,
-            key.private_pem_encrypted,
-            key.public_jwk,
-            key.created,
-            key.retired,
-        )
+        await _insert_key(self._db, key)
+
+    async def add_first(self, key: SigningKey, now: float) -> bool:
+        async with self._db.transaction() as tx:
+            await tx.lock("authgate signing keys")
+            active = await tx.fetchone(
+                "SELECT kid FROM signing_keys WHERE retired IS NULL OR retired > ? LIMIT 1", now
+            )
+            if active is not None:
+                return False
+            await _insert_key(tx, key)
+            return True
 
     async def list(self, retired_after: float) -> builtins.list[SigningKey]:
         rows = await self._db.fetch(

@@ -78,6 +78,9 @@ class _Transaction(_Connection):
     async def transaction(self) -> AsyncIterator[_Transaction]:
         yield self  # a nested transaction joins the one already open
 
+    async def lock(self, name: str) -> None:
+        """BEGIN IMMEDIATE took the database's write lock: no other writer runs now."""
+
     async def ping(self) -> bool:
         return True
 
@@ -139,6 +142,9 @@ class SqliteDatabase:
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error, ValueError):  # no transaction open: fine
             await self._conn.execute("ROLLBACK")
+
+    async def lock(self, name: str) -> None:
+        raise RuntimeError("Database.lock() holds only inside a transaction")
 
     async def ping(self) -> bool:
         try:

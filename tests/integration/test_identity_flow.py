@@ -182,6 +182,8 @@ async def test_sign_in_identity_headers_logout_api_key_and_forward_auth(
     assert "authgate_session" not in seen.get("cookie", "")
     jwks_resp, jwks_body = await browser.request("GET", "/.authgate/jwks.json")
     assert jwks_resp.status == 200
+    # Just after start the keys were read this instant: a full max-age (signing.py).
+    assert jwks_resp.headers["Cache-Control"] in ("public, max-age=300", "public, max-age=299")
     keys = {k["kid"]: k for k in __import__("json").loads(jwks_body)["keys"]}
     token = seen["x-authgate-jwt"]
     header = jwt.get_unverified_header(token)

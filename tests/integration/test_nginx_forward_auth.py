@@ -7,9 +7,7 @@ The nginx configuration includes the very snippet files operators install; only 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +26,13 @@ from gateway.reserved import ReservedRequest
 from gateway.server import GatewayServer
 from policies import Principal
 from tests.integration.conftest import StartGateway, make_config
-from tests.unit.deploy.tools import NGINX_SNIPPETS, nginx_main, require_tool
+from tests.unit.deploy.tools import (
+    NGINX_SNIPPETS,
+    free_port,
+    nginx_main,
+    require_tool,
+    wait_for_port,
+)
 
 POLICY = """
 version: 1
@@ -71,11 +75,6 @@ def signed_in_by_cookie(server: GatewayServer) -> None:
     server.reserved.add("/login", login_page)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -103,20 +102,6 @@ def nginx_http_block(port: int, authgate: str, app: str) -> str:
 """
 
 
-async def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = asyncio.get_running_loop().time() + 10
-    while asyncio.get_running_loop().time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"nginx exited with {process.returncode}: {log.read_text()}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    pytest.fail(f"nginx did not listen on {port}: {log.read_text()}")
 
 
 @pytest.fixture

@@ -3,9 +3,13 @@ throwaway certificate for nginx files that terminate TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,26 @@ def nginx_main(prefix: Path, http_body: str) -> str:
         f"{http_body}"
         "}\n"
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until nginx (`process`, logging to `log`) accepts connections on `port`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"nginx exited with {process.returncode}: {log.read_text()}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    pytest.fail(f"nginx did not listen on {port}: {log.read_text()}")

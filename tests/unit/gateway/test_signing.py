@@ -7,6 +7,7 @@ real SQLite/PostgreSQL stores are exercised in tests/integration/test_signing_st
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -15,6 +16,7 @@ import jwt
 import jwt.utils
 import pytest
 
+import gateway.runtime as runtime_module
 from gateway.secretbox import SecretBox, SecretBoxError
 from gateway.signing import (
     JWKS_MAX_AGE,
@@ -40,12 +42,28 @@ class FakeKeyStore:
         self.rows: dict[str, SigningKey] = {}
         self.added: list[SigningKey] = []
         self.list_calls = 0
+        self.hold_next_add: asyncio.Event | None = None  # a slow connection, for one add
+
+    async def _slow_connection(self) -> None:
+        gate, self.hold_next_add = self.hold_next_add, None
+        if gate is not None:
+            await gate.wait()
 
     # Each method yields once, so concurrent callers interleave as they would on a database.
     async def add(self, key: SigningKey) -> None:
         await asyncio.sleep(0)
+        await self._slow_connection()
         self.added.append(key)
         self.rows[key.kid] = key
+
+    async def add_first(self, key: SigningKey, now: float) -> bool:
+        await asyncio.sleep(0)
+        await self._slow_connection()
+        if any(k.retired is None or k.retired > now for k in self.rows.values()):
+            return False
+        self.added.append(key)
+        self.rows[key.kid] = key
+        return True
 
     async def list(self, retired_after: float) -> list[SigningKey]:
         await asyncio.sleep(0)
@@ -600,3 +618,122 @@ async def test_a_second_rotation_before_the_first_signs_keeps_one_signer_and_the
         await signer.refresh()
         assert kid_of(sign(signer)) == kid
         assert kids(signer.jwks()) == {first, second.kid, third.kid}
+
+
+# --- review: races and lags around the schedule --------------------------------------
+
+
+async def test_instances_starting_together_never_sign_with_a_key_another_lacks(
+    store: FakeKeyStore, box: SecretBox
+) -> None:
+    """B reads the clock first but its write is slower than all of A's start."""
+    clock_a, clock_b = Clock(1_700_000_000.5), Clock(1_700_000_000.0)
+    a = JwtSigner(store, box, issuer=ISSUER, now=clock_a)
+    b = JwtSigner(store, box, issuer=ISSUER, now=clock_b)
+    b_write = asyncio.Event()
+    store.hold_next_add = b_write
+    b_start = asyncio.ensure_future(b.start())
+    await asyncio.sleep(0.01)  # B found the store empty and is writing its key (held)
+    await a.start()
+    b_write.set()
+    await b_start
+    assert len(store.rows) == 1
+    assert kid_of(sign(b)) == kid_of(sign(a))
+    assert kids(a.jwks()) == kids(b.jwks()) == set(store.rows)
+
+
+async def test_withdrawing_needs_no_old_key_opened(store: FakeKeyStore, clock: Clock) -> None:
+    """The likeliest leak is the database with the encryption key: the operator sets a
+    new encryption key and withdraws; the old keys are deleted unopened."""
+    leaked_box, new_box = SecretBox("leaked" * 8), SecretBox("fresh!" * 8)
+    old = JwtSigner(store, leaked_box, issuer=ISSUER, now=clock)
+    await old.start()
+    (leaked,) = kids(old.jwks())
+    with pytest.raises(SigningError, match="cannot decrypt"):
+        await rotate_keys(store, new_box, now=clock.now + 1)  # a plain rotation refuses
+    fresh = await rotate_keys(store, new_box, now=clock.now + 1, withdraw=True)
+    assert set(store.rows) == {fresh.kid}
+    gateway = JwtSigner(store, new_box, issuer=ISSUER, now=clock)
+    await gateway.start()
+    assert kid_of(sign(gateway)) == fresh.kid
+    assert leaked not in kids(gateway.jwks())
+
+
+async def test_an_instance_that_cannot_open_the_replacement_stops_signing_with_the_withdrawn(
+    store: FakeKeyStore, clock: Clock
+) -> None:
+    leaked_box, new_box = SecretBox("leaked" * 8), SecretBox("fresh!" * 8)
+    not_updated = JwtSigner(store, leaked_box, issuer=ISSUER, now=clock)
+    await not_updated.start()
+    sign(not_updated)
+    await rotate_keys(store, new_box, now=clock.now + 1, withdraw=True)
+    with pytest.raises(SigningError):
+        await not_updated.refresh()
+    with pytest.raises(SigningError, match="withdrawn"):
+        sign(not_updated)
+    with pytest.raises(SigningError):
+        not_updated.jwks_json()
+
+
+async def test_two_concurrent_withdrawals_leave_one_key(
+    signer: JwtSigner, store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    first, second = await asyncio.gather(
+        rotate_keys(store, box, now=clock.now + 1, withdraw=True),
+        rotate_keys(store, box, now=clock.now + 1, withdraw=True),
+    )
+    assert len(store.rows) == 1 and set(store.rows) <= {first.kid, second.kid}
+
+
+async def test_a_jwks_copy_is_never_cached_past_a_key_it_lacks_starting_to_sign(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    """A reads the keys every 30 s. B read them at T0 and then not for 105 s (its store
+    was unreachable, say), then every 30 s again. An upstream takes a copy from B every
+    second and keeps it for the max-age B gave it; whenever A signs, every copy still
+    kept has its kid."""
+    a = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    b = JwtSigner(store, box, issuer=ISSUER, now=clock)
+    await a.start()
+    await b.start()
+    start = clock.now
+    new = await rotate_keys(store, box, now=start + 1)
+    copies: list[tuple[set[str], float]] = []  # (kids, kept until)
+    while clock.now < new.created + PUBLISH_AHEAD + 60:
+        clock.now += 1
+        if (clock.now - start) % REFRESH_INTERVAL == 0:
+            await a.refresh()
+        if clock.now - start >= 105 and (clock.now - start - 105) % REFRESH_INTERVAL == 0:
+            await b.refresh()
+        copies.append((kids(b.jwks()), clock.now + b.jwks_max_age()))
+        kid = kid_of(sign(a))
+        for copy_kids, until in copies:
+            assert until <= clock.now or kid in copy_kids, clock.now - start
+    assert kid_of(sign(a)) == new.kid
+    assert b.jwks_max_age() == JWKS_MAX_AGE  # back to normal once B reads again
+
+
+async def test_key_reads_keep_their_pace_however_long_one_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    interval = 0.05
+    monkeypatch.setattr(runtime_module, "REFRESH_INTERVAL", interval)
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+
+    class SlowSigner:
+        async def refresh(self) -> None:
+            started.append(loop.time())
+            if len(started) == 3:
+                await asyncio.sleep(interval * 0.8)  # one slow read
+            if len(started) == 5:
+                raise SigningError("the store is down")  # and one failed read
+
+    task = asyncio.ensure_future(runtime_module._follow_keys(SlowSigner()))  # type: ignore[arg-type]
+    await asyncio.sleep(interval * 9.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(started) >= 8
+    gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
+    assert max(gaps) < interval * 1.5, gaps  # the slow read did not push the next one back

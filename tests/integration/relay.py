@@ -1,0 +1,88 @@
+"""A TCP relay to one server, on an event loop of its own in a thread (a stall of the
+test's loop does not stall the network): it can add a round-trip delay to every reply,
+and it can go silent like a network partition or a dead NAT entry, dropping bytes
+without closing anything (no FIN, no RST)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+
+class Relay:
+    """Relays 127.0.0.1:`port` to `target`, replies `delay` seconds late. `silence()`
+    makes every connection open at that moment swallow what it carries, both ways, and
+    stay open; connections opened afterwards pass as before."""
+
+    def __init__(self, target: tuple[str, int], *, delay: float = 0.0) -> None:
+        self._target, self._delay = target, delay
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._open: list[dict[str, bool]] = []
+        self.port = 0
+        self.connections = 0
+
+    def start(self) -> int:
+        self._thread.start()
+        if not self._ready.wait(5):
+            raise RuntimeError("the relay did not start")
+        return self.port
+
+    def silence(self) -> None:
+        def silence_all() -> None:
+            for state in self._open:
+                state["silent"] = True
+
+        done = threading.Event()
+        self._loop.call_soon_threadsafe(lambda: (silence_all(), done.set()))
+        done.wait(5)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._accept, "127.0.0.1", 0))
+        self.port = int(server.sockets[0].getsockname()[1])
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self._loop.run_until_complete(
+            asyncio.gather(*self._tasks, server.wait_closed(), return_exceptions=True)
+        )
+        self._loop.close()
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self._target)
+        self.connections += 1
+        state = {"silent": False}
+        self._open.append(state)
+        for task in (
+            asyncio.ensure_future(self._pump(client_r, server_w, state, 0.0)),
+            asyncio.ensure_future(self._pump(server_r, client_w, state, self._delay)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pump(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        state: dict[str, bool],
+        delay: float,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if state["silent"]:
+                    continue
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
