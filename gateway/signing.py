@@ -397,8 +397,8 @@ class JwtSigner:
         interval for clocks that disagree, that is how long the copy stays complete.
         Reads every REFRESH_INTERVAL keep it at JWKS_MAX_AGE; when they lag (a store
         fault), it shrinks, down to 0."""
-        complete_until = self._read_at + PUBLISH_AHEAD - REFRESH_INTERVAL
-        return max(0, min(JWKS_MAX_AGE, math.floor(complete_until - self._now())))
+        left = self._read_at + PUBLISH_AHEAD - REFRESH_INTERVAL - self._now()
+        return 0 if left <= 0 else min(JWKS_MAX_AGE, math.floor(left))
 
     def jwks_json(self) -> bytes:
         """`jwks()` as the body of `/.authgate/jwks.json`, rebuilt only when the set changes

@@ -255,6 +255,184 @@ def start_sentinel(service: str = "authgate") -> RedisSentinel:
     return sentinel
 
 
+@dataclass
+class SentinelGroup:
+    """A master, its replicas and several Sentinels (quorum: a majority): enough for a
+    real failover. `servers[0]` is started as the master; which server is the master
+    later is what the Sentinels say (`master_port`)."""
+
+    servers: list[RedisServer]
+    sentinel_ports: list[int]
+    directory: Path
+    service: str = "authgate"
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{nodes}/{self.service}/0"
+
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def master_ports(self) -> set[int]:
+        """The master each Sentinel that answers names (one port once they agree)."""
+        ports: set[int] = set()
+        for port in self.sentinel_ports:
+            try:
+                reply = redis_cli(port, "sentinel", "get-master-addr-by-name", self.service)
+            except subprocess.SubprocessError:
+                continue
+            lines = reply.split()
+            if len(lines) == 2:
+                ports.add(int(lines[1]))
+        return ports
+
+    def master_port(self) -> int:
+        ports = self.master_ports()
+        if len(ports) != 1:
+            raise RuntimeError(f"the Sentinels disagree on the master: {ports}")
+        return ports.pop()
+
+    def wait_for_new_master(self, old_port: int, timeout: float) -> RedisServer:
+        """Wait until every Sentinel names another master than `old_port`, and that
+        server says it is one; returns it."""
+
+        def promoted() -> bool:
+            ports = self.master_ports()
+            if len(ports) != 1 or old_port in ports:
+                return False
+            return _role(next(iter(ports))) == "master"
+
+        _wait(promoted, f"a failover away from {old_port}", timeout)
+        return self.server(self.master_port())
+
+    def wait_until_replica(self, server: RedisServer, master_port: int, timeout: float) -> None:
+        """Wait until `server` replicates `master_port` with its link up."""
+
+        def replicating() -> bool:
+            info = _replication(server.port)
+            return (
+                info.get("role") == "slave"
+                and info.get("master_port") == str(master_port)
+                and info.get("master_link_status") == "up"
+            )
+
+        _wait(replicating, f"redis-server {server.port} replicating {master_port}", timeout)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
+        self.processes.clear()
+        for server in self.servers:
+            server.stop(kill=True)
+            shutil.rmtree(server.directory, ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _replication(port: int) -> dict[str, str]:
+    try:
+        reply = redis_cli(port, "info", "replication")
+    except subprocess.SubprocessError:
+        return {}
+    pairs = (line.strip().partition(":") for line in reply.splitlines() if ":" in line)
+    return {name: value for name, _, value in pairs}
+
+
+def _role(port: int) -> str | None:
+    return _replication(port).get("role")
+
+
+def start_sentinel_group(
+    service: str = "authgate",
+    *,
+    replicas: int = 2,
+    sentinels: int = 3,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 4000,
+) -> SentinelGroup:
+    """A master with `replicas` replicas (in sync before this returns) and `sentinels`
+    Sentinels that all know each other and every replica.
+
+    The Sentinels' timers are shortened (SENTINEL DEBUG, Redis 7): a master is
+    subjectively down after `down_after_ms`, so a failover takes that plus about a
+    second or two; a failed election is retried after 2 x `failover_timeout_ms`;
+    and a restarted old master, which comes back as an (empty) master, is turned into
+    a replica within a few seconds instead of the default 20 or so."""
+    binary, _ = require_redis()
+    directory = Path(tempfile.mkdtemp(prefix="authgate-sentinels-"))
+    group = SentinelGroup([], [], directory, service)
+    try:
+        master = start_redis()
+        group.servers.append(master)
+        for _ in range(replicas):
+            group.servers.append(
+                start_redis(options=("--replicaof", "127.0.0.1", str(master.port)))
+            )
+        for replica in group.servers[1:]:
+            group.wait_until_replica(replica, master.port, START_TIMEOUT)
+        quorum = sentinels // 2 + 1
+        for index in range(sentinels):
+            port = spare_port()
+            home = directory / f"sentinel-{index}"
+            home.mkdir()
+            conf = home / "sentinel.conf"  # Sentinel rewrites its config: it must be writable
+            conf.write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {home}\n"
+                f"sentinel monitor {service} 127.0.0.1 {master.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+            )
+            group.processes.append(
+                subprocess.Popen(
+                    [binary, str(conf), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            group.sentinel_ports.append(port)
+            _wait(lambda p=port: _answers(p), f"Sentinel on {port}")
+            redis_cli(
+                port,
+                "sentinel",
+                "debug",
+                "info-period",
+                "500",
+                "publish-period",
+                "500",
+                "ping-period",
+                "500",
+                "ask-period",
+                "500",
+            )
+        _wait(lambda: _sentinels_ready(group, replicas, sentinels - 1), "the Sentinels")
+    except BaseException:
+        group.stop()
+        raise
+    return group
+
+
+def _sentinels_ready(group: SentinelGroup, replicas: int, others: int) -> bool:
+    for port in group.sentinel_ports:
+        try:
+            reply = redis_cli(port, "sentinel", "master", group.service).split()
+        except subprocess.SubprocessError:
+            return False
+        state = dict(zip(reply[::2], reply[1::2], strict=False))
+        if (
+            state.get("flags") != "master"
+            or int(state.get("num-slaves", 0)) < replicas
+            or int(state.get("num-other-sentinels", 0)) < others
+        ):
+            return False
+    return True
+
+
 # --- PostgreSQL ------------------------------------------------------------------
 
 

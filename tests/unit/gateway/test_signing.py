@@ -737,3 +737,9 @@ async def test_key_reads_keep_their_pace_however_long_one_takes(
     assert len(started) >= 8
     gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
     assert max(gaps) < interval * 1.5, gaps  # the slow read did not push the next one back
+
+
+async def test_a_signer_that_never_read_the_keys_gives_its_jwks_no_max_age(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    assert JwtSigner(store, box, issuer=ISSUER, now=clock).jwks_max_age() == 0
