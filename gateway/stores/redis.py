@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
@@ -61,6 +61,16 @@ _LIVENESS_PING = "authgate-liveness"
 
 class _Silent(Exception):
     """A subscription's ping went unanswered."""
+
+
+async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for them, a few seconds at most. A redis-py read under a
+    timeout can swallow a cancellation that lands as its timer fires, and the task then
+    runs on: the loops here also check a stop flag, at least once a second."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=3.0)
 
 
 # RedisClusterException (cluster unreachable, slot not covered) is not a RedisError.
@@ -93,7 +103,14 @@ class RedisHandle:
     target: RedisTarget
     client: Any
     sentinel: Sentinel | None = None
+    failovers: _FailoverWatch | None = None
     _next_node: itertools.count[int] = field(default_factory=itertools.count, repr=False)
+
+    def follow_failovers(self) -> None:
+        """Sentinel: from now on, move every connection to a new master the moment the
+        Sentinels switch to it (call with the event loop running; `close` stops it)."""
+        if self.failovers is not None:
+            self.failovers.start()
 
     def pubsub(self) -> Any:
         """A fresh PubSub. In a Cluster a plain PUBLISH reaches every node, so a
@@ -119,6 +136,8 @@ class RedisHandle:
             return False
 
     async def close(self) -> None:
+        if self.failovers is not None:
+            await self.failovers.stop()
         with contextlib.suppress(*_DRIVER_ERRORS):
             await self.client.aclose()
         if self.sentinel is not None:
@@ -170,14 +189,98 @@ def open_redis(url: str) -> RedisHandle:
         sentinel_options["password"] = target.sentinel_password
     if target.tls:
         sentinel_options.update(_tls_options(target))
-    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
+    sentinel = _Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
         list(target.nodes),
         sentinel_kwargs=sentinel_options,
         db=target.db,
         health_check_interval=30,
         **_common_options(target),
     )
-    return RedisHandle(target, sentinel.master_for(target.service_name), sentinel)
+    client = sentinel.master_for(target.service_name)
+    watch = _FailoverWatch(sentinel, target.service_name, client.connection_pool)
+    return RedisHandle(target, client, sentinel, watch)
+
+
+class _Sentinel(Sentinel):
+    """Refuses, besides a master that is down, one that a Sentinel is failing over: a
+    write sent there now may be thrown away when it is demoted (a 503 instead)."""
+
+    def check_master_state(self, state: dict[str, Any], service_name: str) -> bool:
+        flags = state.get("flags", ())
+        if isinstance(flags, str):
+            flags = set(flags.split(","))
+        if "failover_in_progress" in flags:
+            return False
+        return bool(super().check_master_state(state, service_name))
+
+
+class _FailoverWatch:
+    """Follows `+switch-master` on every Sentinel. redis-py asks the Sentinels for the
+    master only when it opens a connection, so after a failover with the old master
+    still up (`SENTINEL FAILOVER`, a partition) the pooled connections would go on
+    writing to it until it is demoted, which throws away what it was sent meanwhile: a
+    logout undone. On a switch of our service every connection of the pool is closed,
+    subscriptions included (they reopen on the new master and resync)."""
+
+    def __init__(self, sentinel: Sentinel, service: str, pool: Any) -> None:
+        self._sentinel = sentinel
+        self._service = service
+        self._pool = pool
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._moved_to: tuple[str, int] | None = None
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._follow(node)) for node in self._sentinel.sentinels
+            ]
+
+    async def stop(self) -> None:
+        self._stopped = True
+        await _stop(self._tasks)
+        self._tasks = []
+
+    async def _follow(self, node: Any) -> None:
+        while not self._stopped:
+            pubsub = node.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe("+switch-master")
+                # A switch announced while we were not listening: ask once.
+                await self._check()
+                while not self._stopped:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        await self._switched(str(message["data"]))
+            except _DRIVER_ERRORS:
+                await asyncio.sleep(RESUBSCRIBE_DELAY * 5)
+            finally:
+                await _close_pubsub(pubsub)
+
+    async def _switched(self, data: str) -> None:
+        # "<service> <old-ip> <old-port> <new-ip> <new-port>"
+        parts = data.split()
+        if len(parts) != 5 or parts[0] != self._service or not parts[4].isdigit():
+            return
+        await self._move_to((parts[3], int(parts[4])))
+
+    async def _check(self) -> None:
+        with contextlib.suppress(*_DRIVER_ERRORS, MasterNotFoundError):
+            address = await self._sentinel.discover_master(self._service)
+            known = self._pool.master_address
+            if known is not None and tuple(address) != tuple(known):
+                await self._move_to((str(address[0]), int(address[1])))
+
+    async def _move_to(self, address: tuple[str, int]) -> None:
+        if address == self._moved_to:
+            return  # every Sentinel announces the same switch
+        self._moved_to = address
+        log.warning(
+            "redis sentinel: %s has a new master %s:%d; reconnecting", self._service, *address
+        )
+        self._pool.master_address = None  # the next connection asks the Sentinels
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            await self._pool.disconnect(inuse_connections=True)
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -541,6 +644,7 @@ class _Listener:
         self._channel = channel
         self._callback = callback
         self.pubsub: Any = None
+        self.stopped = False
 
     async def open(self) -> None:
         pubsub = self._new_pubsub()
@@ -555,7 +659,7 @@ class _Listener:
         clock = asyncio.get_running_loop().time
         heard = clock()  # when the server last said anything on this connection
         pinged: float | None = None  # when an unanswered ping was sent
-        while True:
+        while not self.stopped:
             try:
                 message = await self.pubsub.get_message(timeout=min(1.0, LIVENESS_INTERVAL))
                 now = clock()
@@ -583,7 +687,7 @@ class _Listener:
 
     async def _reopen(self) -> None:
         await _close_pubsub(self.pubsub)
-        while True:
+        while not self.stopped:
             await asyncio.sleep(RESUBSCRIBE_DELAY)
             try:
                 await self.open()
@@ -614,9 +718,8 @@ class RedisSubscription:
         self._task = task
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._listener.stopped = True
+        await _stop([self._task])
         if self._listener.pubsub is not None:
             await _close_pubsub(self._listener.pubsub)
 

@@ -275,34 +275,44 @@ class SentinelGroup:
     def server(self, port: int) -> RedisServer:
         return next(s for s in self.servers if s.port == port)
 
-    def master_ports(self) -> set[int]:
-        """The master each Sentinel that answers names (one port once they agree)."""
-        ports: set[int] = set()
+    def master_ports(self) -> list[int | None]:
+        """The master each Sentinel names, None where it does not answer or its master
+        is flagged anything but `master` (down, a failover in progress).
+
+        From `SENTINEL MASTER`, as clients see it (redis-py asks `SENTINEL MASTERS`):
+        its address changes at `+switch-master`, when that Sentinel is done with a
+        failover, whereas `GET-MASTER-ADDR-BY-NAME` names the promoted replica while
+        the failover is still reconfiguring the other replicas."""
+        ports: list[int | None] = []
         for port in self.sentinel_ports:
             try:
-                reply = redis_cli(port, "sentinel", "get-master-addr-by-name", self.service)
+                reply = redis_cli(port, "sentinel", "master", self.service).splitlines()
             except subprocess.SubprocessError:
+                ports.append(None)
                 continue
-            lines = reply.split()
-            if len(lines) == 2:
-                ports.add(int(lines[1]))
+            state = dict(zip(reply[::2], reply[1::2], strict=False))
+            clean = state.get("flags") == "master" and "port" in state
+            ports.append(int(state["port"]) if clean else None)
         return ports
 
     def master_port(self) -> int:
+        """The master every Sentinel names (RuntimeError while they do not agree)."""
         ports = self.master_ports()
-        if len(ports) != 1:
-            raise RuntimeError(f"the Sentinels disagree on the master: {ports}")
-        return ports.pop()
+        if None in ports or len(set(ports)) != 1:
+            raise RuntimeError(f"the Sentinels do not agree on a master: {ports}")
+        port = ports[0]
+        assert port is not None
+        return port
 
     def wait_for_new_master(self, old_port: int, timeout: float) -> RedisServer:
-        """Wait until every Sentinel names another master than `old_port`, and that
-        server says it is one; returns it."""
+        """Wait until every Sentinel is done failing over to another master than
+        `old_port`, and that server says it is one; returns it."""
 
         def promoted() -> bool:
             ports = self.master_ports()
-            if len(ports) != 1 or old_port in ports:
+            if None in ports or len(set(ports)) != 1 or ports[0] == old_port:
                 return False
-            return _role(next(iter(ports))) == "master"
+            return ports[0] is not None and _role(ports[0]) == "master"
 
         _wait(promoted, f"a failover away from {old_port}", timeout)
         return self.server(self.master_port())
@@ -364,13 +374,15 @@ def start_sentinel_group(
     binary, _ = require_redis()
     directory = Path(tempfile.mkdtemp(prefix="authgate-sentinels-"))
     group = SentinelGroup([], [], directory, service)
+    # Any server may become the master; a full sync (a replica's first, a returning old
+    # master's) then starts at once, not after the default 5 s wait for more replicas.
+    quick_sync = ("--repl-diskless-sync-delay", "0")
     try:
-        master = start_redis()
+        master = start_redis(options=quick_sync)
         group.servers.append(master)
         for _ in range(replicas):
-            group.servers.append(
-                start_redis(options=("--replicaof", "127.0.0.1", str(master.port)))
-            )
+            follow = ("--replicaof", "127.0.0.1", str(master.port))
+            group.servers.append(start_redis(options=(*quick_sync, *follow)))
         for replica in group.servers[1:]:
             group.wait_until_replica(replica, master.port, START_TIMEOUT)
         quorum = sentinels // 2 + 1
@@ -420,7 +432,7 @@ def start_sentinel_group(
 def _sentinels_ready(group: SentinelGroup, replicas: int, others: int) -> bool:
     for port in group.sentinel_ports:
         try:
-            reply = redis_cli(port, "sentinel", "master", group.service).split()
+            reply = redis_cli(port, "sentinel", "master", group.service).splitlines()
         except subprocess.SubprocessError:
             return False
         state = dict(zip(reply[::2], reply[1::2], strict=False))
