@@ -37,7 +37,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
@@ -121,7 +123,11 @@ class RedisHandle:
             return self.client.pubsub(ignore_subscribe_messages=True)
         nodes = self.target.nodes
         host, port = nodes[next(self._next_node) % len(nodes)]
-        node = aioredis.Redis(host=host, port=port, **_common_options(self.target))
+        # No retries: redis-py would otherwise reconnect and resubscribe by itself,
+        # silently, and what was published meanwhile would be lost without a resync.
+        node = aioredis.Redis(
+            host=host, port=port, retry=Retry(NoBackoff(), 0), **_common_options(self.target)
+        )
         pubsub = node.pubsub(ignore_subscribe_messages=True)
         pubsub._authgate_node = node  # type: ignore[attr-defined] # closed with the pubsub (see _close_pubsub)
         return pubsub

@@ -28,6 +28,9 @@ REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 PG_BIN = Path(os.environ.get("AUTHGATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_TIMEOUT = 15.0
+# Any server may become a master; a full sync (a replica's first, a returning old
+# master's) then starts at once, not after the default 5 s wait for more replicas.
+_QUICK_SYNC = ("--repl-diskless-sync-delay", "0")
 
 
 def spare_port(*, bus: bool = False) -> int:
@@ -150,7 +153,9 @@ def start_redis(
 
 @dataclass
 class RedisCluster:
-    """Three masters, no replicas: enough to spread keys over three slots ranges."""
+    """A Redis Cluster: `masters` masters, `replicas` replicas each (none by default:
+    enough to spread keys over three slot ranges). Which node is a master later, after
+    a failover, is what the nodes say (`owner`, `masters`), not the order of `nodes`."""
 
     nodes: list[RedisServer]
 
@@ -158,20 +163,74 @@ class RedisCluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that say they are masters."""
+        return [n for n in self.running() if _role(n.port) == "master"]
+
+    def owner(self, slot: int) -> RedisServer:
+        """The master every running node names for `slot`, and which says it is one
+        (RuntimeError while they do not agree, during a failover)."""
+        named = {_slot_owner(n.port, slot) for n in self.running()}
+        if len(named) != 1 or None in named:
+            raise RuntimeError(f"the nodes do not agree on who serves slot {slot}: {named}")
+        port = named.pop()
+        assert port is not None
+        if _role(port) != "master":
+            raise RuntimeError(f"{port} serves slot {slot} but is not a master yet")
+        return self.node(port)
+
+    def slots(self, node: RedisServer) -> list[tuple[int, int]]:
+        """The slot ranges `node` serves, as it says itself."""
+        return _slot_map(node.port).get(node.port, [])
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A running replica of `master` (as the replica says)."""
+        for node in self.running():
+            info = _replication(node.port)
+            if info.get("master_port") == str(master.port) and info.get("role") == "slave":
+                return node
+        raise RuntimeError(f"{master.port} has no replica")
+
+    def wait_for_new_owner(self, slot: int, old_port: int, timeout: float) -> RedisServer:
+        """Wait until every running node names another master than `old_port` for
+        `slot`, that node says it is a master, and the cluster is `ok` on every running
+        node (a failover is over); returns it."""
+
+        def promoted() -> bool:
+            try:
+                owner = self.owner(slot)
+            except RuntimeError:
+                return False
+            return owner.port != old_port and _cluster_ok(self.running())
+
+        _wait(promoted, f"a failover of slot {slot} away from {old_port}", timeout)
+        return self.owner(slot)
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop(kill=True)
             shutil.rmtree(node.directory, ignore_errors=True)
 
 
-def start_cluster(masters: int = 3) -> RedisCluster:
+def start_cluster(
+    masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000
+) -> RedisCluster:
+    """A cluster of `masters` masters with `replicas` replicas each (linked and in sync
+    before this returns). A master is flagged failing after `node_timeout_ms`; then its
+    replica is elected within a second or so."""
     nodes: list[RedisServer] = []
     cluster = RedisCluster(nodes)
     try:
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-"))
             options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-            options += ("--cluster-node-timeout", "2000")
+            options += ("--cluster-node-timeout", str(node_timeout_ms), *_QUICK_SYNC)
             nodes.append(RedisServer(directory, spare_port(bus=True), options).start())
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         redis_cli(
@@ -180,10 +239,14 @@ def start_cluster(masters: int = 3) -> RedisCluster:
             "create",
             *addresses,
             "--cluster-replicas",
-            "0",
+            str(replicas),
             "--cluster-yes",
         )
         _wait(lambda: _cluster_ok(nodes), "Redis Cluster")
+        for node in nodes:
+            info = _replication(node.port)
+            if info.get("role") == "slave":
+                wait_until_replica(node, int(info["master_port"]), START_TIMEOUT)
     except BaseException:
         cluster.stop()
         raise
@@ -195,6 +258,35 @@ def _cluster_ok(nodes: Sequence[RedisServer]) -> bool:
         return all("cluster_state:ok" in redis_cli(n.port, "cluster", "info") for n in nodes)
     except subprocess.SubprocessError:
         return False
+
+
+def _slot_owner(port: int, slot: int) -> int | None:
+    """The port of the node that `port` says serves `slot` (None: none, or no answer)."""
+    for owner, ranges in _slot_map(port).items():
+        if any(first <= slot <= last for first, last in ranges):
+            return owner
+    return None
+
+
+def _slot_map(port: int) -> dict[int, list[tuple[int, int]]]:
+    """The slot ranges each node serves (its port: [(first, last)...]) as `port` sees
+    them, failed nodes left out. From CLUSTER NODES:
+    `<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots>...`."""
+    try:
+        lines = redis_cli(port, "cluster", "nodes").splitlines()
+    except subprocess.SubprocessError:
+        return {}
+    owners: dict[int, list[tuple[int, int]]] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or "fail" in fields[2].split(","):
+            continue
+        ranges = owners.setdefault(int(fields[1].split("@")[0].rpartition(":")[2]), [])
+        for slots in fields[8:]:
+            first, _, last = slots.partition("-")
+            if first.isdigit():  # not a slot being migrated: [slot->-id]
+                ranges.append((int(first), int(last or first)))
+    return owners
 
 
 @dataclass
@@ -319,16 +411,7 @@ class SentinelGroup:
 
     def wait_until_replica(self, server: RedisServer, master_port: int, timeout: float) -> None:
         """Wait until `server` replicates `master_port` with its link up."""
-
-        def replicating() -> bool:
-            info = _replication(server.port)
-            return (
-                info.get("role") == "slave"
-                and info.get("master_port") == str(master_port)
-                and info.get("master_link_status") == "up"
-            )
-
-        _wait(replicating, f"redis-server {server.port} replicating {master_port}", timeout)
+        wait_until_replica(server, master_port, timeout)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -355,6 +438,20 @@ def _role(port: int) -> str | None:
     return _replication(port).get("role")
 
 
+def wait_until_replica(server: RedisServer, master_port: int, timeout: float) -> None:
+    """Wait until `server` replicates `master_port` with its link up."""
+
+    def replicating() -> bool:
+        info = _replication(server.port)
+        return (
+            info.get("role") == "slave"
+            and info.get("master_port") == str(master_port)
+            and info.get("master_link_status") == "up"
+        )
+
+    _wait(replicating, f"redis-server {server.port} replicating {master_port}", timeout)
+
+
 def start_sentinel_group(
     service: str = "authgate",
     *,
@@ -374,9 +471,7 @@ def start_sentinel_group(
     binary, _ = require_redis()
     directory = Path(tempfile.mkdtemp(prefix="authgate-sentinels-"))
     group = SentinelGroup([], [], directory, service)
-    # Any server may become the master; a full sync (a replica's first, a returning old
-    # master's) then starts at once, not after the default 5 s wait for more replicas.
-    quick_sync = ("--repl-diskless-sync-delay", "0")
+    quick_sync = _QUICK_SYNC
     try:
         master = start_redis(options=quick_sync)
         group.servers.append(master)
