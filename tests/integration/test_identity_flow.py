@@ -7,8 +7,10 @@ sees who it is (headers and a JWT it verifies with our JWKS) → logout kills th
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,12 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestServer
 
+import gateway.runtime as gateway_runtime
 from gateway.config.model import Config, PasswordsConfig, SessionsConfig
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
+from gateway.secretbox import SecretBox
+from gateway.signing import rotate_keys
 from gateway.stores import User, new_id, open_stores
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
@@ -268,3 +273,50 @@ async def sign_in_again(browser: Browser) -> aiohttp.ClientResponse:
     resp, _ = await browser.request("POST", "/.authgate/login", data=form, Origin="http://app.test")
     assert resp.status == 303
     return resp
+
+
+async def test_an_instance_that_cannot_open_the_key_replacing_a_withdrawn_one_fails_closed(
+    tmp_path: Path,
+    upstream: TestServer,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leak: the operator withdraws the keys under a new encryption key. A gateway
+    still configured with the old one cannot open the replacement: it must stop
+    signing with the withdrawn key (a 500, never a pass with a forgeable JWT) and stop
+    serving it in its JWKS (a 503), while anonymous requests to bypass routes pass."""
+    monkeypatch.setattr(gateway_runtime, "REFRESH_INTERVAL", 0.2)
+    config = configure(tmp_path, upstream, Backend(f"sqlite:///{tmp_path / 'a.db'}", "storage"))
+    await add_alice(config)
+    base = await start_gateway(config, tuple(default_extensions()))
+    browser = Browser(base, client)
+    await sign_in(browser, "/members/x")
+    resp, body = await browser.request("GET", "/members/x")
+    assert resp.status == 200 and "x-authgate-jwt" in echo_headers(body)
+
+    stores = await open_stores(config)
+    try:
+        await rotate_keys(
+            stores.keys,
+            SecretBox("a new encryption key, 32+ chars!"),
+            now=time.time(),
+            withdraw=True,
+        )
+    finally:
+        await stores.close()
+
+    deadline = time.monotonic() + 5
+    while True:
+        resp, body = await browser.request("GET", "/members/x")
+        if resp.status != 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert resp.status == 500
+    assert "x-authgate-jwt" not in body.lower()
+    jwks, _ = await browser.request("GET", "/.authgate/jwks.json")
+    assert jwks.status == 503
+    assert jwks.headers["Cache-Control"] == "no-store"
+    async with aiohttp.ClientSession() as anonymous:  # no session: no JWT to sign
+        async with anonymous.get(f"{base}/public/x", headers={"Host": "app.test"}) as public:
+            assert public.status == 200
