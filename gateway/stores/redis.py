@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -63,16 +64,6 @@ _LIVENESS_PING = "authgate-liveness"
 
 class _Silent(Exception):
     """A subscription's ping went unanswered."""
-
-
-async def _stop(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait for them, a few seconds at most. A redis-py read under a
-    timeout can swallow a cancellation that lands as its timer fires, and the task then
-    runs on: the loops here also check a stop flag, at least once a second."""
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=3.0)
 
 
 # RedisClusterException (cluster unreachable, slot not covered) is not a RedisError.
@@ -226,49 +217,41 @@ class _FailoverWatch:
     still up (`SENTINEL FAILOVER`, a partition) the pooled connections would go on
     writing to it until it is demoted, which throws away what it was sent meanwhile: a
     logout undone. On a switch of our service every connection of the pool is closed,
-    subscriptions included (they reopen on the new master and resync)."""
+    subscriptions included (they reopen on the new master and resync).
+
+    Each Sentinel is followed by a `_Listener`, like an event subscription: it reopens
+    when lost and is pinged when quiet; the RESYNC it delivers on every (re)opening
+    makes us ask once for a switch announced while we were not listening."""
 
     def __init__(self, sentinel: Sentinel, service: str, pool: Any) -> None:
         self._sentinel = sentinel
         self._service = service
         self._pool = pool
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopped = False
+        self._subscriptions: list[RedisSubscription] = []
         self._moved_to: tuple[str, int] | None = None
 
     def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._follow(node)) for node in self._sentinel.sentinels
-            ]
+        if self._subscriptions:
+            return
+        for node in self._sentinel.sentinels:
+            pubsub = functools.partial(node.pubsub, ignore_subscribe_messages=True)
+            listener = _Listener(pubsub, "+switch-master", self._on_message)
+            task = asyncio.create_task(listener.reopen_and_run())
+            self._subscriptions.append(RedisSubscription(listener, task))
 
     async def stop(self) -> None:
-        self._stopped = True
-        await _stop(self._tasks)
-        self._tasks = []
+        for subscription in self._subscriptions:
+            await subscription.close()
+        self._subscriptions = []
 
-    async def _follow(self, node: Any) -> None:
-        while not self._stopped:
-            pubsub = node.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe("+switch-master")
-                # A switch announced while we were not listening: ask once.
-                await self._check()
-                while not self._stopped:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        await self._switched(str(message["data"]))
-            except _DRIVER_ERRORS:
-                await asyncio.sleep(RESUBSCRIBE_DELAY * 5)
-            finally:
-                await _close_pubsub(pubsub)
-
-    async def _switched(self, data: str) -> None:
-        # "<service> <old-ip> <old-port> <new-ip> <new-port>"
-        parts = data.split()
-        if len(parts) != 5 or parts[0] != self._service or not parts[4].isdigit():
+    async def _on_message(self, message: str) -> None:
+        if message == RESYNC:
+            await self._check()
             return
-        await self._move_to((parts[3], int(parts[4])))
+        # "<service> <old-ip> <old-port> <new-ip> <new-port>"
+        parts = message.split()
+        if len(parts) == 5 and parts[0] == self._service and parts[4].isdigit():
+            await self._move_to((parts[3], int(parts[4])))
 
     async def _check(self) -> None:
         with contextlib.suppress(*_DRIVER_ERRORS, MasterNotFoundError):
@@ -691,8 +674,15 @@ class _Listener:
                 continue
             await self._deliver(str(message["data"]))
 
+    async def reopen_and_run(self) -> None:
+        """Open (again and again until it can: a server down now is tried until it
+        answers, and the callback hears RESYNC once it does), then run."""
+        await self._reopen()
+        await self.run()
+
     async def _reopen(self) -> None:
-        await _close_pubsub(self.pubsub)
+        if self.pubsub is not None:
+            await _close_pubsub(self.pubsub)
         while not self.stopped:
             await asyncio.sleep(RESUBSCRIBE_DELAY)
             try:
@@ -725,7 +715,10 @@ class RedisSubscription:
 
     async def close(self) -> None:
         self._listener.stopped = True
-        await _stop([self._task])
+        self._task.cancel()
+        # A redis-py read under a timeout can swallow a cancellation that lands as its
+        # timer fires, and the task runs on: its stop flag ends it within a second.
+        await asyncio.wait([self._task], timeout=3.0)
         if self._listener.pubsub is not None:
             await _close_pubsub(self._listener.pubsub)
 
