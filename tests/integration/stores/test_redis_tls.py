@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.stores.redis import RedisSessionStore, open_redis
 from tests.integration.servers import RedisServer, spare_port, start_redis
 from tests.integration.stores.test_session_store import record as session_record
+from tests.unit.deploy.tools import write_pem
 
 pytestmark = pytest.mark.redis
 
@@ -66,15 +67,9 @@ def _write_ca_and_server_cert(folder: Path) -> tuple[Path, Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "key.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_pem(ca_path, ca_cert)
+    write_pem(cert_path, cert)
+    write_pem(key_path, key)
     return ca_path, cert_path, key_path
 
 

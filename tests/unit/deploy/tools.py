@@ -50,15 +50,23 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
+    write_pem(cert_path, cert)
+    write_pem(key_path, key)
+    return cert_path, key_path
+
+
+def write_pem(path: Path, item: x509.Certificate | ec.EllipticCurvePrivateKey) -> None:
+    """A certificate, or an unencrypted PKCS#8 private key, as PEM."""
+    if isinstance(item, x509.Certificate):
+        path.write_bytes(item.public_bytes(serialization.Encoding.PEM))
+        return
+    path.write_bytes(
+        item.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return cert_path, key_path
 
 
 def nginx_main(prefix: Path, http_body: str) -> str:
