@@ -72,6 +72,11 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def unique(name: str) -> str:
+    """A username no earlier run left in the shared PostgreSQL."""
+    return f"{name}{os.getpid()}{time.monotonic_ns() % 100000}"
+
+
 def configure(
     tmp_path: Path, upstream_url: str, storage: str, sessions: str, **route: object
 ) -> Config:
@@ -184,7 +189,7 @@ async def test_database_down_sign_in_is_a_branded_503_and_sessions_keep_working(
     client: aiohttp.ClientSession,
 ) -> None:
     config = configure(tmp_path, str(upstream.make_url("")), postgres.url, redis_server.url)
-    user = await add_user(config, f"bob{os.getpid()}{time.monotonic_ns() % 10000}")
+    user = await add_user(config, unique("bob"))
     server, base = await start(config)
     try:
         cookie = await new_session(server, user)
@@ -239,7 +244,7 @@ async def test_database_down_an_api_key_is_a_503_never_a_pass_and_never_a_401(
     # be checked: that is "try later" (503), not "let it in", and not "your key is
     # wrong" (401), which would make a client throw a good key away.
     config = configure(tmp_path, str(upstream.make_url("")), postgres.url, redis_server.url)
-    user = await add_user(config, f"ci{os.getpid()}{time.monotonic_ns() % 100000}")
+    user = await add_user(config, unique("ci"))
     key = await add_api_key(config, user)
     server, base = await start(config)
 
@@ -385,7 +390,7 @@ async def test_users_and_sessions_survive_restarts_of_postgres_and_redis(
     client: aiohttp.ClientSession,
 ) -> None:
     config = configure(tmp_path, str(upstream.make_url("")), postgres.url, redis_server.url)
-    user = await add_user(config, f"carol{time.monotonic_ns() % 100000}")
+    user = await add_user(config, unique("carol"))
     server, base = await start(config)
     try:
         cookie = await new_session(server, user)
