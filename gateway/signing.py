@@ -175,12 +175,13 @@ async def rotate_keys(
     """Add a new signing key. It is published at once and signs from PUBLISH_AHEAD on;
     every older active key is retired at that moment (and stays published for the
     overlap after it). With `withdraw` (the old keys may have leaked), the old keys are
-    deleted instead: the new key signs at once and tokens the old ones signed stop
-    verifying. Without `withdraw`, raises SigningError, changing nothing, when `box`
-    cannot open the current keys (a wrong encryption key); a withdrawal needs no old key
-    opened, so it also serves to start afresh under a new encryption key. Two concurrent
-    rotations leave exactly one active key, and two withdrawals one key: each retires or
-    deletes only keys older than its own, and "older" is a total order."""
+    deleted instead, atomically with the new key's arrival: the new key signs at once
+    and tokens the old ones signed stop verifying. Without `withdraw`, raises
+    SigningError, changing nothing, when `box` cannot open the current keys (a wrong
+    encryption key); a withdrawal needs no old key opened, so it also serves to start
+    afresh under a new encryption key. Two concurrent rotations leave exactly one active
+    key (each retires only keys older than its own, and "older" is a total order); two
+    concurrent withdrawals leave one key, the last one's."""
     # The new key must be strictly the newest even when the clock did not move (or this
     # host's clock lags the one that made the current key); a tie would be broken by kid
     # and could leave the old key signing.
@@ -192,13 +193,11 @@ async def rotate_keys(
             _open_private_key(key, box)
     newest = max((key.created for key in current), default=now)
     new = new_signing_key(box, now=now if now > newest else newest + _MIN_STEP)
-    await keys.add(new)
     if withdraw:
-        for key in await keys.list(retired_after=0.0):
-            if _newest_first(key) < _newest_first(new):
-                await keys.remove(key.kid)
+        await keys.replace_all(new)
         log.warning("JWT signing keys withdrawn; new kid %s signs now", new.kid)
         return new
+    await keys.add(new)
     takes_over = new.created + PUBLISH_AHEAD
     for key in await keys.list(retired_after=now):
         if key.retired is None and _newest_first(key) < _newest_first(new):

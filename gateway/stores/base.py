@@ -212,8 +212,9 @@ class KeyStore(Protocol):
     async def retire(self, kid: str, at: float) -> bool:
         """Retire an active key at `at` (which may lie ahead); False when it was not active."""
 
-    async def remove(self, kid: str) -> bool:
-        """Delete a key outright (it may have leaked); False when there was none."""
+    async def replace_all(self, key: SigningKey) -> None:
+        """Add `key` and delete every other key outright (they may have leaked), at once:
+        the store is never without a key, and of two replacements at once the last wins."""
 
 
 # --- audit -------------------------------------------------------------------

@@ -417,8 +417,11 @@ class SqlKeyStore:
         )
         return changed > 0
 
-    async def remove(self, kid: str) -> bool:
-        return await self._db.execute("DELETE FROM signing_keys WHERE kid = ?", kid) > 0
+    async def replace_all(self, key: SigningKey) -> None:
+        async with self._db.transaction() as tx:
+            await tx.lock("authgate signing keys")
+            await tx.execute("DELETE FROM signing_keys")
+            await _insert_key(tx, key)
 
 
 # --- audit -------------------------------------------------------------------

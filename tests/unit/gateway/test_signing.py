@@ -81,9 +81,10 @@ class FakeKeyStore:
         )
         return True
 
-    async def remove(self, kid: str) -> bool:
+    async def replace_all(self, key: SigningKey) -> None:
         await asyncio.sleep(0)
-        return self.rows.pop(kid, None) is not None
+        self.added.append(key)
+        self.rows = {key.kid: key}
 
 
 class Clock:
