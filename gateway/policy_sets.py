@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gateway.config.model import TenantConfig
+from gateway.watch import Signature, signatures
 from policies import (
     Decision,
     PolicyError,
@@ -104,6 +105,8 @@ class PolicyRegistry:
         worker restarted after an invalid edit keeps serving what its siblings serve)."""
         self._tenants = tuple(tenants)
         self._geoip = geoip_configured
+        # Taken before the files are read: the watcher counts any later edit as one.
+        self.read_as: list[Signature] = signatures(self.files)
         try:
             self._sets = compile_tenant_policies(self._tenants, geoip_configured=self._geoip)
         except PolicyError as exc:

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -49,7 +50,7 @@ from gateway.stores import redis as redis_backend
 from gateway.stores.database import Database
 from gateway.tenant_store import TenantRefresher, TenantStore
 from gateway.users_file import LayeredUserStore, load_users_files, with_users_files
-from gateway.watch import start_watching
+from gateway.watch import Signature, signatures, start_watching
 from policies import Action, Decision
 
 log = logging.getLogger("authgate.runtime")
@@ -100,6 +101,9 @@ async def open_runtime(
     config: Config, geo: GeoService | None = None, metrics: Metrics | None = None
 ) -> Runtime:
     box = load_secret_box(config)
+    # Taken before the users files are read: an edit made while the rest opens (a user
+    # disabled at that moment) is still one the watcher follows.
+    users_files_read_as = signatures(users_file_paths(config))
     stores = with_users_files(await open_stores(config), config.tenants)
     layered = stores.users if isinstance(stores.users, LayeredUserStore) else None
     metrics = metrics if metrics is not None else Metrics(config)
@@ -125,7 +129,7 @@ async def open_runtime(
     await audit.start()
     closers: tuple[Callable[[], Awaitable[None]], ...] = (*sso_closers, db.close)
     if layered is not None:
-        closers += (_follow_users_files(config, layered, stores.events),)
+        closers += (_follow_users_files(config, layered, stores.events, users_files_read_as),)
     return Runtime(
         config=config,
         stores=stores,
@@ -146,13 +150,21 @@ async def open_runtime(
     )
 
 
+def users_file_paths(config: Config) -> tuple[Path, ...]:
+    return tuple(t.users_file for t in config.tenants if t.users_file is not None)
+
+
 def _follow_users_files(
-    config: Config, layered: LayeredUserStore, events: EventBus
+    config: Config,
+    layered: LayeredUserStore,
+    events: EventBus,
+    read_as: Sequence[Signature],
 ) -> Callable[[], Awaitable[None]]:
-    """Read the users files again when they change (a user disabled, a group taken away
-    takes effect without a restart), and drop the changed users' cached sessions and
-    keys on every instance. A file made invalid keeps the users read before."""
-    paths = tuple(t.users_file for t in config.tenants if t.users_file is not None)
+    """Read the users files again when they change after they had the signatures
+    `read_as` (a user disabled, a group taken away takes effect without a restart), and
+    drop the changed users' cached sessions and keys on every instance. A file made
+    invalid keeps the users read before."""
+    paths = users_file_paths(config)
     pending: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
@@ -173,7 +185,7 @@ def _follow_users_files(
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    return start_watching(paths, changed)
+    return start_watching(paths, changed, since=read_as)
 
 
 async def _follow_keys(signer: JwtSigner) -> None:

@@ -171,7 +171,9 @@ class GatewayServer:
             ]
         for site in sites:
             await site.start()
-        self.hooks.cleanup.append(start_watching(self.policies.files, self.reload))
+        self.hooks.cleanup.append(
+            start_watching(self.policies.files, self.reload, since=self.policies.read_as)
+        )
         flusher = asyncio.ensure_future(self.metrics.flush_forever())
 
         async def stop_flushing() -> None:

@@ -29,7 +29,7 @@ from gateway.logs import flush_logging
 from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
 from gateway.policy_sets import compile_tenant_policies, policy_files
 from gateway.server import Extension, GatewayServer, listen_socket
-from gateway.watch import signature
+from gateway.watch import signatures
 from policies import PolicyError, PolicySet
 
 log = logging.getLogger("authgate.supervisor")
@@ -130,7 +130,10 @@ class Supervisor:
         self._stopping = False
         self._quick_deaths = 0
         self._reload_requested = False
-        # What a restarted worker serves if the files on disk are bad by then.
+        # What a restarted worker serves if the files on disk are bad by then; the
+        # signatures are taken first, so an edit made while this compiles is one to follow.
+        self._files = policy_files(config.tenants)
+        self._read_as = signatures(self._files)
         self._last_good: Mapping[str, PolicySet] = compile_tenant_policies(
             config.tenants, geoip_configured=config.geoip.database is not None
         )
@@ -176,14 +179,12 @@ class Supervisor:
         # Workers reload edited policy files by themselves; the set a replacement worker
         # starts from must follow them, or a worker restarted while the files are broken
         # would serve the policy of start-up, perhaps looser than what its siblings serve.
-        files = policy_files(self.config.tenants)
-        seen = [signature(p) for p in files]
+        seen = self._read_as
         while not self._stopping:
             time.sleep(0.2)
-            now = [signature(p) for p in files]
-            if now != seen:
+            if signatures(self._files) != seen:
                 time.sleep(0.25)  # a writer still writing: read what it ends with
-                seen = [signature(p) for p in files]
+                seen = signatures(self._files)
                 self._reload_requested = True
             if self._reload_requested:
                 self._reload_requested = False

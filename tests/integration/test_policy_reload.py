@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from gateway.server import GatewayServer
 from tests.integration.conftest import StartGateway, make_config
 
 CLOSED = "version: 1\ndefault: deny\n"
@@ -49,3 +50,22 @@ async def test_edits_are_picked_up_and_bad_edits_keep_the_old_policy(
 
         policy.write_text(CLOSED)
         await wait_for_status(client, base, 403, within=2.0)
+
+
+async def test_an_edit_made_while_the_gateway_starts_is_followed(
+    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway
+) -> None:
+    """The policy files are read before the rest opens (stores, sockets); an edit made in
+    between must not be taken as the state the watcher starts from."""
+    policy = tmp_path / "policy.yaml"
+
+    def edit_while_starting(server: GatewayServer) -> None:
+        async def edit() -> None:
+            policy.write_text(OPEN)
+
+        server.hooks.startup.append(edit)
+
+    config = make_config(tmp_path, str(upstream.make_url("")), policy=CLOSED)
+    base = await start_gateway(config, (edit_while_starting,))
+    async with aiohttp.ClientSession() as client:
+        await wait_for_status(client, base, 200, within=2.0)

@@ -12,10 +12,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import PasswordsConfig
+from gateway import runtime
+from gateway.config.model import PasswordsConfig, TenantConfig
 from gateway.errors import ConfigError
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
+from gateway.stores import Stores
 from gateway.users_file import load_users_file
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
@@ -75,6 +77,47 @@ async def test_a_user_from_the_file_signs_in_and_is_forwarded(
                     break
             await asyncio.sleep(0.1)
         assert resp.status == 401, "a user disabled in the users file still passes"
+
+
+async def test_a_user_disabled_while_the_gateway_starts_cannot_sign_in(
+    tmp_path: Path,
+    upstream: TestServer,
+    start_gateway: StartGateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The users files are read before the rest of the runtime opens (sessions, keys,
+    the database); a user disabled in between must still be seen, not taken as the state
+    the watcher starts from."""
+    password_hash = await PasswordHasher(CHEAP).hash("pw")
+    users = tmp_path / "users.yaml"
+    enabled = f"users:\n  carol:\n    password: '{password_hash}'\n"
+    users.write_text(enabled)
+    read_users_files = runtime.with_users_files
+
+    def read_then_disable(stores: Stores, tenants: tuple[TenantConfig, ...]) -> Stores:
+        layered = read_users_files(stores, tenants)
+        users.write_text(enabled + "    disabled: true\n")  # the operator, at that moment
+        return layered
+
+    monkeypatch.setattr(runtime, "with_users_files", read_then_disable)
+    config = make_config(
+        tmp_path, str(upstream.make_url("")), policy="version: 1\ndefault: one_factor\n"
+    )
+    tenant = dataclasses.replace(config.tenants[0], users_file=users)
+    config = dataclasses.replace(config, tenants=(tenant,), passwords=CHEAP)
+    base = await start_gateway(config, tuple(default_extensions()))
+    await asyncio.sleep(1.5)  # the watcher polls every 0.5 s
+    async with aiohttp.ClientSession() as client:
+        browser = Browser(base, client)
+        _, page = await browser.request("GET", "/.authgate/login")
+        form = {"csrf_token": hidden(page, "csrf_token"), "rd": "/x"}
+        resp, _ = await browser.request(
+            "POST",
+            "/.authgate/login",
+            data={**form, "username": "carol", "password": "pw"},
+            Origin="http://app.test",
+        )
+        assert resp.status != 303, "a user disabled in the users file signed in"
 
 
 def test_mistakes_name_file_line_and_key(tmp_path: Path) -> None:
