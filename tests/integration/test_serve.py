@@ -50,6 +50,13 @@ def wait_until_up(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise AssertionError("gateway did not come up")
 
 
+def drain_output(process: subprocess.Popen[bytes]) -> str:
+    """What a gateway printed, for a failure message (stops it: its pipe is read to EOF)."""
+    process.kill()
+    out, _ = process.communicate(timeout=10)
+    return out.decode(errors="replace")
+
+
 class _Upstream(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = f"upstream saw {self.path}".encode()
@@ -172,7 +179,8 @@ def test_serve_runs_workers_reloads_restarts_and_drains(
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(get(port, "/also/x")[0] != 200 for _ in range(8)):
             time.sleep(0.1)
-        assert all(get(port, "/also/x")[0] == 200 for _ in range(8))
+        answers = [get(port, "/also/x") for _ in range(8)]
+        assert all(status == 200 for status, _ in answers), (answers, drain_output(process))
 
         # an invalid edit keeps the old policy
         (tmp_path / "policy.yaml").write_text("version: 1\nrules: [{actoin: bypass}]\n")
