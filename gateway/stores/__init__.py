@@ -179,7 +179,9 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
 
     return Stores(
         users=SqlUserStore(db),
-        sessions=redis_backend.RedisSessionStore(client, prefix, clock=clock),
+        sessions=redis_backend.RedisSessionStore(
+            client, prefix, clock=clock, wait_replicas=handle.target.wait_replicas
+        ),
         apikeys=SqlApiKeyStore(db),
         keys=SqlKeyStore(db),
         audit=SqlAuditLog(db),

@@ -19,6 +19,10 @@ therefore ordered so that a crash between two steps never leaves a live session
 out of its user's index (index first, session second; on rotation the new session
 exists before the old one is deleted), which keeps "log out everywhere" complete
 without a cross-slot transaction.
+
+Revocations outlive a failover: with `wait_replicas` (see `redis_urls`) every deletion
+of a session is followed by WAIT on the connection that carried it, so it is answered
+as done only once a replica has it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,13 @@ from redis.backoff import NoBackoff
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
-from gateway.stores.redis_urls import RedisMode, RedisTarget, RedisUrlError, parse_redis_url
+from gateway.stores.redis_urls import (
+    RedisMode,
+    RedisTarget,
+    RedisUrlError,
+    for_redis_py,
+    parse_redis_url,
+)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -57,6 +67,8 @@ RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
 # LIVENESS_TIMEOUT is opened again: a partition or a dead NAT entry closes nothing, and
 # redis-py's own health check only writes, so without this a dead subscription would
 # go unnoticed for as long as the kernel keeps retransmitting (about 15 minutes).
+# How long a revocation waits for `wait_replicas` replicas to have it (see redis_urls).
+REPLICA_WAIT_MS = 500
 LIVENESS_INTERVAL = 5.0
 LIVENESS_TIMEOUT = 3.0
 _LIVENESS_PING = "authgate-liveness"
@@ -275,7 +287,7 @@ class _FailoverWatch:
 def connect(url: str) -> aioredis.Redis:
     """A client for one `redis://` or `rediss://` server (connections open lazily)."""
     return aioredis.Redis.from_url(
-        url,
+        for_redis_py(url),
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
@@ -371,10 +383,18 @@ return 1
 
 
 class RedisSessionStore:
-    def __init__(self, client: Any, prefix: str = "authgate:", clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "authgate:",
+        clock: Clock = time.time,
+        *,
+        wait_replicas: int = 0,
+    ) -> None:
         self._r: Any = client  # decode_responses=True: str in, str out (stubs say bytes|str)
         self._p = _check_prefix(prefix)
         self._clock = clock
+        self._replicas = wait_replicas
         self._create = client.register_script(_CREATE)
         self._touch = client.register_script(_TOUCH)
         self._index_add = client.register_script(_INDEX_ADD)
@@ -427,7 +447,7 @@ class RedisSessionStore:
             return False
         await self._index(new)
         await self._write(new)
-        if not await _guard(lambda: self._r.delete(self._s(old_hash))):
+        if not await self._delete_replicated([self._s(old_hash)]):
             await _guard(lambda: self._r.delete(self._s(new.id_hash)))
             await self._unindex(new.tenant, new.user_id, new.id_hash)
             return False
@@ -436,7 +456,7 @@ class RedisSessionStore:
 
     async def revoke(self, id_hash: str) -> bool:
         owner = await _guard(lambda: self._r.hmget(self._s(id_hash), ["tenant", "user_id"]))
-        deleted = await _guard(lambda: self._r.delete(self._s(id_hash)))
+        deleted = await self._delete_replicated([self._s(id_hash)])
         if owner[0] is not None and owner[1] is not None:
             await self._unindex(owner[0], owner[1], id_hash)
         return bool(deleted)
@@ -451,15 +471,42 @@ class RedisSessionStore:
             ids = set(await _guard(lambda: self._r.smembers(index))) - done
             if not ids:
                 break
-            pipe = self._r.pipeline(transaction=False)
-            for id_hash in sorted(ids):
-                pipe.delete(self._s(id_hash))
-            results: Sequence[int] = await _guard(lambda p=pipe: p.execute())  # type: ignore[misc]
-            count += sum(int(n) for n in results)
+            count += await self._delete_replicated([self._s(i) for i in sorted(ids)])
             done |= ids
             await _guard(lambda i=ids: self._r.srem(index, *i))  # type: ignore[misc]
             await _guard(lambda i=ids: self._r.srem(self._t(tenant), *i))  # type: ignore[misc]
         return count
+
+    async def _delete_replicated(self, keys: Sequence[str]) -> int:
+        """DEL `keys`, one key per command (each may live in another slot); returns how
+        many existed. With `wait_replicas`, answers only once that many replicas have
+        the deletions, or after REPLICA_WAIT_MS with a warning: WAIT counts the writes
+        of its own connection, and a pipeline sends what goes to one node over one."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.delete(key)
+        for target in self._nodes_of(keys) if self._replicas else ():
+            pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS, **target)
+        results: Sequence[int] = await _guard(lambda: pipe.execute())
+        acked = [int(n) for n in results[len(keys) :]]
+        if any(n < self._replicas for n in acked):
+            log.warning(
+                "a revocation is not yet on %d replica(s) after %d ms (acknowledged: %s);"
+                " it holds unless the master fails before they have it",
+                self._replicas,
+                REPLICA_WAIT_MS,
+                ", ".join(map(str, acked)),
+            )
+        return sum(int(n) for n in results[: len(keys)])
+
+    def _nodes_of(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """Where each WAIT must go: the pipeline's one connection, or in a Cluster each
+        master that holds one of `keys`."""
+        if not isinstance(self._r, RedisCluster):
+            return [{}]
+        owners = (self._r.get_node_from_key(key) for key in keys)
+        nodes = {node.name: node for node in owners if node is not None}
+        return [{"target_nodes": node} for node in nodes.values()]
 
     async def _members(self, index: str) -> list[SessionRecord]:
         ids = sorted(await _guard(lambda: self._r.smembers(index)))

@@ -15,6 +15,13 @@ Over TLS, certificates are always verified: against the system's CAs, or against
 `?ssl_ca_certs=/path/ca.pem` (every form accepts it; for Sentinel it serves the
 Sentinels and the master alike).
 
+`?wait_replicas=N`: a revocation (logout, "log out everywhere", a user disabled) is
+answered as done only once N replicas have it, or after REPLICA_WAIT_MS (then with a
+warning): Redis replicates asynchronously, and a master that dies before its replicas
+have a deletion would bring the session back with the replica it fails over to.
+Default 1 with Sentinel (which always fails over to a replica); 0 with one server or a
+Cluster, where replicas are optional (set it to 1 when each master has one).
+
 IPv6 hosts are written in brackets: `[::1]:6379`.
 """
 
@@ -50,6 +57,7 @@ class RedisTarget:
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
     ca_certs: str | None = None  # a PEM file of CAs to verify TLS servers with
+    wait_replicas: int = 0  # replicas that must have a revocation before it is done
 
 
 class RedisUrlError(StoreUnavailable):
@@ -89,17 +97,22 @@ def parse_redis_url(url: str) -> RedisTarget:
     segments = [unquote(s) for s in path.split("/") if s]
     options = parse_qs(query)
     ca_certs = options.get("ssl_ca_certs", [None])[0]
+    replicas = _wait_replicas(options, 1 if mode is RedisMode.SENTINEL else 0)
     if mode is RedisMode.STANDALONE:
         if len(nodes) != 1:
             raise RedisUrlError(
                 "sessions.store: one host in redis:// (use redis+sentinel:// or redis+cluster://)"
             )
         db = _db(segments[0]) if segments else 0
-        return RedisTarget(mode, url, nodes, tls, None, db, username, password, None, ca_certs)
+        return RedisTarget(
+            mode, url, nodes, tls, None, db, username, password, None, ca_certs, replicas
+        )
     if mode is RedisMode.CLUSTER:
         if segments and segments != ["0"]:
             raise RedisUrlError("sessions.store: Redis Cluster has only database 0")
-        return RedisTarget(mode, url, nodes, tls, None, 0, username, password, None, ca_certs)
+        return RedisTarget(
+            mode, url, nodes, tls, None, 0, username, password, None, ca_certs, replicas
+        )
     if not segments or len(segments) > 2:
         raise RedisUrlError(
             "sessions.store: redis+sentinel://host:port[,host:port…]/service_name[/db]"
@@ -107,8 +120,38 @@ def parse_redis_url(url: str) -> RedisTarget:
     db = _db(segments[1]) if len(segments) == 2 else 0
     sentinel_password = options.get("sentinel_password", [None])[0]
     return RedisTarget(
-        mode, url, nodes, tls, segments[0], db, username, password, sentinel_password, ca_certs
+        mode,
+        url,
+        nodes,
+        tls,
+        segments[0],
+        db,
+        username,
+        password,
+        sentinel_password,
+        ca_certs,
+        replicas,
     )
+
+
+def _wait_replicas(options: dict[str, list[str]], default: int) -> int:
+    values = options.get("wait_replicas")
+    if not values:
+        return default
+    text = values[-1]
+    if not text.isdigit() or int(text) > 16:
+        raise RedisUrlError(f"sessions.store: wait_replicas must be 0 to 16, not {text!r}")
+    return int(text)
+
+
+def for_redis_py(url: str) -> str:
+    """A `redis://` URL without the options that are authgate's own (redis-py reads the
+    URL itself and would take them for connection settings)."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    kept = [part for part in query.split("&") if part.split("=", 1)[0] != "wait_replicas"]
+    return f"{base}?{'&'.join(kept)}" if kept else base
 
 
 def _credentials(userinfo: str) -> tuple[str | None, str | None]:

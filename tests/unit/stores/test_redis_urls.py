@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.stores.redis import open_redis
-from gateway.stores.redis_urls import RedisMode, RedisUrlError, parse_redis_url
+from gateway.stores.redis import connect, open_redis
+from gateway.stores.redis_urls import RedisMode, RedisUrlError, for_redis_py, parse_redis_url
 
 
 def test_one_server_with_credentials_and_a_database() -> None:
@@ -54,6 +54,9 @@ def test_a_cluster_lists_seed_nodes_and_has_only_database_0() -> None:
         ("redis://h/zero", "must be a number"),
         ("redis+sentinel://s1", "service_name"),
         ("redis+sentinel://s1/a/1/x", "service_name"),
+        ("redis://h/0?wait_replicas=one", "wait_replicas must be 0 to 16"),
+        ("redis+cluster://n1?wait_replicas=-1", "wait_replicas must be 0 to 16"),
+        ("redis+sentinel://s1/m?wait_replicas=17", "wait_replicas must be 0 to 16"),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, reason: str) -> None:
@@ -97,3 +100,25 @@ async def test_sentinel_and_cluster_clients_verify_tls_with_the_named_ca() -> No
             assert pool.connection_kwargs["ssl_cert_reqs"] == "required"
     finally:
         await sentinel.close()
+
+
+def test_revocations_wait_for_a_replica_by_default_only_with_sentinel() -> None:
+    assert parse_redis_url("redis+sentinel://s1/mymaster").wait_replicas == 1
+    assert parse_redis_url("redis://h/0").wait_replicas == 0
+    assert parse_redis_url("redis+cluster://n1:7000").wait_replicas == 0
+    assert parse_redis_url("redis+cluster://n1:7000?wait_replicas=1").wait_replicas == 1
+    assert parse_redis_url("redis+sentinel://s1/mymaster?wait_replicas=0").wait_replicas == 0
+    assert parse_redis_url("redis://h/0?wait_replicas=2").wait_replicas == 2
+
+
+def test_redis_py_never_sees_authgate_s_own_options() -> None:
+    assert for_redis_py("redis://h/0?wait_replicas=1") == "redis://h/0"
+    assert (
+        for_redis_py("rediss://h/0?wait_replicas=1&ssl_ca_certs=/ca.pem")
+        == "rediss://h/0?ssl_ca_certs=/ca.pem"
+    )
+    assert for_redis_py("redis://h/0") == "redis://h/0"
+    # redis-py hands options it does not know to each connection it makes
+    kwargs = connect("redis://h:6380/2?wait_replicas=1").connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("h", 6380, 2)
+    assert "wait_replicas" not in kwargs

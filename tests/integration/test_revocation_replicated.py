@@ -1,0 +1,219 @@
+"""A revocation is answered as done only once a replica has it (`wait_replicas`).
+
+Redis replicates asynchronously: a master that dies right after a logout, before its
+replicas have the deletion, fails over to a replica that still holds the session. So
+with Sentinel (by default) or `?wait_replicas=1`, the store sends WAIT on the connection
+that carried the deletions and answers once a replica acknowledges them.
+
+The replica is held with SIGSTOP: it stays connected and acknowledges nothing, so a
+revocation that does not wait for it returns at once, and one that waits returns only
+after SIGCONT, with the replica holding the deletion by then."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.config.model import Config, SessionsConfig
+from gateway.stores import Stores, open_stores
+from gateway.stores.base import SessionRecord
+from gateway.stores.redis import REPLICA_WAIT_MS
+from tests.integration.servers import (
+    RedisServer,
+    redis_cli,
+    start_cluster,
+    start_redis,
+    start_sentinel_group,
+    wait_until_replica,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+PREFIX = "authgate:"
+
+
+def record(user: str = "u1") -> SessionRecord:
+    now = time.time()
+    return SessionRecord(secrets.token_hex(32), "acme", user, ("pwd",), now, now, now, now + 3600)
+
+
+def key(session: SessionRecord) -> str:
+    return f"{PREFIX}s:{session.id_hash}"
+
+
+@contextmanager
+def held(server: RedisServer) -> Iterator[None]:
+    """The server stopped (SIGSTOP) for the block: connected, answering nothing."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def on(server: RedisServer, session: SessionRecord) -> bool:
+    """Whether `server` holds the session (a Cluster replica answers after READONLY)."""
+    with redis.Redis(port=server.port, single_connection_client=True) as client:
+        if "cluster_enabled:1" in redis_cli(server.port, "info", "cluster"):
+            client.execute_command("READONLY")
+        try:
+            return bool(client.exists(key(session)))
+        except redis.exceptions.MovedError:
+            return False  # a Cluster node that does not serve the session's slot
+
+
+async def wait_for(server: RedisServer, session: SessionRecord) -> None:
+    """Until the replica has the session (creations are not waited for)."""
+    for _ in range(100):
+        if on(server, session):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the replica on {server.port} never got the session")
+
+
+async def opened(tmp_path: Path, url: str) -> Stores:
+    return await open_stores(
+        Config(
+            source=tmp_path / "config.yaml",
+            tenants=(),
+            storage=f"sqlite:///{tmp_path / 'a.db'}",
+            sessions=SessionsConfig(store=url),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def master_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
+    master = start_redis()
+    replica = start_redis(options=("--replicaof", "127.0.0.1", str(master.port)))
+    try:
+        wait_until_replica(replica, master.port, 20)
+        yield master, replica
+    finally:
+        replica.stop(kill=True)
+        master.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def sentinel_group() -> Iterator[tuple[str, RedisServer]]:
+    group = start_sentinel_group(replicas=1, sentinels=1, down_after_ms=5000)
+    try:
+        yield group.url, group.servers[1]
+    finally:
+        group.stop()
+
+
+@pytest.fixture(params=["standalone", "sentinel"])
+async def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Stores, RedisServer]]:
+    """Stores on a master with one replica: one server asking for `?wait_replicas=1`,
+    and Sentinel with its default."""
+    if request.param == "standalone":
+        master, replica = request.getfixturevalue("master_and_replica")
+        url = f"redis://127.0.0.1:{master.port}/0?wait_replicas=1"
+    else:
+        url, replica = request.getfixturevalue("sentinel_group")
+    stores = await opened(tmp_path, url)
+    yield stores, replica
+    await stores.close()
+
+
+async def answered_only_after_the_replica(
+    replica: RedisServer, revocation: asyncio.Future[object]
+) -> None:
+    """The revocation is still waiting while the replica is held, and done soon after."""
+    await asyncio.sleep(0.2)
+    assert not revocation.done(), "a revocation was answered before any replica had it"
+
+
+async def test_logout_log_out_everywhere_and_rotation_wait_for_a_replica(
+    deployment: tuple[Stores, RedisServer],
+) -> None:
+    stores, replica = deployment
+    sessions = stores.sessions
+    alone, first, second, old, new = (record(), record("u2"), record("u2"), record(), record())
+    for session in (alone, first, second, old):
+        await sessions.create(session)
+        await wait_for(replica, session)
+
+    with held(replica):
+        logout = asyncio.ensure_future(sessions.revoke(alone.id_hash))
+        await answered_only_after_the_replica(replica, logout)
+    assert await asyncio.wait_for(logout, 2) is True
+    assert not on(replica, alone)
+
+    with held(replica):
+        everywhere = asyncio.ensure_future(sessions.revoke_user("acme", "u2"))
+        await answered_only_after_the_replica(replica, everywhere)
+    assert await asyncio.wait_for(everywhere, 2) == 2
+    assert not on(replica, first) and not on(replica, second)
+
+    with held(replica):
+        rotation = asyncio.ensure_future(sessions.rotate(old.id_hash, new))
+        await answered_only_after_the_replica(replica, rotation)
+    assert await asyncio.wait_for(rotation, 2) is True
+    assert not on(replica, old)
+
+
+async def test_a_replica_that_never_answers_delays_a_logout_by_the_bound_and_is_reported(
+    master_and_replica: tuple[RedisServer, RedisServer],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    master, replica = master_and_replica
+    stores = await opened(tmp_path, f"redis://127.0.0.1:{master.port}/0?wait_replicas=1")
+    try:
+        session = record()
+        await stores.sessions.create(session)
+        with held(replica), caplog.at_level(logging.WARNING):
+            started = time.monotonic()
+            assert await stores.sessions.revoke(session.id_hash) is True
+            took = time.monotonic() - started
+        assert took >= REPLICA_WAIT_MS / 1000 * 0.9
+        assert took < 3, "a revocation must not hang on a replica that does not answer"
+        assert not on(master, session)
+        assert "not yet on 1 replica(s)" in caplog.text
+    finally:
+        await stores.close()
+
+
+async def test_cluster_waits_on_the_master_that_held_each_session(tmp_path: Path) -> None:
+    """Sessions spread over three masters; WAIT must go to the connection of each master
+    that deleted one (sent anywhere else it counts no write and returns at once)."""
+    cluster = start_cluster(3, replicas=1)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        sessions = [record("u9") for _ in range(12)]
+        for session in sessions:
+            await stores.sessions.create(session)
+        masters = cluster.masters()
+        holders = {m.port: [s for s in sessions if on(m, s)] for m in masters}
+        assert all(holders.values()), f"sessions not spread over every master: {holders}"
+        for master in masters:
+            replica = cluster.replica_of(master)
+            for session in holders[master.port]:
+                await wait_for(replica, session)
+        # Hold the replica of one master only: the others answer at once, so only a WAIT
+        # sent over that master's connection keeps the revocation waiting.
+        target = masters[1]
+        replica = cluster.replica_of(target)
+        with held(replica):
+            everywhere = asyncio.ensure_future(stores.sessions.revoke_user("acme", "u9"))
+            await answered_only_after_the_replica(replica, everywhere)
+        assert await asyncio.wait_for(everywhere, 2) == len(sessions)
+        assert not any(on(replica, s) for s in holders[target.port])
+    finally:
+        await stores.close()
+        cluster.stop()
