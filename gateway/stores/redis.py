@@ -63,12 +63,12 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT = 5.0
 REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
+# How long a revocation waits for `wait_replicas` replicas to have it (see redis_urls).
+REPLICA_WAIT_MS = 500
 # A subscription silent this long is pinged, and one whose ping is not answered within
 # LIVENESS_TIMEOUT is opened again: a partition or a dead NAT entry closes nothing, and
 # redis-py's own health check only writes, so without this a dead subscription would
 # go unnoticed for as long as the kernel keeps retransmitting (about 15 minutes).
-# How long a revocation waits for `wait_replicas` replicas to have it (see redis_urls).
-REPLICA_WAIT_MS = 500
 LIVENESS_INTERVAL = 5.0
 LIVENESS_TIMEOUT = 3.0
 _LIVENESS_PING = "authgate-liveness"
