@@ -184,7 +184,28 @@ async def test_a_replica_that_never_answers_delays_a_logout_by_the_bound_and_is_
         assert took >= REPLICA_WAIT_MS / 1000 * 0.9
         assert took < 3, "a revocation must not hang on a replica that does not answer"
         assert not on(master, session)
-        assert "not yet on 1 replica(s)" in caplog.text
+        assert "not confirmed on 1 replica(s)" in caplog.text
+    finally:
+        await stores.close()
+
+
+async def test_a_server_that_refuses_wait_still_revokes_and_reports_it(
+    master_and_replica: tuple[RedisServer, RedisServer],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A managed Redis may deny WAIT by ACL: the deletion is done, so the logout is."""
+    master, _ = master_and_replica
+    redis_cli(master.port, "acl", "setuser", "nowait", "on", "nopass", "~*", "&*", "+@all", "-wait")
+    url = f"redis://nowait:any@127.0.0.1:{master.port}/0?wait_replicas=1"
+    stores = await opened(tmp_path, url)
+    try:
+        session = record()
+        await stores.sessions.create(session)
+        with caplog.at_level(logging.WARNING):
+            assert await stores.sessions.revoke(session.id_hash) is True
+        assert not on(master, session)
+        assert "no permissions to run the 'wait' command" in caplog.text
     finally:
         await stores.close()
 
