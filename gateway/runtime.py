@@ -164,9 +164,6 @@ def _follow_users_files(
     `read_as` (a user disabled, a group taken away takes effect without a restart), and
     drop the changed users' cached sessions and keys on every instance. A file made
     invalid keeps the users read before."""
-    paths = users_file_paths(config)
-    pending: set[asyncio.Task[None]] = set()
-
     async def reload() -> None:
         try:
             files = load_users_files(config.tenants)
@@ -180,12 +177,7 @@ def _follow_users_files(
             except Exception:
                 log.exception("could not publish a users-file change")
 
-    def changed() -> None:
-        task = asyncio.ensure_future(reload())
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    return start_watching(paths, changed, since=read_as)
+    return start_watching(users_file_paths(config), reload, since=read_as)
 
 
 async def _follow_keys(signer: JwtSigner) -> None:

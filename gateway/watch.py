@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,8 +41,9 @@ async def watch_files(
     interval: float = 0.5,
     since: Sequence[Signature] | None = None,
 ) -> None:
-    """Call `on_change` once per burst of edits to any of `paths` made after they had
-    the signatures `since` (default: now), until cancelled."""
+    """Call `on_change` (and await what it returns, if anything) once per burst of edits
+    to any of `paths` made after they had the signatures `since` (default: now), until
+    cancelled."""
     if not paths:
         return
     seen = list(since) if since is not None else signatures(paths)
@@ -52,7 +54,9 @@ async def watch_files(
             await asyncio.sleep(interval / 2)
             seen = signatures(paths)
             try:
-                on_change()
+                outcome = on_change()
+                if inspect.isawaitable(outcome):
+                    await outcome  # one reload at a time: the next look waits for it
             except Exception:
                 log.exception("reload after a file change failed")
 
