@@ -5,11 +5,13 @@ With `noeviction` Redis refuses writes (`OOM command not allowed…`) and still 
 reads and deletions. What must hold then: a sign-in is a clean 503 and leaves nothing
 behind; the brute-force counters cannot be skipped (no password is checked that was
 not counted); a session that needs no write goes on working; logout still revokes;
-and everything comes back by itself once memory is freed."""
+and everything comes back by itself once memory is freed. With a policy that evicts,
+the gateway says at start that bans and counters may silently disappear."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +30,7 @@ from gateway.stores import SessionRecord, User, open_stores
 from gateway.stores.ids import hash_session_id, new_session_id
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
-from tests.integration.servers import RedisServer, start_redis
+from tests.integration.servers import RedisServer, redis_cli, start_cluster, start_redis
 from tests.integration.users import CHEAP, PASSWORD, create_user
 
 pytestmark = pytest.mark.redis
@@ -234,3 +236,76 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
     assert resp.status == 303
     signed_in = signing_in.browser.cookies["authgate_session"]
     assert await page(client, base, "/members/x", signed_in) == 200
+
+
+def eviction_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "maxmemory-policy" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+async def test_a_redis_that_may_evict_is_named_with_its_risk_at_start(
+    tmp_path: Path, upstream: TestServer, policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis(options=("--maxmemory-policy", policy, "--maxmemory", "64mb"))
+    try:
+        config = configure(tmp_path, upstream, server.url)
+        with caplog.at_level(logging.WARNING, logger="gateway.stores.redis"):
+            stores = await open_stores(config)
+            await stores.close()
+        [warning] = eviction_warnings(caplog)
+        assert policy in warning
+        assert "ban" in warning and "noeviction" in warning
+    finally:
+        server.stop(kill=True)
+
+
+async def test_an_evicting_master_of_a_cluster_is_named(
+    tmp_path: Path, upstream: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = start_cluster()
+    try:
+        evicting = cluster.masters()[1]
+        redis_cli(evicting.port, "config", "set", "maxmemory-policy", "volatile-lru")
+        config = configure(tmp_path, upstream, cluster.url)
+        with caplog.at_level(logging.WARNING, logger="gateway.stores.redis"):
+            stores = await open_stores(config)
+            await stores.close()
+        [warning] = eviction_warnings(caplog)
+        assert f":{evicting.port}:" in warning and "volatile-lru" in warning
+    finally:
+        cluster.stop()
+
+
+async def test_a_redis_that_forbids_config_is_not_judged_and_opens(
+    tmp_path: Path, upstream: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Managed Redis often refuses CONFIG (an ACL, a renamed command): no warning, no error.
+    acl = ("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-config")
+    server = start_redis(options=("--maxmemory-policy", "allkeys-lru", *acl))
+    try:
+        config = configure(tmp_path, upstream, server.url)
+        with caplog.at_level(logging.DEBUG, logger="gateway.stores.redis"):
+            stores = await open_stores(config)
+            assert await stores.ping()
+            await stores.close()
+        assert eviction_warnings(caplog) == []
+        assert any("cannot read maxmemory-policy" in r.getMessage() for r in caplog.records)
+    finally:
+        server.stop(kill=True)
+
+
+async def test_a_redis_that_never_evicts_gives_no_warning(
+    tmp_path: Path,
+    upstream: TestServer,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = configure(tmp_path, upstream, redis_server.url)
+    with caplog.at_level(logging.DEBUG, logger="gateway.stores.redis"):
+        stores = await open_stores(config)
+        await stores.close()
+    assert eviction_warnings(caplog) == []
