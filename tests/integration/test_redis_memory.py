@@ -179,6 +179,7 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
     admin: aioredis.Redis,
     start_gateway: StartGateway,
     client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = configure(tmp_path, upstream, redis_server.url)
     username = f"oom-{secrets.token_hex(4)}"
@@ -213,6 +214,9 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
     assert await keys(admin, "s:*") == sessions_before, "no session half-exists"
     assert await keys(admin, "rl:*") == counters_before
     assert await page(client, base, "/.authgate/health", "") == 200, "the worker is up"
+    # What an operator reads: a full Redis, not just "unavailable".
+    refusals = [r.getMessage() for r in caplog.records if r.name == "authgate.pipeline"]
+    assert refusals and all("(OutOfMemoryError)" in message for message in refusals)
 
     # A session that needs only reads goes on working; one whose write is due fails
     # closed (the write is refused: 503, never a pass without it and never a 500).
