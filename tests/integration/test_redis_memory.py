@@ -24,10 +24,12 @@ import redis.exceptions
 from aiohttp.test_utils import TestServer
 
 from gateway.config.model import Config, RegulationConfig, SessionsConfig
+from gateway.errors import StoreUnavailable
 from gateway.extensions import default_extensions
 from gateway.sessions import TOUCH_INTERVAL
 from gateway.stores import SessionRecord, User, open_stores
 from gateway.stores.ids import hash_session_id, new_session_id
+from gateway.stores.redis import RedisRateLimiter, RedisSessionStore
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.servers import RedisServer, redis_cli, start_cluster, start_redis
@@ -240,6 +242,46 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
     assert resp.status == 303
     signed_in = signing_in.browser.cookies["authgate_session"]
     assert await page(client, base, "/members/x", signed_in) == 200
+
+
+async def test_a_full_redis_leaves_no_half_session_and_no_uncounted_attempt(
+    redis_server: RedisServer, admin: aioredis.Redis
+) -> None:
+    # The stores themselves, under what the gateway test cannot reach over HTTP (there
+    # the regulator refuses first): creating or rotating a session, banning.
+    sessions = RedisSessionStore(admin, PREFIX)
+    limiter = RedisRateLimiter(admin, PREFIX)
+    now = time.time()
+    old = SessionRecord(
+        "old", "acme", "u1", ("pwd",), now, now, now, now + 600, None, None, None, False, ()
+    )
+    await sessions.create(old)
+    await limiter.hit("user:acme:alice", 600)
+    await limiter.ban("ip:acme:192.0.2.9", 600)
+    before = await keys(admin, "*")
+
+    await fill_to_the_limit(admin)
+    new = dataclasses.replace(old, id_hash="new")
+    with pytest.raises(StoreUnavailable, match="OutOfMemoryError"):
+        await sessions.create(dataclasses.replace(old, id_hash="other"))
+    with pytest.raises(StoreUnavailable, match="OutOfMemoryError"):
+        await sessions.rotate("old", new)
+    with pytest.raises(StoreUnavailable, match="OutOfMemoryError"):
+        await limiter.hit("user:acme:alice", 600)
+    with pytest.raises(StoreUnavailable, match="OutOfMemoryError"):
+        await limiter.ban("user:acme:alice", 600)
+    assert await keys(admin, "*") == before, "nothing written, not even an index entry"
+    assert await sessions.get("old") is not None
+    assert await limiter.banned_until("ip:acme:192.0.2.9") is not None  # reads still work
+
+    # Deletions still work: a revocation and lifting a ban.
+    assert await sessions.revoke("old")
+    await limiter.clear("ip:acme:192.0.2.9")
+    assert await sessions.get("old") is None
+    assert await limiter.banned_until("ip:acme:192.0.2.9") is None
+
+    await admin.config_set("maxmemory", 0)
+    assert await limiter.hit("user:acme:alice", 600) == 2  # the refused hit counted nothing
 
 
 def eviction_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
