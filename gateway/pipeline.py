@@ -234,8 +234,13 @@ class Pipeline:
             return await self._handle(request, peer, peer_trusted, request_id)
         except BadRequest as exc:
             return self.error(request, exc.status, None, exc.reason, request_id)
-        except StoreUnavailable:
-            log.error("store unavailable; failing closed", extra={"request_id": request_id})
+        except StoreUnavailable as exc:
+            # The driver's error class only (OutOfMemoryError, ConnectionError, …): enough
+            # to tell a full Redis from a dead one, and no message that might hold data.
+            cause = type(exc.__cause__ or exc).__name__
+            log.error(
+                "store unavailable (%s); failing closed", cause, extra={"request_id": request_id}
+            )
             return self.error(request, 503, None, "temporarily unavailable", request_id)
         except Exception:
             # Fail closed: whatever went wrong, the request does not pass.

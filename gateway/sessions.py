@@ -146,8 +146,13 @@ class SessionManager(RevocationFollower):
 
     # --- reading (the hot path) -------------------------------------------------
 
-    async def load(self, session_id: str, tenant: str) -> ActiveSession | None:
-        """The live session for this cookie value in this tenant, or None."""
+    async def load(
+        self, session_id: str, tenant: str, *, touch: bool = True
+    ) -> ActiveSession | None:
+        """The live session for this cookie value in this tenant, or None.
+
+        `touch=False` only reads (logout: a Redis that refuses writes, being full,
+        still deletes, so a sign-out must not hang on the once-a-minute write)."""
         if not 20 <= len(session_id) <= 128:
             return None
         id_hash = self._hashes.get(session_id)
@@ -184,7 +189,7 @@ class SessionManager(RevocationFollower):
             self._cache.pop(id_hash, None)
             await self.store.revoke(id_hash)
             return None
-        if now - record.last_seen >= TOUCH_INTERVAL:
+        if touch and now - record.last_seen >= TOUCH_INTERVAL:
             return await self._once(
                 ("touch", id_hash, self._epoch), lambda: self._touch(active, now)
             )

@@ -423,7 +423,7 @@ class LoginPages:
         runtime = self._runtime()
         cookie = req.request.cookies.get(self.config.sessions.cookie_name)
         if req.request.method in ("GET", "HEAD"):
-            active = await runtime.sessions.load(cookie, tenant.id) if cookie else None
+            active = await runtime.sessions.load(cookie, tenant.id, touch=False) if cookie else None
             html = self.renderer.render_logout(
                 branding=self.branding(tenant),
                 csrf_token=runtime.csrf.issue(f"presession:{presession}"),
@@ -444,7 +444,8 @@ class LoginPages:
                 403,
             )
         if cookie:
-            active = await runtime.sessions.load(cookie, tenant.id)
+            # Reads only: signing out needs no write but the deletion.
+            active = await runtime.sessions.load(cookie, tenant.id, touch=False)
             everywhere = active is not None and bool(form[EVERYWHERE_FIELD])
             if active is not None and everywhere:
                 await runtime.sessions.revoke_user(tenant.id, active.user.id)

@@ -170,6 +170,7 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
         await handle.close()
         await db.close()
         raise StoreUnavailable("sessions.store: Redis does not answer")
+    await handle.warn_if_evicting()
     handle.follow_failovers()
     client = handle.client
     prefix = config.sessions.redis_prefix

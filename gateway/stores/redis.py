@@ -72,6 +72,8 @@ REPLICA_WAIT_MS = 500
 LIVENESS_INTERVAL = 5.0
 LIVENESS_TIMEOUT = 3.0
 _LIVENESS_PING = "authgate-liveness"
+# How long the start-up look at `maxmemory-policy` may take (it only ever logs).
+POLICY_CHECK_TIMEOUT = 2.0
 
 
 class _Silent(Exception):
@@ -143,6 +145,55 @@ class RedisHandle:
             return bool(await _guard(lambda: self.client.ping()))
         except StoreUnavailable:
             return False
+
+    async def warn_if_evicting(self) -> None:
+        """Log a WARNING when a server may evict keys (`maxmemory-policy` other than
+        `noeviction`). Every key of ours has a TTL, so even a `volatile-*` policy may
+        drop a ban or a rate-limit counter when memory runs out, and brute-force
+        regulation stops holding without a sound; with `noeviction` a full Redis
+        refuses writes instead, and the gateway fails closed. Asked once, at start;
+        a server that forbids CONFIG (managed Redis often does) is left unjudged."""
+        for name, policy, maxmemory in await self._memory_policies():
+            if policy == "noeviction":
+                continue
+            limit = f"maxmemory {maxmemory}" if maxmemory != "0" else "maxmemory not set yet"
+            log.warning(
+                "redis %s: maxmemory-policy is %s (%s): once memory is full, Redis silently"
+                " evicts keys, rate-limit counters and bans among them (all have a TTL, so"
+                " volatile-* policies take them too): brute-force regulation then stops"
+                " holding without an error, and sessions vanish (users signed out). Set"
+                " maxmemory-policy noeviction: a full Redis then refuses writes and the"
+                " gateway fails closed (503).",
+                name,
+                policy,
+                limit,
+            )
+
+    async def _memory_policies(self) -> list[tuple[str, str, str]]:
+        """(server, maxmemory-policy, maxmemory) of each master; [] when not allowed."""
+        if isinstance(self.client, RedisCluster):
+            nodes: list[Any] = self.client.get_primaries()
+            targets = [(node.name, {"target_nodes": node}) for node in nodes]
+        else:
+            targets = [(self._name(), {})]
+        found: list[tuple[str, str, str]] = []
+        for name, where in targets:
+            try:
+                async with asyncio.timeout(POLICY_CHECK_TIMEOUT):
+                    config = await self.client.config_get("maxmemory*", **where)
+            except _DRIVER_ERRORS as exc:
+                log.debug("redis %s: cannot read maxmemory-policy (%s)", name, exc)
+                continue
+            policy = config.get("maxmemory-policy")
+            if isinstance(policy, str):
+                found.append((name, policy, str(config.get("maxmemory", "?"))))
+        return found
+
+    def _name(self) -> str:
+        if self.target.mode is RedisMode.SENTINEL:
+            return f"master of {self.target.service_name}"
+        host, port = self.target.nodes[0]
+        return f"{host}:{port}"
 
     async def close(self) -> None:
         if self.failovers is not None:
