@@ -229,10 +229,9 @@ def start_cluster(
     try:
         for _ in range(masters * (1 + replicas)):
             directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-"))
-            options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-            options += ("--cluster-node-timeout", str(node_timeout_ms))
-            options += _QUICK_SYNC
-            nodes.append(RedisServer(directory, spare_port(bus=True), options).start())
+            options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            options += ["--cluster-node-timeout", str(node_timeout_ms), *_QUICK_SYNC]
+            nodes.append(RedisServer(directory, spare_port(bus=True), tuple(options)).start())
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         redis_cli(
             nodes[0].port,
