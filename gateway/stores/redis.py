@@ -65,6 +65,8 @@ REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
 # How long a revocation waits for `wait_replicas` replicas to have it (see redis_urls).
 REPLICA_WAIT_MS = 500
+# Rounds of a Cluster revocation whose keys are redirected (MOVED, ASK: a reshard).
+_CLUSTER_ROUNDS = 3
 # A subscription silent this long is pinged, and one whose ping is not answered within
 # LIVENESS_TIMEOUT is opened again: a partition or a dead NAT entry closes nothing, and
 # redis-py's own health check only writes, so without this a dead subscription would
@@ -433,6 +435,24 @@ return 1
 """
 
 
+def _deletions(outcomes: Sequence[Any]) -> int:
+    """How many keys the DEL replies deleted; any error fails the revocation."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise StoreUnavailable(f"redis: {type(outcome).__name__}: {outcome}")
+    return sum(int(n) for n in outcomes)
+
+
+def _node_of(cluster: RedisCluster, key: str) -> Any:
+    try:
+        node = cluster.get_node_from_key(key)
+    except _DRIVER_ERRORS as exc:
+        raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+    if node is None:
+        raise StoreUnavailable(f"redis: no master serves the slot of {key!r}")
+    return node
+
+
 class RedisSessionStore:
     def __init__(
         self,
@@ -532,19 +552,77 @@ class RedisSessionStore:
         """DEL `keys`, one key per command (each may live in another slot); returns how
         many existed. With `wait_replicas`, answers only once that many replicas have
         the deletions, or after REPLICA_WAIT_MS with a warning: WAIT counts the writes
-        of its own connection, and a pipeline sends what goes to one node over one."""
+        of its own connection, so it follows the deletions on the connection that made
+        them (a pipeline sends what goes to one node over one)."""
+        if isinstance(self._r, RedisCluster) and self._replicas:
+            return await self._delete_in_cluster(keys)
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.delete(key)
-        for target in self._nodes_of(keys) if self._replicas else ():
-            pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS, **target)
+        if self._replicas:
+            pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
+        # A connection lost raises here, and redis-py sends the whole pipeline again.
         results: Sequence[Any] = await _guard(lambda: pipe.execute(raise_on_error=False))
-        deleted, acked = results[: len(keys)], results[len(keys) :]
-        for outcome in deleted:
-            if isinstance(outcome, Exception):
-                raise StoreUnavailable(f"redis: {type(outcome).__name__}: {outcome}")
-        # The deletions are done: a WAIT refused (an ACL without it) or short of replicas
-        # weakens only what a failover keeps, so it is reported, not failed on.
+        deleted = _deletions(results[: len(keys)])
+        self._check_acked(results[len(keys) :])
+        return deleted
+
+    async def _delete_in_cluster(self, keys: Sequence[str]) -> int:
+        """Each DEL goes to the master the client maps its key to, with a WAIT behind it
+        on that master's connection, and is never redirected by redis-py: a redirected
+        DEL would run on another connection, one the WAIT does not count. A key answered
+        MOVED, ASK or TRYAGAIN is deleted in a further round at the node named."""
+        count = 0
+        todo = {key: (_node_of(self._r, key), False) for key in keys}  # (node, ASKING first)
+        for _ in range(_CLUSTER_ROUNDS):
+            pipe = self._r.pipeline(transaction=False)
+            nodes: dict[str, Any] = {}
+            for key, (node, asking) in todo.items():
+                if asking:
+                    pipe.execute_command("ASKING", target_nodes=node)
+                pipe.execute_command("DEL", key, target_nodes=node)
+                nodes[node.name] = node
+            for node in nodes.values():
+                pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS, target_nodes=node)
+            results: Sequence[Any] = await _guard(
+                lambda p=pipe: p.execute(raise_on_error=False, allow_redirections=False)  # type: ignore[misc]
+            )
+            replies = iter(results)
+            redirected: dict[str, tuple[Any, bool]] = {}
+            deleted_on: set[str] = set()
+            for key, (node, asking) in todo.items():
+                if asking:
+                    next(replies)  # ASKING's OK (an error shows in the DEL after it)
+                outcome = next(replies)
+                if isinstance(outcome, redis.exceptions.TryAgainError):
+                    redirected[key] = (node, asking)
+                elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
+                    moved_to = self._r.get_node(host=outcome.host, port=outcome.port)
+                    if moved_to is None:
+                        raise StoreUnavailable(f"redis: {outcome} names an unknown node")
+                    asked = not isinstance(outcome, redis.exceptions.MovedError)
+                    redirected[key] = (moved_to, asked)
+                else:
+                    count += _deletions([outcome])
+                    deleted_on.add(node.name)
+            self._check_acked([a for n, a in zip(nodes, replies, strict=True) if n in deleted_on])
+            if not redirected:
+                return count
+            todo = redirected
+        raise StoreUnavailable("redis: a session's slot keeps moving; revocation not confirmed")
+
+    def _check_acked(self, acked: Sequence[Any]) -> None:
+        """The WAIT replies of masters that deleted something. A connection lost while
+        waiting is a master lost perhaps before its replicas had the deletion: not done.
+        A WAIT refused (an ACL without it) or short of replicas weakens only what a
+        failover keeps, so it is reported, not failed on."""
+        for outcome in acked:
+            if isinstance(outcome, Exception) and not isinstance(
+                outcome, redis.exceptions.ResponseError
+            ):
+                raise StoreUnavailable(
+                    f"redis: revocation not confirmed: {type(outcome).__name__}: {outcome}"
+                )
         if any(isinstance(n, Exception) or n < self._replicas for n in acked):
             log.warning(
                 "a revocation is not confirmed on %d replica(s) within %d ms (WAIT answered:"
@@ -553,16 +631,6 @@ class RedisSessionStore:
                 REPLICA_WAIT_MS,
                 ", ".join(map(str, acked)),
             )
-        return sum(int(n) for n in deleted)
-
-    def _nodes_of(self, keys: Sequence[str]) -> list[dict[str, Any]]:
-        """Where each WAIT must go: the pipeline's one connection, or in a Cluster each
-        master that holds one of `keys`."""
-        if not isinstance(self._r, RedisCluster):
-            return [{}]
-        owners = (self._r.get_node_from_key(key) for key in keys)
-        nodes = {node.name: node for node in owners if node is not None}
-        return [{"target_nodes": node} for node in nodes.values()]
 
     async def _members(self, index: str) -> list[SessionRecord]:
         ids = sorted(await _guard(lambda: self._r.smembers(index)))

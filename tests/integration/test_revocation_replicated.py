@@ -20,15 +20,19 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from gateway.config.model import Config, SessionsConfig
+from gateway.errors import StoreUnavailable
 from gateway.stores import Stores, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import REPLICA_WAIT_MS
 from tests.integration.servers import (
+    RedisCluster,
     RedisServer,
     redis_cli,
     start_cluster,
@@ -40,6 +44,7 @@ from tests.integration.servers import (
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 PREFIX = "authgate:"
+INDEXES = ("u:acme:u1", "t:acme")  # the indexes of record()'s sessions
 
 
 def record(user: str = "u1") -> SessionRecord:
@@ -49,6 +54,10 @@ def record(user: str = "u1") -> SessionRecord:
 
 def key(session: SessionRecord) -> str:
     return f"{PREFIX}s:{session.id_hash}"
+
+
+def slot_of(session: SessionRecord) -> int:
+    return key_slot(key(session).encode())
 
 
 @contextmanager
@@ -131,7 +140,7 @@ async def deployment(
 
 
 async def answered_only_after_the_replica(
-    replica: RedisServer, revocation: asyncio.Future[object]
+    replica: RedisServer, revocation: asyncio.Future[Any]
 ) -> None:
     """The revocation is still waiting while the replica is held, and done soon after."""
     await asyncio.sleep(0.2)
@@ -235,6 +244,97 @@ async def test_cluster_waits_on_the_master_that_held_each_session(tmp_path: Path
             await answered_only_after_the_replica(replica, everywhere)
         assert await asyncio.wait_for(everywhere, 2) == len(sessions)
         assert not any(on(replica, s) for s in holders[target.port])
+    finally:
+        await stores.close()
+        cluster.stop()
+
+
+def move_slot(cluster: RedisCluster, slot: int, source: RedisServer, target: RedisServer) -> None:
+    """Reshard `slot`, with its keys, from `source` to `target` (what `redis-cli --cluster
+    reshard` does), behind the back of a client that mapped the slots before."""
+    source_id = redis_cli(source.port, "cluster", "myid").strip()
+    target_id = redis_cli(target.port, "cluster", "myid").strip()
+    redis_cli(target.port, "cluster", "setslot", str(slot), "importing", source_id)
+    redis_cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
+    keys = redis_cli(source.port, "cluster", "getkeysinslot", str(slot), "100").split()
+    if keys:
+        migrate = ("migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys")
+        redis_cli(source.port, *migrate, *keys)
+    for node in cluster.masters():
+        redis_cli(node.port, "cluster", "setslot", str(slot), "node", target_id)
+    for _ in range(100):
+        try:
+            if cluster.owner(slot).port == target.port:
+                return
+        except RuntimeError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"slot {slot} never moved to {target.port}")
+
+
+async def test_cluster_waits_on_the_master_a_moved_slot_sent_the_deletion_to(
+    tmp_path: Path,
+) -> None:
+    """The client mapped the slots before a reshard: the DEL is redirected (MOVED) to
+    the new owner, so a WAIT sent to the old owner counts nothing of it."""
+    cluster = start_cluster(3, replicas=1)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        session = record("u7")
+        await stores.sessions.create(session)  # the client has the slots mapped now
+        slot = slot_of(session)
+        source = cluster.owner(slot)
+        target = next(m for m in cluster.masters() if m.port != source.port)
+        move_slot(cluster, slot, source, target)
+        replica = cluster.replica_of(target)
+        await wait_for(replica, session)
+        with held(replica):
+            # "log out everywhere": the index lives elsewhere, so nothing before the
+            # DEL itself meets the MOVED and corrects the client's map
+            everywhere = asyncio.ensure_future(stores.sessions.revoke_user("acme", "u7"))
+            await answered_only_after_the_replica(replica, everywhere)
+        assert await asyncio.wait_for(everywhere, 2) == 1
+        assert not on(replica, session)
+    finally:
+        await stores.close()
+        cluster.stop()
+
+
+async def test_cluster_a_master_lost_while_waiting_is_no_revocation_done(
+    tmp_path: Path,
+) -> None:
+    """The master deleted the session and died before its replica had it: the WAIT
+    fails on a broken connection. Answering the logout as done would be a lie, the
+    replica takes over with the session."""
+    cluster = start_cluster(3, replicas=1, node_timeout_ms=1000)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        # a session on another master than its user's indexes, which revoke also writes
+        indexes = {cluster.owner(key_slot(f"{PREFIX}{k}".encode())).port for k in INDEXES}
+        session = next(
+            s for s in iter(record, None) if cluster.owner(slot_of(s)).port not in indexes
+        )
+        await stores.sessions.create(session)
+        slot = slot_of(session)
+        master = cluster.owner(slot)
+        replica = cluster.replica_of(master)
+        await wait_for(replica, session)
+        with held(replica):
+            # The link dropped too, or the replica would read the deletion from its
+            # socket once it runs again
+            redis_cli(master.port, "client", "kill", "type", "replica")
+            logout = asyncio.ensure_future(stores.sessions.revoke(session.id_hash))
+            await asyncio.sleep(0.2)
+            master.stop(kill=True)  # before the replica has the deletion
+            try:
+                reported_done = bool(await asyncio.wait_for(logout, 5))
+            except StoreUnavailable:
+                reported_done = False
+        redis_cli(replica.port, "cluster", "failover", "takeover")
+        cluster.wait_for_new_owner(slot, master.port, 20)
+        survived = on(replica, session)
+        assert survived, "the test meant the replica to keep the session"
+        assert not reported_done, "a logout was answered as done; the session lives on"
     finally:
         await stores.close()
         cluster.stop()
