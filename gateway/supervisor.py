@@ -58,13 +58,23 @@ def install_event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def defer_reloads() -> Callable[[], bool]:
+    """Until the worker can reload, remember a SIGHUP instead of dying of it (its
+    default action) or dropping it: returns whether one came."""
+    asked: list[bool] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: asked.append(True))
+    return lambda: bool(asked)
+
+
 async def run_worker(
     config: Config,
     extensions: Sequence[Extension],
     ready: Callable[[GatewayServer], None] | None = None,
     last_good_policies: Mapping[str, PolicySet] | None = None,
+    reload_asked: Callable[[], bool] | None = None,
 ) -> None:
-    """Serve until SIGTERM (or SIGINT when standalone); SIGHUP reloads the policies."""
+    """Serve until SIGTERM (or SIGINT when standalone); SIGHUP reloads the policies
+    (and one that came while starting, as `reload_asked` tells, is obeyed once started)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     server = GatewayServer(config, extensions, last_good_policies)
@@ -74,6 +84,8 @@ async def run_worker(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
+    if reload_asked is not None and reload_asked():
+        server.reload()
     if ready is not None:
         ready(server)
     try:
@@ -106,13 +118,16 @@ def _worker_main(
 ) -> None:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A reload asked for while this worker is still starting must not kill it (SIGHUP's
-    # default action); it loads the files as they are now anyway.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A reload asked for while this worker is still starting must neither kill it nor be
+    # lost: the operator's SIGHUP is the remedy for an edit the file watcher cannot see
+    # (same size, mtime restored), and it may land in any worker's start-up.
+    reload_asked = defer_reloads()
     follow_parent(parent)
     install_event_loop_policy()
     try:
-        asyncio.run(run_worker(config, extensions, last_good_policies=last_good))
+        asyncio.run(
+            run_worker(config, extensions, last_good_policies=last_good, reload_asked=reload_asked)
+        )
     except OSError as exc:
         log.error("worker %d cannot serve: %s", os.getpid(), exc)
         sys.exit(3)

@@ -392,3 +392,64 @@ def test_a_worker_restarted_while_the_policy_is_broken_serves_what_its_siblings_
     finally:
         process.kill()
         process.wait()
+
+
+WORKER_THAT_STARTS_SLOWLY = """
+import asyncio, sys
+from pathlib import Path
+from gateway.config import load_config
+from gateway.supervisor import defer_reloads, install_event_loop_policy, run_worker
+
+config_file, starting, go = (Path(a) for a in sys.argv[1:4])
+reload_asked = defer_reloads()
+
+def slow_start(server):
+    async def wait_for_go():
+        starting.touch()
+        while not go.exists():
+            await asyncio.sleep(0.02)
+    server.hooks.startup.append(wait_for_go)
+
+install_event_loop_policy()
+asyncio.run(run_worker(load_config(config_file), [slow_start], reload_asked=reload_asked))
+"""
+
+
+def same_size(text: str, size: int = 160) -> str:
+    return text + "#" * (size - len(text)) + "\n"
+
+
+def test_a_sighup_sent_while_a_worker_starts_is_obeyed_once_it_has_started(
+    tmp_path: Path, plain_upstream: int
+) -> None:
+    """The watcher cannot see an edit that keeps the size and restores the mtime (some
+    deploy tools do); SIGHUP is then the operator's remedy, and a worker that was
+    still starting when it came must not drop it."""
+    port = free_port()
+    config = write_config(tmp_path, port, plain_upstream)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(same_size(POLICY_OPEN))
+    starting, go = tmp_path / "starting", tmp_path / "go"
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER_THAT_STARTS_SLOWLY, str(config), str(starting), str(go)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not starting.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert starting.exists(), drain_output(process)
+        before = os.stat(policy)
+        policy.write_text(same_size(POLICY_MORE_OPEN))
+        os.utime(policy, ns=(before.st_atime_ns, before.st_mtime_ns))  # invisible to a stat
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.2)  # the signal is delivered before the worker may go on
+        go.touch()
+        wait_until_up(port, process)
+        assert get(port, "/also/x")[0] == 200, "the SIGHUP sent while starting was lost"
+        assert process.poll() is None
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=15)
