@@ -1,7 +1,8 @@
 """A TCP relay to one server, on an event loop of its own in a thread (a stall of the
 test's loop does not stall the network): it can add a round-trip delay to every reply,
-and it can go silent like a network partition or a dead NAT entry, dropping bytes
-without closing anything (no FIN, no RST)."""
+it can go silent like a network partition or a dead NAT entry, dropping bytes
+without closing anything (no FIN, no RST), and it can cut a connection just as a reply
+comes back (the server did the work; the client never hears of it)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Relay:
         self._open: list[dict[str, bool]] = []
         self.port = 0
         self.connections = 0
+        self._cut_next: bytes | None = None
 
     def start(self) -> int:
         self._thread.start()
@@ -38,6 +40,18 @@ class Relay:
 
         done = threading.Event()
         self._loop.call_soon_threadsafe(lambda: (silence_all(), done.set()))
+        done.wait(5)
+
+    def cut_at_next_reply(self, starting_with: bytes = b"") -> None:
+        """The next reply from the server (on any connection) that starts with
+        `starting_with` is dropped and its connection closed both ways: the server did
+        the work, the client never hears of it."""
+
+        def arm() -> None:
+            self._cut_next = starting_with
+
+        done = threading.Event()
+        self._loop.call_soon_threadsafe(lambda: (arm(), done.set()))
         done.wait(5)
 
     def stop(self) -> None:
@@ -65,22 +79,32 @@ class Relay:
         self._open.append(state)
         for task in (
             asyncio.ensure_future(self._pump(client_r, server_w, state, 0.0)),
-            asyncio.ensure_future(self._pump(server_r, client_w, state, self._delay)),
+            asyncio.ensure_future(
+                self._pump(server_r, client_w, state, self._delay, also_close=server_w)
+            ),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
     async def _pump(
+        self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         state: dict[str, bool],
         delay: float,
+        also_close: asyncio.StreamWriter | None = None,
     ) -> None:
+        """Carry bytes one way; `also_close` (given for replies) is the other way's
+        writer, closed too when a reply is cut."""
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 if state["silent"]:
                     continue
+                cut = self._cut_next
+                if also_close is not None and cut is not None and data.startswith(cut):
+                    self._cut_next = None
+                    also_close.close()
+                    break
                 if delay:
                     await asyncio.sleep(delay)
                 writer.write(data)

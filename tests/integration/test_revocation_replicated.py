@@ -31,6 +31,7 @@ from gateway.errors import StoreUnavailable
 from gateway.stores import Stores, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import REPLICA_WAIT_MS
+from tests.integration.relay import Relay
 from tests.integration.servers import (
     RedisCluster,
     RedisServer,
@@ -196,6 +197,36 @@ async def test_a_replica_that_never_answers_delays_a_logout_by_the_bound_and_is_
         assert "not confirmed on 1 replica(s)" in caplog.text
     finally:
         await stores.close()
+
+
+async def test_a_logout_tried_again_after_its_answer_was_lost_still_waits(
+    master_and_replica: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    """The connection drops just as the master answers the deletion: the logout fails
+    (503) and the user tries again. The second DEL finds nothing left to delete, so it
+    writes nothing, and a WAIT counts only the writes of its own connection: the retry
+    must still not be answered before a replica has the first deletion. It holds
+    because Redis (7.0 here) sets a client's WAIT offset after every command, writes
+    or not; this test is what would notice a Redis that stops doing so."""
+    master, replica = master_and_replica
+    relay = Relay(("127.0.0.1", master.port))
+    port = relay.start()
+    stores = await opened(tmp_path, f"redis://127.0.0.1:{port}/0?wait_replicas=1")
+    try:
+        session = record()
+        await stores.sessions.create(session)
+        await wait_for(replica, session)
+        with held(replica):
+            relay.cut_at_next_reply(starting_with=b":")  # DEL's integer, not HMGET's array
+            with pytest.raises(StoreUnavailable):
+                await stores.sessions.revoke(session.id_hash)
+            again = asyncio.ensure_future(stores.sessions.revoke(session.id_hash))
+            await answered_only_after_the_replica(replica, again)
+        await asyncio.wait_for(again, 2)
+        assert not on(replica, session)
+    finally:
+        await stores.close()
+        relay.stop()
 
 
 async def test_a_server_that_refuses_wait_still_revokes_and_reports_it(
