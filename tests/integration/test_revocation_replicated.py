@@ -203,11 +203,11 @@ async def test_a_logout_tried_again_after_its_answer_was_lost_still_waits(
     master_and_replica: tuple[RedisServer, RedisServer], tmp_path: Path
 ) -> None:
     """The connection drops just as the master answers the deletion: the logout fails
-    (503) and the user tries again. The second DEL finds nothing left to delete, so it
-    writes nothing, and a WAIT counts only the writes of its own connection: the retry
-    must still not be answered before a replica has the first deletion. It holds
-    because Redis (7.0 here) sets a client's WAIT offset after every command, writes
-    or not; this test is what would notice a Redis that stops doing so."""
+    (503) and the user tries again, on a new connection, where the DEL finds nothing
+    left to delete and writes nothing. The retry must still not be answered before a
+    replica has the first deletion. It holds because Redis (7.0 here) moves a client's
+    WAIT offset to the master's after every command, writes or not; this test is what
+    would notice a Redis that only counted a connection's own writes."""
     master, replica = master_and_replica
     relay = Relay(("127.0.0.1", master.port))
     port = relay.start()
