@@ -551,9 +551,10 @@ class RedisSessionStore:
     async def _delete_replicated(self, keys: Sequence[str]) -> int:
         """DEL `keys`, one key per command (each may live in another slot); returns how
         many existed. With `wait_replicas`, answers only once that many replicas have
-        the deletions, or after REPLICA_WAIT_MS with a warning: WAIT counts the writes
-        of its own connection, so it follows the deletions on the connection that made
-        them (a pipeline sends what goes to one node over one)."""
+        the deletions, or after REPLICA_WAIT_MS with a warning. WAIT waits for the
+        master's replication offset as its connection last saw it, so it follows the
+        deletions on their connection, on the master that made them (a pipeline sends
+        what goes to one node over one)."""
         if isinstance(self._r, RedisCluster) and self._replicas:
             return await self._delete_in_cluster(keys)
         pipe = self._r.pipeline(transaction=False)
