@@ -19,6 +19,11 @@ class StoreUnavailable(AuthgateError):
     """A store could not answer; the request must fail closed (503)."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store answers reads and deletions but refuses writes (Redis at its
+    `maxmemory`): what only needs to read may go on."""
+
+
 class AuthError(AuthgateError):
     """Authentication failed; subclasses say how."""
 

@@ -16,6 +16,7 @@ import os
 import queue
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from gateway.config.model import LoggingConfig
@@ -127,3 +128,28 @@ def flush_logging() -> None:
     """Write every queued record and stop the writer thread (at process exit)."""
     if _writer is not None:
         _writer.stop()
+
+
+class Occasional:
+    """A warning for a state that recurs on every request (a full store): said at most
+    once per `every` seconds, with how often it came since it was last said."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger, self._message, self._every, self._clock = logger, message, every, clock
+        self._count = 0
+        self._next = float("-inf")
+
+    def note(self) -> None:
+        self._count += 1
+        now = self._clock()
+        if now < self._next:
+            return
+        self._logger.warning("%s (%d time(s) since last said)", self._message, self._count)
+        self._count = 0
+        self._next = now + self._every

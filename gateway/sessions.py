@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from gateway.config.model import SessionsConfig, TenantConfig
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreFull, StoreUnavailable
+from gateway.logs import Occasional
 from gateway.stores import (
     REVOCATIONS,
     EventBus,
@@ -123,6 +124,12 @@ class SessionManager(RevocationFollower):
         self._inflight: dict[tuple[str, str, int], asyncio.Future[ActiveSession | None]] = {}
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
+        self._full_warning = Occasional(
+            log,
+            "the session store is full and refuses writes: sessions are served unrefreshed"
+            " and nobody can sign in until memory is freed",
+            clock=monotonic,
+        )
 
     def settings(self, tenant: str) -> SessionsConfig:
         """The session settings of a tenant: its own lifetimes over the `sessions` section."""
@@ -258,7 +265,16 @@ class SessionManager(RevocationFollower):
         if now - record.created >= self.config.refresh_after:
             # Rolling refresh: an active session keeps its full lifetime.
             expires = max(expires, now + self._lifetime(record.tenant, record.remember))
-        if not await self.store.touch(active.id_hash, now, expires):
+        try:
+            touched = await self.store.touch(active.id_hash, now, expires)
+        except StoreFull:
+            # Only the write that extends the session is refused; the session itself was
+            # just read (or is cached within its bound), and a revocation is a deletion,
+            # which a full store still makes. Serve it as read: a full Redis then stops
+            # new sign-ins, not every user. The next request tries the write again.
+            self._full_warning.note()
+            return active
+        if not touched:
             self._cache.pop(active.id_hash, None)
             return None
         updated = ActiveSession(

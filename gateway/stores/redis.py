@@ -46,7 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreFull, StoreUnavailable
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
 from gateway.stores.redis_urls import (
     RedisMode,
@@ -94,6 +94,8 @@ _DRIVER_ERRORS = (
 async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
     try:
         return await operation()
+    except redis.exceptions.OutOfMemoryError as exc:
+        raise StoreFull(f"redis: {type(exc).__name__}: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from gateway.config.model import LoggingConfig
-from gateway.logs import QUEUE_LIMIT, _Writer, dropped_log_records
+from gateway.logs import QUEUE_LIMIT, Occasional, _Writer, dropped_log_records
 from gateway.metrics import Metrics
 from tests.unit.gateway.test_metrics import config
 
@@ -31,3 +33,21 @@ def test_json_lines_carry_extra_fields() -> None:
     line = JsonFormatter().format(record)
     assert '"tenant": "acme"' in line and '"message": "sign-in"' in line
     assert LoggingConfig().format == "json"
+
+
+def test_an_occasional_warning_is_said_once_a_period_with_how_often_it_came(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    warning = Occasional(logging.getLogger("test.occasional"), "store full", 60, lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.occasional"):
+        for second in (0, 1, 2, 59):
+            now[0] = second
+            warning.note()
+        now[0] = 61
+        warning.note()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "store full (1 time(s) since last said)",
+        "store full (4 time(s) since last said)",
+    ]
