@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -65,6 +66,12 @@ def make_config(
         server=server_cfg,
         storage=f"sqlite:///{tmp_path / 'authgate.db'}",
     )
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 StartGateway = Callable[..., Awaitable[str]]

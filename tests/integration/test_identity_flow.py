@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -108,12 +107,6 @@ async def add_alice(config: Config) -> tuple[User, str]:
         return alice, key
     finally:
         await stores.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def sign_in(browser: Browser, target: str) -> aiohttp.ClientResponse:

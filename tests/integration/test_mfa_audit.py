@@ -45,12 +45,6 @@ async def server(tmp_path: Path, upstream: TestServer) -> AsyncIterator[GatewayS
         await gateway.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def base_of(server: GatewayServer) -> str:
     host, port = server.addresses[0]
     return f"http://{host}:{port}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -61,12 +60,6 @@ def configure(
         passwords=CHEAP,
         mfa=MfaConfig(**mfa),  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def enrol_totp(config: Config, user_id: str) -> str:

@@ -57,12 +57,6 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A connection of the test's own to the private Redis (to fill it, look into it)."""
     connection = aioredis.Redis(port=redis_server.port, decode_responses=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -47,12 +46,6 @@ def configure(
         # A day-long window: a burst never straddles a window boundary in practice.
         regulation=RegulationConfig(max_retries=MAX_RETRIES, find_time=86400.0, ban_time=BAN_TIME),
     )
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture(params=["sql", "redis"])

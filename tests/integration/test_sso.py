@@ -8,7 +8,6 @@ Each `Browser` keeps the cookies of one host, as a real browser keeps host-only 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -85,12 +84,6 @@ async def add_user(config: Config, tenant: str, username: str) -> User:
         return user
     finally:
         await stores.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @dataclasses.dataclass
