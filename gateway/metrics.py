@@ -227,6 +227,14 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.policy_reloads.labels(result)
+        self.clock_offsets = Gauge(
+            "authgate_clock_offset_seconds",
+            "The shared store's clock minus this host's (Redis TIME or PostgreSQL),"
+            " as last read; more than a second wants NTP looked at.",
+            ("reference",),
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
         self._routes: dict[int, RouteMetrics] = {}
         self._tenants: dict[str, RouteMetrics] = {}
         self._decisions: dict[str, Any] = {}
@@ -305,6 +313,9 @@ class Metrics:
         if method not in SIGN_IN_METHODS or result not in SIGN_IN_RESULTS:
             raise ValueError(f"unknown sign-in method/result {method!r}/{result!r}")
         self.sign_ins.labels(tenant, method, result).inc()
+
+    def clock_offset(self, reference: str, offset: float) -> None:
+        self.clock_offsets.labels(reference).set(offset)
 
     def policy_reload(self, ok: bool) -> None:
         self.policy_reloads.labels("success" if ok else "failure").inc()

@@ -140,12 +140,15 @@ def open_second_factors(
     regulator: Regulator,
     box: SecretBox,
 ) -> SecondFactors:
-    """The service over a worker's open stores; keys derived from the encryption key."""
+    """The service over a worker's open stores; keys derived from the encryption key.
+    Times come from the sessions' clock (the store's time line every instance shares)."""
+    now: Callable[[], float] = getattr(sessions, "now", time.time)
     return SecondFactors(
         config,
         store,
         sessions,
         regulator,
-        TotpService(store, box, issuer=config.mfa.totp_issuer or "authgate"),
-        BackupCodes(store, box.derive("authgate backup-codes v1")),
+        TotpService(store, box, issuer=config.mfa.totp_issuer or "authgate", now=now),
+        BackupCodes(store, box.derive("authgate backup-codes v1"), now=now),
+        now=now,
     )

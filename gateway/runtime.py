@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from gateway.audit import AuditTrail, Event
+from gateway.clock import SharedClock
 from gateway.config.model import Config, TenantConfig
 from gateway.csrf import CsrfTokens
 from gateway.errors import ConfigError
@@ -75,6 +75,8 @@ class Runtime:
     geo: GeoService
     sign_ins: SignInGuard
     metrics: Metrics
+    # The store's time, which every instance stamps and compares shared state with.
+    clock: SharedClock
     _extra_closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def close(self) -> None:
@@ -104,18 +106,30 @@ async def open_runtime(
     # Taken before the users files are read: an edit made while the rest opens (a user
     # disabled at that moment) is still one the watcher follows.
     users_files_read_as = signatures(users_file_paths(config))
-    stores = with_users_files(await open_stores(config), config.tenants)
-    layered = stores.users if isinstance(stores.users, LayeredUserStore) else None
     metrics = metrics if metrics is not None else Metrics(config)
+    # Shared timestamps are stamped and compared on the store's clock (issue #8): the
+    # stores get it before it has been read, and it is read before anything serves.
+    clock = SharedClock(None, "local", on_offset=metrics.clock_offset)
+    stores = with_users_files(await open_stores(config, clock=clock.now), config.tenants)
+    layered = stores.users if isinstance(stores.users, LayeredUserStore) else None
     stores = timed_stores(stores, metrics)  # latency and errors of every store call
     try:
+        clock.attach(stores.time_source, stores.time_reference)
+        await clock.sample()
         sessions = SessionManager(
-            stores.sessions, stores.users, stores.events, config.sessions, tenants=config.tenants
+            stores.sessions,
+            stores.users,
+            stores.events,
+            config.sessions,
+            tenants=config.tenants,
+            now=clock.now,
         )
         await sessions.start()
-        signer = JwtSigner(stores.keys, box, issuer="authgate")
+        signer = JwtSigner(stores.keys, box, issuer="authgate", now=clock.now)
         await signer.start()
-        identifier = Identifier(config, sessions, stores.users, stores.apikeys, signer)
+        identifier = Identifier(
+            config, sessions, stores.users, stores.apikeys, signer, now=clock.now
+        )
         await identifier.start(stores.events)
     except BaseException:
         await stores.close()
@@ -137,15 +151,16 @@ async def open_runtime(
         sessions=sessions,
         hasher=PasswordHasher(config.passwords),
         signer=signer,
-        csrf=CsrfTokens(box.derive("authgate csrf v1")),
+        csrf=CsrfTokens(box.derive("authgate csrf v1"), now=clock.now),
         identifier=identifier,
         tenant_store=TenantStore(db, config.tenants),
-        sso=SsoCodes(sso_codes, stores.sessions, stores.users),
+        sso=SsoCodes(sso_codes, stores.sessions, stores.users, now=clock.now),
         audit=audit,
-        regulator=Regulator(stores.limiter, config.regulation, audit=audit),
+        regulator=Regulator(stores.limiter, config.regulation, audit=audit, now=clock.now),
         geo=geo,
         sign_ins=SignInGuard(geo, SignInHistory(db) if geo.enabled else None),
         metrics=metrics,
+        clock=clock,
         _extra_closers=closers,
     )
 
@@ -201,7 +216,7 @@ async def _prune(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(PRUNE_SECONDS)
         try:
-            await runtime.stores.sessions.prune_expired(time.time())
+            await runtime.stores.sessions.prune_expired(runtime.clock.now())
             await runtime.audit.prune()  # rows older than audit.retention
             await runtime.sso.prune()
         except Exception:
@@ -266,6 +281,8 @@ def identity_extension(server: GatewayServer) -> None:
         server.runtime = runtime
         server.hooks.identify = runtime.identifier
         server.hooks.readiness.append(runtime.stores.ping)
+        server.hooks.readiness.append(runtime.clock.ready)
+        tasks.append(asyncio.ensure_future(runtime.clock.follow()))
         tasks.append(asyncio.ensure_future(_follow_keys(runtime.signer)))
         tasks.append(asyncio.ensure_future(_prune(runtime)))
         # Database tenants are served without a restart: polled, and at once on an event.

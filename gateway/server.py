@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -128,6 +129,8 @@ class GatewayServer:
             self.reserved,
             identify=self.hooks.identify,
             challenge=self.hooks.challenge,
+            # Policies compare `auth_time` (stamped on the shared clock) with this.
+            now=self.runtime.clock.now if self.runtime is not None else time.time,
             metrics=self.metrics,
             locate_country=self.geo.country if self.geo.enabled else None,
             tenants=self.tenants,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.config.model import Config
 from gateway.errors import StoreUnavailable
@@ -104,6 +105,9 @@ class Stores:
     credentials: CredentialStore
     _pings: tuple[Callable[[], Awaitable[bool]], ...]
     _closers: tuple[Callable[[], Awaitable[None]], ...]
+    # The clock every instance shares (gateway.clock): which server, and how to read it.
+    time_reference: str = "local"
+    time_source: Callable[[], Awaitable[float]] | None = None  # None: the local clock
 
     async def ping(self) -> bool:
         """Readiness: every backing server answers."""
@@ -137,12 +141,41 @@ async def migrate_storage(config: Config) -> list[str]:
     raise StoreUnavailable(f"storage: unsupported URL scheme in {url.split(':', 1)[0]!r}")
 
 
+TimeSource = Callable[[], Awaitable[float]]
+
+
+def redis_source(client: Any) -> TimeSource:
+    """Redis `TIME`: (seconds, microseconds) on the server (a master, for Sentinel)."""
+
+    async def read() -> float:
+        answer = await client.time()
+        if isinstance(answer, dict):  # a Cluster client may answer per node: take one
+            answer = next(iter(answer.values()))
+        seconds, micros = answer
+        return int(seconds) + int(micros) / 1e6
+
+    return read
+
+
+def postgres_source(fetchone: Callable[..., Awaitable[Any]]) -> TimeSource:
+    """PostgreSQL's wall clock now (not `now()`, which is the transaction's start)."""
+
+    async def read() -> float:
+        row = await fetchone("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+        if row is None:
+            raise RuntimeError("PostgreSQL gave no time")
+        return float(row[0])
+
+    return read
+
+
 async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
     """Open every store the config names. Raises StoreUnavailable (or its subclass
     SchemaOutdated) when a backend cannot be reached or is not ready."""
     db = await open_database(config)
     session_url = config.sessions.store
     if session_url == "storage":
+        on_postgres = isinstance(db, postgres_backend.PostgresDatabase)
         return Stores(
             users=SqlUserStore(db),
             sessions=SqlSessionStore(db, clock),
@@ -154,6 +187,8 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
             credentials=SqlCredentialStore(db),
             _pings=(db.ping,),
             _closers=(db.close,),
+            time_reference="postgresql" if on_postgres else "local",
+            time_source=postgres_source(db.fetchone) if on_postgres else None,
         )
     if not redis_urls.is_redis_url(session_url):
         await db.close()
@@ -193,4 +228,6 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
         credentials=SqlCredentialStore(db),
         _pings=(db.ping, redis_ping),
         _closers=(handle.close, db.close),
+        time_reference="redis",
+        time_source=redis_source(client),
     )

@@ -709,10 +709,13 @@ async def _scan(client: Any, pattern: str) -> Any:
 # --- rate limiting -----------------------------------------------------------
 
 # KEYS: counter, registry (one slot: both carry the tag {<key>}).
-# ARGV: counter expire-at ms, window (registry member), registry ttl ms.
+# ARGV: counter time to live in ms, window (registry member), registry ttl ms.
+# Times to live, never moments: Redis counts them on its own clock, so a counter or a
+# ban lives as long as meant whatever this host's clock says (a moment from a host
+# whose clock lags Redis's is already past: the key would be deleted at once).
 _HIT = """
 local n = redis.call('INCR', KEYS[1])
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return n
@@ -746,9 +749,10 @@ class RedisRateLimiter:
         return f"{self._p}ban:{{{key}}}"
 
     async def hit(self, key: str, window_s: float) -> int:
-        start = math.floor(self._clock() / window_s) * window_s
+        now = self._clock()
+        start = math.floor(now / window_s) * window_s
         keys = [self._counter(key, float(window_s), float(start)), self._registry(key)]
-        args: list[str | int] = [_ms(start + window_s) + 1000, repr(float(window_s))]
+        args: list[str | int] = [_ms(start + window_s - now) + 1000, repr(float(window_s))]
         args.append(REGISTRY_TTL_MS)
         count = await _guard(lambda: self._hit(keys=keys, args=args))
         return int(count)
@@ -760,15 +764,16 @@ class RedisRateLimiter:
 
     async def ban(self, key: str, seconds: float) -> float:
         until = self._clock() + seconds
-        await _guard(lambda: self._r.set(self._ban(key), repr(until), pxat=_ms(until)))
+        ttl_ms = max(_ms(seconds), 1)
+        await _guard(lambda: self._r.set(self._ban(key), repr(until), px=ttl_ms))
         return until
 
     async def banned_until(self, key: str) -> float | None:
+        """The ban's end as its writer saw it, while Redis keeps the key: Redis times the
+        ban (its TTL), not a comparison with this host's clock, which may run ahead of
+        the writer's (the value is also a counter generation's name: never recomputed)."""
         value = await _guard(lambda: self._r.get(self._ban(key)))
-        if value is None:
-            return None
-        until = float(value)
-        return until if until > self._clock() else None
+        return None if value is None else float(value)
 
     async def clear(self, key: str) -> None:
         """Only the current window's counters matter to `hit`, so those are dropped."""

@@ -513,9 +513,15 @@ class SqlRateLimiter:
             "INSERT INTO rate_hits (key, window_s, window_start, count, expires)"
             " VALUES (?, ?, ?, 1, ?)"
             " ON CONFLICT (key, window_s) DO UPDATE SET"
-            " count = CASE WHEN rate_hits.window_start = excluded.window_start"
-            " THEN rate_hits.count + 1 ELSE 1 END,"
-            " window_start = excluded.window_start, expires = excluded.expires"
+            # A window only ever moves forward: a hit from an instance whose clock is
+            # behind (still in the window before) counts in the newer one instead of
+            # starting the count again (hits alternating between two clocks did).
+            " count = CASE WHEN excluded.window_start > rate_hits.window_start"
+            " THEN 1 ELSE rate_hits.count + 1 END,"
+            " window_start = CASE WHEN excluded.window_start > rate_hits.window_start"
+            " THEN excluded.window_start ELSE rate_hits.window_start END,"
+            " expires = CASE WHEN excluded.window_start > rate_hits.window_start"
+            " THEN excluded.expires ELSE rate_hits.expires END"
             " RETURNING count",
             key,
             float(window_s),
@@ -530,7 +536,7 @@ class SqlRateLimiter:
         start = math.floor(self._clock() / window_s) * window_s
         await self._db.execute(
             "UPDATE rate_hits SET count = count - 1"
-            " WHERE key = ? AND window_s = ? AND window_start = ? AND count > 0",
+            " WHERE key = ? AND window_s = ? AND window_start >= ? AND count > 0",
             key,
             float(window_s),
             start,

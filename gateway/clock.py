@@ -1,0 +1,123 @@
+"""One clock for the timestamps instances share (issue #8: instances on several hosts).
+
+Every instance writes absolute times into shared state (session `expires`, `last_seen`,
+`auth_time`, bans, rate-limit windows, signing-key `created`, SSO codes, WebAuthn
+challenges) and compares them with its own clock when another instance reads them. Two
+hosts never agree exactly, and a host whose NTP is broken may be off by minutes: its
+fixed windows fall apart from the others' (rate limits counted apart), bans and codes
+look over early or late, sessions idle out early, and the keys it signs with come of
+age early.
+
+So an instance does not use its own wall clock for shared state: it reads the clock of
+the store they all share (Redis `TIME` when sessions live in Redis, else PostgreSQL's
+`clock_timestamp()`), once at start and every `SAMPLE_INTERVAL` after, and keeps the
+difference (`offset`). `SharedClock.now()` is then `time.time() + offset`: every instance
+stamps and compares on the store's time line, to within a round trip. A sample whose
+round trip took longer than `MAX_ROUND_TRIP` is not trusted (the previous offset stays).
+
+The offset is also a health signal (the `authgate_clock_offset_seconds` gauge): more
+than `WARN_OFFSET` is logged as a warning (NTP wants looking at), more than `LOUD_OFFSET`
+as an error. It does not make the instance unready: on the store's time line it agrees
+with the others, and were the store's clock the wrong one, every instance would go
+unready together. What the store's clock cannot fix is the outside world's: upstreams
+check JWTs and phones make TOTP codes on their own clocks, so the store's host wants NTP
+as much as the gateways' do. An instance is not ready until its first reading. With
+SQLite (one host) there is nothing to agree with: the local clock is used as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from gateway.logs import Occasional
+
+log = logging.getLogger("authgate.clock")
+
+SAMPLE_INTERVAL = 60.0  # seconds between two readings of the store's clock
+MAX_ROUND_TRIP = 1.0  # seconds; a slower reading says too little about the offset
+WARN_OFFSET = 1.0  # seconds; NTP keeps hosts within tens of ms
+LOUD_OFFSET = 30.0  # seconds; one TOTP step: logged as an error
+
+Source = Callable[[], Awaitable[float]]
+
+
+class SharedClock:
+    """The store's time, as this host's wall clock plus a measured offset."""
+
+    def __init__(
+        self,
+        source: Source | None,
+        reference: str,
+        *,
+        local: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_offset: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._source: Source | None = None
+        self.reference = reference  # "redis", "postgresql" or "local" (no source)
+        self._local = local
+        self.offset = 0.0  # seconds to add to the local clock
+        self.sampled = True  # False until the first reading of a source
+        self._on_offset = on_offset
+        self._monotonic = monotonic
+        self.attach(source, reference)
+
+    def attach(self, source: Source | None, reference: str) -> None:
+        """Read `reference`'s clock through `source` from now on (None: the local clock)."""
+        self._source, self.reference = source, reference
+        self.sampled = source is None
+        self.offset = 0.0
+        self._warning = Occasional(
+            log,
+            f"this host's clock differs from the {reference} server's; check NTP on both",
+            every=600.0,
+            clock=self._monotonic,
+        )
+
+    def now(self) -> float:
+        return self._local() + self.offset
+
+    async def sample(self) -> float:
+        """Read the store's clock once; returns the offset in force after it. Raises
+        what the store raises (the previous offset stays)."""
+        if self._source is None:
+            return self.offset
+        before = self._local()
+        theirs = await self._source()
+        after = self._local()
+        if not 0 <= after - before <= MAX_ROUND_TRIP or not math.isfinite(theirs):
+            log.info("clock reading of the %s server skipped (slow answer)", self.reference)
+            return self.offset
+        self.offset = theirs - (before + after) / 2
+        self.sampled = True
+        if self._on_offset is not None:
+            self._on_offset(self.reference, self.offset)
+        if abs(self.offset) > LOUD_OFFSET:
+            log.error(
+                "this host's clock is %+.1f s off the %s server's; shared state follows"
+                " the %s server's clock, which must itself be right (JWTs, TOTP codes)",
+                -self.offset,
+                self.reference,
+                self.reference,
+            )
+        elif abs(self.offset) > WARN_OFFSET:
+            self._warning.note()
+            log.debug("clock offset to %s: %+.3f s", self.reference, self.offset)
+        return self.offset
+
+    async def ready(self) -> bool:
+        """Readiness: the store's clock was read (once is enough: the offset is kept)."""
+        return self.sampled
+
+    async def follow(self) -> None:
+        """Sample every SAMPLE_INTERVAL until cancelled; a failed reading is retried."""
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            try:
+                await self.sample()
+            except Exception as exc:
+                log.warning("could not read the %s server's clock: %s", self.reference, exc)

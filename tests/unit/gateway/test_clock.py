@@ -1,0 +1,69 @@
+"""SharedClock: the store's time line, read as an offset from this host's clock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gateway.clock import LOUD_OFFSET, MAX_ROUND_TRIP, SharedClock
+
+
+class FakeHost:
+    def __init__(self, local: float, store_ahead: float, round_trip: float = 0.002) -> None:
+        self.t = local
+        self.store_ahead = store_ahead
+        self.round_trip = round_trip
+
+    def local(self) -> float:
+        return self.t
+
+    async def store_time(self) -> float:
+        self.t += self.round_trip / 2
+        answer = self.t + self.store_ahead
+        self.t += self.round_trip / 2
+        return answer
+
+
+async def test_now_follows_the_store_clock() -> None:
+    host = FakeHost(1_000_000.0, store_ahead=-90.0)  # this host is 90 s ahead of the store
+    seen: list[tuple[str, float]] = []
+    clock = SharedClock(None, "local", local=host.local, on_offset=lambda r, o: seen.append((r, o)))
+    clock.attach(host.store_time, "redis")
+    assert not await clock.ready()  # not read yet: not ready
+    await clock.sample()
+    assert clock.offset == pytest.approx(-90.0, abs=1e-6)
+    assert clock.now() == pytest.approx(host.t - 90.0, abs=1e-6)
+    assert seen == [("redis", pytest.approx(-90.0, abs=1e-6))]
+
+
+async def test_far_off_is_said_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    host = FakeHost(1_000_000.0, store_ahead=LOUD_OFFSET + 5)
+    clock = SharedClock(host.store_time, "postgresql", local=host.local)
+    with caplog.at_level(logging.WARNING, "authgate.clock"):
+        await clock.sample()
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert "-35.0 s off the postgresql server's" in caplog.text
+    assert await clock.ready()  # on the store's time line it agrees with the others
+    caplog.clear()
+    host.store_ahead = 2.0
+    with caplog.at_level(logging.WARNING, "authgate.clock"):
+        await clock.sample()
+    assert "check NTP" in caplog.text
+
+
+async def test_a_slow_reading_keeps_the_previous_offset() -> None:
+    host = FakeHost(1_000_000.0, store_ahead=2.0)
+    clock = SharedClock(host.store_time, "redis", local=host.local)
+    await clock.sample()
+    host.store_ahead, host.round_trip = 50.0, MAX_ROUND_TRIP * 3
+    await clock.sample()
+    assert clock.offset == pytest.approx(2.0, abs=1e-6)
+    assert await clock.ready()
+
+
+async def test_without_a_store_clock_the_local_one_serves() -> None:
+    clock = SharedClock(None, "local", local=lambda: 42.0)
+    assert await clock.sample() == 0.0
+    assert clock.now() == 42.0
+    assert await clock.ready()
