@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ def redis_server() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
     server.stop(kill=True)
+    shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @pytest.fixture
