@@ -74,6 +74,8 @@ class Attempt:
     # back by `succeeded`), and its place there.
     ip_counter: str | None = None
     ip_count: int = 0
+    # The user's counter this attempt was counted in (given back by `unchecked`).
+    user_counter: str | None = None
 
     @property
     def banned(self) -> bool:
@@ -146,7 +148,9 @@ class Regulator:
                 return Attempt(False, self._retry_after(self.now() + self.config.ban_time))
             until = await self._ban(ukey, tenant, username=username, ip=ip)
             return Attempt(False, self._retry_after(until))
-        return Attempt(True, user_count=count, ip_counter=ip_counter, ip_count=ip_count)
+        return Attempt(
+            True, user_count=count, ip_counter=ip_counter, ip_count=ip_count, user_counter=counter
+        )
 
     async def failed(
         self,
@@ -192,6 +196,19 @@ class Regulator:
                 await self.limiter.release(attempt.ip_counter, self.config.find_time)
         except StoreUnavailable:
             log.warning("could not reset the failed-attempt counts after a correct factor")
+
+    async def unchecked(self, attempt: Attempt) -> None:
+        """The factor could not be checked (the user store did not answer): the attempt
+        was no guess, so both its counts are given back. Otherwise everyone who tries
+        again a few times while the database fails over is banned once it is back.
+        A limiter that cannot take them back leaves them (the strict side), and says so."""
+        try:
+            if attempt.user_counter is not None:
+                await self.limiter.release(attempt.user_counter, self.config.find_time)
+            if attempt.ip_counter is not None:
+                await self.limiter.release(attempt.ip_counter, self.config.find_time)
+        except StoreUnavailable:
+            log.warning("could not give back the counts of an attempt that was not checked")
 
     async def banned(
         self, tenant: str, username: str, ip: str | None, *, scope: str = FIRST_FACTOR

@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.audit import Event
 from gateway.config.model import Branding, Config, TenantConfig
 from gateway.csrf import new_presession_id, origin_allowed
+from gateway.errors import StoreUnavailable
 from gateway.geo import Response as GeoResponse
 from gateway.geo import SignInCheck, place_details
 from gateway.redirects import safe_return_url
@@ -284,7 +285,11 @@ class LoginPages:
             runtime.metrics.sign_in(tenant.id, "password", "banned")
             self._audit_login(req, Event.LOGIN_FAILURE, username, outcome="banned")
             return self._banned(req, attempt)
-        user = await self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
+        try:
+            user = await self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
+        except StoreUnavailable:
+            await runtime.regulator.unchecked(attempt)  # no guess was checked: no count
+            raise
         if user is None:
             runtime.metrics.sign_in(tenant.id, "password", "failure")
             await runtime.regulator.failed(tenant.id, username, req.client_ip, attempt)

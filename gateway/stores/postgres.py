@@ -3,16 +3,28 @@
 The schema is changed only by `authgate migrate`; opening checks the version and
 refuses an older schema with a message saying what to run, rather than failing
 later on a missing column in the middle of a login.
+
+Failover: a libpq multi-host URL (`postgresql://h1:5432,h2:5432/db`) lists the
+primary and its standbys. The gateway writes, so it connects only to a server that
+accepts writes (`target_session_attrs=read-write` unless the URL or
+PGTARGETSESSIONATTRS says otherwise), tries the hosts one after another with a
+deadline of its own for each (a hung host must not use up the time the next one
+needs), and starts with the host that last worked. A write refused as read-only
+(a server fenced or demoted under an open connection) is a 503, and makes the pool
+reconnect, so that it finds the new primary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
@@ -23,8 +35,15 @@ from gateway.stores.migrations import latest_version, migrate_postgres, postgres
 
 T = TypeVar("T")
 
+log = logging.getLogger("authgate.stores.postgres")
+
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 5.0  # a store that cannot answer in 5 s is treated as down
+# Of several hosts, each gets CONNECT_TIMEOUT shared out, but at least this (libpq's
+# minimal connect_timeout): enough for a server that answers, short enough that a
+# hung first host leaves the next one the time it needs within COMMAND_TIMEOUT.
+HOST_TIMEOUT = 2.0
+READ_WRITE = "read-write"
 
 _DRIVER_ERRORS = (
     OSError,
@@ -35,7 +54,10 @@ _DRIVER_ERRORS = (
 )
 
 
-async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
+async def _guard(
+    operation: Callable[[], Awaitable[T]],
+    on_read_only: Callable[[], Awaitable[None]] | None = None,
+) -> T:
     """Run a driver call, translating its errors to ours (fail closed). The deadline
     covers waiting for a pooled connection too: against a hung server, requests would
     otherwise queue behind the pool's ten connections for many times the timeout."""
@@ -44,8 +66,95 @@ async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
             return await operation()
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists(str(exc)) from exc
+    except asyncpg.ReadOnlySQLTransactionError as exc:
+        log.error(
+            "postgresql refused a write: the server is read-only (a standby, or a primary"
+            " fenced or demoted); failing closed%s",
+            ", reconnecting to find the primary" if on_read_only is not None else "",
+        )
+        if on_read_only is not None:
+            await on_read_only()
+        raise StoreUnavailable(f"postgresql: read-only server: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+
+
+def _hosts(url: str) -> list[tuple[str, int | None]]:
+    """The hosts of a libpq URL's authority, in order (`h1:5432,[::1]:5433,h3`).
+    Empty when the URL names its hosts otherwise (`?host=` or `?port=`, Unix sockets):
+    then asyncpg is left to handle them as a whole."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if "host" in query or "port" in query:
+        return []
+    hostspec = parts.netloc.rpartition("@")[2]
+    hosts: list[tuple[str, int | None]] = []
+    for entry in filter(None, hostspec.split(",")):
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = entry.partition(":")
+        hosts.append((unquote(host), int(port) if port.isdigit() else None))
+    return hosts
+
+
+def _session_attrs(url: str) -> str | None:
+    """What to pass as target_session_attrs: read-write unless the URL or the
+    environment chose (None: asyncpg reads it from there)."""
+    query = parse_qs(urlsplit(url).query)
+    if "target_session_attrs" in query or os.environ.get("PGTARGETSESSIONATTRS"):
+        return None
+    return READ_WRITE
+
+
+class _Connector:
+    """Opens connections for the pool (and for `authgate migrate`): each host of the
+    URL in turn, with a deadline per host, starting with the one that last worked."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._hosts = _hosts(url)
+        self._attrs = _session_attrs(url)
+        self._first = 0
+        count = max(1, len(self._hosts))
+        self._per_host = max(HOST_TIMEOUT, CONNECT_TIMEOUT / count)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        """`asyncpg.connect` to the first host that takes us (the pool passes the URL
+        and its own options: ours are used instead)."""
+        kwargs.pop("timeout", None)
+        if self._attrs is not None:
+            kwargs.setdefault("target_session_attrs", self._attrs)
+        if not self._hosts:
+            return await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT, **kwargs)
+        failures: list[str] = []
+        count = len(self._hosts)
+        for step in range(count):
+            index = (self._first + step) % count
+            host, port = self._hosts[index]
+            try:
+                conn = await asyncpg.connect(
+                    self._url, host=host, port=port, timeout=self._per_host, **kwargs
+                )
+            except _DRIVER_ERRORS as exc:
+                failures.append(f"{host}:{port or 5432} {_why(exc)}")
+                continue
+            if index != self._first:
+                log.warning("postgresql: %s:%s accepts writes; trying it first", host, port or 5432)
+                self._first = index
+            return conn
+        read_only = any("read-only" in failure for failure in failures)
+        summary = "no server accepts writes" if read_only else "no server answers"
+        raise asyncpg.exceptions.InternalClientError(f"{summary} ({'; '.join(failures)})")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        return "is read-only (a standby, or default_transaction_read_only)"
+    if isinstance(exc, TimeoutError):
+        return "did not answer in time"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @functools.lru_cache(maxsize=512)
@@ -64,18 +173,22 @@ def _rowcount(status: str) -> int:
 class _Connection:
     """Statements on one pooled connection (inside a transaction)."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, on_read_only: Callable[[], Awaitable[None]]) -> None:
         self._conn = conn
+        self._on_read_only = on_read_only
 
     async def execute(self, sql: str, *args: object) -> int:
-        status = await _guard(lambda: self._conn.execute(_numbered(sql), *args))
+        status = await _guard(lambda: self._conn.execute(_numbered(sql), *args), self._on_read_only)
         return _rowcount(str(status))
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
-        return list(await _guard(lambda: self._conn.fetch(_numbered(sql), *args)))
+        rows = await _guard(lambda: self._conn.fetch(_numbered(sql), *args), self._on_read_only)
+        return list(rows)
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
-        row: Row | None = await _guard(lambda: self._conn.fetchrow(_numbered(sql), *args))
+        row: Row | None = await _guard(
+            lambda: self._conn.fetchrow(_numbered(sql), *args), self._on_read_only
+        )
         return row
 
     @asynccontextmanager
@@ -96,22 +209,30 @@ class PostgresDatabase:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    async def _reconnect(self) -> None:
+        """A server refused a write as read-only: every pooled connection is replaced
+        at its next use, by one to a server that accepts writes (or none: 503)."""
+        await self._pool.expire_connections()
+
     async def execute(self, sql: str, *args: object) -> int:
-        status = await _guard(lambda: self._pool.execute(_numbered(sql), *args))
+        status = await _guard(lambda: self._pool.execute(_numbered(sql), *args), self._reconnect)
         return _rowcount(str(status))
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
-        return list(await _guard(lambda: self._pool.fetch(_numbered(sql), *args)))
+        rows = await _guard(lambda: self._pool.fetch(_numbered(sql), *args), self._reconnect)
+        return list(rows)
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
-        row: Row | None = await _guard(lambda: self._pool.fetchrow(_numbered(sql), *args))
+        row: Row | None = await _guard(
+            lambda: self._pool.fetchrow(_numbered(sql), *args), self._reconnect
+        )
         return row
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
         try:
             async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn, conn.transaction():
-                yield _Connection(conn)
+                yield _Connection(conn, self._reconnect)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
 
@@ -119,9 +240,15 @@ class PostgresDatabase:
         raise RuntimeError("Database.lock() holds only inside a transaction")
 
     async def ping(self) -> bool:
+        """Ready: the server answers and takes writes (a server fenced read-only under
+        an open connection is not; the pool then reconnects)."""
         try:
-            await self.fetchone("SELECT 1")
+            row = await self.fetchone("SELECT current_setting('transaction_read_only')")
         except StoreUnavailable:
+            return False
+        if row is not None and row[0] == "on":
+            log.error("postgresql: the server is read-only; not ready, reconnecting")
+            await self._reconnect()
             return False
         return True
 
@@ -132,7 +259,7 @@ class PostgresDatabase:
 async def connect(url: str) -> asyncpg.Connection:
     """One plain connection (for `authgate migrate`)."""
     try:
-        return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+        return await _Connector(url)()
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"postgresql: cannot connect: {exc}") from exc
 
@@ -152,6 +279,7 @@ async def open_postgres(url: str, *, min_size: int = 1, max_size: int = 10) -> P
     try:
         pool = await asyncpg.create_pool(
             url,
+            connect=_Connector(url),
             min_size=min_size,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,

@@ -9,6 +9,7 @@ When a binary is missing the test skips with the reason (fails under CI=true).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import random
@@ -550,20 +551,39 @@ class PostgresServer:
 
     directory: Path
     port: int
+    settings: tuple[str, ...] = ()  # extra `name=value` server settings (-c), this server only
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str) -> str:
         command = [str(PG_BIN / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, capture_output=True, check=True, timeout=60)
+        done = subprocess.run(command, capture_output=True, check=True, timeout=60, text=True)
+        return done.stdout
+
+    def sql(self, query: str) -> str:
+        """One query through psql (unaligned, tuples only); its output, stripped."""
+        return self._run(
+            "psql",
+            "-h",
+            str(self.directory),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtqc",
+            query,
+        ).strip()
 
     def start(self) -> PostgresServer:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
         options += " -c max_connections=200"
+        options += "".join(f" -c {setting}" for setting in self.settings)
         self._run(
             "pg_ctl",
             "-D",
@@ -592,17 +612,33 @@ class PostgresServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_postgres() -> PostgresServer:
+def postgres_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and its children (backends, WAL sender...) of a private server."""
+    master = int((server.directory / "data" / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+def _postgres_directory(prefix: str) -> Path:
+    """A temporary directory the server may write (owned by `postgres` under root)."""
     if not (PG_BIN / "initdb").exists():
         service_unavailable("PostgreSQL binaries", f"{PG_BIN}/initdb not found")
-    directory = Path(tempfile.mkdtemp(prefix="authgate-pg-"))
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
+            shutil.rmtree(directory, ignore_errors=True)
             service_unavailable("PostgreSQL", "running as root without a 'postgres' user")
         os.chown(directory, user.pw_uid, user.pw_gid)
-    server = PostgresServer(directory, spare_port())
+    return directory
+
+
+def start_postgres(settings: Sequence[str] = ()) -> PostgresServer:
+    """A fresh cluster (trust authentication; replication connections from 127.0.0.1
+    are allowed too, as initdb writes pg_hba.conf)."""
+    directory = _postgres_directory("authgate-pg-")
+    server = PostgresServer(directory, spare_port(), tuple(settings))
     try:
         server._run(
             "initdb",
@@ -618,4 +654,112 @@ def start_postgres() -> PostgresServer:
         return server.start()
     except BaseException:
         server.remove()
+        raise
+
+
+# A private server is killed, never a machine: the OS keeps what fsync would have
+# flushed, so fsync=off loses nothing these tests look at and saves seconds.
+_QUICK_PG = ("fsync=off", "shared_buffers=16MB", "wal_level=replica", "max_wal_senders=4")
+
+
+@dataclass
+class PostgresPair:
+    """A primary and a hot standby streaming from it (`pg_basebackup -R`): the setup an
+    operator fails over by promoting the standby. With `synchronous`, the primary
+    answers a commit only once the standby has flushed it, so nothing acknowledged is
+    lost by a failover; without, a commit may be (asynchronous replication)."""
+
+    primary: PostgresServer
+    standby: PostgresServer
+    frozen: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The libpq multi-host URL a client follows a failover with."""
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+            "/postgres?target_session_attrs=read-write"
+        )
+
+    def streaming(self) -> bool:
+        """The primary sees the standby streaming."""
+        try:
+            return self.primary.sql("SELECT state FROM pg_stat_replication") == "streaming"
+        except subprocess.SubprocessError:
+            return False
+
+    def wait_streaming(self, timeout: float = START_TIMEOUT) -> None:
+        _wait(self.streaming, f"the standby on {self.standby.port} streaming", timeout)
+
+    def in_recovery(self, server: PostgresServer) -> bool:
+        return server.sql("SELECT pg_is_in_recovery()") == "t"
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary's postmaster and its backends (a crashed server, as far
+        as its clients can tell): their connections break at once."""
+        pids = postgres_pids(self.primary)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait(lambda: not Path(f"/proc/{pids[0]}").exists(), "the killed primary to exit", 5)
+
+    def freeze_primary(self) -> None:
+        """SIGSTOP the primary's processes: a hung server (or a machine gone silent),
+        whose connections neither answer nor break. `remove()` kills them."""
+        self.frozen = postgres_pids(self.primary)
+        for pid in self.frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def promote(self) -> None:
+        """`pg_ctl promote`, waiting until the standby accepts writes."""
+        self.standby._run("pg_ctl", "-D", str(self.standby.directory / "data"), "-w", "promote")
+
+    def remove(self) -> None:
+        for pid in self.frozen:  # a stopped postmaster would not hear pg_ctl
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.standby.remove()
+        self.primary.remove()
+
+
+def start_postgres_pair(*, synchronous: bool = True) -> PostgresPair:
+    """A primary and a standby in streaming replication, the standby streaming (and,
+    `synchronous`, the primary waiting for it) before this returns. Takes a few
+    seconds."""
+    sync = ("synchronous_standby_names='*'",) if synchronous else ()
+    primary = start_postgres((*_QUICK_PG, *sync))
+    standby: PostgresServer | None = None
+    try:
+        directory = _postgres_directory("authgate-pg-standby-")
+        standby = PostgresServer(directory, spare_port(), _QUICK_PG)
+        standby._run(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-D",
+            str(directory / "data"),
+            "-R",  # standby.signal and primary_conninfo
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        )
+        standby.start()
+        pair = PostgresPair(primary, standby)
+        pair.wait_streaming()
+        if synchronous:
+            _wait(
+                lambda: primary.sql("SELECT sync_state FROM pg_stat_replication") == "sync",
+                "the standby to be synchronous",
+            )
+        return pair
+    except BaseException:
+        if standby is not None:
+            standby.remove()
+        primary.remove()
         raise
