@@ -61,6 +61,14 @@ Clock = Callable[[], float]
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 5.0
+# Every store call answers within this, waiting for a pooled connection included: a
+# server that cannot answer in 5 s is treated as down (503), however many requests wait.
+COMMAND_TIMEOUT = SOCKET_TIMEOUT
+# Connections of one client (one worker process) to a server. More requests than this at
+# once wait for a free connection (within COMMAND_TIMEOUT), so a hung server holds no more
+# sockets than this. redis-py 8 limits its pools to 100 by itself, but refuses a command
+# past that (MaxConnectionsError): a burst of 150 sign-ins on a healthy server was 32 503s.
+MAX_CONNECTIONS = 100
 REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
 # How long a revocation waits for `wait_replicas` replicas to have it (see redis_urls).
@@ -92,12 +100,33 @@ _DRIVER_ERRORS = (
 
 
 async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a driver call within COMMAND_TIMEOUT, translating its errors to ours (fail
+    closed). The call runs as a task of its own that is given up on at the deadline: a
+    deadline put around it by cancellation (`asyncio.timeout`) was lost now and then when
+    it fell as the call got a pooled connection, and the call then waited out a socket
+    timeout of its own, 10 s in all (against a hung server, a quarter of the requests)."""
+    task: asyncio.Future[T] = asyncio.ensure_future(operation())
     try:
-        return await operation()
+        done, _ = await asyncio.wait((task,), timeout=COMMAND_TIMEOUT)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()  # redis-py closes the connection it was using
+        task.add_done_callback(_retrieve)
+        raise StoreUnavailable(f"redis: no answer within {COMMAND_TIMEOUT} s")
+    try:
+        return task.result()
     except redis.exceptions.OutOfMemoryError as exc:
         raise StoreFull(f"redis: {type(exc).__name__}: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Takes the outcome of a call given up on, so it is not logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 # --- connecting ----------------------------------------------------------------
@@ -341,13 +370,16 @@ class _FailoverWatch:
 
 def connect(url: str) -> aioredis.Redis:
     """A client for one `redis://` or `rediss://` server (connections open lazily)."""
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         for_redis_py(url),
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT,  # waiting for a free connection (see MAX_CONNECTIONS)
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=SOCKET_TIMEOUT,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 async def ping(client: Any) -> bool:
