@@ -9,6 +9,7 @@ When a binary is missing the test skips with the reason (fails under CI=true).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -28,6 +29,10 @@ from tests.conftest import service_unavailable
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 PG_BIN = Path(os.environ.get("AUTHGATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+# Every Redis server's directory (data, configs) lives under one per test run, removed
+# when the run ends: fixtures stop their servers but would leave hundreds of these.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="authgate-test-redis-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 START_TIMEOUT = 15.0
 # Any server may become a master; a full sync (a replica's first, a returning old
 # master's) then starts at once, not after the default 5 s wait for more replicas.
@@ -147,7 +152,7 @@ def _ping(port: int) -> bool:
 def start_redis(
     base: Path | None = None, *, appendonly: bool = False, options: Sequence[str] = ()
 ) -> RedisServer:
-    directory = Path(tempfile.mkdtemp(prefix="authgate-redis-", dir=base))
+    directory = Path(tempfile.mkdtemp(prefix="authgate-redis-", dir=base or _SCRATCH))
     extra = ("--appendonly", "yes", "--appendfsync", "always") if appendonly else ()
     return RedisServer(directory, spare_port(), (*extra, *options)).start()
 
@@ -229,7 +234,7 @@ def start_cluster(
     cluster = RedisCluster(nodes)
     try:
         for _ in range(masters * (1 + replicas)):
-            directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-"))
+            directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-", dir=_SCRATCH))
             options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             options += ["--cluster-node-timeout", str(node_timeout_ms), *_QUICK_SYNC]
             nodes.append(RedisServer(directory, spare_port(bus=True), tuple(options)).start())
@@ -317,7 +322,7 @@ class RedisSentinel:
 def start_sentinel(service: str = "authgate") -> RedisSentinel:
     binary, _ = require_redis()
     master = start_redis()
-    directory = Path(tempfile.mkdtemp(prefix="authgate-sentinel-"))
+    directory = Path(tempfile.mkdtemp(prefix="authgate-sentinel-", dir=_SCRATCH))
     sentinel = RedisSentinel(master, spare_port(), directory, service)
     conf = directory / "sentinel.conf"  # Sentinel rewrites its config: it must be writable
     conf.write_text(
@@ -470,7 +475,7 @@ def start_sentinel_group(
     and a restarted old master, which comes back as an (empty) master, is turned into
     a replica within a few seconds instead of the default 20 or so."""
     binary, _ = require_redis()
-    directory = Path(tempfile.mkdtemp(prefix="authgate-sentinels-"))
+    directory = Path(tempfile.mkdtemp(prefix="authgate-sentinels-", dir=_SCRATCH))
     group = SentinelGroup([], [], directory, service)
     quick_sync = _QUICK_SYNC
     try:
