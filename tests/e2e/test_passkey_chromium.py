@@ -139,7 +139,8 @@ async def test_register_a_passkey_on_the_account_page_then_sign_in_with_it(
     # Sign out.
     await tab.navigate(f"{origin}/.authgate/logout")
     await tab.evaluate("document.querySelector('form[action$=\"/logout\"]').submit()")
-    await until(tab, "document.cookie !== undefined && document.readyState === 'complete'")
+    # Wait for the answer to the POST: navigating on at once could cancel it unsent.
+    await until(tab, "document.title.startsWith('Signed out')")
     await tab.navigate(f"{origin}/members/")
     assert await until(tab, "location.pathname === '/.authgate/login' && location.href")
 
