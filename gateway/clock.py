@@ -38,6 +38,9 @@ from gateway.logs import Occasional
 log = logging.getLogger("authgate.clock")
 
 SAMPLE_INTERVAL = 60.0  # seconds between two readings of the store's clock
+# Until the first reading is taken (the one at start failed or was too slow to trust),
+# the instance is unready and its offset unknown: tried again this often, not once a minute.
+FIRST_SAMPLE_RETRY = 1.0
 MAX_ROUND_TRIP = 1.0  # seconds; a slower reading says too little about the offset
 WARN_OFFSET = 1.0  # seconds; NTP keeps hosts within tens of ms
 LOUD_OFFSET = 30.0  # seconds; one TOTP step: logged as an error
@@ -114,9 +117,10 @@ class SharedClock:
         return self.sampled
 
     async def follow(self) -> None:
-        """Sample every SAMPLE_INTERVAL until cancelled; a failed reading is retried."""
+        """Sample every SAMPLE_INTERVAL until cancelled; a failed reading is retried
+        (every FIRST_SAMPLE_RETRY while there has been none)."""
         while True:
-            await asyncio.sleep(SAMPLE_INTERVAL)
+            await asyncio.sleep(SAMPLE_INTERVAL if self.sampled else FIRST_SAMPLE_RETRY)
             try:
                 await self.sample()
             except Exception as exc:

@@ -76,6 +76,9 @@ class Attempt:
     ip_count: int = 0
     # The user's counter this attempt was counted in (given back by `unchecked`).
     user_counter: str | None = None
+    # The time just before its counts were taken: they are given back only while their
+    # window is still the current one (see Regulator._give_back).
+    counted_at: float = 0.0
 
     @property
     def banned(self) -> bool:
@@ -132,6 +135,7 @@ class Regulator:
         # in flight when its ban lands.
         ip_counter: str | None = None
         ip_count = 0
+        counted_at = self.now()
         if ikey is not None and scope == FIRST_FACTOR:
             ip_counter = await self._counter(ikey)
             ip_count = await self.limiter.hit(ip_counter, self.config.find_time)
@@ -143,13 +147,18 @@ class Regulator:
         count = await self.limiter.hit(counter, self.config.find_time)
         if count > self.config.max_retries:
             if ip_counter is not None:  # refused, never checked: not the IP's guess
-                await self.limiter.release(ip_counter, self.config.find_time)
+                await self._give_back(ip_counter, counted_at)
             if count > self.config.max_retries + 1:  # the one just before us is banning
                 return Attempt(False, self._retry_after(self.now() + self.config.ban_time))
             until = await self._ban(ukey, tenant, username=username, ip=ip)
             return Attempt(False, self._retry_after(until))
         return Attempt(
-            True, user_count=count, ip_counter=ip_counter, ip_count=ip_count, user_counter=counter
+            True,
+            user_count=count,
+            ip_counter=ip_counter,
+            ip_count=ip_count,
+            user_counter=counter,
+            counted_at=counted_at,
         )
 
     async def failed(
@@ -193,7 +202,7 @@ class Regulator:
         try:
             await self.limiter.clear(await self._counter(ukey))
             if attempt is not None and attempt.ip_counter is not None:
-                await self.limiter.release(attempt.ip_counter, self.config.find_time)
+                await self._give_back(attempt.ip_counter, attempt.counted_at)
         except StoreUnavailable:
             log.warning("could not reset the failed-attempt counts after a correct factor")
 
@@ -204,9 +213,9 @@ class Regulator:
         A limiter that cannot take them back leaves them (the strict side), and says so."""
         try:
             if attempt.user_counter is not None:
-                await self.limiter.release(attempt.user_counter, self.config.find_time)
+                await self._give_back(attempt.user_counter, attempt.counted_at)
             if attempt.ip_counter is not None:
-                await self.limiter.release(attempt.ip_counter, self.config.find_time)
+                await self._give_back(attempt.ip_counter, attempt.counted_at)
         except StoreUnavailable:
             log.warning("could not give back the counts of an attempt that was not checked")
 
@@ -244,6 +253,17 @@ class Regulator:
         (a reset would let racing attempts through; counts only ever go up)."""
         generation = await self.limiter.banned_until(_generation_key(key))
         return f"{key}@{generation!r}" if generation is not None else key
+
+    async def _give_back(self, counter: str, counted_at: float) -> None:
+        """Take back a count taken at `counted_at` or just after, if its fixed window is
+        still the current one. Once that window is over its count went with it, and a
+        release would take a count from the next window instead, one that may be a real
+        guess (attempts in flight at a window's edge, all given back, were as many more
+        guesses there). A count taken just after a window began is kept: the strict side."""
+        window = self.config.find_time
+        if math.floor(counted_at / window) != math.floor(self.now() / window):
+            return
+        await self.limiter.release(counter, window)
 
     async def _banned(self, ukey: str, ikey: str | None) -> Attempt | None:
         until = await self.limiter.banned_until(_ban_key(ukey))

@@ -42,8 +42,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from gateway.errors import StoreFull, StoreUnavailable
@@ -289,9 +290,21 @@ def open_redis(url: str) -> RedisHandle:
         health_check_interval=30,
         **_common_options(target),
     )
-    client = sentinel.master_for(target.service_name)
+    # A pool that waits for a free connection, as `connect` has: redis-py's Sentinel pool
+    # refuses a command past its 100 connections (MaxConnectionsError, a 503).
+    client = sentinel.master_for(
+        target.service_name,
+        connection_pool_class=_BlockingSentinelPool,
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT,
+    )
     watch = _FailoverWatch(sentinel, target.service_name, client.connection_pool)
     return RedisHandle(target, client, sentinel, watch)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's connections, found through the Sentinels, at most MAX_CONNECTIONS of
+    them; a command past that waits for a free one (within `timeout`) instead of failing."""
 
 
 class _Sentinel(Sentinel):

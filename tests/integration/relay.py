@@ -33,6 +33,10 @@ class Relay:
             raise RuntimeError("the relay did not start")
         return self.port
 
+    def set_delay(self, delay: float) -> None:
+        """Replies from now on come `delay` seconds late (open connections too)."""
+        self._delay = delay
+
     def silence(self) -> None:
         def silence_all() -> None:
             for state in self._open:
@@ -79,9 +83,7 @@ class Relay:
         self._open.append(state)
         for task in (
             asyncio.ensure_future(self._pump(client_r, server_w, state, 0.0)),
-            asyncio.ensure_future(
-                self._pump(server_r, client_w, state, self._delay, also_close=server_w)
-            ),
+            asyncio.ensure_future(self._pump(server_r, client_w, state, None, also_close=server_w)),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -91,11 +93,11 @@ class Relay:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         state: dict[str, bool],
-        delay: float,
+        delay: float | None,
         also_close: asyncio.StreamWriter | None = None,
     ) -> None:
         """Carry bytes one way; `also_close` (given for replies) is the other way's
-        writer, closed too when a reply is cut."""
+        writer, closed too when a reply is cut. `delay` None: the relay's, as it is now."""
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 if state["silent"]:
@@ -105,8 +107,9 @@ class Relay:
                     self._cut_next = None
                     also_close.close()
                     break
-                if delay:
-                    await asyncio.sleep(delay)
+                wait = self._delay if delay is None else delay
+                if wait:
+                    await asyncio.sleep(wait)
                 writer.write(data)
                 await writer.drain()
         writer.close()

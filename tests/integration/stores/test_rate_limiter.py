@@ -6,6 +6,8 @@ import asyncio
 import math
 import time
 
+from gateway.config.model import RegulationConfig
+from gateway.regulation import Regulator
 from tests.integration.stores.conftest import Backend
 
 WINDOW = 3600.0  # long enough that a test never straddles two windows in practice
@@ -99,3 +101,34 @@ async def test_a_redis_ban_lasts_its_time_on_redis_clock(backend: Backend) -> No
     await behind.ban("user:alice", 300)
     assert await ahead.banned_until("user:alice") is not None
     assert 290_000 < await backend.client.pttl(f"{backend.prefix}ban:{{user:alice}}") <= 300_000
+
+
+# --- counts given back (gateway.regulation) ------------------------------------------
+
+
+async def test_a_count_is_never_given_back_in_a_later_window(backend: Backend) -> None:
+    # Sign-ins counted just before a window ends whose password could not be checked
+    # (the user store timed out) gave their counts back in the next window, out of the
+    # guesses made there: each in flight at the edge was one more checked guess.
+    window = 60.0
+    now = [math.floor(time.time() / window) * window + window - 0.5]  # 0.5 s before the end
+    limiter = backend.limiter(clock=lambda: now[0])
+    regulator = Regulator(
+        limiter,
+        RegulationConfig(max_retries=3, find_time=window, ban_time=300.0),
+        now=lambda: now[0],
+    )
+    in_flight = [await regulator.attempt("acme", "alice", None) for _ in range(2)]
+    assert all(a.allowed for a in in_flight)
+    now[0] += 1.0  # the next window: the attacker's guesses there
+    guesses = []
+    for _ in range(2):
+        attempt = await regulator.attempt("acme", "alice", None)
+        guesses.append(attempt.allowed)
+        await regulator.failed("acme", "alice", None, attempt)
+    for attempt in in_flight:  # the user store's timeouts come back now
+        await regulator.unchecked(attempt)
+    while (attempt := await regulator.attempt("acme", "alice", None)).allowed:
+        guesses.append(True)
+        await regulator.failed("acme", "alice", None, attempt)
+    assert len(guesses) == 3, f"{len(guesses)} guesses checked in one window, 3 allowed"
