@@ -148,7 +148,8 @@ def redis_source(client: Any) -> TimeSource:
     """Redis `TIME`: (seconds, microseconds) on the server (a master, for Sentinel)."""
 
     async def read() -> float:
-        answer = await client.time()
+        # Through the stores' own guard: a deadline, and StoreUnavailable on failure.
+        answer = await redis_backend.guard(lambda: client.time())
         if isinstance(answer, dict):  # a Cluster client may answer per node: take one
             answer = next(iter(answer.values()))
         seconds, micros = answer

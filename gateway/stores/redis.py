@@ -111,6 +111,7 @@ async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
         done, _ = await asyncio.wait((task,), timeout=COMMAND_TIMEOUT)
     except asyncio.CancelledError:
         task.cancel()
+        task.add_done_callback(_retrieve)
         raise
     if not done:
         task.cancel()  # redis-py closes the connection it was using
@@ -122,6 +123,9 @@ async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
         raise StoreFull(f"redis: {type(exc).__name__}: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+guard = _guard  # for the few callers outside this module (the store's clock)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
