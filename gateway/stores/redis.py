@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
@@ -271,9 +271,10 @@ def open_redis(url: str) -> RedisHandle:
     if target.mode is RedisMode.STANDALONE:
         return RedisHandle(target, connect(url))
     if target.mode is RedisMode.CLUSTER:
-        cluster = RedisCluster(
+        cluster = _BoundedCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             health_check_interval=30,
+            max_connections=MAX_CONNECTIONS,
             **_common_options(target),
         )
         return RedisHandle(target, cluster)
@@ -304,6 +305,41 @@ def open_redis(url: str) -> RedisHandle:
     )
     watch = _FailoverWatch(sentinel, target.service_name, client.connection_pool)
     return RedisHandle(target, client, sentinel, watch)
+
+
+class _BoundedCluster(RedisCluster):
+    """A Cluster client that lets at most MAX_CONNECTIONS commands (or pipelines) run at
+    once; more wait for a place (within the store's deadline). Each uses at most one
+    connection of each node, so no node's pool of MAX_CONNECTIONS is ever exhausted:
+    redis-py's Cluster nodes have no waiting pool, and refuse a command past their limit
+    (MaxConnectionsError: a burst of 250 reads on one master was 150 503s)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._places = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._places:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py does
+
+
+class _BoundedPipeline(ClusterPipeline):
+    """A pipeline that takes one of its client's places while it runs."""
+
+    cluster_client: _BoundedCluster
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        async with self.cluster_client._places:
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
