@@ -8,7 +8,14 @@ import time
 
 from gateway.audit import Event, record_now
 from gateway.cli import EXIT_OK
-from gateway.cli.user import UsageError, add_tenant_option, find_user, pick_tenant, run_with_stores
+from gateway.cli.user import (
+    UsageError,
+    add_tenant_option,
+    find_user,
+    pick_tenant,
+    run_with_stores,
+    shared_now,
+)
 from gateway.config.durations import parse_duration
 from gateway.config.model import Config
 from gateway.stores import REVOCATIONS, ApiKey, Stores, api_key_revoked, new_id
@@ -43,7 +50,7 @@ def register(
 async def _create(args: argparse.Namespace, config: Config, stores: Stores) -> int:
     tenant = pick_tenant(config, args.tenant)
     user = await find_user(stores, tenant, args.user)
-    now = time.time()
+    now = await shared_now(stores)
     expires = None
     if args.expires:
         try:
@@ -83,7 +90,7 @@ async def _list(args: argparse.Namespace, config: Config, stores: Stores) -> int
     names = {u.id: u.username for u in await stores.users.list(tenant)}
     user_id = (await find_user(stores, tenant, args.user)).id if args.user else None
     keys = await stores.apikeys.list(tenant, user_id)
-    now = time.time()
+    now = await shared_now(stores)
     for k in keys:
         if k.revoked:
             state = "revoked"

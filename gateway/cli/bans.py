@@ -7,7 +7,7 @@ import json
 import time
 
 from gateway.cli import EXIT_FAILURE, EXIT_OK
-from gateway.cli.user import run_with_stores
+from gateway.cli.user import run_with_stores, shared_now
 from gateway.config.model import Config
 from gateway.regulation import Regulator
 from gateway.stores import Stores
@@ -42,7 +42,7 @@ def _regulator(config: Config, stores: Stores) -> Regulator:
 
 async def _list(args: argparse.Namespace, config: Config, stores: Stores) -> int:
     bans = await _regulator(config, stores).list_bans()
-    now = time.time()
+    now = await shared_now(stores)
     if args.json:
         print(json.dumps([{"key": b.key, "until": b.until} for b in bans], indent=2))
         return EXIT_OK

@@ -15,8 +15,7 @@ import sys
 import time
 
 from gateway.cli import EXIT_FAILURE, EXIT_OK
-from gateway.cli.user import run_with_stores
-from gateway.clock import SharedClock
+from gateway.cli.user import run_with_stores, shared_now
 from gateway.config.model import Config
 from gateway.secretbox import load_secret_box
 from gateway.signing import (
@@ -70,17 +69,9 @@ def _state(key: SigningKey, signing_kid: str | None, now: float) -> str:
     return f"published until {_when(until)}" if until > now else "retired"
 
 
-async def _shared_now(stores: Stores) -> float:
-    """The time on the store's clock, which the gateways' key schedule runs on: a key
-    rotated from a host whose clock lags would come of age early everywhere."""
-    clock = SharedClock(stores.time_source, stores.time_reference)
-    await clock.sample()
-    return clock.now()
-
-
 async def _rotate(config: Config, stores: Stores, withdraw: bool) -> int:
     box = load_secret_box(config)
-    now = await _shared_now(stores)
+    now = await shared_now(stores)
     before = [k.kid for k in await stores.keys.list(retired_after=0.0 if withdraw else now)]
     try:
         new = await rotate_keys(stores.keys, box, now=now, withdraw=withdraw)
@@ -111,7 +102,7 @@ async def _rotate(config: Config, stores: Stores, withdraw: bool) -> int:
 
 
 async def _list(args: argparse.Namespace, stores: Stores) -> int:
-    now = await _shared_now(stores)
+    now = await shared_now(stores)
     keys = await stores.keys.list(retired_after=0.0)  # every key, even long retired
     signing = signing_key(keys, now)
     signing_kid = signing.kid if signing else None

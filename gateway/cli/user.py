@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.audit import Event, record_now
 from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
+from gateway.clock import SharedClock
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, StoreUnavailable
@@ -39,6 +40,15 @@ class UsageError(Exception):
 
 
 Body = Callable[[Config, Stores], Awaitable[int]]
+
+
+async def shared_now(stores: Stores) -> float:
+    """The time on the store's clock, which the gateways stamp and compare shared state
+    with (gateway.clock): a key, an expiry or a listing made from a host whose clock is
+    off would otherwise be off by as much everywhere."""
+    clock = SharedClock(stores.time_source, stores.time_reference)
+    await clock.sample()
+    return clock.now()
 
 
 def run_with_stores(args: argparse.Namespace, body: Body) -> int:
@@ -191,7 +201,7 @@ async def _add(args: argparse.Namespace, config: Config, stores: Stores) -> int:
     if not args.no_password:
         password = read_password(args.password_stdin)
         password_hash = await PasswordHasher(config.passwords).hash(password)
-    now = time.time()
+    now = await shared_now(stores)
     user = User(
         id=new_id(),
         tenant=tenant,

@@ -31,7 +31,7 @@ from gateway.config.loader import load_config
 from gateway.secretbox import load_secret_box
 from gateway.signing import PUBLISH_AHEAD, rotate_keys
 from gateway.stores.postgres import open_postgres
-from gateway.stores.sql import SqlKeyStore
+from gateway.stores.sql import SqlApiKeyStore, SqlKeyStore
 from tests.integration.browser import Browser, hidden
 from tests.integration.test_instances_behind_nginx import (
     APP,
@@ -230,3 +230,45 @@ async def test_an_instance_ninety_seconds_ahead_agrees_with_the_others(
         assert statuses[RETRIES] == 429, statuses
         for b in (real, ahead):  # and the ban holds on both, right password or not
             assert await sign_in(b) == 429
+
+
+async def test_an_api_key_made_from_a_host_ahead_expires_on_the_stores_clock(
+    tmp_path: Path, postgres_clean: str, redis_prefix: str
+) -> None:
+    """`authgate apikey create --expires 60s` run where the clock is 90 s ahead: the
+    gateways compare the expiry with the store's clock, so it must be stamped on it
+    (it lived 150 s; from a host behind, it would be born expired)."""
+    if not FAKETIME_LIB.exists():
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    key_file = tmp_path / "encryption.key"
+    key_file.write_text(secrets.token_urlsafe(48) + "\n")
+    config = instance_config(tmp_path / "cli", free_port(), free_port(), redis_prefix, key_file)
+    env = {**os.environ, "AUTHGATE_STORAGE": postgres_clean}
+
+    def authgate(*args: str, environment: dict[str, str], stdin: str = "") -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", *args, "-c", str(config)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    authgate("migrate", environment=env)
+    authgate("user", "add", "carol", "--password-stdin", environment=env, stdin=PASSWORD + "\n")
+    authgate(
+        "apikey", "create", "--user", "carol", "--name", "ci", "--expires", "60s",
+        environment=skewed_env(env),
+    )  # fmt: skip
+    db = await open_postgres(postgres_clean)
+    try:
+        tenant = load_config(config, env).tenants[0].id
+        (key,) = await SqlApiKeyStore(db).list(tenant)
+    finally:
+        await db.close()
+    assert key.expires is not None
+    lives = key.expires - time.time()
+    assert 50 < lives <= 61, f"a 60 s key lives {lives:.0f} s on the store's clock"
