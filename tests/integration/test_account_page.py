@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,12 +20,6 @@ from tests.integration.test_identity_flow import add_alice, sign_in
 from tests.integration.test_mfa_flow import ORIGIN, configure, post_code
 
 ACCOUNT = "/.authgate/account"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def signed_in(base: str, client: aiohttp.ClientSession, ua: str = "test") -> Browser:

@@ -11,7 +11,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +64,6 @@ def redis_server() -> Iterator[RedisServer]:
     server = start_redis(appendonly=True)
     yield server
     server.stop(kill=True)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def unique(name: str) -> str:

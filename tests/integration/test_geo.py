@@ -68,12 +68,6 @@ async def gateway(tmp_path: Path, upstream: TestServer) -> AsyncIterator[tuple[G
     await server.stop()
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def sign_in(browser: Browser, ip: str) -> aiohttp.ClientResponse:
     xff = {"X-Forwarded-For": ip}
     _, page = await browser.request("GET", "/.authgate/login?rd=http://app.test/x", **xff)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -55,12 +54,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def label_values(samples: Samples) -> set[str]:
     return {v for _, labels in samples for _, v in labels}
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def scrape(client: aiohttp.ClientSession, base: str) -> Samples:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -69,12 +69,6 @@ def redis_server() -> Iterator[RedisServer]:
     yield server
     server.stop(kill=True)
     shutil.rmtree(server.directory, ignore_errors=True)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def write_config(tmp_path: Path, upstream: str, storage: str, sessions: str) -> Path:

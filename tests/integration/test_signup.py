@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.config.model import Config
@@ -23,12 +21,6 @@ from tests.integration.test_mfa_flow import ORIGIN, configure
 
 SIGNUP = "/.authgate/signup"
 NEW_PASSWORD = "a long new password"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def with_signup(config: Config, **changes: object) -> Config:

@@ -5,12 +5,10 @@ shown nor accepted when posted to directly."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pyotp
-import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.config.model import Config
@@ -27,12 +25,6 @@ from tests.integration.test_mfa_flow import (
 )
 
 ACCOUNT = "/.authgate/account"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def offering(config: Config, **methods: tuple[str, ...]) -> Config:
