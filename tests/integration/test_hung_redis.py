@@ -31,7 +31,6 @@ from tests.integration.test_faults import (
     PASSWORD,
     RECOVERY,
     add_user,
-    client,
     configure,
     get,
     new_session,
@@ -39,7 +38,7 @@ from tests.integration.test_faults import (
     start,
 )
 
-__all__ = ["client", "redis_server"]  # fixtures, used by name
+__all__ = ["redis_server"]  # a fixture, used by name
 pytestmark = pytest.mark.redis
 
 BOUND = 3 * redis_store.COMMAND_TIMEOUT  # a generous multiple of a store call's deadline
