@@ -9,7 +9,6 @@ leads to a host this tenant protects (invariant 4).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mimetypes
 from collections.abc import Callable
@@ -414,8 +413,14 @@ class LoginPages:
             return None
         if runtime.hasher.needs_rehash(user.password_hash):
             rehashed = await runtime.hasher.hash(password)
-            with contextlib.suppress(NotFound):  # read-only users (a users file) keep theirs
+            try:
                 await runtime.stores.users.set_password(user.id, rehashed, user.updated)
+            except NotFound:
+                pass  # read-only users (a users file) keep theirs
+            except StoreUnavailable:
+                # The password was right; only the upgrade of its hash could not be
+                # written (a database fenced read-only, say). It is tried again next time.
+                log.warning("could not store an upgraded password hash; kept the old password hash")
         return user
 
     # --- sign out ------------------------------------------------------------------
