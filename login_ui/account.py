@@ -267,7 +267,8 @@ class AccountPages:
             attempt = await shared.attempt(req, visit, "totp", "totp")
             if not isinstance(attempt, Attempt):
                 return attempt
-            if not await factors.totp.confirm(user.id, item, form.get(CODE_FIELD, "")):
+            confirming = factors.totp.confirm(user.id, item, form.get(CODE_FIELD, ""))
+            if not await shared.factor_check(attempt, confirming):
                 await shared.failed(req, visit, attempt, "totp", "totp")
                 return self._back("failed")
             await factors.succeeded(visit.tenant.id, user.username)

@@ -14,14 +14,16 @@ code) and counted (`authgate_sign_ins_total`). A method the tenant does not offe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 from markupsafe import Markup
 
 from gateway.audit import Detail, Event
 from gateway.config.model import TenantConfig
+from gateway.errors import StoreUnavailable
 from gateway.identity.totp import Enrolment, clean_name, qr_svg
 from gateway.mfa import (
     AMR_BACKUP_CODE,
@@ -53,6 +55,9 @@ _NO_FACTOR = (
     "This page needs a second factor, and your account has none yet. "
     "Ask your administrator to help you set one up."
 )
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,16 @@ class Interstitial:
         self.runtime().metrics.sign_in(visit.tenant.id, metric, "banned")
         self.audit(req, visit, Event.MFA_FAILURE, outcome="banned", details={"method": method})
         return self.too_many(req, attempt.retry_after)
+
+    async def factor_check(self, attempt: Attempt, check: Awaitable[T]) -> T:
+        """The factor's check. A store that cannot answer checked no guess, so the
+        attempt's counts are given back: counted, the tries a user makes during an outage
+        banned them from the second factor once the store was back."""
+        try:
+            return await check
+        except StoreUnavailable:
+            await self.factors().regulator.unchecked(attempt)
+            raise
 
     async def failed(
         self, req: ReservedRequest, visit: Visit, attempt: Attempt, method: str, metric: str
@@ -345,7 +360,9 @@ class MfaPages:
         if not isinstance(attempt, Attempt):
             return attempt
         factors = self.shared.factors()
-        device = await factors.totp.verify(visit.active.user.id, form.get(CODE_FIELD, ""))
+        device = await self.shared.factor_check(
+            attempt, factors.totp.verify(visit.active.user.id, form.get(CODE_FIELD, ""))
+        )
         if device is None:
             return await self._wrong(req, visit, form, attempt, "totp", "totp")
         return await self._stepped_up(req, visit, form, AMR_TOTP, "totp", "totp")
@@ -361,7 +378,10 @@ class MfaPages:
         if not isinstance(attempt, Attempt):
             return attempt
         factors = self.shared.factors()
-        if not await factors.backup_codes.use(visit.active.user.id, form.get(CODE_FIELD, "")):
+        code = form.get(CODE_FIELD, "")
+        if not await self.shared.factor_check(
+            attempt, factors.backup_codes.use(visit.active.user.id, code)
+        ):
             return await self._wrong(req, visit, form, attempt, "backup_code", "backup_code")
         return await self._stepped_up(
             req, visit, form, AMR_BACKUP_CODE, "backup_code", "backup_code"
@@ -386,7 +406,8 @@ class MfaPages:
         if not isinstance(attempt, Attempt):
             return attempt
         device_id = form.get(DEVICE_FIELD, "")
-        if not await factors.totp.confirm(user.id, device_id, form.get(CODE_FIELD, "")):
+        code = form.get(CODE_FIELD, "")
+        if not await shared.factor_check(attempt, factors.totp.confirm(user.id, device_id, code)):
             await shared.failed(req, visit, attempt, "totp", "totp")
             pending = await factors.totp.pending(user.id, device_id, user.username)
             if pending is None:

@@ -242,13 +242,16 @@ class WebAuthnPages:
             return response
         runtime = self.shared.runtime()
         try:
-            assertion = await self.service().authenticate(
-                self._rp(req),
-                visit.tenant.id,
-                self._binding(visit),
-                Purpose.SECOND_FACTOR,
-                json.dumps(body.get("credential")),
-                user,
+            assertion = await self.shared.factor_check(
+                attempt,
+                self.service().authenticate(
+                    self._rp(req),
+                    visit.tenant.id,
+                    self._binding(visit),
+                    Purpose.SECOND_FACTOR,
+                    json.dumps(body.get("credential")),
+                    user,
+                ),
             )
         except WebAuthnError as exc:
             await self.shared.failed(req, visit, attempt, "webauthn", "passkey")
