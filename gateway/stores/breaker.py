@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 
 from gateway.errors import StoreUnavailable
@@ -43,8 +44,19 @@ WINDOW = 10.0  # s: a failure further than this from the one before starts the c
 COOL_OFF = 1.0  # s: the first cool-off once open
 MAX_COOL_OFF = 5.0  # s: the longest, while the store keeps failing its probes
 
-# Every breaker's openings, by store name: read by the metrics (gateway.metrics).
+# This process's breakers, and how often each store's opened: read by gateway.metrics.
+_breakers: weakref.WeakSet[Breaker] = weakref.WeakSet()
 openings: dict[str, int] = {}
+
+
+def circuits() -> dict[str, tuple[int, int]]:
+    """By store name: how many of this process's breakers are open now, and how many
+    times they opened."""
+    found = {name: (0, count) for name, count in openings.items()}
+    for breaker in list(_breakers):
+        open_now, count = found.get(breaker.name, (0, 0))
+        found[breaker.name] = (open_now + breaker.is_open, count)
+    return found
 
 
 class Breaker:
@@ -71,6 +83,7 @@ class Breaker:
         self._open_until: float | None = None  # None: closed
         self._probing = False
         self._opened_at = 0.0
+        _breakers.add(self)
 
     @property
     def is_open(self) -> bool:

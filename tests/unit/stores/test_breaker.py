@@ -246,3 +246,21 @@ async def test_the_redis_deadline_opens_it(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(StoreUnavailable, match="no answer"):
         await redis_store._guard(lambda: asyncio.Event().wait(), b)
     assert b.is_open
+
+
+def test_the_metrics_show_open_breakers_and_openings() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import _Circuits
+
+    before = breaker_module.circuits().get("metrics-test", (0, 0))[1]
+    b = Breaker("metrics-test", clock=Clock(), threshold=1)
+    b.record(b.admit(), False)
+    assert breaker_module.circuits()["metrics-test"] == (1, before + 1)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Circuits())
+    text = generate_latest(registry).decode()
+    assert 'authgate_store_circuit_open{store="metrics-test"} 1.0' in text
+    assert f'authgate_store_circuit_openings_total{{store="metrics-test"}} {before + 1}.0' in text
+    b.record(False, True)  # an answer closes it
+    assert breaker_module.circuits()["metrics-test"] == (0, before + 1)
