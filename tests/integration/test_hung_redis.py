@@ -107,9 +107,11 @@ async def test_a_burst_on_a_healthy_redis_waits_for_a_connection_and_passes(
     server, base = await start(config)
     try:
         cookies = [await new_session(server, user) for _ in range(250)]
+        opened = breaker.openings.get("redis", 0)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as burst:
             answers = await asyncio.gather(*(get(burst, base, "/members/x", c) for c in cookies))
         assert [status for status, _, _ in answers] == [200] * len(cookies)
+        assert breaker.openings.get("redis", 0) == opened, "a healthy Redis tripped the breaker"
         assert redis_connections(redis_server.port) <= redis_store.MAX_CONNECTIONS + 2
     finally:
         await server.stop()
