@@ -44,6 +44,12 @@ WINDOW = 10.0  # s: a failure further than this from the one before starts the c
 COOL_OFF = 1.0  # s: the first cool-off once open
 MAX_COOL_OFF = 5.0  # s: the longest, while the store keeps failing its probes
 
+
+class CircuitOpen(StoreUnavailable):
+    """Refused without asking the store: its breaker is open (a 503, like any
+    StoreUnavailable; a background writer may wait and try again instead)."""
+
+
 # This process's breakers, and how often each store's opened: read by gateway.metrics.
 _breakers: weakref.WeakSet[Breaker] = weakref.WeakSet()
 openings: dict[str, int] = {}
@@ -96,7 +102,7 @@ class Breaker:
         if self._open_until is None:
             return False
         if self._probing or self._clock() < self._open_until:
-            raise StoreUnavailable(f"{self.name}: circuit open")
+            raise CircuitOpen(f"{self.name}: circuit open")
         self._probing = True
         return True
 

@@ -264,3 +264,34 @@ def test_the_metrics_show_open_breakers_and_openings() -> None:
     assert f'authgate_store_circuit_openings_total{{store="metrics-test"}} {before + 1}.0' in text
     b.record(False, True)  # an answer closes it
     assert breaker_module.circuits()["metrics-test"] == (0, before + 1)
+
+
+async def test_the_audit_writer_keeps_a_row_while_the_circuit_is_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A row refused at once by an open breaker is tried again, not lost: before the
+    # breaker each attempt waited out the deadline, and rows queued meanwhile.
+    from typing import Any, cast
+
+    from gateway import audit
+    from gateway.stores import AuditLog
+
+    monkeypatch.setattr(audit, "CIRCUIT_RETRY_SECONDS", 0.0)
+    stored: list[Any] = []
+    refusals = [breaker_module.CircuitOpen("postgresql: circuit open")] * 3
+
+    class Store:
+        async def append(self, row: Any) -> None:
+            if refusals:
+                raise refusals.pop()
+            stored.append(row)
+
+    trail = audit.AuditTrail(cast(AuditLog, Store()), retention=0)
+    await trail.start()
+    try:
+        row = trail.record(audit.Event.LOGIN_SUCCESS, tenant="acme", user="u1")
+        await asyncio.wait_for(trail.flush(), 5.0)
+    finally:
+        await trail.stop()
+    assert stored == [row]
+    assert trail.stats().failed == 0 and trail.stats().written == 1
