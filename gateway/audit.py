@@ -21,11 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.stores import AuditEvent, AuditLog
+from gateway.stores.breaker import CircuitOpen
 
 log = logging.getLogger("authgate.audit")
 
 QUEUE_SIZE = 10_000  # rows waiting for the database; beyond this they are dropped
 PRUNE_SECONDS = 3600.0
+# While the database's circuit breaker is open, the writer waits this long and tries the
+# same row again (the rows queue meanwhile, up to QUEUE_SIZE) rather than lose each at once.
+CIRCUIT_RETRY_SECONDS = 0.5
 STOP_SECONDS = 5.0  # at shutdown, how long queued rows may take to reach the database
 
 # A detail value: what can appear in one JSON object field of an audit row.
@@ -234,7 +238,12 @@ class AuditTrail:
         while True:
             row = await self._queue.get()
             try:
-                await self.store.append(row)
+                while True:
+                    try:
+                        await self.store.append(row)
+                        break
+                    except CircuitOpen:
+                        await asyncio.sleep(CIRCUIT_RETRY_SECONDS)
                 self._written += 1
             except Exception:
                 # The log line already carries the event; the row is lost, loudly.

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 from gateway.config.model import Config, IPNetwork, RouteConfig, TenantConfig
 from gateway.reserved import ReservedRequest
 from gateway.stores import SessionStore, Stores
+from gateway.stores.breaker import circuits
 from policies import Action
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -372,6 +373,7 @@ class Metrics:
             body += generate_latest(gauges)
         dropped = CollectorRegistry(auto_describe=False)
         dropped.register(_DroppedLogRecords())
+        dropped.register(_Circuits())
         return body + generate_latest(dropped)
 
     async def _active(self) -> tuple[tuple[str, int], ...]:
@@ -447,6 +449,29 @@ class _DroppedLogRecords(Collector):
         )
         family.add_metric((), dropped_log_records())
         yield family
+
+
+class _Circuits(Collector):
+    """The stores' circuit breakers (gateway.stores.breaker) of the scraped worker."""
+
+    def collect(self) -> Iterable[Metric]:
+        states = circuits()
+        open_now = GaugeMetricFamily(
+            "authgate_store_circuit_open",
+            "Store circuit breakers open now (calls fail at once), by store (the scraped worker).",
+            labels=("store",),
+        )
+        opened = CounterMetricFamily(
+            "authgate_store_circuit_openings",
+            "Times a store's circuit breaker opened (the store stopped answering), by store"
+            " (the scraped worker).",
+            labels=("store",),
+        )
+        for name, (count_open, count_opened) in sorted(states.items()):
+            open_now.add_metric((name,), count_open)
+            opened.add_metric((name,), count_opened)
+        yield open_now
+        yield opened
 
 
 T = TypeVar("T")

@@ -149,7 +149,7 @@ def redis_source(client: Any) -> TimeSource:
 
     async def read() -> float:
         # Through the stores' own guard: a deadline, and StoreUnavailable on failure.
-        answer = await redis_backend.guard(lambda: client.time())
+        answer = await redis_backend.guard(lambda: client.time(), redis_backend.breaker_of(client))
         if isinstance(answer, dict):  # a Cluster client may answer per node: take one
             answer = next(iter(answer.values()))
         seconds, micros = answer

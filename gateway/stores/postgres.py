@@ -30,6 +30,7 @@ import asyncpg
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import AlreadyExists, SchemaOutdated
+from gateway.stores.breaker import Breaker
 from gateway.stores.database import Row
 from gateway.stores.migrations import latest_version, migrate_postgres, postgres_version
 
@@ -54,16 +55,38 @@ _DRIVER_ERRORS = (
 )
 
 
+class _NoServerAnswers(asyncpg.exceptions.InternalClientError):  # type: ignore[misc]
+    """No host of the URL took a connection for want of an answer (not read-only)."""
+
+
+# Failures that say the server is out (no answer in time, connection lost or refused),
+# which count toward opening the pool's breaker; anything else is an answer.
+_OUTAGES = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, _NoServerAnswers)
+
+
 async def _guard(
     operation: Callable[[], Awaitable[T]],
     on_read_only: Callable[[], Awaitable[None]] | None = None,
+    breaker: Breaker | None = None,
 ) -> T:
     """Run a driver call, translating its errors to ours (fail closed). The deadline
     covers waiting for a pooled connection too: against a hung server, requests would
-    otherwise queue behind the pool's ten connections for many times the timeout."""
+    otherwise queue behind the pool's ten connections for many times the timeout.
+    With a `breaker`, a call is refused at once while it is open, and the outcome is
+    reported to it (see gateway.stores.breaker)."""
+    probe = breaker.admit() if breaker is not None else False
+    answered: bool | None = None
     try:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return await operation()
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                result = await operation()
+        except asyncio.CancelledError:
+            raise  # the caller's: says nothing about the server
+        except BaseException as exc:
+            answered = not isinstance(exc, _OUTAGES)
+            raise
+        answered = True
+        return result
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists(str(exc)) from exc
     except asyncpg.ReadOnlySQLTransactionError as exc:
@@ -77,6 +100,9 @@ async def _guard(
         raise StoreUnavailable(f"postgresql: read-only server: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if breaker is not None:
+            breaker.record(probe, answered)
 
 
 def _hosts(url: str) -> list[tuple[str, int | None]]:
@@ -145,8 +171,11 @@ class _Connector:
                 self._first = index
             return conn
         read_only = any("read-only" in failure for failure in failures)
-        summary = "no server accepts writes" if read_only else "no server answers"
-        raise asyncpg.exceptions.InternalClientError(f"{summary} ({'; '.join(failures)})")
+        if read_only:
+            raise asyncpg.exceptions.InternalClientError(
+                f"no server accepts writes ({'; '.join(failures)})"
+            )
+        raise _NoServerAnswers(f"no server answers ({'; '.join(failures)})")
 
 
 def _why(exc: BaseException) -> str:
@@ -173,21 +202,28 @@ def _rowcount(status: str) -> int:
 class _Connection:
     """Statements on one pooled connection (inside a transaction)."""
 
-    def __init__(self, conn: Any, on_read_only: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, conn: Any, on_read_only: Callable[[], Awaitable[None]], breaker: Breaker
+    ) -> None:
         self._conn = conn
         self._on_read_only = on_read_only
+        self._breaker = breaker
 
     async def execute(self, sql: str, *args: object) -> int:
-        status = await _guard(lambda: self._conn.execute(_numbered(sql), *args), self._on_read_only)
+        status = await _guard(
+            lambda: self._conn.execute(_numbered(sql), *args), self._on_read_only, self._breaker
+        )
         return _rowcount(str(status))
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
-        rows = await _guard(lambda: self._conn.fetch(_numbered(sql), *args), self._on_read_only)
+        rows = await _guard(
+            lambda: self._conn.fetch(_numbered(sql), *args), self._on_read_only, self._breaker
+        )
         return list(rows)
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
         row: Row | None = await _guard(
-            lambda: self._conn.fetchrow(_numbered(sql), *args), self._on_read_only
+            lambda: self._conn.fetchrow(_numbered(sql), *args), self._on_read_only, self._breaker
         )
         return row
 
@@ -208,6 +244,7 @@ class _Connection:
 class PostgresDatabase:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._breaker = Breaker("postgresql")  # one per pool, so per worker
 
     async def _reconnect(self) -> None:
         """A server refused a write as read-only: every pooled connection is replaced
@@ -215,26 +252,43 @@ class PostgresDatabase:
         await self._pool.expire_connections()
 
     async def execute(self, sql: str, *args: object) -> int:
-        status = await _guard(lambda: self._pool.execute(_numbered(sql), *args), self._reconnect)
+        status = await _guard(
+            lambda: self._pool.execute(_numbered(sql), *args), self._reconnect, self._breaker
+        )
         return _rowcount(str(status))
 
     async def fetch(self, sql: str, *args: object) -> list[Row]:
-        rows = await _guard(lambda: self._pool.fetch(_numbered(sql), *args), self._reconnect)
+        rows = await _guard(
+            lambda: self._pool.fetch(_numbered(sql), *args), self._reconnect, self._breaker
+        )
         return list(rows)
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
         row: Row | None = await _guard(
-            lambda: self._pool.fetchrow(_numbered(sql), *args), self._reconnect
+            lambda: self._pool.fetchrow(_numbered(sql), *args), self._reconnect, self._breaker
         )
         return row
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
+        breaker = self._breaker
+        probe = breaker.admit()
+        pending = True  # until the breaker has heard how getting a connection went
         try:
-            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn, conn.transaction():
-                yield _Connection(conn, self._reconnect)
+            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn:
+                # A pooled connection proves nothing: its statements report to the breaker.
+                pending = False
+                breaker.record(probe, None)
+                async with conn.transaction():
+                    yield _Connection(conn, self._reconnect, breaker)
         except _DRIVER_ERRORS as exc:
+            if pending:
+                pending = False
+                breaker.record(probe, not isinstance(exc, _OUTAGES))
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if pending:  # cancelled while waiting for a connection
+                breaker.record(probe, None)
 
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")

@@ -49,6 +49,7 @@ from redis.backoff import NoBackoff
 
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
+from gateway.stores.breaker import Breaker
 from gateway.stores.redis_urls import (
     RedisMode,
     RedisTarget,
@@ -100,29 +101,82 @@ _DRIVER_ERRORS = (
 )
 
 
-async def _guard(operation: Callable[[], Awaitable[T]]) -> T:
+# Failures that say the server is out (no answer, connection lost), which count toward
+# opening its breaker; anything else it said (a reply error, a refused login) is an answer.
+_OUTAGES = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterUnreachableError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# Not outages: the server refused us (it answered), or our own pool is full.
+_NOT_OUTAGES = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.MaxClientsReachedError,
+    redis.exceptions.MaxConnectionsError,
+)
+
+
+def breaker_of(client: Any) -> Breaker:
+    """The circuit breaker of a client (made with it on first use): every store on
+    one client, its readiness ping included, shares it (see gateway.stores.breaker)."""
+    found: Breaker | None = getattr(client, "_authgate_breaker", None)
+    if found is None:
+        found = Breaker("redis")
+        client._authgate_breaker = found
+    return found
+
+
+async def _guard(operation: Callable[[], Awaitable[T]], breaker: Breaker | None = None) -> T:
     """Run a driver call within COMMAND_TIMEOUT, translating its errors to ours (fail
     closed). The call runs as a task of its own that is given up on at the deadline: a
     deadline put around it by cancellation (`asyncio.timeout`) was lost now and then when
     it fell as the call got a pooled connection, and the call then waited out a socket
-    timeout of its own, 10 s in all (against a hung server, a quarter of the requests)."""
-    task: asyncio.Future[T] = asyncio.ensure_future(operation())
+    timeout of its own, 10 s in all (against a hung server, a quarter of the requests).
+    With a `breaker`, a call is refused at once while it is open, and the outcome is
+    reported to it."""
+    probe = breaker.admit() if breaker is not None else False
+    answered: bool | None = None
     try:
-        done, _ = await asyncio.wait((task,), timeout=COMMAND_TIMEOUT)
-    except asyncio.CancelledError:
-        task.cancel()
-        task.add_done_callback(_retrieve)
-        raise
-    if not done:
-        task.cancel()  # redis-py closes the connection it was using
-        task.add_done_callback(_retrieve)
-        raise StoreUnavailable(f"redis: no answer within {COMMAND_TIMEOUT} s")
-    try:
-        return task.result()
+        task: asyncio.Future[T] = asyncio.ensure_future(operation())
+        try:
+            done, _ = await asyncio.wait((task,), timeout=COMMAND_TIMEOUT)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+            raise
+        if not done:
+            answered = False
+            task.cancel()  # redis-py closes the connection it was using
+            task.add_done_callback(_retrieve)
+            raise StoreUnavailable(f"redis: no answer within {COMMAND_TIMEOUT} s")
+        try:
+            result = task.result()
+        except BaseException as exc:
+            answered = not isinstance(exc, _OUTAGES) or isinstance(exc, _NOT_OUTAGES)
+            if isinstance(exc, asyncio.CancelledError):
+                answered = None
+            raise
+        answered = True
+        return result
     except redis.exceptions.OutOfMemoryError as exc:
         raise StoreFull(f"redis: {type(exc).__name__}: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if breaker is not None:
+            breaker.record(probe, answered)
+
+
+class _Guarded:
+    """A store on one client: its calls go through the client's breaker."""
+
+    _breaker: Breaker
+
+    async def _guard(self, operation: Callable[[], Awaitable[T]]) -> T:
+        return await _guard(operation, self._breaker)
 
 
 guard = _guard  # for the few callers outside this module (the store's clock)
@@ -180,7 +234,7 @@ class RedisHandle:
         command maps the slots, and redis-py (8.1) may send a command twice when
         many race through an unmapped cluster client."""
         try:
-            return bool(await _guard(lambda: self.client.ping()))
+            return bool(await _guard(lambda: self.client.ping(), breaker_of(self.client)))
         except StoreUnavailable:
             return False
 
@@ -437,7 +491,7 @@ def connect(url: str) -> aioredis.Redis:
 
 async def ping(client: Any) -> bool:
     try:
-        return bool(await _guard(lambda: client.ping()))
+        return bool(await _guard(lambda: client.ping(), breaker_of(client)))
     except StoreUnavailable:
         return False
 
@@ -540,7 +594,7 @@ def _node_of(cluster: RedisCluster, key: str) -> Any:
     return node
 
 
-class RedisSessionStore:
+class RedisSessionStore(_Guarded):
     def __init__(
         self,
         client: Any,
@@ -550,6 +604,7 @@ class RedisSessionStore:
         wait_replicas: int = 0,
     ) -> None:
         self._r: Any = client  # decode_responses=True: str in, str out (stubs say bytes|str)
+        self._breaker = breaker_of(client)
         self._p = _check_prefix(prefix)
         self._clock = clock
         self._replicas = wait_replicas
@@ -570,22 +625,22 @@ class RedisSessionStore:
         ttl_ms = max(_ms(record.expires - self._clock()), 1000)
         for index in (self._u(record.tenant, record.user_id), self._t(record.tenant)):
             args: list[str | int] = [record.id_hash, ttl_ms]
-            await _guard(lambda i=index, a=args: self._index_add(keys=[i], args=a))  # type: ignore[misc]
+            await self._guard(lambda i=index, a=args: self._index_add(keys=[i], args=a))  # type: ignore[misc]
 
     async def _unindex(self, tenant: str, user_id: str, id_hash: str) -> None:
-        await _guard(lambda: self._r.srem(self._u(tenant, user_id), id_hash))
-        await _guard(lambda: self._r.srem(self._t(tenant), id_hash))
+        await self._guard(lambda: self._r.srem(self._u(tenant, user_id), id_hash))
+        await self._guard(lambda: self._r.srem(self._t(tenant), id_hash))
 
     async def _write(self, record: SessionRecord) -> None:
         args: list[str | int] = [_ms(record.expires), *_fields(record)]
-        await _guard(lambda: self._create(keys=[self._s(record.id_hash)], args=args))
+        await self._guard(lambda: self._create(keys=[self._s(record.id_hash)], args=args))
 
     async def create(self, record: SessionRecord) -> None:
         await self._index(record)  # first: a session must never exist outside its index
         await self._write(record)
 
     async def get(self, id_hash: str) -> SessionRecord | None:
-        h = await _guard(lambda: self._r.hgetall(self._s(id_hash)))
+        h = await self._guard(lambda: self._r.hgetall(self._s(id_hash)))
         if not h:
             return None
         record = _record(id_hash, h)
@@ -593,7 +648,7 @@ class RedisSessionStore:
 
     async def touch(self, id_hash: str, last_seen: float, expires: float) -> bool:
         args: list[str | int] = [repr(last_seen), repr(expires), _ms(expires)]
-        done = await _guard(lambda: self._touch(keys=[self._s(id_hash)], args=args))
+        done = await self._guard(lambda: self._touch(keys=[self._s(id_hash)], args=args))
         return bool(done)
 
     async def rotate(self, old_hash: str, new: SessionRecord) -> bool:
@@ -601,19 +656,19 @@ class RedisSessionStore:
         already gone (revoked meanwhile), the new one is removed again, so a revoked
         session is never resurrected and a concurrent "log out everywhere", which
         sees both in the index, removes both."""
-        if not await _guard(lambda: self._r.exists(self._s(old_hash))):
+        if not await self._guard(lambda: self._r.exists(self._s(old_hash))):
             return False
         await self._index(new)
         await self._write(new)
         if not await self._delete_replicated([self._s(old_hash)]):
-            await _guard(lambda: self._r.delete(self._s(new.id_hash)))
+            await self._guard(lambda: self._r.delete(self._s(new.id_hash)))
             await self._unindex(new.tenant, new.user_id, new.id_hash)
             return False
         await self._unindex(new.tenant, new.user_id, old_hash)
         return True
 
     async def revoke(self, id_hash: str) -> bool:
-        owner = await _guard(lambda: self._r.hmget(self._s(id_hash), ["tenant", "user_id"]))
+        owner = await self._guard(lambda: self._r.hmget(self._s(id_hash), ["tenant", "user_id"]))
         deleted = await self._delete_replicated([self._s(id_hash)])
         if owner[0] is not None and owner[1] is not None:
             await self._unindex(owner[0], owner[1], id_hash)
@@ -626,13 +681,13 @@ class RedisSessionStore:
         count = 0
         done: set[str] = set()
         for _ in range(2):
-            ids = set(await _guard(lambda: self._r.smembers(index))) - done
+            ids = set(await self._guard(lambda: self._r.smembers(index))) - done
             if not ids:
                 break
             count += await self._delete_replicated([self._s(i) for i in sorted(ids)])
             done |= ids
-            await _guard(lambda i=ids: self._r.srem(index, *i))  # type: ignore[misc]
-            await _guard(lambda i=ids: self._r.srem(self._t(tenant), *i))  # type: ignore[misc]
+            await self._guard(lambda i=ids: self._r.srem(index, *i))  # type: ignore[misc]
+            await self._guard(lambda i=ids: self._r.srem(self._t(tenant), *i))  # type: ignore[misc]
         return count
 
     async def _delete_replicated(self, keys: Sequence[str]) -> int:
@@ -650,7 +705,7 @@ class RedisSessionStore:
         if self._replicas:
             pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
         # A connection lost raises here, and redis-py sends the whole pipeline again.
-        results: Sequence[Any] = await _guard(lambda: pipe.execute(raise_on_error=False))
+        results: Sequence[Any] = await self._guard(lambda: pipe.execute(raise_on_error=False))
         deleted = _deletions(results[: len(keys)])
         self._check_acked(results[len(keys) :])
         return deleted
@@ -672,7 +727,7 @@ class RedisSessionStore:
                 nodes[node.name] = node
             for node in nodes.values():
                 pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS, target_nodes=node)
-            results: Sequence[Any] = await _guard(
+            results: Sequence[Any] = await self._guard(
                 lambda p=pipe: p.execute(raise_on_error=False, allow_redirections=False)  # type: ignore[misc]
             )
             replies = iter(results)
@@ -721,13 +776,13 @@ class RedisSessionStore:
             )
 
     async def _members(self, index: str) -> list[SessionRecord]:
-        ids = sorted(await _guard(lambda: self._r.smembers(index)))
+        ids = sorted(await self._guard(lambda: self._r.smembers(index)))
         if not ids:
             return []
         pipe = self._r.pipeline(transaction=False)
         for id_hash in ids:
             pipe.hgetall(self._s(id_hash))
-        found: Sequence[dict[str, str]] = await _guard(lambda: pipe.execute())
+        found: Sequence[dict[str, str]] = await self._guard(lambda: pipe.execute())
         now = self._clock()
         live: list[SessionRecord] = []
         stale: list[str] = []
@@ -739,7 +794,7 @@ class RedisSessionStore:
             if record.expires > now:
                 live.append(record)
         if stale:
-            await _guard(lambda: self._r.srem(index, *stale))
+            await self._guard(lambda: self._r.srem(index, *stale))
         return sorted(live, key=lambda r: r.created)
 
     async def list_user(self, tenant: str, user_id: str) -> list[SessionRecord]:
@@ -751,7 +806,7 @@ class RedisSessionStore:
     async def count(self, tenant: str) -> int:
         """The tenant index's size: live sessions, plus expired ones not yet pruned
         (pruning runs hourly), so an upper bound that never loads a record."""
-        return int(await _guard(lambda: self._r.scard(self._t(tenant))))
+        return int(await self._guard(lambda: self._r.scard(self._t(tenant))))
 
     async def prune_expired(self, now: float) -> int:
         """Redis expires the sessions itself; this drops their index entries, a few
@@ -766,17 +821,17 @@ class RedisSessionStore:
         removed = 0
         cursor: Any = 0
         while True:
-            cursor, ids = await _guard(
+            cursor, ids = await self._guard(
                 lambda c=cursor: self._r.sscan(index, cursor=c, count=500)  # type: ignore[misc]
             )
             if ids:
                 pipe = self._r.pipeline(transaction=False)
                 for id_hash in ids:
                     pipe.exists(self._s(id_hash))
-                alive = await _guard(lambda p=pipe: p.execute())  # type: ignore[misc]
+                alive = await self._guard(lambda p=pipe: p.execute())  # type: ignore[misc]
                 gone = [i for i, present in zip(ids, alive, strict=True) if not present]
                 if gone:
-                    await _guard(lambda g=gone: self._r.srem(index, *g))  # type: ignore[misc]
+                    await self._guard(lambda g=gone: self._r.srem(index, *g))  # type: ignore[misc]
                     removed += len(gone)
             if int(cursor) == 0:
                 return removed
@@ -814,11 +869,12 @@ return 0
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(_Guarded):
     """Fixed-window counters: INCR + expiry + window registry in one script per hit."""
 
     def __init__(self, client: Any, prefix: str = "authgate:", clock: Clock = time.time) -> None:
         self._r: Any = client
+        self._breaker = breaker_of(client)
         self._p = _check_prefix(prefix)
         self._clock = clock
         self._hit = client.register_script(_HIT)
@@ -839,44 +895,44 @@ class RedisRateLimiter:
         keys = [self._counter(key, float(window_s), float(start)), self._registry(key)]
         args: list[str | int] = [_ms(start + window_s - now) + 1000, repr(float(window_s))]
         args.append(REGISTRY_TTL_MS)
-        count = await _guard(lambda: self._hit(keys=keys, args=args))
+        count = await self._guard(lambda: self._hit(keys=keys, args=args))
         return int(count)
 
     async def release(self, key: str, window_s: float) -> None:
         start = math.floor(self._clock() / window_s) * window_s
         keys = [self._counter(key, float(window_s), float(start))]
-        await _guard(lambda: self._release(keys=keys))
+        await self._guard(lambda: self._release(keys=keys))
 
     async def ban(self, key: str, seconds: float) -> float:
         until = self._clock() + seconds
         ttl_ms = max(_ms(seconds), 1)
-        await _guard(lambda: self._r.set(self._ban(key), repr(until), px=ttl_ms))
+        await self._guard(lambda: self._r.set(self._ban(key), repr(until), px=ttl_ms))
         return until
 
     async def banned_until(self, key: str) -> float | None:
         """The ban's end as its writer saw it, while Redis keeps the key: Redis times the
         ban (its TTL), not a comparison with this host's clock, which may run ahead of
         the writer's (the value is also a counter generation's name: never recomputed)."""
-        value = await _guard(lambda: self._r.get(self._ban(key)))
+        value = await self._guard(lambda: self._r.get(self._ban(key)))
         return None if value is None else float(value)
 
     async def clear(self, key: str) -> None:
         """Only the current window's counters matter to `hit`, so those are dropped."""
         registry = self._registry(key)
-        windows = await _guard(lambda: self._r.smembers(registry))
+        windows = await self._guard(lambda: self._r.smembers(registry))
         now = self._clock()
         doomed = [self._ban(key), registry]
         for text in windows:
             window_s = float(text)
             doomed.append(self._counter(key, window_s, math.floor(now / window_s) * window_s))
-        await _guard(lambda: self._r.delete(*doomed))
+        await self._guard(lambda: self._r.delete(*doomed))
 
     async def list_bans(self) -> list[Ban]:
         prefix = f"{self._p}ban:"
         now = self._clock()
         bans: list[Ban] = []
         async for name in _scan(self._r, prefix + "*"):
-            value = await _guard(lambda n=name: self._r.get(n))  # type: ignore[misc]
+            value = await self._guard(lambda n=name: self._r.get(n))  # type: ignore[misc]
             if value is not None and float(value) > now:
                 key = name[len(prefix) :]
                 if key.startswith("{") and key.endswith("}"):
@@ -987,7 +1043,7 @@ class RedisSubscription:
             await _close_pubsub(self._listener.pubsub)
 
 
-class RedisEventBus:
+class RedisEventBus(_Guarded):
     """Redis pub/sub: delivery is immediate, to every subscribed connection.
 
     Messages published while a subscriber is disconnected are lost (pub/sub keeps
@@ -1003,12 +1059,13 @@ class RedisEventBus:
         attempts: int = 1,
     ) -> None:
         self._r: Any = client
+        self._breaker = breaker_of(client)
         self._p = _check_prefix(prefix)
         self._new_pubsub = new_pubsub or (lambda: client.pubsub(ignore_subscribe_messages=True))
         self._attempts = max(attempts, 1)
 
     async def publish(self, channel: str, message: str) -> None:
-        await _guard(lambda: self._r.publish(self._p + channel, message))
+        await self._guard(lambda: self._r.publish(self._p + channel, message))
 
     async def subscribe(self, channel: str, callback: Callback) -> RedisSubscription:
         listener = _Listener(self._new_pubsub, self._p + channel, callback)

@@ -33,6 +33,7 @@ from gateway.stores.base import (
     User,
     normalize_username,
 )
+from gateway.stores.breaker import CircuitOpen
 from gateway.stores.database import Database, Row
 
 log = logging.getLogger(__name__)
@@ -637,6 +638,10 @@ class SqlEventBus:
                     max(cursor - LOOKBACK_IDS, 0),
                     channel,
                 )
+            except CircuitOpen:
+                # The breaker logged the outage once; a warning every poll would not add.
+                missed = True
+                continue
             except Exception:
                 # Keep polling: the bus must survive a database blip. Callers that
                 # need certainty also bound their cache lifetime (sessions.cache_ttl).

@@ -24,7 +24,7 @@ from gateway.config.model import Config, PasswordsConfig, SecretsConfig, Session
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
 from gateway.server import GatewayServer
-from gateway.stores import User, new_id, open_stores
+from gateway.stores import User, breaker, new_id, open_stores
 from gateway.stores.ids import hash_session_id, new_api_key
 from gateway.stores.postgres import COMMAND_TIMEOUT, migrate
 from tests.conftest import run_sync
@@ -275,10 +275,15 @@ async def test_a_hung_database_is_a_503_in_bounded_time_however_many_wait(
     postgres: PostgresServer,
     redis_server: RedisServer,
     client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Stopped, not dead: connections hang instead of failing. Sixty requests that each
     # need the database must not queue behind the pool's ten connections (they did:
     # up to 35 s, growing with the load); each gets its 503 within the store deadline.
+    # They open the pool's circuit breaker (gateway/stores/breaker.py): sixty more, sent
+    # after, get their 503 at once, and readiness says not ready at once. A first
+    # cool-off of 2 s, so that they surely fall within it (no probe among them).
+    monkeypatch.setattr(breaker, "COOL_OFF", 2.0)
     config = configure(tmp_path, str(upstream.make_url("")), postgres.url, redis_server.url)
     server, base = await start(config)
     pids = postgres_pids(postgres)
@@ -293,16 +298,42 @@ async def test_a_hung_database_is_a_503_in_bounded_time_however_many_wait(
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
-            answers = await asyncio.gather(*(unknown_key() for _ in range(60)))
+            first = [asyncio.ensure_future(unknown_key()) for _ in range(60)]
+            # Sent once most of the first have their 503 (the odd one of them may take
+            # two deadlines), so surely after the opening and within its cool-off.
+            while sum(task.done() for task in first) < 50:
+                await asyncio.sleep(0.05)
+            opened = time.monotonic()
+            later = await asyncio.gather(*(unknown_key() for _ in range(60)))
+            ready = await get(client, base, "/.authgate/ready")
+            ready_took = time.monotonic() - opened
+            answers = await asyncio.gather(*first)
             bypass = await get(client, base, "/public/x")
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+        resumed = time.monotonic()
         assert {status for status, _ in answers} == {503}
         slowest = max(seconds for _, seconds in answers)
         assert slowest < 3 * COMMAND_TIMEOUT, f"a request waited {slowest:.1f} s"
         assert bypass[0] == 200
+        assert ready_took < 2.0, f"{ready_took:.2f} s: not within the first cool-off"
+        assert {status for status, _ in later} == {503}  # fail closed
+        slowest_later = max(seconds for _, seconds in later)
+        assert slowest_later < 1.0, f"a request after the opening waited {slowest_later:.2f} s"
+        assert ready[0] == 503
+
+        # Back by itself: the unknown key is checked again (401), after a cool-off.
+        deadline = resumed + breaker.MAX_COOL_OFF + COMMAND_TIMEOUT
+        while (status := (await unknown_key())[0]) == 503:
+            assert time.monotonic() < deadline, "still 503 after SIGCONT"
+            await asyncio.sleep(0.05)
+        assert status == 401, status
+        print(
+            f"hung database: slowest first 503 {slowest:.2f} s, later ones within"
+            f" {slowest_later:.2f} s; back {time.monotonic() - resumed:.2f} s after SIGCONT"
+        )
     finally:
         await server.stop()
 

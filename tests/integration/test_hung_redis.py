@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.config.model import SessionsConfig
-from gateway.stores import open_stores
+from gateway.stores import breaker, open_stores
 from gateway.stores import redis as redis_store
 from tests.integration.browser import Browser, hidden
 from tests.integration.servers import RedisServer
@@ -107,9 +107,11 @@ async def test_a_burst_on_a_healthy_redis_waits_for_a_connection_and_passes(
     server, base = await start(config)
     try:
         cookies = [await new_session(server, user) for _ in range(250)]
+        opened = breaker.openings.get("redis", 0)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as burst:
             answers = await asyncio.gather(*(get(burst, base, "/members/x", c) for c in cookies))
         assert [status for status, _, _ in answers] == [200] * len(cookies)
+        assert breaker.openings.get("redis", 0) == opened, "a healthy Redis tripped the breaker"
         assert redis_connections(redis_server.port) <= redis_store.MAX_CONNECTIONS + 2
     finally:
         await server.stop()
@@ -287,5 +289,84 @@ async def test_redis_stopped_mid_sign_in_is_a_branded_503_and_no_session(
             return "authgate_session" in browser.cookies
 
         await until(signs_in, "signing in does not work again after SIGCONT")
+    finally:
+        await server.stop()
+
+
+async def test_once_redis_is_found_hung_later_requests_get_their_503_at_once(
+    tmp_path: Path,
+    upstream: TestServer,
+    redis_server: RedisServer,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The circuit breaker (gateway/stores/breaker.py): the first requests wait out the
+    # store deadline, and open it; until Redis answers a probe again, every later one
+    # is a 503 at once instead of holding its connection for COMMAND_TIMEOUT.
+    # A first cool-off of 2 s, so that a wave sent right after the opening surely
+    # falls within it (no probe among it); the cap stays as in production.
+    monkeypatch.setattr(breaker, "COOL_OFF", 2.0)
+    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
+    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
+    user = await add_user(config, "alice")
+    server, base = await start(config)
+    try:
+        cookies = [await new_session(server, user) for _ in range(250)]
+        first, second, trickle = cookies[:20], cookies[20:120], iter(cookies[120:])
+        assert (await get(client, base, "/members/x", cookies[0]))[0] == 200
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as burst:
+            with stopped(redis_server):
+                answers = await asyncio.gather(
+                    *(timed(get(burst, base, "/members/x", c)) for c in first)
+                )
+                assert {status for status, _ in answers} == {503}
+                # these found the store hung the slow way
+                assert min(seconds for _, seconds in answers) > 0.8 * redis_store.COMMAND_TIMEOUT
+                opened = time.monotonic()
+                answers = await asyncio.gather(
+                    *(timed(get(burst, base, "/members/x", c)) for c in second)
+                )
+                ready = await timed(get(client, base, "/.authgate/ready"))
+                fast_window = time.monotonic() - opened
+                assert fast_window < 2.0, f"the wave took {fast_window:.2f} s: not in a cool-off"
+                assert {status for status, _ in answers} == {503}  # fail closed
+                slowest = max(seconds for _, seconds in answers)
+                assert slowest < 1.0, f"a request after the opening waited {slowest:.2f} s"
+                assert ready[0] == 503 and ready[1] < 1.0, ready
+                # Hung on: one request every 0.2 s for 8 s. All are 503s; only the few
+                # probes (one per cool-off: 2, 4, then 5 s) wait out the deadline.
+                trickled = []
+                while time.monotonic() - opened < 8.0:
+                    trickled.append(
+                        asyncio.ensure_future(timed(get(burst, base, "/members/x", next(trickle))))
+                    )
+                    await asyncio.sleep(0.2)
+                slow = 0
+                for answer in trickled:
+                    done, _ = await asyncio.wait([answer], timeout=0)
+                    if done:
+                        status, seconds = answer.result()
+                        assert status == 503
+                        slow += seconds > 1.0
+                    else:
+                        slow += 1  # a probe still waiting
+            resumed = time.monotonic()
+            await asyncio.gather(*trickled)  # SIGCONT: whatever still waited is answered
+        assert {status for status, _ in (a.result() for a in trickled)} <= {503, 200}
+        assert slow <= 3, f"{slow} of {len(trickled)} requests waited (only probes should)"
+
+        # Back by itself within the longest cool-off (and a probe's answer).
+        async def serves() -> bool:
+            return (await get(client, base, "/members/x", cookies[0]))[0] == 200
+
+        await until(serves, "not serving again after SIGCONT")
+        back = time.monotonic() - resumed
+        assert back < breaker.MAX_COOL_OFF + 1.5, f"back {back:.2f} s after SIGCONT"
+        assert (await get(client, base, "/.authgate/ready"))[0] == 200
+        print(
+            f"breaker: {len(second)} requests after the opening, slowest 503 {slowest:.2f} s;"
+            f" {slow} of {len(trickled)} trickled requests probed;"
+            f" back {back:.2f} s after SIGCONT"
+        )
     finally:
         await server.stop()

@@ -14,13 +14,14 @@ import pytest
 import redis.utils
 
 from gateway.config.model import Config, SessionsConfig
-from gateway.stores import open_stores
+from gateway.stores import breaker, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import (
     RedisEventBus,
     RedisHandle,
     RedisRateLimiter,
     RedisSessionStore,
+    breaker_of,
     open_redis,
 )
 from tests.integration.servers import (
@@ -186,9 +187,13 @@ async def test_a_burst_on_one_master_waits_for_a_connection_and_passes(
     # now waits for a free connection; a Cluster client lets at most 100 commands run at
     # once. Keys of one slot: one Cluster master.
     store = RedisSessionStore(handle.client, f"t{secrets.token_hex(4)}:")
+    opened = breaker.openings.get("redis", 0)
     answers = await asyncio.gather(
         *(store.get(f"{{burst}}{i}") for i in range(250)), return_exceptions=True
     )
     failures = [a for a in answers if isinstance(a, BaseException)]
     assert not failures, f"{len(failures)} failed: {failures[0]!r} ({failures[0].__cause__!r})"
     assert answers == [None] * 250
+    # and a healthy store under a burst never trips its circuit breaker
+    assert not breaker_of(handle.client).is_open
+    assert breaker.openings.get("redis", 0) == opened
