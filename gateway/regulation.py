@@ -30,14 +30,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway.audit import AuditTrail, Event
 from gateway.config.model import RegulationConfig
 from gateway.errors import StoreUnavailable
 from gateway.stores import RateLimiter, normalize_username
 
+T = TypeVar("T")
 log = logging.getLogger("authgate.regulation")
 
 _USER = "user"
@@ -205,6 +207,16 @@ class Regulator:
                 await self._give_back(attempt.ip_counter, attempt.counted_at)
         except StoreUnavailable:
             log.warning("could not reset the failed-attempt counts after a correct factor")
+
+    async def checked(self, attempt: Attempt, check: Awaitable[T]) -> T:
+        """Run the check of a factor (a password, a code, a key) the attempt was counted
+        for. A store that cannot answer checked no guess: the counts are given back
+        (`unchecked`) and the StoreUnavailable goes on (a 503)."""
+        try:
+            return await check
+        except StoreUnavailable:
+            await self.unchecked(attempt)
+            raise
 
     async def unchecked(self, attempt: Attempt) -> None:
         """The factor could not be checked (the user store did not answer): the attempt

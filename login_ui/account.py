@@ -268,7 +268,7 @@ class AccountPages:
             if not isinstance(attempt, Attempt):
                 return attempt
             confirming = factors.totp.confirm(user.id, item, form.get(CODE_FIELD, ""))
-            if not await shared.factor_check(attempt, confirming):
+            if not await factors.regulator.checked(attempt, confirming):
                 await shared.failed(req, visit, attempt, "totp", "totp")
                 return self._back("failed")
             await factors.succeeded(visit.tenant.id, user.username)

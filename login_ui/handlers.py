@@ -284,11 +284,9 @@ class LoginPages:
             runtime.metrics.sign_in(tenant.id, "password", "banned")
             self._audit_login(req, Event.LOGIN_FAILURE, username, outcome="banned")
             return self._banned(req, attempt)
-        try:
-            user = await self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
-        except StoreUnavailable:
-            await runtime.regulator.unchecked(attempt)  # no guess was checked: no count
-            raise
+        user = await runtime.regulator.checked(
+            attempt, self._verify(runtime, tenant, username, form[PASSWORD_FIELD])
+        )
         if user is None:
             runtime.metrics.sign_in(tenant.id, "password", "failure")
             await runtime.regulator.failed(tenant.id, username, req.client_ip, attempt)

@@ -14,16 +14,14 @@ code) and counted (`authgate_sign_ins_total`). A method the tenant does not offe
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from aiohttp import web
 from markupsafe import Markup
 
 from gateway.audit import Detail, Event
 from gateway.config.model import TenantConfig
-from gateway.errors import StoreUnavailable
 from gateway.identity.totp import Enrolment, clean_name, qr_svg
 from gateway.mfa import (
     AMR_BACKUP_CODE,
@@ -55,9 +53,6 @@ _NO_FACTOR = (
     "This page needs a second factor, and your account has none yet. "
     "Ask your administrator to help you set one up."
 )
-
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,16 +130,6 @@ class Interstitial:
         self.runtime().metrics.sign_in(visit.tenant.id, metric, "banned")
         self.audit(req, visit, Event.MFA_FAILURE, outcome="banned", details={"method": method})
         return self.too_many(req, attempt.retry_after)
-
-    async def factor_check(self, attempt: Attempt, check: Awaitable[T]) -> T:
-        """The factor's check. A store that cannot answer checked no guess, so the
-        attempt's counts are given back: counted, the tries a user makes during an outage
-        banned them from the second factor once the store was back."""
-        try:
-            return await check
-        except StoreUnavailable:
-            await self.factors().regulator.unchecked(attempt)
-            raise
 
     async def failed(
         self, req: ReservedRequest, visit: Visit, attempt: Attempt, method: str, metric: str
@@ -360,7 +345,7 @@ class MfaPages:
         if not isinstance(attempt, Attempt):
             return attempt
         factors = self.shared.factors()
-        device = await self.shared.factor_check(
+        device = await factors.regulator.checked(
             attempt, factors.totp.verify(visit.active.user.id, form.get(CODE_FIELD, ""))
         )
         if device is None:
@@ -379,7 +364,7 @@ class MfaPages:
             return attempt
         factors = self.shared.factors()
         code = form.get(CODE_FIELD, "")
-        if not await self.shared.factor_check(
+        if not await factors.regulator.checked(
             attempt, factors.backup_codes.use(visit.active.user.id, code)
         ):
             return await self._wrong(req, visit, form, attempt, "backup_code", "backup_code")
@@ -407,7 +392,8 @@ class MfaPages:
             return attempt
         device_id = form.get(DEVICE_FIELD, "")
         code = form.get(CODE_FIELD, "")
-        if not await shared.factor_check(attempt, factors.totp.confirm(user.id, device_id, code)):
+        confirming = factors.totp.confirm(user.id, device_id, code)
+        if not await factors.regulator.checked(attempt, confirming):
             await shared.failed(req, visit, attempt, "totp", "totp")
             pending = await factors.totp.pending(user.id, device_id, user.username)
             if pending is None:

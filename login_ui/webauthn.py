@@ -242,7 +242,7 @@ class WebAuthnPages:
             return response
         runtime = self.shared.runtime()
         try:
-            assertion = await self.shared.factor_check(
+            assertion = await self.shared.factors().regulator.checked(
                 attempt,
                 self.service().authenticate(
                     self._rp(req),
