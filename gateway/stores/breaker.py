@@ -30,10 +30,12 @@ is evidently back). The caller's own cancellation is never a failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gateway.errors import StoreUnavailable
 
@@ -157,3 +159,23 @@ class Breaker:
         self._probing = False
         self._failures = 0
         self._cool_off = self._base
+
+
+@contextlib.contextmanager
+def watched(breaker: Breaker | None, is_outage: Callable[[BaseException], bool]) -> Iterator[None]:
+    """Around one store call: refused at once (CircuitOpen) while `breaker` is open, and
+    its outcome reported to it: an answer, an outage failure (`is_outage`), or nothing
+    at all for the caller's own cancellation. Without a breaker, only the call."""
+    probe = breaker.admit() if breaker is not None else False
+    answered: bool | None = None
+    try:
+        yield
+        answered = True
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        answered = not is_outage(exc)
+        raise
+    finally:
+        if breaker is not None:
+            breaker.record(probe, answered)

@@ -30,7 +30,7 @@ import asyncpg
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import AlreadyExists, SchemaOutdated
-from gateway.stores.breaker import Breaker
+from gateway.stores.breaker import Breaker, watched
 from gateway.stores.database import Row
 from gateway.stores.migrations import latest_version, migrate_postgres, postgres_version
 
@@ -74,19 +74,10 @@ async def _guard(
     otherwise queue behind the pool's ten connections for many times the timeout.
     With a `breaker`, a call is refused at once while it is open, and the outcome is
     reported to it (see gateway.stores.breaker)."""
-    probe = breaker.admit() if breaker is not None else False
-    answered: bool | None = None
     try:
-        try:
+        with watched(breaker, lambda exc: isinstance(exc, _OUTAGES)):
             async with asyncio.timeout(COMMAND_TIMEOUT):
-                result = await operation()
-        except asyncio.CancelledError:
-            raise  # the caller's: says nothing about the server
-        except BaseException as exc:
-            answered = not isinstance(exc, _OUTAGES)
-            raise
-        answered = True
-        return result
+                return await operation()
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyExists(str(exc)) from exc
     except asyncpg.ReadOnlySQLTransactionError as exc:
@@ -100,9 +91,6 @@ async def _guard(
         raise StoreUnavailable(f"postgresql: read-only server: {exc}") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if breaker is not None:
-            breaker.record(probe, answered)
 
 
 def _hosts(url: str) -> list[tuple[str, int | None]]:

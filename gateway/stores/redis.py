@@ -49,7 +49,7 @@ from redis.backoff import NoBackoff
 
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
-from gateway.stores.breaker import Breaker
+from gateway.stores.breaker import Breaker, watched
 from gateway.stores.redis_urls import (
     RedisMode,
     RedisTarget,
@@ -131,43 +131,40 @@ def breaker_of(client: Any) -> Breaker:
 
 async def _guard(operation: Callable[[], Awaitable[T]], breaker: Breaker | None = None) -> T:
     """Run a driver call within COMMAND_TIMEOUT, translating its errors to ours (fail
-    closed). The call runs as a task of its own that is given up on at the deadline: a
-    deadline put around it by cancellation (`asyncio.timeout`) was lost now and then when
-    it fell as the call got a pooled connection, and the call then waited out a socket
-    timeout of its own, 10 s in all (against a hung server, a quarter of the requests).
-    With a `breaker`, a call is refused at once while it is open, and the outcome is
-    reported to it."""
-    probe = breaker.admit() if breaker is not None else False
-    answered: bool | None = None
+    closed). With a `breaker`, a call is refused at once while it is open, and the
+    outcome is reported to it."""
     try:
-        task: asyncio.Future[T] = asyncio.ensure_future(operation())
-        try:
-            done, _ = await asyncio.wait((task,), timeout=COMMAND_TIMEOUT)
-        except asyncio.CancelledError:
-            task.cancel()
-            task.add_done_callback(_retrieve)
-            raise
-        if not done:
-            answered = False
-            task.cancel()  # redis-py closes the connection it was using
-            task.add_done_callback(_retrieve)
-            raise StoreUnavailable(f"redis: no answer within {COMMAND_TIMEOUT} s")
-        try:
-            result = task.result()
-        except BaseException as exc:
-            answered = not isinstance(exc, _OUTAGES) or isinstance(exc, _NOT_OUTAGES)
-            if isinstance(exc, asyncio.CancelledError):
-                answered = None
-            raise
-        answered = True
-        return result
+        with watched(breaker, _is_outage):
+            return await _within_deadline(operation)
     except redis.exceptions.OutOfMemoryError as exc:
         raise StoreFull(f"redis: {type(exc).__name__}: {exc}") from exc
+    except TimeoutError as exc:
+        raise StoreUnavailable(f"redis: no answer within {COMMAND_TIMEOUT} s") from exc
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if breaker is not None:
-            breaker.record(probe, answered)
+
+
+async def _within_deadline(operation: Callable[[], Awaitable[T]]) -> T:
+    """The call, as a task of its own given up on at COMMAND_TIMEOUT (TimeoutError):
+    a deadline put around it by cancellation (`asyncio.timeout`) was lost now and then when
+    it fell as the call got a pooled connection, and the call then waited out a socket
+    timeout of its own, 10 s in all (against a hung server, a quarter of the requests)."""
+    task: asyncio.Future[T] = asyncio.ensure_future(operation())
+    try:
+        done, _ = await asyncio.wait((task,), timeout=COMMAND_TIMEOUT)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+    if not done:
+        task.cancel()  # redis-py closes the connection it was using
+        task.add_done_callback(_retrieve)
+        raise TimeoutError
+    return task.result()
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGES) and not isinstance(exc, _NOT_OUTAGES)
 
 
 class _Guarded:
