@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineCommand, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
@@ -591,6 +591,80 @@ def _node_of(cluster: RedisCluster, key: str) -> Any:
     return node
 
 
+class _ClusterRound:
+    """One round of a Cluster revocation: for each master, its DELs and one WAIT sent
+    over one connection of that master's node, all masters at once. What a round could
+    not finish is in `again`: the node to ask next for each key, and whether with
+    ASKING (None: a redirection to a node the client does not know)."""
+
+    def __init__(self, todo: dict[str, tuple[Any, bool]], replicas: int) -> None:
+        self._batches: dict[str, tuple[Any, list[tuple[str, bool]]]] = {}
+        for key, (node, asking) in todo.items():
+            self._batches.setdefault(node.name, (node, []))[1].append((key, asking))
+        self._replicas = replicas
+        self.deleted = 0
+        self.acked: list[Any] = []  # the WAIT replies of masters that deleted something
+        self.again: dict[str, tuple[Any | None, bool]] = {}
+        self.lost: BaseException | None = None  # a connection that broke, if one did
+
+    async def send(self, cluster: RedisCluster) -> None:
+        places = cluster._places if isinstance(cluster, _BoundedCluster) else None
+        async with places if places is not None else contextlib.nullcontext():
+            batches = list(self._batches.values())
+            outcomes = await asyncio.gather(
+                *(self._exchange(node, batch) for node, batch in batches),
+                return_exceptions=True,
+            )
+        for (node, batch), outcome in zip(batches, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not _is_outage(outcome):
+                    raise outcome
+                self.lost = outcome  # nothing was sent, or nothing is known of it
+                self.again.update((key, (node, asking)) for key, asking in batch)
+            else:
+                self._read(cluster, node, batch, outcome)
+
+    async def _exchange(self, node: ClusterNode, batch: list[tuple[str, bool]]) -> list[Any]:
+        commands: list[PipelineCommand] = []
+        for key, asking in batch:
+            if asking:
+                commands.append(PipelineCommand(len(commands), "ASKING"))
+            commands.append(PipelineCommand(len(commands), "DEL", key))
+        commands.append(PipelineCommand(len(commands), "WAIT", self._replicas, REPLICA_WAIT_MS))
+        await node.execute_pipeline(commands)
+        return [command.result for command in commands]
+
+    def _read(
+        self, cluster: RedisCluster, node: Any, batch: list[tuple[str, bool]], results: list[Any]
+    ) -> None:
+        replies = iter(results)
+        deleted_here: list[tuple[str, bool]] = []
+        for key, asking in batch:
+            if asking:
+                next(replies)  # ASKING's OK (an error shows in the DEL after it)
+            outcome = next(replies)
+            if isinstance(outcome, redis.exceptions.TryAgainError):
+                self.again[key] = (node, asking)
+            elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
+                moved_to = cluster.get_node(host=outcome.host, port=outcome.port)
+                self.again[key] = (moved_to, not isinstance(outcome, redis.exceptions.MovedError))
+            elif isinstance(outcome, Exception) and _is_outage(outcome):
+                self.lost = outcome  # deleted or not, nobody knows: again, there
+                self.again[key] = (node, asking)
+            else:
+                self.deleted += _deletions([outcome])
+                deleted_here.append((key, asking))
+        waited = next(replies)
+        if not deleted_here:
+            return
+        if isinstance(waited, Exception) and _is_outage(waited):
+            # Deleted, but maybe on the master alone: delete again and wait, there.
+            self.lost = waited
+            self.again.update((key, (node, asking)) for key, asking in deleted_here)
+        else:
+            self.acked.append(waited)
+
+
 class RedisSessionStore(_Guarded):
     def __init__(
         self,
@@ -709,46 +783,36 @@ class RedisSessionStore(_Guarded):
 
     async def _delete_in_cluster(self, keys: Sequence[str]) -> int:
         """Each DEL goes to the master the client maps its key to, with a WAIT behind it
-        on that master's connection, and is never redirected by redis-py: a redirected
-        DEL would run on another connection, one the WAIT does not count. A key answered
-        MOVED, ASK or TRYAGAIN is deleted in a further round at the node named."""
+        on that master's connection. Both are sent straight to the master's node, never
+        through redis-py's cluster pipeline: that one redirects a DEL (MOVED, ASK) onto
+        another connection, one the WAIT does not count, and its retry after a lost
+        connection sends a WAIT that had one target by the WAIT's own routing, to any
+        master, which counts no write and answers at once. Here a key answered MOVED,
+        ASK or TRYAGAIN is deleted in a further round at the node named, and the keys of
+        a master whose connection broke are deleted and waited for again on that
+        master, on a new connection (Redis 7 moves a connection's WAIT offset to the
+        master's after every command, so a DEL that finds nothing still waits for the
+        first one)."""
         count = 0
-        todo = {key: (_node_of(self._r, key), False) for key in keys}  # (node, ASKING first)
+        todo: dict[str, tuple[Any, bool]] = {k: (_node_of(self._r, k), False) for k in keys}
+        lost: BaseException | None = None
         for _ in range(_CLUSTER_ROUNDS):
-            pipe = self._r.pipeline(transaction=False)
-            nodes: dict[str, Any] = {}
-            for key, (node, asking) in todo.items():
-                if asking:
-                    pipe.execute_command("ASKING", target_nodes=node)
-                pipe.execute_command("DEL", key, target_nodes=node)
-                nodes[node.name] = node
-            for node in nodes.values():
-                pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS, target_nodes=node)
-            results: Sequence[Any] = await self._guard(
-                lambda p=pipe: p.execute(raise_on_error=False, allow_redirections=False)  # type: ignore[misc]
-            )
-            replies = iter(results)
-            redirected: dict[str, tuple[Any, bool]] = {}
-            deleted_on: set[str] = set()
-            for key, (node, asking) in todo.items():
-                if asking:
-                    next(replies)  # ASKING's OK (an error shows in the DEL after it)
-                outcome = next(replies)
-                if isinstance(outcome, redis.exceptions.TryAgainError):
-                    redirected[key] = (node, asking)
-                elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
-                    moved_to = self._r.get_node(host=outcome.host, port=outcome.port)
-                    if moved_to is None:
-                        raise StoreUnavailable(f"redis: {outcome} names an unknown node")
-                    asked = not isinstance(outcome, redis.exceptions.MovedError)
-                    redirected[key] = (moved_to, asked)
-                else:
-                    count += _deletions([outcome])
-                    deleted_on.add(node.name)
-            self._check_acked([a for n, a in zip(nodes, replies, strict=True) if n in deleted_on])
-            if not redirected:
+            rounds = _ClusterRound(todo, self._replicas)
+            await self._guard(lambda r=rounds: r.send(self._r))  # type: ignore[misc]
+            count += rounds.deleted
+            self._check_acked(rounds.acked)
+            if not rounds.again:
                 return count
-            todo = redirected
+            todo = {}
+            for key, (where, asking) in rounds.again.items():
+                if where is None:  # MOVED or ASK to a node the client does not know
+                    raise StoreUnavailable(f"redis: a redirection of {key!r} names an unknown node")
+                todo[key] = (where, asking)
+            lost = rounds.lost
+        if lost is not None:
+            raise StoreUnavailable(
+                f"redis: revocation not confirmed: {type(lost).__name__}: {lost}"
+            ) from lost
         raise StoreUnavailable("redis: a session's slot keeps moving; revocation not confirmed")
 
     def _check_acked(self, acked: Sequence[Any]) -> None:

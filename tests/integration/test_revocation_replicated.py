@@ -369,3 +369,41 @@ async def test_cluster_a_master_lost_while_waiting_is_no_revocation_done(
     finally:
         await stores.close()
         cluster.stop()
+
+
+async def test_cluster_a_connection_lost_while_waiting_waits_again_on_that_master(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master lives, but the connection that carried the DEL and its WAIT drops
+    while the WAIT waits. The deletion is made; whether a replica has it is unknown. The
+    DEL and the WAIT are sent again to that master, on a new connection, and the logout
+    is answered once the replica has it. (Before, the logout failed with a 503 here; and
+    when redis-py's cluster pipeline retried after a failed send, it routed the WAIT,
+    having lost its one target, by the WAIT's own policy, to any master, where it
+    counts no write and answers at once.)"""
+    cluster = start_cluster(3, replicas=1)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        indexes = {cluster.owner(key_slot(f"{PREFIX}{k}".encode())).port for k in INDEXES}
+        session = next(
+            s for s in iter(record, None) if cluster.owner(slot_of(s)).port not in indexes
+        )
+        await stores.sessions.create(session)
+        master = cluster.owner(slot_of(session))
+        replica = cluster.replica_of(master)
+        await wait_for(replica, session)
+        with held(replica), caplog.at_level(logging.WARNING):
+            logout = asyncio.ensure_future(stores.sessions.revoke(session.id_hash))
+            await asyncio.sleep(0.15)  # the DEL is answered; its WAIT is waiting
+            assert not logout.done()
+            redis_cli(master.port, "client", "kill", "type", "normal")
+            await asyncio.sleep(0.15)
+            assert not logout.done(), "a revocation was answered before any replica had it"
+        try:
+            await asyncio.wait_for(logout, 3)
+        except StoreUnavailable:
+            pass  # failing the logout is honest too; answering it at once is not
+        assert not on(replica, session)
+    finally:
+        await stores.close()
+        cluster.stop()
