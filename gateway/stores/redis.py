@@ -121,11 +121,32 @@ _NOT_OUTAGES = (
 
 def breaker_of(client: Any) -> Breaker:
     """The circuit breaker of a client (made with it on first use): every store on
-    one client, its readiness ping included, shares it (see gateway.stores.breaker)."""
+    one client, its readiness ping included, shares it (see gateway.stores.breaker).
+    On a Cluster it guards only the calls that are not for one key (see node_breaker)."""
     found: Breaker | None = getattr(client, "_authgate_breaker", None)
     if found is None:
         found = Breaker("redis")
         client._authgate_breaker = found
+    return found
+
+
+def node_breaker(cluster: RedisCluster, key: str) -> Breaker:
+    """The breaker of the Cluster master that serves `key`: one hung master must fail
+    only its own keys. One breaker for the whole client opened on that master's
+    failures and refused every call, to every master, in each cool-off. A key whose
+    master is not known yet falls back to the client's breaker."""
+    try:
+        node = cluster.get_node_from_key(key)
+    except _DRIVER_ERRORS:
+        node = None
+    if node is None:
+        return breaker_of(cluster)
+    breakers: dict[str, Breaker] | None = getattr(cluster, "_authgate_node_breakers", None)
+    if breakers is None:
+        breakers = cluster._authgate_node_breakers = {}  # type: ignore[attr-defined]
+    found = breakers.get(node.name)
+    if found is None:
+        found = breakers[node.name] = Breaker("redis")
     return found
 
 
@@ -168,11 +189,17 @@ def _is_outage(exc: BaseException) -> bool:
 
 
 class _Guarded:
-    """A store on one client: its calls go through the client's breaker."""
+    """A store on one client: its calls go through the client's breaker, or on a
+    Cluster, a call for one key through the breaker of the master that serves it."""
 
-    _breaker: Breaker
+    def __init__(self, client: Any) -> None:
+        self._r: Any = client  # decode_responses=True: str in, str out (stubs say bytes|str)
+        self._breaker = breaker_of(client)
+        self._cluster: RedisCluster | None = client if isinstance(client, RedisCluster) else None
 
-    async def _guard(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, operation: Callable[[], Awaitable[T]], key: str | None = None) -> T:
+        if key is not None and self._cluster is not None:
+            return await _guard(operation, node_breaker(self._cluster, key))
         return await _guard(operation, self._breaker)
 
 
@@ -674,8 +701,7 @@ class RedisSessionStore(_Guarded):
         *,
         wait_replicas: int = 0,
     ) -> None:
-        self._r: Any = client  # decode_responses=True: str in, str out (stubs say bytes|str)
-        self._breaker = breaker_of(client)
+        super().__init__(client)
         self._p = _check_prefix(prefix)
         self._clock = clock
         self._replicas = wait_replicas
@@ -696,22 +722,24 @@ class RedisSessionStore(_Guarded):
         ttl_ms = max(_ms(record.expires - self._clock()), 1000)
         for index in (self._u(record.tenant, record.user_id), self._t(record.tenant)):
             args: list[str | int] = [record.id_hash, ttl_ms]
-            await self._guard(lambda i=index, a=args: self._index_add(keys=[i], args=a))  # type: ignore[misc]
+            await self._guard(lambda i=index, a=args: self._index_add(keys=[i], args=a), index)  # type: ignore[misc]
 
     async def _unindex(self, tenant: str, user_id: str, id_hash: str) -> None:
-        await self._guard(lambda: self._r.srem(self._u(tenant, user_id), id_hash))
-        await self._guard(lambda: self._r.srem(self._t(tenant), id_hash))
+        for index in (self._u(tenant, user_id), self._t(tenant)):
+            await self._guard(lambda i=index: self._r.srem(i, id_hash), index)  # type: ignore[misc]
 
     async def _write(self, record: SessionRecord) -> None:
         args: list[str | int] = [_ms(record.expires), *_fields(record)]
-        await self._guard(lambda: self._create(keys=[self._s(record.id_hash)], args=args))
+        key = self._s(record.id_hash)
+        await self._guard(lambda: self._create(keys=[key], args=args), key)
 
     async def create(self, record: SessionRecord) -> None:
         await self._index(record)  # first: a session must never exist outside its index
         await self._write(record)
 
     async def get(self, id_hash: str) -> SessionRecord | None:
-        h = await self._guard(lambda: self._r.hgetall(self._s(id_hash)))
+        key = self._s(id_hash)
+        h = await self._guard(lambda: self._r.hgetall(key), key)
         if not h:
             return None
         record = _record(id_hash, h)
@@ -719,7 +747,8 @@ class RedisSessionStore(_Guarded):
 
     async def touch(self, id_hash: str, last_seen: float, expires: float) -> bool:
         args: list[str | int] = [repr(last_seen), repr(expires), _ms(expires)]
-        done = await self._guard(lambda: self._touch(keys=[self._s(id_hash)], args=args))
+        key = self._s(id_hash)
+        done = await self._guard(lambda: self._touch(keys=[key], args=args), key)
         return bool(done)
 
     async def rotate(self, old_hash: str, new: SessionRecord) -> bool:
@@ -727,19 +756,22 @@ class RedisSessionStore(_Guarded):
         already gone (revoked meanwhile), the new one is removed again, so a revoked
         session is never resurrected and a concurrent "log out everywhere", which
         sees both in the index, removes both."""
-        if not await self._guard(lambda: self._r.exists(self._s(old_hash))):
+        old_key = self._s(old_hash)
+        if not await self._guard(lambda: self._r.exists(old_key), old_key):
             return False
         await self._index(new)
         await self._write(new)
         if not await self._delete_replicated([self._s(old_hash)]):
-            await self._guard(lambda: self._r.delete(self._s(new.id_hash)))
+            new_key = self._s(new.id_hash)
+            await self._guard(lambda: self._r.delete(new_key), new_key)
             await self._unindex(new.tenant, new.user_id, new.id_hash)
             return False
         await self._unindex(new.tenant, new.user_id, old_hash)
         return True
 
     async def revoke(self, id_hash: str) -> bool:
-        owner = await self._guard(lambda: self._r.hmget(self._s(id_hash), ["tenant", "user_id"]))
+        key = self._s(id_hash)
+        owner = await self._guard(lambda: self._r.hmget(key, ["tenant", "user_id"]), key)
         deleted = await self._delete_replicated([self._s(id_hash)])
         if owner[0] is not None and owner[1] is not None:
             await self._unindex(owner[0], owner[1], id_hash)
@@ -752,13 +784,13 @@ class RedisSessionStore(_Guarded):
         count = 0
         done: set[str] = set()
         for _ in range(2):
-            ids = set(await self._guard(lambda: self._r.smembers(index))) - done
+            ids = set(await self._guard(lambda: self._r.smembers(index), index)) - done
             if not ids:
                 break
             count += await self._delete_replicated([self._s(i) for i in sorted(ids)])
             done |= ids
-            await self._guard(lambda i=ids: self._r.srem(index, *i))  # type: ignore[misc]
-            await self._guard(lambda i=ids: self._r.srem(self._t(tenant), *i))  # type: ignore[misc]
+            for held in (index, self._t(tenant)):
+                await self._guard(lambda h=held, i=ids: self._r.srem(h, *i), held)  # type: ignore[misc]
         return count
 
     async def _delete_replicated(self, keys: Sequence[str]) -> int:
@@ -798,7 +830,8 @@ class RedisSessionStore(_Guarded):
         lost: BaseException | None = None
         for _ in range(_CLUSTER_ROUNDS):
             rounds = _ClusterRound(todo, self._replicas)
-            await self._guard(lambda r=rounds: r.send(self._r))  # type: ignore[misc]
+            only = next(iter(todo)) if len(todo) == 1 else None  # its master's breaker
+            await self._guard(lambda r=rounds: r.send(self._r), only)  # type: ignore[misc]
             count += rounds.deleted
             self._check_acked(rounds.acked)
             if not rounds.again:
@@ -837,7 +870,7 @@ class RedisSessionStore(_Guarded):
             )
 
     async def _members(self, index: str) -> list[SessionRecord]:
-        ids = sorted(await self._guard(lambda: self._r.smembers(index)))
+        ids = sorted(await self._guard(lambda: self._r.smembers(index), index))
         if not ids:
             return []
         pipe = self._r.pipeline(transaction=False)
@@ -855,7 +888,7 @@ class RedisSessionStore(_Guarded):
             if record.expires > now:
                 live.append(record)
         if stale:
-            await self._guard(lambda: self._r.srem(index, *stale))
+            await self._guard(lambda: self._r.srem(index, *stale), index)
         return sorted(live, key=lambda r: r.created)
 
     async def list_user(self, tenant: str, user_id: str) -> list[SessionRecord]:
@@ -867,7 +900,8 @@ class RedisSessionStore(_Guarded):
     async def count(self, tenant: str) -> int:
         """The tenant index's size: live sessions, plus expired ones not yet pruned
         (pruning runs hourly), so an upper bound that never loads a record."""
-        return int(await self._guard(lambda: self._r.scard(self._t(tenant))))
+        index = self._t(tenant)
+        return int(await self._guard(lambda: self._r.scard(index), index))
 
     async def prune_expired(self, now: float) -> int:
         """Redis expires the sessions itself; this drops their index entries, a few
@@ -892,7 +926,7 @@ class RedisSessionStore(_Guarded):
                 alive = await self._guard(lambda p=pipe: p.execute())  # type: ignore[misc]
                 gone = [i for i, present in zip(ids, alive, strict=True) if not present]
                 if gone:
-                    await self._guard(lambda g=gone: self._r.srem(index, *g))  # type: ignore[misc]
+                    await self._guard(lambda g=gone: self._r.srem(index, *g), index)  # type: ignore[misc]
                     removed += len(gone)
             if int(cursor) == 0:
                 return removed
@@ -934,8 +968,7 @@ class RedisRateLimiter(_Guarded):
     """Fixed-window counters: INCR + expiry + window registry in one script per hit."""
 
     def __init__(self, client: Any, prefix: str = "authgate:", clock: Clock = time.time) -> None:
-        self._r: Any = client
-        self._breaker = breaker_of(client)
+        super().__init__(client)
         self._p = _check_prefix(prefix)
         self._clock = clock
         self._hit = client.register_script(_HIT)
@@ -956,44 +989,47 @@ class RedisRateLimiter(_Guarded):
         keys = [self._counter(key, float(window_s), float(start)), self._registry(key)]
         args: list[str | int] = [_ms(start + window_s - now) + 1000, repr(float(window_s))]
         args.append(REGISTRY_TTL_MS)
-        count = await self._guard(lambda: self._hit(keys=keys, args=args))
+        # Every key of one limiter key shares its hash tag, so its slot and master.
+        count = await self._guard(lambda: self._hit(keys=keys, args=args), keys[0])
         return int(count)
 
     async def release(self, key: str, window_s: float) -> None:
         start = math.floor(self._clock() / window_s) * window_s
         keys = [self._counter(key, float(window_s), float(start))]
-        await self._guard(lambda: self._release(keys=keys))
+        await self._guard(lambda: self._release(keys=keys), keys[0])
 
     async def ban(self, key: str, seconds: float) -> float:
         until = self._clock() + seconds
         ttl_ms = max(_ms(seconds), 1)
-        await self._guard(lambda: self._r.set(self._ban(key), repr(until), px=ttl_ms))
+        ban = self._ban(key)
+        await self._guard(lambda: self._r.set(ban, repr(until), px=ttl_ms), ban)
         return until
 
     async def banned_until(self, key: str) -> float | None:
         """The ban's end as its writer saw it, while Redis keeps the key: Redis times the
         ban (its TTL), not a comparison with this host's clock, which may run ahead of
         the writer's (the value is also a counter generation's name: never recomputed)."""
-        value = await self._guard(lambda: self._r.get(self._ban(key)))
+        ban = self._ban(key)
+        value = await self._guard(lambda: self._r.get(ban), ban)
         return None if value is None else float(value)
 
     async def clear(self, key: str) -> None:
         """Only the current window's counters matter to `hit`, so those are dropped."""
         registry = self._registry(key)
-        windows = await self._guard(lambda: self._r.smembers(registry))
+        windows = await self._guard(lambda: self._r.smembers(registry), registry)
         now = self._clock()
         doomed = [self._ban(key), registry]
         for text in windows:
             window_s = float(text)
             doomed.append(self._counter(key, window_s, math.floor(now / window_s) * window_s))
-        await self._guard(lambda: self._r.delete(*doomed))
+        await self._guard(lambda: self._r.delete(*doomed), registry)
 
     async def list_bans(self) -> list[Ban]:
         prefix = f"{self._p}ban:"
         now = self._clock()
         bans: list[Ban] = []
         async for name in _scan(self._r, prefix + "*"):
-            value = await self._guard(lambda n=name: self._r.get(n))  # type: ignore[misc]
+            value = await self._guard(lambda n=name: self._r.get(n), name)  # type: ignore[misc]
             if value is not None and float(value) > now:
                 key = name[len(prefix) :]
                 if key.startswith("{") and key.endswith("}"):
@@ -1119,8 +1155,7 @@ class RedisEventBus(_Guarded):
         new_pubsub: Callable[[], Any] | None = None,
         attempts: int = 1,
     ) -> None:
-        self._r: Any = client
-        self._breaker = breaker_of(client)
+        super().__init__(client)
         self._p = _check_prefix(prefix)
         self._new_pubsub = new_pubsub or (lambda: client.pubsub(ignore_subscribe_messages=True))
         self._attempts = max(attempts, 1)

@@ -1,0 +1,125 @@
+"""One master of a Redis Cluster hung, the others healthy: only the sessions on the
+hung master are out.
+
+A Cluster spreads sessions over its masters by key slot. When one master hangs
+(SIGSTOP: connections open, nothing answers), the calls for its keys wait out the
+store deadline and then fail fast once its circuit breaker opens (503, fail closed);
+the sessions on the other masters must keep being served all along. A single breaker
+for the whole Cluster client would open on the hung master's failures and refuse every
+call, for every master, during each cool-off.
+
+The node timeout is long (60 s), so the cluster never marks the hung master failed
+during the test (without replicas, that would take every slot down)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from gateway.config.model import Config, SessionsConfig
+from gateway.errors import StoreUnavailable
+from gateway.stores import breaker, open_stores
+from gateway.stores import redis as redis_store
+from gateway.stores.base import SessionRecord
+from tests.integration.servers import RedisCluster, start_cluster
+from tests.integration.test_revocation_replicated import held
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisCluster]:
+    started = start_cluster(3, replicas=0, node_timeout_ms=60000)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def session() -> SessionRecord:
+    now = time.time()
+    return SessionRecord(secrets.token_hex(32), "acme", "u1", ("pwd",), now, now, now, now + 3600)
+
+
+async def test_a_hung_master_fails_only_its_own_sessions(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    stores = await open_stores(
+        Config(
+            source=tmp_path / "config.yaml",
+            tenants=(),
+            storage=f"sqlite:///{tmp_path / 'a.db'}",
+            sessions=SessionsConfig(store=cluster.url),
+        )
+    )
+    try:
+        sessions = [session() for _ in range(30)]
+        for s in sessions:
+            await stores.sessions.create(s)
+        hung = cluster.masters()[0]
+        on_hung = {
+            s.id_hash
+            for s in sessions
+            if cluster.owner(key_slot(f"authgate:s:{s.id_hash}".encode())).port == hung.port
+        }
+        assert 0 < len(on_hung) < len(sessions), "the sessions should span every master"
+
+        failed_healthy: list[str] = []
+        hung_answers: list[tuple[float, float, bool]] = []  # (started, took, failed)
+
+        async def read(s: SessionRecord) -> None:
+            started = time.monotonic()
+            try:
+                found = await stores.sessions.get(s.id_hash)
+                failed = False
+            except StoreUnavailable as exc:
+                found, failed = None, True
+                if s.id_hash not in on_hung:
+                    failed_healthy.append(f"{type(exc).__name__}: {exc}")
+            if s.id_hash in on_hung:
+                hung_answers.append((started, time.monotonic() - started, failed))
+            else:
+                assert found is not None and found.id_hash == s.id_hash
+
+        with held(hung):
+            began = time.monotonic()
+            # Past the first deadline (when the hung master's calls fail together and its
+            # breaker opens) and into the cool-offs that follow.
+            until = began + redis_store.COMMAND_TIMEOUT + 3
+            in_flight: set[asyncio.Task[None]] = set()
+            while time.monotonic() < until:
+                for s in sessions:
+                    task = asyncio.ensure_future(read(s))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                await asyncio.sleep(0.05)
+            await asyncio.gather(*in_flight)
+
+        assert not failed_healthy, (
+            f"{len(failed_healthy)} reads of sessions on healthy masters failed, e.g."
+            f" {failed_healthy[:3]}"
+        )
+        assert all(failed for _, _, failed in hung_answers)
+        # Once the hung master's own breaker is open, its sessions get their 503 at once,
+        # but for its probes: one call per cool-off (1 s, then more) waits the deadline.
+        late = [took for started, took, _ in hung_answers if started > began + 6]
+        slow = [took for took in late if took > 0.5]
+        assert len(late) > 20 and len(slow) <= 3, f"{len(slow)} of {len(late)} reads were slow"
+        # And every session is served again once its master answers, after the cool-off.
+        back = time.monotonic() + breaker.MAX_COOL_OFF + redis_store.COMMAND_TIMEOUT
+        while True:
+            try:
+                found = [await stores.sessions.get(s.id_hash) for s in sessions]
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < back, "the hung master's sessions never came back"
+                await asyncio.sleep(0.2)
+        assert all(found)
+    finally:
+        await stores.close()
