@@ -135,6 +135,15 @@ class Breaker:
         if self._failures >= self._threshold:
             self._open(now)
 
+    def forget(self, reason: str) -> None:
+        """The client now talks to another server (a Sentinel switched to a new master):
+        what the breaker learned of the old one says nothing of it. Closed at once,
+        rather than refusing a healthy master for the rest of a cool-off."""
+        self._failures = 0
+        if self._open_until is not None:
+            log.warning("%s: %s; circuit closed", self.name, reason)
+            self._reset()
+
     def _open(self, now: float) -> None:
         self._cool_off = self._base
         self._open_until = now + self._cool_off
@@ -155,6 +164,9 @@ class Breaker:
             self.name,
             self._clock() - self._opened_at,
         )
+        self._reset()
+
+    def _reset(self) -> None:
         self._open_until = None
         self._probing = False
         self._failures = 0

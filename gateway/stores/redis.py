@@ -381,7 +381,9 @@ def open_redis(url: str) -> RedisHandle:
         max_connections=MAX_CONNECTIONS,
         timeout=COMMAND_TIMEOUT,
     )
-    watch = _FailoverWatch(sentinel, target.service_name, client.connection_pool)
+    watch = _FailoverWatch(
+        sentinel, target.service_name, client.connection_pool, breaker_of(client)
+    )
     return RedisHandle(target, client, sentinel, watch)
 
 
@@ -450,10 +452,11 @@ class _FailoverWatch:
     when lost and is pinged when quiet; the RESYNC it delivers on every (re)opening
     makes us ask once for a switch announced while we were not listening."""
 
-    def __init__(self, sentinel: Sentinel, service: str, pool: Any) -> None:
+    def __init__(self, sentinel: Sentinel, service: str, pool: Any, breaker: Breaker) -> None:
         self._sentinel = sentinel
         self._service = service
         self._pool = pool
+        self._breaker = breaker
         self._subscriptions: list[RedisSubscription] = []
         self._moved_to: tuple[str, int] | None = None
 
@@ -497,6 +500,7 @@ class _FailoverWatch:
         self._pool.master_address = None  # the next connection asks the Sentinels
         with contextlib.suppress(*_DRIVER_ERRORS):
             await self._pool.disconnect(inuse_connections=True)
+        self._breaker.forget(f"{self._service} has a new master")
 
 
 def connect(url: str) -> aioredis.Redis:

@@ -1,5 +1,6 @@
-"""One master of a Redis Cluster hung, the others healthy: only the sessions on the
-hung master are out.
+"""Circuit breakers that refuse no more than is out: one master of a Redis Cluster hung
+(only its sessions are out), and a Sentinel that switched to a new master (served at
+once, not after the cool-off).
 
 A Cluster spreads sessions over its masters by key slot. When one master hangs
 (SIGSTOP: connections open, nothing answers), the calls for its keys wait out the
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from gateway.config.model import Config, SessionsConfig
@@ -27,7 +29,7 @@ from gateway.errors import StoreUnavailable
 from gateway.stores import breaker, open_stores
 from gateway.stores import redis as redis_store
 from gateway.stores.base import SessionRecord
-from tests.integration.servers import RedisCluster, start_cluster
+from tests.integration.servers import RedisCluster, start_cluster, start_sentinel_group
 from tests.integration.test_revocation_replicated import held
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -123,3 +125,52 @@ async def test_a_hung_master_fails_only_its_own_sessions(
         assert all(found)
     finally:
         await stores.close()
+
+
+async def test_a_sentinel_switch_closes_the_breaker_at_once(tmp_path: Path) -> None:
+    """The master is killed: every call fails at once, the breaker opens, and its
+    cool-off grows (1, 2, 4, 5 s) while the Sentinels take their time (down-after 3 s).
+    When they switch to a new master the client moves to it; the breaker must not go
+    on refusing a healthy master for the rest of a cool-off (up to 5 s more)."""
+    group = start_sentinel_group(replicas=1, sentinels=1, down_after_ms=3000)
+    stores = None
+    try:
+        stores = await open_stores(
+            Config(
+                source=tmp_path / "config.yaml",
+                tenants=(),
+                storage=f"sqlite:///{tmp_path / 'a.db'}",
+                sessions=SessionsConfig(store=group.url),
+            )
+        )
+        s = session()
+        await stores.sessions.create(s)
+        old_port = await asyncio.to_thread(group.master_port)
+        master = aioredis.Redis(port=old_port)
+        assert await master.wait(1, 5000) == 1  # the replica has the session
+        await master.aclose()
+
+        group.server(old_port).stop(kill=True)
+        switched: list[float] = []
+
+        async def switch() -> None:
+            await asyncio.to_thread(group.wait_for_new_master, old_port, 30)
+            switched.append(time.monotonic())
+
+        watching = asyncio.ensure_future(switch())
+        served_at = None
+        while served_at is None:
+            try:
+                if await stores.sessions.get(s.id_hash) is not None and switched:
+                    served_at = time.monotonic()
+            except StoreUnavailable:
+                pass
+            assert not watching.done() or switched, "the Sentinels never switched"
+            await asyncio.sleep(0.05)
+        await watching
+        late = served_at - switched[0]
+        assert late < 1.0, f"served again {late:.2f} s after the switch"
+    finally:
+        if stores is not None:
+            await stores.close()
+        group.stop()

@@ -148,6 +148,29 @@ def test_an_answer_from_any_call_closes_it() -> None:
     assert not b.is_open
 
 
+def test_a_new_server_behind_the_client_is_forgiven_what_the_old_one_did() -> None:
+    # A Sentinel switch: the breaker closes at once, counts anew, and starts again from
+    # the first cool-off when the new master fails too.
+    clock = Clock()
+    b = new_breaker(clock)
+    fail(b, 3)
+    clock.now += 1.0
+    fail(b)  # a failed probe: 2 s more
+    assert refused(b)
+    b.forget("a new master")
+    assert not b.is_open and not refused(b)
+    fail(b, 2)
+    assert not b.is_open
+    fail(b)
+    clock.now += 1.0
+    assert not refused(b)  # the probe: a cool-off of 1 s again, not 4
+    b.forget("a new master")
+    fail(b, 2)
+    b.forget("a new master")
+    fail(b)
+    assert not b.is_open  # the count started over
+
+
 def test_the_numbers_are_the_modules_when_the_breaker_is_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
