@@ -11,9 +11,15 @@ age early.
 So an instance does not use its own wall clock for shared state: it reads the clock of
 the store they all share (Redis `TIME` when sessions live in Redis, else PostgreSQL's
 `clock_timestamp()`), once at start and every `SAMPLE_INTERVAL` after, and keeps the
-difference (`offset`). `SharedClock.now()` is then `time.time() + offset`: every instance
-stamps and compares on the store's time line, to within a round trip. A sample whose
-round trip took longer than `MAX_ROUND_TRIP` is not trusted (the previous offset stays).
+difference (`offset`). Every instance then stamps and compares on the store's time
+line, to within a round trip. A sample whose round trip took longer than
+`MAX_ROUND_TRIP` is not trusted (the previous offset stays).
+
+Between two readings `now()` counts on from the last one with the monotonic clock, not
+the wall clock: NTP may step this host's wall clock (at boot, after a suspend, when
+it finds it far off), and `time.time() + offset` would step with it, shared state
+judged up to a minute off until the next reading. The monotonic clock never steps; NTP
+only slews its rate (at most 500 ppm, 30 ms a minute).
 
 The offset is also a health signal (the `authgate_clock_offset_seconds` gauge): more
 than `WARN_OFFSET` is logged as a warning (NTP wants looking at), more than `LOUD_OFFSET`
@@ -63,7 +69,8 @@ class SharedClock:
         self._source: Source | None = None
         self.reference = reference  # "redis", "postgresql" or "local" (no source)
         self._local = local
-        self.offset = 0.0  # seconds to add to the local clock
+        self.offset = 0.0  # seconds to add to the local clock (as last read; the gauge)
+        self._anchor: tuple[float, float] | None = None  # (store time, monotonic) last read
         self.sampled = True  # False until the first reading of a source
         self._on_offset = on_offset
         self._monotonic = monotonic
@@ -74,6 +81,7 @@ class SharedClock:
         self._source, self.reference = source, reference
         self.sampled = source is None
         self.offset = 0.0
+        self._anchor = None
         self._warning = Occasional(
             log,
             f"this host's clock differs from the {reference} server's; check NTP on both",
@@ -82,20 +90,24 @@ class SharedClock:
         )
 
     def now(self) -> float:
-        return self._local() + self.offset
+        anchor = self._anchor
+        if anchor is None:  # no store clock (SQLite), or not read yet
+            return self._local() + self.offset
+        return anchor[0] + (self._monotonic() - anchor[1])
 
     async def sample(self) -> float:
         """Read the store's clock once; returns the offset in force after it. Raises
         what the store raises (the previous offset stays)."""
         if self._source is None:
             return self.offset
-        before = self._local()
+        before, ticked = self._local(), self._monotonic()
         theirs = await self._source()
-        after = self._local()
-        if not 0 <= after - before <= MAX_ROUND_TRIP or not math.isfinite(theirs):
+        after, ticks = self._local(), self._monotonic()
+        if not 0 <= ticks - ticked <= MAX_ROUND_TRIP or not math.isfinite(theirs):
             log.info("clock reading of the %s server skipped (slow answer)", self.reference)
             return self.offset
         self.offset = theirs - (before + after) / 2
+        self._anchor = (theirs, (ticked + ticks) / 2)
         self.sampled = True
         if self._on_offset is not None:
             self._on_offset(self.reference, self.offset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -10,25 +11,51 @@ from gateway.clock import LOUD_OFFSET, MAX_ROUND_TRIP, SharedClock
 
 
 class FakeHost:
+    """A host's wall clock (`t`, which NTP may step) and monotonic clock (`ticks`)."""
+
     def __init__(self, local: float, store_ahead: float, round_trip: float = 0.002) -> None:
         self.t = local
+        self.ticks = 5000.0
         self.store_ahead = store_ahead
         self.round_trip = round_trip
 
     def local(self) -> float:
         return self.t
 
+    def monotonic(self) -> float:
+        return self.ticks
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self.ticks += seconds
+
+    def step(self, seconds: float) -> None:
+        """NTP steps the wall clock; the store's clock and the monotonic one go on."""
+        self.t += seconds
+        self.store_ahead -= seconds
+
     async def store_time(self) -> float:
-        self.t += self.round_trip / 2
+        self.advance(self.round_trip / 2)
         answer = self.t + self.store_ahead
-        self.t += self.round_trip / 2
+        self.advance(self.round_trip / 2)
         return answer
+
+    def clock(self, reference: str = "redis", **kwargs: Any) -> SharedClock:
+        return SharedClock(
+            self.store_time, reference, local=self.local, monotonic=self.monotonic, **kwargs
+        )
 
 
 async def test_now_follows_the_store_clock() -> None:
     host = FakeHost(1_000_000.0, store_ahead=-90.0)  # this host is 90 s ahead of the store
     seen: list[tuple[str, float]] = []
-    clock = SharedClock(None, "local", local=host.local, on_offset=lambda r, o: seen.append((r, o)))
+    clock = SharedClock(
+        None,
+        "local",
+        local=host.local,
+        monotonic=host.monotonic,
+        on_offset=lambda r, o: seen.append((r, o)),
+    )
     clock.attach(host.store_time, "redis")
     assert not await clock.ready()  # not read yet: not ready
     await clock.sample()
@@ -39,7 +66,7 @@ async def test_now_follows_the_store_clock() -> None:
 
 async def test_far_off_is_said_loudly(caplog: pytest.LogCaptureFixture) -> None:
     host = FakeHost(1_000_000.0, store_ahead=LOUD_OFFSET + 5)
-    clock = SharedClock(host.store_time, "postgresql", local=host.local)
+    clock = host.clock("postgresql")
     with caplog.at_level(logging.WARNING, "authgate.clock"):
         await clock.sample()
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
@@ -54,7 +81,7 @@ async def test_far_off_is_said_loudly(caplog: pytest.LogCaptureFixture) -> None:
 
 async def test_a_slow_reading_keeps_the_previous_offset() -> None:
     host = FakeHost(1_000_000.0, store_ahead=2.0)
-    clock = SharedClock(host.store_time, "redis", local=host.local)
+    clock = host.clock()
     await clock.sample()
     host.store_ahead, host.round_trip = 50.0, MAX_ROUND_TRIP * 3
     await clock.sample()
@@ -67,3 +94,21 @@ async def test_without_a_store_clock_the_local_one_serves() -> None:
     assert await clock.sample() == 0.0
     assert clock.now() == 42.0
     assert await clock.ready()
+
+
+async def test_a_step_of_this_hosts_wall_clock_moves_nothing_shared() -> None:
+    # NTP steps the wall clock an hour (a host that booted with a bad RTC, or woke from a
+    # suspend): shared time goes on from the last reading, and the next reading shows
+    # the step in the offset without moving what now() says.
+    host = FakeHost(1_000_000.0, store_ahead=0.5)
+    clock = host.clock()
+    await clock.sample()
+    host.advance(10.0)
+    before = clock.now()
+    host.step(3600.0)
+    assert clock.now() == pytest.approx(before, abs=1e-6)
+    host.advance(5.0)
+    assert clock.now() == pytest.approx(before + 5.0, abs=1e-6)
+    await clock.sample()
+    assert clock.offset == pytest.approx(0.5 - 3600.0, abs=1e-6)
+    assert clock.now() == pytest.approx(host.t + host.store_ahead, abs=1e-6)
