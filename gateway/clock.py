@@ -18,8 +18,12 @@ line, to within a round trip. A sample whose round trip took longer than
 Between two readings `now()` counts on from the last one with the monotonic clock, not
 the wall clock: NTP may step this host's wall clock (at boot, after a suspend, when
 it finds it far off), and `time.time() + offset` would step with it, shared state
-judged up to a minute off until the next reading. The monotonic clock never steps; NTP
-only slews its rate (at most 500 ppm, 30 ms a minute).
+judged up to a minute off until the next reading. The steady clock (CLOCK_BOOTTIME:
+monotonic, and counting a suspend) never steps; NTP only slews its rate (at most 500
+ppm, 30 ms a minute). When the two disagree by more than `JUMP` (a step, or a paused
+VM whose steady clock stood still), the store's clock is read again at once rather
+than at the next minute, so neither can judge shared state off for longer than a
+round trip.
 
 The offset is also a health signal (the `authgate_clock_offset_seconds` gauge): more
 than `WARN_OFFSET` is logged as a warning (NTP wants looking at), more than `LOUD_OFFSET`
@@ -34,6 +38,7 @@ SQLite (one host) there is nothing to agree with: the local clock is used as it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -51,7 +56,19 @@ MAX_ROUND_TRIP = 1.0  # seconds; a slower reading says too little about the offs
 WARN_OFFSET = 1.0  # seconds; NTP keeps hosts within tens of ms
 LOUD_OFFSET = 30.0  # seconds; one TOTP step: logged as an error
 
+# Seconds by which the wall clock and the steady one may part before the store's clock is
+# read again at once (NTP slews them apart by at most 30 ms between two readings).
+JUMP = 1.0
+
 Source = Callable[[], Awaitable[float]]
+
+
+def _steady() -> float:
+    """Never steps, and counts a suspend (CLOCK_BOOTTIME); time.monotonic elsewhere."""
+    return time.clock_gettime(_BOOTTIME)
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 class SharedClock:
@@ -63,7 +80,7 @@ class SharedClock:
         reference: str,
         *,
         local: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = _steady,
         on_offset: Callable[[str, float], None] | None = None,
     ) -> None:
         self._source: Source | None = None
@@ -74,6 +91,7 @@ class SharedClock:
         self.sampled = True  # False until the first reading of a source
         self._on_offset = on_offset
         self._monotonic = monotonic
+        self._jumped = asyncio.Event()  # the wall and steady clocks parted: read again
         self.attach(source, reference)
 
     def attach(self, source: Source | None, reference: str) -> None:
@@ -93,7 +111,10 @@ class SharedClock:
         anchor = self._anchor
         if anchor is None:  # no store clock (SQLite), or not read yet
             return self._local() + self.offset
-        return anchor[0] + (self._monotonic() - anchor[1])
+        shared = anchor[0] + (self._monotonic() - anchor[1])
+        if abs(self._local() + self.offset - shared) > JUMP:
+            self._jumped.set()
+        return shared
 
     async def sample(self) -> float:
         """Read the store's clock once; returns the offset in force after it. Raises
@@ -132,8 +153,13 @@ class SharedClock:
         """Sample every SAMPLE_INTERVAL until cancelled; a failed reading is retried
         (every FIRST_SAMPLE_RETRY while there has been none)."""
         while True:
-            await asyncio.sleep(SAMPLE_INTERVAL if self.sampled else FIRST_SAMPLE_RETRY)
+            wait = SAMPLE_INTERVAL if self.sampled else FIRST_SAMPLE_RETRY
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._jumped.wait(), wait)
+                log.info("this host's clock jumped; reading the %s server's again", self.reference)
+            self._jumped.clear()
             try:
                 await self.sample()
             except Exception as exc:
                 log.warning("could not read the %s server's clock: %s", self.reference, exc)
+                await asyncio.sleep(FIRST_SAMPLE_RETRY)  # not at once again, on every jump seen

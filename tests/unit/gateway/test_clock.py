@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -28,6 +29,11 @@ class FakeHost:
     def advance(self, seconds: float) -> None:
         self.t += seconds
         self.ticks += seconds
+
+    def pause(self, seconds: float) -> None:
+        """A paused VM: the wall clock (set right by the hypervisor or NTP on waking)
+        and the store's go on; this host's steady clock stood still."""
+        self.t += seconds
 
     def step(self, seconds: float) -> None:
         """NTP steps the wall clock; the store's clock and the monotonic one go on."""
@@ -112,3 +118,27 @@ async def test_a_step_of_this_hosts_wall_clock_moves_nothing_shared() -> None:
     await clock.sample()
     assert clock.offset == pytest.approx(0.5 - 3600.0, abs=1e-6)
     assert clock.now() == pytest.approx(host.t + host.store_ahead, abs=1e-6)
+
+
+@pytest.mark.parametrize("jump", ["step", "pause"])
+async def test_a_jump_of_either_clock_has_the_store_read_again_at_once(jump: str) -> None:
+    # Between readings, now() follows the steady clock. When the wall clock and the
+    # steady one part (a step of the wall clock, or a pause that stopped the steady one),
+    # one of them is wrong and only the store can say which: it is read at once, not at
+    # the next minute.
+    host = FakeHost(1_000_000.0, store_ahead=0.5)
+    clock = host.clock()
+    await clock.sample()
+    following = asyncio.ensure_future(clock.follow())
+    try:
+        await asyncio.sleep(0)
+        getattr(host, jump)(3600.0)
+        truth = host.t + host.store_ahead
+        clock.now()  # a request notices
+        for _ in range(100):
+            if clock.now() == pytest.approx(truth, abs=0.1):
+                break
+            await asyncio.sleep(0.01)
+        assert clock.now() == pytest.approx(truth, abs=0.1)
+    finally:
+        following.cancel()
