@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,14 +24,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from gateway.config import load_config
 from gateway.errors import StoreUnavailable
 from gateway.extensions import default_extensions
 from gateway.server import GatewayServer
 from gateway.stores import open_database
-from gateway.stores.postgres import COMMAND_TIMEOUT
+from gateway.stores.postgres import COMMAND_TIMEOUT, open_postgres
 from tests.integration.browser import Browser, hidden
+from tests.integration.relay import Relay
 from tests.integration.servers import (
     PostgresPair,
     PostgresServer,
@@ -381,3 +384,44 @@ async def test_a_primary_fenced_read_only_under_open_connections_is_left_for_the
         assert await status(client, base, "/.authgate/ready") == 200
     finally:
         await server.stop()
+
+
+async def test_silent_hosts_first_in_the_url_do_not_keep_the_gateway_from_the_one_that_answers(
+    postgres_url: str,
+) -> None:
+    # Four hosts: the primary, which goes silent (a relay that stops answering), two
+    # that never answered (black holes: they accept a connection and say nothing), and
+    # the one that answers. Each host gets 2 s, so one attempt meets 2 + 2 + 1 s of
+    # silence before the call's deadline (COMMAND_TIMEOUT) cuts it: attempts must not
+    # all start from the same silent host.
+    url = URL(postgres_url)
+    primary = Relay((url.host or "127.0.0.1", url.port or 5432))
+    answering = Relay((url.host or "127.0.0.1", url.port or 5432))
+    holes = [socket.socket() for _ in range(2)]
+    for hole in holes:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+    ports = [primary.start(), *(h.getsockname()[1] for h in holes), answering.start()]
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+    multi = str(url.with_host("placeholder").with_port(None)).replace("placeholder", hosts)
+    db = await open_postgres(f"{multi}?target_session_attrs=read-write")
+    try:
+        assert await db.fetchone("SELECT 1") is not None  # through the primary
+        primary.set_delay(3600.0)
+        silenced = time.monotonic()
+        while True:
+            try:
+                if await db.fetchone("SELECT 1") is not None:
+                    break
+            except StoreUnavailable:
+                pass
+            assert time.monotonic() - silenced < 45, "never reached the host that answers"
+            await asyncio.sleep(0.2)
+        print(f"served again {time.monotonic() - silenced:.1f} s after the primary went silent")
+        assert answering.connections >= 1
+    finally:
+        await db.close()
+        primary.stop()
+        answering.stop()
+        for hole in holes:
+            hole.close()
