@@ -91,6 +91,7 @@ class Breaker:
         self._open_until: float | None = None  # None: closed
         self._probing = False
         self._opened_at = 0.0
+        self.epoch = 0  # moves on each `forget`: failures of calls begun before say nothing
         _breakers.add(self)
 
     @property
@@ -108,13 +109,15 @@ class Breaker:
         self._probing = True
         return True
 
-    def record(self, probe: bool, answered: bool | None) -> None:
+    def record(self, probe: bool, answered: bool | None, epoch: int | None = None) -> None:
         """After a call: `answered` True if the server answered (a reply error
         included), False for an outage failure (deadline, connection lost), None when
-        the call says nothing about the server (the caller's cancellation)."""
+        the call says nothing about the server (the caller's cancellation). `epoch`:
+        the breaker's when the call began; a failure from before a `forget` was the
+        old server's."""
         if probe:
             self._probing = False
-        if answered is None:
+        if answered is None or (answered is False and epoch not in (None, self.epoch)):
             return
         if answered:
             self._failures = 0
@@ -140,6 +143,7 @@ class Breaker:
         what the breaker learned of the old one says nothing of it. Closed at once,
         rather than refusing a healthy master for the rest of a cool-off."""
         self._failures = 0
+        self.epoch += 1  # calls still out to the old server fail; that is not this one
         if self._open_until is not None:
             log.warning("%s: %s; circuit closed", self.name, reason)
             self._reset()
@@ -178,6 +182,7 @@ def watched(breaker: Breaker | None, is_outage: Callable[[BaseException], bool])
     """Around one store call: refused at once (CircuitOpen) while `breaker` is open, and
     its outcome reported to it: an answer, an outage failure (`is_outage`), or nothing
     at all for the caller's own cancellation. Without a breaker, only the call."""
+    epoch = breaker.epoch if breaker is not None else None
     probe = breaker.admit() if breaker is not None else False
     answered: bool | None = None
     try:
@@ -190,4 +195,4 @@ def watched(breaker: Breaker | None, is_outage: Callable[[BaseException], bool])
         raise
     finally:
         if breaker is not None:
-            breaker.record(probe, answered)
+            breaker.record(probe, answered, epoch)

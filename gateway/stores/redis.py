@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -139,13 +139,21 @@ def node_breaker(cluster: RedisCluster, key: str) -> Breaker:
         node = cluster.get_node_from_key(key)
     except _DRIVER_ERRORS:
         node = None
-    if node is None:
-        return breaker_of(cluster)
+    return breaker_of(cluster) if node is None else _node_breaker(cluster, node)
+
+
+def _node_breaker(cluster: RedisCluster, node: ClusterNode) -> Breaker:
     breakers: dict[str, Breaker] | None = getattr(cluster, "_authgate_node_breakers", None)
     if breakers is None:
         breakers = cluster._authgate_node_breakers = {}  # type: ignore[attr-defined]
     found = breakers.get(node.name)
     if found is None:
+        # A new master (a failover, a reshard): the breakers of nodes that are no
+        # longer masters go. Nothing calls them to close them, and a node that becomes
+        # a master again starts afresh, not refused until its first probe.
+        masters = {n.name for n in cluster.get_primaries()}
+        for name in [name for name in breakers if name not in masters]:
+            del breakers[name]
         found = breakers[node.name] = Breaker("redis")
     return found
 
@@ -624,33 +632,53 @@ def _node_of(cluster: RedisCluster, key: str) -> Any:
 
 class _ClusterRound:
     """One round of a Cluster revocation: for each master, its DELs and one WAIT sent
-    over one connection of that master's node, all masters at once. What a round could
-    not finish is in `again`: the node to ask next for each key, and whether with
-    ASKING (None: a redirection to a node the client does not know)."""
+    over one connection of that master's node, all masters at once, each master's
+    exchange a store call of its own (its deadline, and its master's breaker). What a
+    round could not finish is in `again`: the node to ask next for each key, and whether
+    with ASKING (None: a redirection to a node the client does not know).
 
-    def __init__(self, todo: dict[str, tuple[Any, bool]], replicas: int) -> None:
+    A key sent again after a lost connection gets a write of its own before the WAIT (a
+    marker in its slot, gone after a second): a DEL that finds nothing writes nothing,
+    so only the marker makes the new connection's WAIT wait for the replication stream
+    past the first DEL, whatever the server counts for a connection that wrote nothing."""
+
+    def __init__(
+        self, todo: dict[str, tuple[Any, bool]], replicas: int, prefix: str, resend: set[str]
+    ) -> None:
         self._batches: dict[str, tuple[Any, list[tuple[str, bool]]]] = {}
         for key, (node, asking) in todo.items():
             self._batches.setdefault(node.name, (node, []))[1].append((key, asking))
         self._replicas = replicas
+        self._prefix = prefix
+        self._resend = resend
         self.deleted = 0
         self.acked: list[Any] = []  # the WAIT replies of masters that deleted something
         self.again: dict[str, tuple[Any | None, bool]] = {}
         self.lost: BaseException | None = None  # a connection that broke, if one did
 
     async def send(self, cluster: RedisCluster) -> None:
-        places = cluster._places if isinstance(cluster, _BoundedCluster) else None
-        async with places if places is not None else contextlib.nullcontext():
-            batches = list(self._batches.values())
+        batches = list(self._batches.values())
+        async with _place(cluster):
             outcomes = await asyncio.gather(
-                *(self._exchange(node, batch) for node, batch in batches),
+                *(
+                    _guard(
+                        functools.partial(self._exchange, node, batch), _node_breaker(cluster, node)
+                    )
+                    for node, batch in batches
+                ),
                 return_exceptions=True,
             )
         for (node, batch), outcome in zip(batches, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                if not _is_outage(outcome):
+                cause = outcome.__cause__
+                if (
+                    not isinstance(outcome, StoreUnavailable)
+                    or cause is None
+                    or not _is_outage(cause)
+                    or isinstance(cause, TimeoutError)  # hung: no second 5 s
+                ):
                     raise outcome
-                self.lost = outcome  # nothing was sent, or nothing is known of it
+                self.lost = cause  # nothing was sent, or nothing is known of it
                 self.again.update((key, (node, asking)) for key, asking in batch)
             else:
                 self._read(cluster, node, batch, outcome)
@@ -661,6 +689,11 @@ class _ClusterRound:
             if asking:
                 commands.append(PipelineCommand(len(commands), "ASKING"))
             commands.append(PipelineCommand(len(commands), "DEL", key))
+            if key in self._resend:
+                marker = f"{self._prefix}rv:{{{key}}}"  # the key's own slot (hash tag)
+                if asking:
+                    commands.append(PipelineCommand(len(commands), "ASKING"))
+                commands.append(PipelineCommand(len(commands), "SET", marker, "1", "PX", 1000))
         commands.append(PipelineCommand(len(commands), "WAIT", self._replicas, REPLICA_WAIT_MS))
         await node.execute_pipeline(commands)
         return [command.result for command in commands]
@@ -674,6 +707,18 @@ class _ClusterRound:
             if asking:
                 next(replies)  # ASKING's OK (an error shows in the DEL after it)
             outcome = next(replies)
+            if key in self._resend:
+                if asking:
+                    next(replies)
+                marked = next(replies)
+                if (
+                    isinstance(marked, Exception)
+                    and _is_outage(marked)
+                    and not isinstance(outcome, Exception)
+                ):
+                    outcome = marked  # unmarked, the WAIT says nothing of the first DEL
+                # (a marker refused, as by a full Redis, leaves the WAIT to the server's
+                # own count, which in Redis 7 follows the master after every command)
             if isinstance(outcome, redis.exceptions.TryAgainError):
                 self.again[key] = (node, asking)
             elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
@@ -694,6 +739,25 @@ class _ClusterRound:
             self.again.update((key, (node, asking)) for key, asking in deleted_here)
         else:
             self.acked.append(waited)
+
+
+@contextlib.asynccontextmanager
+async def _place(cluster: RedisCluster) -> AsyncIterator[None]:
+    """One of a bounded Cluster client's places (see _BoundedCluster), waited for
+    within COMMAND_TIMEOUT, for a call made outside its own `execute_command`."""
+    places = cluster._places if isinstance(cluster, _BoundedCluster) else None
+    if places is None:
+        yield
+        return
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await places.acquire()
+    except TimeoutError as exc:
+        raise StoreUnavailable(f"redis: no connection free within {COMMAND_TIMEOUT} s") from exc
+    try:
+        yield
+    finally:
+        places.release()
 
 
 class RedisSessionStore(_Guarded):
@@ -832,10 +896,10 @@ class RedisSessionStore(_Guarded):
         count = 0
         todo: dict[str, tuple[Any, bool]] = {k: (_node_of(self._r, k), False) for k in keys}
         lost: BaseException | None = None
+        resend: set[str] = set()  # keys whose first DEL may have run unconfirmed
         for _ in range(_CLUSTER_ROUNDS):
-            rounds = _ClusterRound(todo, self._replicas)
-            only = next(iter(todo)) if len(todo) == 1 else None  # its master's breaker
-            await self._guard(lambda r=rounds: r.send(self._r), only)  # type: ignore[misc]
+            rounds = _ClusterRound(todo, self._replicas, self._p, resend)
+            await rounds.send(self._r)
             count += rounds.deleted
             self._check_acked(rounds.acked)
             if not rounds.again:
@@ -845,7 +909,9 @@ class RedisSessionStore(_Guarded):
                 if where is None:  # MOVED or ASK to a node the client does not know
                     raise StoreUnavailable(f"redis: a redirection of {key!r} names an unknown node")
                 todo[key] = (where, asking)
-            lost = rounds.lost
+            if rounds.lost is not None:
+                lost = rounds.lost
+                resend |= set(rounds.again)
         if lost is not None:
             raise StoreUnavailable(
                 f"redis: revocation not confirmed: {type(lost).__name__}: {lost}"

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.stores import breaker as breaker_module
@@ -171,6 +172,22 @@ def test_a_new_server_behind_the_client_is_forgiven_what_the_old_one_did() -> No
     assert not b.is_open  # the count started over
 
 
+def test_calls_still_out_to_the_old_server_do_not_reopen_it_after_a_switch() -> None:
+    # The client moved to a new master and closed its connections to the old one: the
+    # calls that were out fail, one after another. They were the old master's.
+    clock = Clock()
+    b = new_breaker(clock)
+    before = b.epoch
+    in_flight = [b.admit() for _ in range(3)]
+    b.forget("a new master")
+    for probe in in_flight:
+        b.record(probe, False, before)
+    assert not b.is_open
+    fail(b, 2)
+    b.record(b.admit(), False, b.epoch)
+    assert b.is_open  # the new master's own failures count as ever
+
+
 def test_the_numbers_are_the_modules_when_the_breaker_is_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -318,3 +335,43 @@ async def test_the_audit_writer_keeps_a_row_while_the_circuit_is_open(
         await trail.stop()
     assert stored == [row]
     assert trail.stats().failed == 0 and trail.stats().written == 1
+
+
+class _Node:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Topology(RedisCluster):
+    """Only the Cluster client's view of its masters, which `node_breaker` reads."""
+
+    def __init__(self, masters: list[str]) -> None:  # no connection made
+        self.masters = [_Node(name) for name in masters]
+
+    def get_node_from_key(self, key: str, replica: bool = False) -> _Node:  # type: ignore[override]
+        return self.masters[hash(key) % len(self.masters)]
+
+    def get_primaries(self) -> list[_Node]:  # type: ignore[override]
+        return self.masters
+
+
+def test_each_cluster_master_has_its_breaker_and_a_failed_over_one_goes() -> None:
+    cluster = _Topology(["a:1", "b:2"])
+    keys = {cluster.get_node_from_key(k).name: k for k in (f"k{i}" for i in range(50))}
+    on_a, on_b = (
+        redis_store.node_breaker(cluster, keys["a:1"]),
+        redis_store.node_breaker(cluster, keys["b:2"]),
+    )
+    assert on_a is not on_b
+    assert redis_store.node_breaker(cluster, keys["a:1"]) is on_a
+    assert on_a is not redis_store.breaker_of(cluster)
+    for _ in range(3):
+        on_a.record(on_a.admit(), False)
+    assert on_a.is_open and not on_b.is_open
+    # a:1 fails over to c:3: its open breaker is dropped, not left open for good (the
+    # gauge), and were a:1 a master again it would start closed.
+    cluster.masters[0] = _Node("c:3")
+    on_c = redis_store.node_breaker(cluster, keys["a:1"])
+    assert not on_c.is_open
+    assert set(cluster._authgate_node_breakers) == {"b:2", "c:3"}  # type: ignore[attr-defined]
+    assert redis_store.node_breaker(cluster, keys["b:2"]) is on_b
