@@ -21,9 +21,10 @@ it finds it far off), and `time.time() + offset` would step with it, shared stat
 judged up to a minute off until the next reading. The steady clock (CLOCK_BOOTTIME:
 monotonic, and counting a suspend) never steps; NTP only slews its rate (at most 500
 ppm, 30 ms a minute). When the two disagree by more than `JUMP` (a step, or a paused
-VM whose steady clock stood still), the store's clock is read again at once rather
-than at the next minute, so neither can judge shared state off for longer than a
-round trip.
+VM whose steady clock stood still), one of them is wrong and only the store can say
+which: it is read again at once (then at most once a second while it cannot be), and
+until then the later of the two serves, so what runs out (sessions, tokens, codes)
+runs out no later than it should, even while the store is down.
 
 The offset is also a health signal (the `authgate_clock_offset_seconds` gauge): more
 than `WARN_OFFSET` is logged as a warning (NTP wants looking at), more than `LOUD_OFFSET`
@@ -106,14 +107,28 @@ class SharedClock:
             every=600.0,
             clock=self._monotonic,
         )
+        self._jump_seen = Occasional(
+            log,
+            f"this host's wall clock jumped (a step, or a pause); reading the {reference}"
+            " server's clock again",
+            clock=self._monotonic,
+        )
+        self._unread = Occasional(
+            log, f"could not read the {reference} server's clock", clock=self._monotonic
+        )
 
     def now(self) -> float:
         anchor = self._anchor
+        walled = self._local() + self.offset
         if anchor is None:  # no store clock (SQLite), or not read yet
-            return self._local() + self.offset
+            return walled
         shared = anchor[0] + (self._monotonic() - anchor[1])
-        if abs(self._local() + self.offset - shared) > JUMP:
+        if abs(walled - shared) > JUMP:
             self._jumped.set()
+            # One of the two is wrong and only the store can say which; until it has,
+            # the later: what runs out (sessions, tokens, codes) runs out no later than
+            # it should, even while the store cannot be read.
+            return max(walled, shared)
         return shared
 
     async def sample(self) -> float:
@@ -154,12 +169,18 @@ class SharedClock:
         (every FIRST_SAMPLE_RETRY while there has been none)."""
         while True:
             wait = SAMPLE_INTERVAL if self.sampled else FIRST_SAMPLE_RETRY
+            jumped = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._jumped.wait(), wait)
-                log.info("this host's clock jumped; reading the %s server's again", self.reference)
+                jumped = True
+                self._jump_seen.note()
             self._jumped.clear()
             try:
                 await self.sample()
             except Exception as exc:
-                log.warning("could not read the %s server's clock: %s", self.reference, exc)
-                await asyncio.sleep(FIRST_SAMPLE_RETRY)  # not at once again, on every jump seen
+                self._unread.note()
+                log.debug("could not read the %s server's clock: %s", self.reference, exc)
+            if jumped:
+                # Until a reading ends the disagreement every request sees it again: a
+                # reading at most this often, whatever the store answers.
+                await asyncio.sleep(FIRST_SAMPLE_RETRY)
