@@ -72,6 +72,7 @@ class Breaker:
         self,
         name: str,
         *,
+        where: str = "",
         clock: Callable[[], float] = time.monotonic,
         threshold: int | None = None,
         window: float | None = None,
@@ -79,7 +80,8 @@ class Breaker:
         max_cool_off: float | None = None,
     ) -> None:
         """Unset numbers are the module's, as they are when the breaker is made."""
-        self.name = name
+        self.name = name  # the store, as the metrics name it
+        self._said = f"{name} {where}" if where else name  # and which server, in logs
         self._clock = clock
         self._threshold = max(1, THRESHOLD if threshold is None else threshold)
         self._window = WINDOW if window is None else window
@@ -105,7 +107,7 @@ class Breaker:
         if self._open_until is None:
             return False
         if self._probing or self._clock() < self._open_until:
-            raise CircuitOpen(f"{self.name}: circuit open")
+            raise CircuitOpen(f"{self._said}: circuit open")
         self._probing = True
         return True
 
@@ -129,7 +131,7 @@ class Breaker:
             if probe:
                 self._cool_off = min(self._cool_off * 2, self._max)
                 self._open_until = now + self._cool_off
-                log.debug("%s: probe failed; circuit open %.1f s more", self.name, self._cool_off)
+                log.debug("%s: probe failed; circuit open %.1f s more", self._said, self._cool_off)
             return
         if self._failures and now - self._last_failure > self._window:
             self._failures = 0
@@ -145,7 +147,7 @@ class Breaker:
         self._failures = 0
         self.epoch += 1  # calls still out to the old server fail; that is not this one
         if self._open_until is not None:
-            log.warning("%s: %s; circuit closed", self.name, reason)
+            log.warning("%s: %s; circuit closed", self._said, reason)
             self._reset()
 
     def _open(self, now: float) -> None:
@@ -156,7 +158,7 @@ class Breaker:
         log.error(
             "%s: %d calls in a row got no answer; circuit open: calls fail at once (503)"
             " and one probe every %.0f-%.0f s tests the store",
-            self.name,
+            self._said,
             self._failures,
             self._base,
             self._max,
@@ -165,7 +167,7 @@ class Breaker:
     def _close(self) -> None:
         log.warning(
             "%s: the store answers again; circuit closed after %.1f s",
-            self.name,
+            self._said,
             self._clock() - self._opened_at,
         )
         self._reset()

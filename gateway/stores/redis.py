@@ -154,7 +154,7 @@ def _node_breaker(cluster: RedisCluster, node: ClusterNode) -> Breaker:
         masters = {n.name for n in cluster.get_primaries()}
         for name in [name for name in breakers if name not in masters]:
             del breakers[name]
-        found = breakers[node.name] = Breaker("redis")
+        found = breakers[node.name] = Breaker("redis", where=node.name)
     return found
 
 
