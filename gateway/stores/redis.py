@@ -77,6 +77,7 @@ RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
 REPLICA_WAIT_MS = 500
 # Rounds of a Cluster revocation whose keys are redirected (MOVED, ASK: a reshard).
 _CLUSTER_ROUNDS = 3
+_TRYAGAIN_PAUSE = 0.05  # s between rounds while a slot's keys are being migrated
 # A subscription silent this long is pinged, and one whose ping is not answered within
 # LIVENESS_TIMEOUT is opened again: a partition or a dead NAT entry closes nothing, and
 # redis-py's own health check only writes, so without this a dead subscription would
@@ -655,6 +656,7 @@ class _ClusterRound:
         self.acked: list[Any] = []  # the WAIT replies of masters that deleted something
         self.again: dict[str, tuple[Any | None, bool]] = {}
         self.lost: BaseException | None = None  # a connection that broke, if one did
+        self.migrating = False  # a TRYAGAIN: a slot's keys are being moved right now
 
     async def send(self, cluster: RedisCluster) -> None:
         batches = list(self._batches.values())
@@ -721,6 +723,7 @@ class _ClusterRound:
                 # own count, which in Redis 7 follows the master after every command)
             if isinstance(outcome, redis.exceptions.TryAgainError):
                 self.again[key] = (node, asking)
+                self.migrating = True
             elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
                 moved_to = cluster.get_node(host=outcome.host, port=outcome.port)
                 self.again[key] = (moved_to, not isinstance(outcome, redis.exceptions.MovedError))
@@ -912,6 +915,8 @@ class RedisSessionStore(_Guarded):
             if rounds.lost is not None:
                 lost = rounds.lost
                 resend |= set(rounds.again)
+            if rounds.migrating:
+                await asyncio.sleep(_TRYAGAIN_PAUSE)  # as redis-py does, not at once
         if lost is not None:
             raise StoreUnavailable(
                 f"redis: revocation not confirmed: {type(lost).__name__}: {lost}"
