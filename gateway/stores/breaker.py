@@ -117,9 +117,10 @@ class Breaker:
         the call says nothing about the server (the caller's cancellation). `epoch`:
         the breaker's when the call began; a failure from before a `forget` was the
         old server's."""
-        if probe:
+        current = epoch in (None, self.epoch)
+        if probe and current:  # an old epoch's probe: `forget` freed its place already
             self._probing = False
-        if answered is None or (answered is False and epoch not in (None, self.epoch)):
+        if answered is None or (answered is False and not current):
             return
         if answered:
             self._failures = 0

@@ -677,7 +677,7 @@ class _ClusterRound:
                     not isinstance(outcome, StoreUnavailable)
                     or cause is None
                     or not _is_outage(cause)
-                    or isinstance(cause, TimeoutError)  # hung: no second 5 s
+                    or isinstance(cause, (TimeoutError, redis.exceptions.TimeoutError))  # hung
                 ):
                     raise outcome
                 self.lost = cause  # nothing was sent, or nothing is known of it
@@ -698,7 +698,12 @@ class _ClusterRound:
                 commands.append(PipelineCommand(len(commands), "SET", marker, "1", "PX", 1000))
         commands.append(PipelineCommand(len(commands), "WAIT", self._replicas, REPLICA_WAIT_MS))
         await node.execute_pipeline(commands)
-        return [command.result for command in commands]
+        results = [command.result for command in commands]
+        # redis-py raises only when the send fails; a connection lost before the first
+        # reply comes back as every reply. Nothing answered: an outage for the breaker.
+        if isinstance(results[0], Exception) and _is_outage(results[0]):
+            raise results[0]
+        return results
 
     def _read(
         self, cluster: RedisCluster, node: Any, batch: list[tuple[str, bool]], results: list[Any]

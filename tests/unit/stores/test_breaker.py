@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -311,7 +312,7 @@ async def test_the_audit_writer_keeps_a_row_while_the_circuit_is_open(
 ) -> None:
     # A row refused at once by an open breaker is tried again, not lost: before the
     # breaker each attempt waited out the deadline, and rows queued meanwhile.
-    from typing import Any, cast
+    from typing import cast
 
     from gateway import audit
     from gateway.stores import AuditLog
@@ -375,3 +376,43 @@ def test_each_cluster_master_has_its_breaker_and_a_failed_over_one_goes() -> Non
     assert not on_c.is_open
     assert set(cluster._authgate_node_breakers) == {"b:2", "c:3"}  # type: ignore[attr-defined]
     assert redis_store.node_breaker(cluster, keys["b:2"]) is on_b
+
+
+def test_a_probe_from_before_a_switch_does_not_free_the_new_probes_place() -> None:
+    clock = Clock()
+    b = new_breaker(clock)
+    fail(b, 3)
+    clock.now += 1.0
+    old_epoch, old_probe = b.epoch, b.admit()
+    assert old_probe
+    b.forget("a new master")
+    fail(b, 3)
+    clock.now += 1.0
+    assert b.admit()  # the new master's probe
+    b.record(old_probe, False, old_epoch)  # the old master's probe ends
+    assert refused(b)  # still one probe at a time
+
+
+class _LostNode:
+    """A Cluster node whose connection is lost before any reply (a stale pooled
+    connection): redis-py's execute_pipeline then answers every command with the error
+    instead of raising."""
+
+    name = "a:1"
+
+    async def execute_pipeline(self, commands: list[Any]) -> bool:
+        for command in commands:
+            command.result = redis.exceptions.ConnectionError("Connection closed by server.")
+        return True
+
+
+async def test_a_revocation_round_that_got_no_reply_is_an_outage_for_its_masters_breaker() -> None:
+    cluster = _Topology(["a:1"])
+    node = _LostNode()
+    cluster.masters = [node]  # type: ignore[list-item]
+    breaker = redis_store.node_breaker(cluster, "authgate:s:x")
+    for _ in range(3):
+        rounds = redis_store._ClusterRound({"authgate:s:x": (node, False)}, 1, "authgate:", set())
+        await rounds.send(cluster)
+        assert rounds.again and rounds.lost is not None  # to be sent again, and why
+    assert breaker.is_open
