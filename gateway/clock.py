@@ -23,8 +23,9 @@ monotonic, and counting a suspend) never steps; NTP only slews its rate (at most
 ppm, 30 ms a minute). When the two disagree by more than `JUMP` (a step, or a paused
 VM whose steady clock stood still), one of them is wrong and only the store can say
 which: it is read again at once (then at most once a second while it cannot be), and
-until then the later of the two serves, so what runs out (sessions, tokens, codes)
-runs out no later than it should, even while the store is down.
+until then the steady clock serves. After a pause it lags by the pause until that
+reading, a round trip when the store answers; while it does not, what needs the store
+fails closed anyway.
 
 The offset is also a health signal (the `authgate_clock_offset_seconds` gauge): more
 than `WARN_OFFSET` is logged as a warning (NTP wants looking at), more than `LOUD_OFFSET`
@@ -124,11 +125,12 @@ class SharedClock:
             return walled
         shared = anchor[0] + (self._monotonic() - anchor[1])
         if abs(walled - shared) > JUMP:
+            # One of the two is wrong, and only the store can say which: it is read at
+            # once. Meanwhile the steady clock serves. The later of the two would keep
+            # expiries safe but stamp times in the future into what is shared (a
+            # session's `expires`, a JWT's `iat`) after a step of the wall clock, the
+            # common case (NTP at boot), and stamps outlive the moment.
             self._jumped.set()
-            # One of the two is wrong and only the store can say which; until it has,
-            # the later: what runs out (sessions, tokens, codes) runs out no later than
-            # it should, even while the store cannot be read.
-            return max(walled, shared)
         return shared
 
     async def sample(self) -> float:
