@@ -144,8 +144,9 @@ class _Connector:
             return await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT, **kwargs)
         failures: list[str] = []
         count = len(self._hosts)
+        start = self._first  # each host once, from here, whatever `_first` becomes
         for step in range(count):
-            index = (self._first + step) % count
+            index = (start + step) % count
             host, port = self._hosts[index]
             try:
                 conn = await asyncpg.connect(
