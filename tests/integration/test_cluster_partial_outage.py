@@ -24,13 +24,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from gateway.config.model import Config, SessionsConfig
 from gateway.errors import StoreUnavailable
-from gateway.stores import breaker, open_stores
+from gateway.stores import breaker
 from gateway.stores import redis as redis_store
 from gateway.stores.base import SessionRecord
 from tests.integration.servers import RedisCluster, start_cluster, start_sentinel_group
-from tests.integration.test_revocation_replicated import held
+from tests.integration.test_revocation_replicated import held, opened
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -52,14 +51,7 @@ def session() -> SessionRecord:
 async def test_a_hung_master_fails_only_its_own_sessions(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
-    stores = await open_stores(
-        Config(
-            source=tmp_path / "config.yaml",
-            tenants=(),
-            storage=f"sqlite:///{tmp_path / 'a.db'}",
-            sessions=SessionsConfig(store=cluster.url),
-        )
-    )
+    stores = await opened(tmp_path, cluster.url)
     try:
         sessions = [session() for _ in range(30)]
         for s in sessions:
@@ -135,14 +127,7 @@ async def test_a_sentinel_switch_closes_the_breaker_at_once(tmp_path: Path) -> N
     group = start_sentinel_group(replicas=1, sentinels=1, down_after_ms=3000)
     stores = None
     try:
-        stores = await open_stores(
-            Config(
-                source=tmp_path / "config.yaml",
-                tenants=(),
-                storage=f"sqlite:///{tmp_path / 'a.db'}",
-                sessions=SessionsConfig(store=group.url),
-            )
-        )
+        stores = await opened(tmp_path, group.url)
         s = session()
         await stores.sessions.create(s)
         old_port = await asyncio.to_thread(group.master_port)

@@ -61,6 +61,13 @@ def slot_of(session: SessionRecord) -> int:
     return key_slot(key(session).encode())
 
 
+def away_from_its_indexes(cluster: RedisCluster) -> SessionRecord:
+    """A session whose key lives on another master than its user's indexes (which a
+    revocation also writes), so that only the DEL and its WAIT go to its master."""
+    indexes = {cluster.owner(key_slot(f"{PREFIX}{k}".encode())).port for k in INDEXES}
+    return next(s for s in iter(record, None) if cluster.owner(slot_of(s)).port not in indexes)
+
+
 @contextmanager
 def held(server: RedisServer) -> Iterator[None]:
     """The server stopped (SIGSTOP) for the block: connected, answering nothing."""
@@ -340,11 +347,7 @@ async def test_cluster_a_master_lost_while_waiting_is_no_revocation_done(
     cluster = start_cluster(3, replicas=1, node_timeout_ms=1000)
     stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
     try:
-        # a session on another master than its user's indexes, which revoke also writes
-        indexes = {cluster.owner(key_slot(f"{PREFIX}{k}".encode())).port for k in INDEXES}
-        session = next(
-            s for s in iter(record, None) if cluster.owner(slot_of(s)).port not in indexes
-        )
+        session = away_from_its_indexes(cluster)
         await stores.sessions.create(session)
         slot = slot_of(session)
         master = cluster.owner(slot)
@@ -384,10 +387,7 @@ async def test_cluster_a_connection_lost_while_waiting_waits_again_on_that_maste
     cluster = start_cluster(3, replicas=1)
     stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
     try:
-        indexes = {cluster.owner(key_slot(f"{PREFIX}{k}".encode())).port for k in INDEXES}
-        session = next(
-            s for s in iter(record, None) if cluster.owner(slot_of(s)).port not in indexes
-        )
+        session = away_from_its_indexes(cluster)
         await stores.sessions.create(session)
         master = cluster.owner(slot_of(session))
         replica = cluster.replica_of(master)
