@@ -62,10 +62,14 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
 
-SOCKET_TIMEOUT = 5.0
 # Every store call answers within this, waiting for a pooled connection included: a
 # server that cannot answer in 5 s is treated as down (503), however many requests wait.
-COMMAND_TIMEOUT = SOCKET_TIMEOUT
+COMMAND_TIMEOUT = 5.0
+# redis-py's own wait for a reply, shorter than COMMAND_TIMEOUT so that a hung server
+# is redis-py's timeout too, not only our cancellation: a Cluster client refreshes its
+# map of the slots only after an error of its own, and with both at 5 s a master that
+# hung and was failed over by the cluster was asked for ever (its sessions refused).
+SOCKET_TIMEOUT = 2.0
 # Connections of one client (one worker process) to a server. More requests than this at
 # once wait for a free connection (within COMMAND_TIMEOUT), so a hung server holds no more
 # sockets than this. redis-py 8 limits its pools to 100 by itself, but refuses a command
@@ -884,7 +888,8 @@ class RedisSessionStore(_Guarded):
         if self._replicas:
             pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
         # A connection lost raises here, and redis-py sends the whole pipeline again.
-        results: Sequence[Any] = await self._guard(lambda: pipe.execute(raise_on_error=False))
+        only = keys[0] if len(keys) == 1 else None  # one key: its master's breaker
+        results: Sequence[Any] = await self._guard(lambda: pipe.execute(raise_on_error=False), only)
         deleted = _deletions(results[: len(keys)])
         self._check_acked(results[len(keys) :])
         return deleted
@@ -997,7 +1002,8 @@ class RedisSessionStore(_Guarded):
         cursor: Any = 0
         while True:
             cursor, ids = await self._guard(
-                lambda c=cursor: self._r.sscan(index, cursor=c, count=500)  # type: ignore[misc]
+                lambda c=cursor: self._r.sscan(index, cursor=c, count=500),  # type: ignore[misc]
+                index,
             )
             if ids:
                 pipe = self._r.pipeline(transaction=False)

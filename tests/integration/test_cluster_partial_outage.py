@@ -28,7 +28,7 @@ from gateway.errors import StoreUnavailable
 from gateway.stores import breaker
 from gateway.stores import redis as redis_store
 from gateway.stores.base import SessionRecord
-from tests.integration.servers import RedisCluster, start_cluster, start_sentinel_group
+from tests.integration.servers import RedisCluster, redis_cli, start_cluster, start_sentinel_group
 from tests.integration.test_revocation_replicated import held, opened
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -159,3 +159,43 @@ async def test_a_sentinel_switch_closes_the_breaker_at_once(tmp_path: Path) -> N
         if stores is not None:
             await stores.close()
         group.stop()
+
+
+async def test_a_hung_master_failed_over_by_the_cluster_is_left_for_its_replica(
+    tmp_path: Path,
+) -> None:
+    """A master hangs (SIGSTOP) and stays hung; the cluster elects its replica. The
+    client must learn the new map: redis-py refreshes it after a timeout of its own,
+    which never came when the store's deadline always cut a call first, and the hung
+    master's sessions were refused for as long as it stayed hung."""
+    cluster = start_cluster(3, replicas=1, node_timeout_ms=1000)
+    stores = await opened(tmp_path, cluster.url)
+    try:
+        s = session()
+        await stores.sessions.create(s)
+        master = cluster.owner(key_slot(f"authgate:s:{s.id_hash}".encode()))
+        replica = cluster.replica_of(master)
+        redis_cli(master.port, "wait", "1", "2000")  # the replica has the session
+        with held(master):
+            for _ in range(200):  # the cluster's failover: about 2-3 s
+                if "master" in redis_cli(replica.port, "role").split()[:1]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the replica was never promoted")
+            promoted = time.monotonic()
+            while True:
+                try:
+                    if await stores.sessions.get(s.id_hash) is not None:
+                        break
+                except StoreUnavailable:
+                    pass
+                waited = time.monotonic() - promoted
+                assert waited < 30, "still refused 30 s after the replica took over"
+                await asyncio.sleep(0.2)
+            print(
+                f"served by the new master {time.monotonic() - promoted:.1f} s after its promotion"
+            )
+    finally:
+        await stores.close()
+        cluster.stop()
