@@ -173,15 +173,16 @@ class SharedClock:
             wait = SAMPLE_INTERVAL if self.sampled else FIRST_SAMPLE_RETRY
             jumped = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._jumped.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._jumped.wait()
                 jumped = True
                 self._jump_seen.note()
-            self._jumped.clear()
             try:
                 await self.sample()
             except Exception as exc:
                 self._unread.note()
                 log.debug("could not read the %s server's clock: %s", self.reference, exc)
+            self._jumped.clear()  # what requests saw during the reading, it answered
             if jumped:
                 # Until a reading ends the disagreement every request sees it again: a
                 # reading at most this often, whatever the store answers.

@@ -115,12 +115,15 @@ class Breaker:
         """After a call: `answered` True if the server answered (a reply error
         included), False for an outage failure (deadline, connection lost), None when
         the call says nothing about the server (the caller's cancellation). `epoch`:
-        the breaker's when the call began; a failure from before a `forget` was the
-        old server's."""
-        current = epoch in (None, self.epoch)
-        if probe and current:  # an old epoch's probe: `forget` freed its place already
+        the breaker's when the call began; an outcome from before a `forget` was the
+        old server's, and counts for nothing."""
+        if epoch not in (None, self.epoch):
+            # A call to the server before a `forget`: it says nothing of this one, and
+            # its probe's place was freed by the `forget` already.
+            return
+        if probe:
             self._probing = False
-        if answered is None or (answered is False and not current):
+        if answered is None:
             return
         if answered:
             self._failures = 0

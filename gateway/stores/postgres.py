@@ -154,11 +154,12 @@ class _Connector:
                 )
             except _DRIVER_ERRORS as exc:
                 failures.append(f"{host}:{port or 5432} {_why(exc)}")
-                if index == self._first:
-                    # The next attempt starts after it: a call's deadline (COMMAND_TIMEOUT)
-                    # may cut this one short before the host that answers is reached, and
-                    # every attempt starting again from the same silent hosts would never
-                    # reach it (4 hosts, the first 3 hung: 2 + 2 + 1 s, cut, forever).
+                if index == self._first and isinstance(exc, (OSError, asyncio.TimeoutError)):
+                    # Silent or gone (a host that answers, if only to refuse us, is not
+                    # passed over). The next attempt starts after it: a call's deadline
+                    # (COMMAND_TIMEOUT) may cut this one short before the host that
+                    # answers is reached, and every attempt starting again from the same
+                    # silent hosts would never reach it (4 hosts, the first 3 hung).
                     self._first = (index + 1) % count
                 continue
             if index != self._first or step:
