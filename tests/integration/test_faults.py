@@ -142,15 +142,22 @@ async def eventually_status(
         await asyncio.sleep(0.1)
 
 
+async def configured(
+    tmp_path: Path, upstream: TestServer, redis_server: RedisServer
+) -> tuple[Config, User]:
+    """A config with SQLite storage and sessions in `redis_server`, and alice in it."""
+    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
+    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
+    return config, await add_user(config, "alice")
+
+
 # --- (a) the session store down ---------------------------------------------------
 
 
 async def test_session_store_down_fails_closed_and_recovers_by_itself(
     tmp_path: Path, upstream: TestServer, redis_server: RedisServer, client: aiohttp.ClientSession
 ) -> None:
-    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
-    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
-    user = await add_user(config, "alice")
+    config, user = await configured(tmp_path, upstream, redis_server)
     server, base = await start(config)
     try:
         cookie = await new_session(server, user)

@@ -30,8 +30,7 @@ from tests.integration.servers import RedisServer
 from tests.integration.test_faults import (
     PASSWORD,
     RECOVERY,
-    add_user,
-    configure,
+    configured,
     get,
     new_session,
     redis_server,
@@ -101,9 +100,7 @@ async def test_a_burst_on_a_healthy_redis_waits_for_a_connection_and_passes(
 ) -> None:
     # redis-py 8 caps a pool at 100 connections and refuses a command past that
     # (MaxConnectionsError): 150 people arriving at once on a healthy Redis got 503s.
-    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
-    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
-    user = await add_user(config, "alice")
+    config, user = await configured(tmp_path, upstream, redis_server)
     server, base = await start(config)
     try:
         cookies = [await new_session(server, user) for _ in range(250)]
@@ -128,9 +125,7 @@ async def test_a_hung_redis_is_a_503_in_bounded_time_and_comes_back_without_losi
     # noticed and the subscription is opened again (as it is after 8 s in production).
     monkeypatch.setattr(redis_store, "LIVENESS_INTERVAL", 0.5)
     monkeypatch.setattr(redis_store, "LIVENESS_TIMEOUT", 0.5)
-    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
-    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
-    user = await add_user(config, "alice")
+    config, user = await configured(tmp_path, upstream, redis_server)
     # A caches sessions for a minute: only a revocation message (or a resync) makes it
     # forget one. B is another instance, where people sign out.
     sessions = SessionsConfig(store=redis_server.url, cache_ttl=60.0)
@@ -226,9 +221,7 @@ async def test_redis_stopped_mid_sign_in_is_a_branded_503_and_no_session(
     client: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
-    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
-    user = await add_user(config, "alice")
+    config, user = await configured(tmp_path, upstream, redis_server)
     server, base = await start(config)
     write = redis_store.RedisSessionStore._write
     assert redis_server.process is not None
@@ -306,9 +299,7 @@ async def test_once_redis_is_found_hung_later_requests_get_their_503_at_once(
     # A first cool-off of 2 s, so that a wave sent right after the opening surely
     # falls within it (no probe among it); the cap stays as in production.
     monkeypatch.setattr(breaker, "COOL_OFF", 2.0)
-    storage = f"sqlite:///{tmp_path / 'authgate.db'}"
-    config = configure(tmp_path, str(upstream.make_url("")), storage, redis_server.url)
-    user = await add_user(config, "alice")
+    config, user = await configured(tmp_path, upstream, redis_server)
     server, base = await start(config)
     try:
         cookies = [await new_session(server, user) for _ in range(250)]

@@ -12,7 +12,6 @@ that is PostgreSQL's choice, not something the gateway could make up for."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
 import socket
 import subprocess
@@ -41,21 +40,10 @@ from tests.integration.servers import (
     start_postgres_pair,
     start_redis,
 )
+from tests.integration.test_faults import KEY, PASSWORD, POLICY
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
-POLICY = """
-version: 1
-default: deny
-rules:
-  - name: public
-    paths: ["/public/**"]
-    action: bypass
-  - name: members
-    action: one_factor
-"""
-PASSWORD = "correct horse battery staple"
-KEY = secrets.token_urlsafe(48)
 FOLLOW = 15.0  # seconds the gateway may take to serve again after the promotion
 
 
@@ -106,6 +94,16 @@ def authgate(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedP
         timeout=60,
         cwd=Path(__file__).resolve().parents[2],
     )
+
+
+def migrated(
+    tmp_path: Path, upstream: TestServer, pair: PostgresPair, redis_server: RedisServer
+) -> Path:
+    """The config on the pair's multi-host URL, its database migrated."""
+    config = write_config(tmp_path, str(upstream.make_url("")), pair.url, redis_server.url)
+    done = authgate(config, "migrate")
+    assert done.returncode == 0, done.stderr
+    return config
 
 
 def add_user(config: Path, username: str) -> None:
@@ -194,9 +192,7 @@ async def test_the_gateway_fails_closed_while_the_primary_is_dead_and_follows_th
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("gateway.runtime.REFRESH_INTERVAL", 0.5)  # the JWT keys' reads
-    config = write_config(tmp_path, str(upstream.make_url("")), pair.url, redis_server.url)
-    done = authgate(config, "migrate")
-    assert done.returncode == 0, done.stderr
+    config = migrated(tmp_path, upstream, pair, redis_server)
     add_user(config, "alice")
     # the user was written on the primary, and (synchronous) the standby has it too
     assert users_named(pair.primary, "alice") == "1"
@@ -283,8 +279,7 @@ async def test_a_hung_primary_does_not_keep_the_gateway_from_the_promoted_standb
     # A primary that hangs (a machine gone silent, a stopped process) instead of dying:
     # connecting to it neither succeeds nor fails. The hosts of the URL are tried in
     # order, so a connection attempt must give up on one host in time to try the next.
-    config = write_config(tmp_path, str(upstream.make_url("")), pair.url, redis_server.url)
-    assert authgate(config, "migrate").returncode == 0
+    config = migrated(tmp_path, upstream, pair, redis_server)
     add_user(config, "alice")
     server, base = await start(config)
     try:
@@ -342,8 +337,7 @@ async def test_a_url_without_target_session_attrs_never_writes_to_the_standby(
 async def test_only_a_standby_is_refused_at_start_with_a_clear_message(
     tmp_path: Path, upstream: TestServer, pair: PostgresPair, redis_server: RedisServer
 ) -> None:
-    config = write_config(tmp_path, str(upstream.make_url("")), pair.url, redis_server.url)
-    assert authgate(config, "migrate").returncode == 0
+    config = migrated(tmp_path, upstream, pair, redis_server)
     standby_only = f"postgresql://postgres@127.0.0.1:{pair.standby.port}/postgres"
     config = write_config(tmp_path, str(upstream.make_url("")), standby_only, redis_server.url)
     with pytest.raises(StoreUnavailable, match="read-only"):
@@ -365,8 +359,7 @@ async def test_a_primary_fenced_read_only_under_open_connections_is_left_for_the
     # rather than stopping it: the pooled connections stay open to a server that now
     # refuses every write. Those writes are 503s, and the pool reconnects and finds the
     # promoted standby, instead of using the fenced server until the connections age out.
-    config = write_config(tmp_path, str(upstream.make_url("")), pair.url, redis_server.url)
-    assert authgate(config, "migrate").returncode == 0
+    config = migrated(tmp_path, upstream, pair, redis_server)
     server, base = await start(config)
     try:
         assert (await sign_up(client, base, "alice"))[0] == 303
