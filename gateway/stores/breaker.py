@@ -184,16 +184,23 @@ class Breaker:
 
 
 @contextlib.contextmanager
-def watched(breaker: Breaker | None, is_outage: Callable[[BaseException], bool]) -> Iterator[None]:
+def watched(
+    breaker: Breaker | None,
+    is_outage: Callable[[BaseException], bool],
+    *,
+    success: bool | None = True,
+) -> Iterator[None]:
     """Around one store call: refused at once (CircuitOpen) while `breaker` is open, and
     its outcome reported to it: an answer, an outage failure (`is_outage`), or nothing
-    at all for the caller's own cancellation. Without a breaker, only the call."""
+    at all for the caller's own cancellation. Without a breaker, only the call.
+    `success`: what a call that returns says (None: nothing, as for a connection taken
+    from a pool, which proves nothing of the server)."""
     epoch = breaker.epoch if breaker is not None else None
     probe = breaker.admit() if breaker is not None else False
     answered: bool | None = None
     try:
         yield
-        answered = True
+        answered = success
     except asyncio.CancelledError:
         raise
     except BaseException as exc:

@@ -64,6 +64,10 @@ class _NoServerAnswers(asyncpg.exceptions.InternalClientError):  # type: ignore[
 _OUTAGES = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, _NoServerAnswers)
 
 
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGES)
+
+
 async def _guard(
     operation: Callable[[], Awaitable[T]],
     on_read_only: Callable[[], Awaitable[None]] | None = None,
@@ -75,7 +79,7 @@ async def _guard(
     With a `breaker`, a call is refused at once while it is open, and the outcome is
     reported to it (see gateway.stores.breaker)."""
     try:
-        with watched(breaker, lambda exc: isinstance(exc, _OUTAGES)):
+        with watched(breaker, _is_outage):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 return await operation()
     except asyncpg.UniqueViolationError as exc:
@@ -143,6 +147,7 @@ class _Connector:
         if not self._hosts:
             return await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT, **kwargs)
         failures: list[str] = []
+        read_only = False  # a host answered, as a standby (or fenced)
         count = len(self._hosts)
         start = self._first  # each host once, from here, whatever `_first` becomes
         for step in range(count):
@@ -154,6 +159,7 @@ class _Connector:
                 )
             except _DRIVER_ERRORS as exc:
                 failures.append(f"{host}:{port or 5432} {_why(exc)}")
+                read_only |= isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched)
                 if index == self._first and isinstance(exc, (OSError, asyncio.TimeoutError)):
                     # Silent or gone (a host that answers, if only to refuse us, is not
                     # passed over). The next attempt starts after it: a call's deadline
@@ -166,7 +172,6 @@ class _Connector:
                 log.warning("postgresql: %s:%s accepts writes; trying it first", host, port or 5432)
                 self._first = index
             return conn
-        read_only = any("read-only" in failure for failure in failures)
         if read_only:
             raise asyncpg.exceptions.InternalClientError(
                 f"no server accepts writes ({'; '.join(failures)})"
@@ -267,24 +272,18 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
-        breaker = self._breaker
-        probe = breaker.admit()
-        pending = True  # until the breaker has heard how getting a connection went
         try:
-            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn:
-                # A pooled connection proves nothing: its statements report to the breaker.
-                pending = False
-                breaker.record(probe, None)
+            # A pooled connection proves nothing (its statements report to the breaker);
+            # failing to get one within the deadline is an outage.
+            with watched(self._breaker, _is_outage, success=None):
+                conn = await self._pool.acquire(timeout=COMMAND_TIMEOUT)
+            try:
                 async with conn.transaction():
-                    yield _Connection(conn, self._reconnect, breaker)
+                    yield _Connection(conn, self._reconnect, self._breaker)
+            finally:
+                await self._pool.release(conn)
         except _DRIVER_ERRORS as exc:
-            if pending:
-                pending = False
-                breaker.record(probe, not isinstance(exc, _OUTAGES))
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if pending:  # cancelled while waiting for a connection
-                breaker.record(probe, None)
 
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")
