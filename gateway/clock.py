@@ -85,12 +85,7 @@ class SharedClock:
         monotonic: Callable[[], float] = _steady,
         on_offset: Callable[[str, float], None] | None = None,
     ) -> None:
-        self._source: Source | None = None
-        self.reference = reference  # "redis", "postgresql" or "local" (no source)
         self._local = local
-        self.offset = 0.0  # seconds to add to the local clock (as last read; the gauge)
-        self._anchor: tuple[float, float] | None = None  # (store time, monotonic) last read
-        self.sampled = True  # False until the first reading of a source
         self._on_offset = on_offset
         self._monotonic = monotonic
         self._jumped = asyncio.Event()  # the wall and steady clocks parted: read again
@@ -98,10 +93,11 @@ class SharedClock:
 
     def attach(self, source: Source | None, reference: str) -> None:
         """Read `reference`'s clock through `source` from now on (None: the local clock)."""
-        self._source, self.reference = source, reference
-        self.sampled = source is None
-        self.offset = 0.0
-        self._anchor = None
+        self._source: Source | None = source
+        self.reference = reference  # "redis", "postgresql" or "local" (no source)
+        self.sampled = source is None  # False until the first reading of a source
+        self.offset = 0.0  # seconds to add to the local clock (as last read; the gauge)
+        self._anchor: tuple[float, float] | None = None  # (store time, steady) last read
         self._warning = Occasional(
             log,
             f"this host's clock differs from the {reference} server's; check NTP on both",

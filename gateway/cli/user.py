@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 
 from gateway.audit import Event, record_now
 from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, config_path
-from gateway.clock import SharedClock
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, StoreUnavailable
@@ -46,9 +45,8 @@ async def shared_now(stores: Stores) -> float:
     """The time on the store's clock, which the gateways stamp and compare shared state
     with (gateway.clock): a key, an expiry or a listing made from a host whose clock is
     off would otherwise be off by as much everywhere."""
-    clock = SharedClock(stores.time_source, stores.time_reference)
-    await clock.sample()
-    return clock.now()
+    source = stores.time_source
+    return await source() if source is not None else time.time()
 
 
 def run_with_stores(args: argparse.Namespace, body: Body) -> int:
