@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.identity_headers import PRESETS, HeaderNames, header_names
 from gateway.pipeline import Identity
+from gateway.request_view import RequestView
 from gateway.sessions import RESYNC, ActiveSession, RevocationFollower, SessionManager
 from gateway.signing import JwtSigner
 from gateway.stores import ApiKeyStore, EventBus, User, UserStore
@@ -96,7 +96,7 @@ class Identifier(RevocationFollower):
                 self._key_cache.pop(key_hash, None)
 
     async def __call__(
-        self, request: BaseRequest, tenant: TenantConfig, route: RouteConfig | None
+        self, request: RequestView, tenant: TenantConfig, route: RouteConfig | None
     ) -> Identity:
         authorization = request.headers.get("Authorization", "")
         if authorization[:7].lower() == "bearer " and authorization[7:11] == "agk_":

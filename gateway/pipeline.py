@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -45,6 +46,7 @@ from gateway.proxy import (
     is_websocket_upgrade,
 )
 from gateway.request_log import RequestObserver, note_decision, note_target
+from gateway.request_view import RequestView
 from gateway.reserved import ReservedRequest, ReservedRoutes
 from gateway.responses import PageRenderer, error_response, wants_json
 from gateway.tenant_store import TenantDirectory
@@ -91,13 +93,31 @@ class Identity:
 
 
 # Turns a request into an Identity; the identity layer installs the real one.
-Identify = Callable[[BaseRequest, TenantConfig, RouteConfig | None], Awaitable[Identity]]
+Identify = Callable[[RequestView, TenantConfig, RouteConfig | None], Awaitable[Identity]]
 
 
 async def anonymous(
-    request: BaseRequest, tenant: TenantConfig, route: RouteConfig | None
+    request: RequestView, tenant: TenantConfig, route: RouteConfig | None
 ) -> Identity:
     return Identity(principal=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """A request its route lets through: where it goes and what goes with it."""
+
+    tenant: TenantConfig
+    route: RouteConfig
+    host: str
+    path: str
+    ip: IPAddress | None
+    target: UpstreamTarget
+    forwarded: Forwarded
+
+
+# How to answer a request that is not forwarded (reserved path, unknown host, no route,
+# not allowed), given the full request.
+Answer = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 
 # Acts on LOGIN / SECOND_FACTOR / REAUTH / DENY; the identity layer installs the
@@ -167,7 +187,7 @@ class Pipeline:
         self.now = now
         # GeoIP costs ~12 µs a request even cached: only for tenants whose rules use it.
         self._locate_country = locate_country
-        self._trusted = config.server.trusted_proxies
+        self.trusted_proxies = config.server.trusted_proxies
         self._path_parameters = config.server.path_parameters
         # Never forwarded from the client: hop-by-hop, X-Forwarded-* (we write them),
         # every identity header name, and the request id (ours to set).
@@ -183,7 +203,7 @@ class Pipeline:
 
     def error(
         self,
-        request: BaseRequest,
+        request: RequestView,
         status: int,
         tenant: TenantConfig | None,
         reason: str,
@@ -205,7 +225,7 @@ class Pipeline:
             headers=headers,
         )
 
-    def _request_id(self, request: BaseRequest, peer_trusted: bool) -> str:
+    def request_id(self, request: RequestView, peer_trusted: bool) -> str:
         if peer_trusted:
             given = request.headers.get("X-Request-Id", "")
             if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
@@ -215,8 +235,8 @@ class Pipeline:
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         peer = request.remote
-        peer_trusted = peer_is_trusted(peer, self._trusted)
-        request_id = self._request_id(request, peer_trusted)
+        peer_trusted = peer_is_trusted(peer, self.trusted_proxies)
+        request_id = self.request_id(request, peer_trusted)
         # Metrics, access log and span see every answer, errors included; a cancelled
         # request (client gone) is recorded as 499.
         token = self.observer.start(request_id, request.method, started)
@@ -250,6 +270,47 @@ class Pipeline:
     async def _handle(
         self, request: BaseRequest, peer: str | None, peer_trusted: bool, request_id: str
     ) -> web.StreamResponse:
+        outcome = await self.resolve(request, peer, peer_trusted, request_id)
+        if not isinstance(outcome, Allowed):
+            return await outcome(request)
+        try:
+            if outcome.route.websockets and is_websocket_upgrade(request):
+                tenant, route, host, path, ip = (
+                    outcome.tenant,
+                    outcome.route,
+                    outcome.host,
+                    outcome.path,
+                    outcome.ip,
+                )
+
+                async def still_allowed() -> bool:
+                    return await self._still_allowed(request, tenant, route, host, path, ip)
+
+                return await forward_websocket(
+                    request,
+                    outcome.target,
+                    route,
+                    outcome.forwarded,
+                    still_allowed,
+                    self._socket_recheck,
+                )
+            return await forward_http(request, outcome.target, outcome.route, outcome.forwarded)
+        except UpstreamError as exc:
+            return self.error(request, exc.status, outcome.tenant, exc.reason, request_id)
+
+    async def resolve(
+        self,
+        request: RequestView,
+        peer: str | None,
+        peer_trusted: bool,
+        request_id: str,
+        *,
+        final: bool = True,
+    ) -> Allowed | Answer:
+        """Canonicalize, find the tenant and route, decide: either where an allowed
+        request goes and what goes with it, or how to answer it instead. Not `final`:
+        an answer will not be given here but the request resolved again by the full
+        server (the fast path hands it over), so it is not counted now."""
         # canonicalize
         host_header = request.headers.get("Host")
         if not host_header:
@@ -258,53 +319,56 @@ class Pipeline:
         raw_path, query = split_target(request.raw_path)
         path = canonical_path(raw_path, path_parameters=self._path_parameters)
         xff = request.headers.getall("X-Forwarded-For", ()) if peer_trusted else ()
-        ip = client_ip(peer, xff, self._trusted)
+        ip = client_ip(peer, xff, self.trusted_proxies)
         note_target(host, path)
 
         # reserved prefix: ours, never forwarded. Health, readiness, metrics and
         # forward-auth answer on any host (probes and proxies use addresses).
         suffix = self.reserved.suffix_of(path)
         if suffix == "/verify":
-            return await self._forward_auth(request, peer_trusted, ip, request_id)
+            return partial(
+                self._forward_auth, peer_trusted=peer_trusted, ip=ip, request_id=request_id
+            )
         tenant = self.tenants.tenant_for_host(host)
         if suffix is not None:
             handler = self.reserved.handler(suffix, tenant is not None)
             if handler is None:
                 if tenant is None:
-                    return self.error(
-                        request, 421, None, "this host is not served here", request_id
+                    return self._error(421, None, "this host is not served here", request_id)
+                return self._error(404, tenant, "no such page", request_id)
+            proto = self._proto(request, peer_trusted)
+
+            def reserved(full: BaseRequest) -> Awaitable[web.StreamResponse]:
+                return handler(
+                    ReservedRequest(
+                        full, tenant, host, path, suffix, str(ip), request_id, proto, host_header
                     )
-                return self.error(request, 404, tenant, "no such page", request_id)
-            return await handler(
-                ReservedRequest(
-                    request,
-                    tenant,
-                    host,
-                    path,
-                    suffix,
-                    str(ip),
-                    request_id,
-                    self._proto(request, peer_trusted),
-                    host_header,
                 )
-            )
+
+            return reserved
 
         # tenant: an unknown host never reaches any upstream
         if tenant is None:
-            return self.error(request, 421, None, "this host is not served here", request_id)
+            return self._error(421, None, "this host is not served here", request_id)
         route = self.tenants.route_for(tenant, host, path)
         if route is None:
-            return self.error(request, 404, tenant, "no route for this address", request_id)
+            return self._error(404, tenant, "no route for this address", request_id)
 
         # credentials → principal → context → decide
         identity, decision = await self._decide(
             request, tenant, route, host, path, request.method, ip
         )
+        if final or decision.action is Action.ALLOW:
+            self._count_api_key(tenant, identity)
         if decision.action is not Action.ALLOW:
             original = f"{self._proto(request, peer_trusted)}://{host_header}{wire_path(path)}"
             if query:
                 original = f"{original}?{query}"
-            return await self.challenge(self, request, tenant, decision, request_id, original)
+
+            def challenge(full: BaseRequest) -> Awaitable[web.StreamResponse]:
+                return self.challenge(self, full, tenant, decision, request_id, original)
+
+            return challenge
 
         # act: forward exactly the path that was decided on
         identity_headers = identity.upstream_headers
@@ -326,18 +390,19 @@ class Pipeline:
             target = self._targets.setdefault(
                 route, UpstreamTarget.from_route(route, self.upstreams)
             )
-        try:
-            if route.websockets and is_websocket_upgrade(request):
+        return Allowed(tenant, route, host, path, ip, target, forwarded)
 
-                async def still_allowed() -> bool:
-                    return await self._still_allowed(request, tenant, route, host, path, ip)
+    def _count_api_key(self, tenant: TenantConfig, identity: Identity) -> None:
+        if "authorization" in identity.strip_headers:  # an API key was presented
+            self.metrics.api_key(tenant.id, identity.principal is not None)
 
-                return await forward_websocket(
-                    request, target, route, forwarded, still_allowed, self._socket_recheck
-                )
-            return await forward_http(request, target, route, forwarded)
-        except UpstreamError as exc:
-            return self.error(request, exc.status, tenant, exc.reason, request_id)
+    def _error(
+        self, status: int, tenant: TenantConfig | None, reason: str, request_id: str
+    ) -> Answer:
+        async def answer(full: BaseRequest) -> web.StreamResponse:
+            return self.error(full, status, tenant, reason, request_id)
+
+        return answer
 
     async def _still_allowed(
         self,
@@ -360,7 +425,7 @@ class Pipeline:
 
     async def _decide(
         self,
-        request: BaseRequest,
+        request: RequestView,
         tenant: TenantConfig,
         route: RouteConfig | None,
         host: str,
@@ -373,8 +438,6 @@ class Pipeline:
         """`observe`: count it in the metrics and the request's log (not for re-checks)."""
         started = time.perf_counter()
         identity = await self.identify(request, tenant, route)
-        if observe and "authorization" in identity.strip_headers:  # an API key was presented
-            self.metrics.api_key(tenant.id, identity.principal is not None)
         country = None
         if self._locate_country is not None and self.policies.uses_countries(tenant.id):
             country = self._locate_country(ip)
@@ -413,7 +476,7 @@ class Pipeline:
         return identity, decision
 
     async def _forward_auth(
-        self, request: BaseRequest, peer_trusted: bool, ip: IPAddress | None, request_id: str
+        self, request: BaseRequest, *, peer_trusted: bool, ip: IPAddress | None, request_id: str
     ) -> web.StreamResponse:
         if not peer_trusted:
             return self.error(
@@ -431,6 +494,7 @@ class Pipeline:
         identity, decision = await self._decide(
             request, tenant, route, original.host, original.path, original.method, ip
         )
+        self._count_api_key(tenant, identity)
         if decision.action is Action.ALLOW:
             # The identity headers only: the rewritten Cookie header is for an upstream
             # we forward to, and has no place in an answer to the proxy in front.
@@ -453,7 +517,7 @@ class Pipeline:
             headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
         )
 
-    def _proto(self, request: BaseRequest, peer_trusted: bool) -> str:
+    def _proto(self, request: RequestView, peer_trusted: bool) -> str:
         if peer_trusted:
             given = request.headers.get("X-Forwarded-Proto", "").lower()
             if given in ("http", "https"):

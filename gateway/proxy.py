@@ -24,11 +24,13 @@ from yarl import URL
 from gateway.config.model import RouteConfig
 from gateway.forwarding import RESPONSE_HOP_BY_HOP, dropped_names, union
 from gateway.request_log import note_upstream
+from gateway.request_view import RequestView
 from gateway.upstream_client import (
     ConnectionWatch,
     Origin,
     RequestBody,
     UpstreamClient,
+    UpstreamResponse,
     UpstreamUnreachable,
     encode_head,
 )
@@ -183,7 +185,7 @@ class UpstreamPool:
 
 
 def upstream_request_headers(
-    request: BaseRequest,
+    request: RequestView,
     target: UpstreamTarget,
     route: RouteConfig,
     fwd: Forwarded,
@@ -241,6 +243,45 @@ async def forward_http(
         head = encode_head(method, target.request_target(fwd.wire_path, fwd.query), headers)
     except ValueError:
         raise UpstreamError(500, "a request header could not be forwarded safely") from None
+    upstream = await exchange(target, method, head, body, chunked)
+    async with upstream:
+        answer = answer_head(upstream, method)
+        if answer.small:
+            # A small body whose size is known: read it and answer in one write, head
+            # and body together. Nothing has been sent yet, so a stall is still a 504.
+            return web.Response(
+                status=answer.status,
+                reason=answer.reason,
+                body=await read_whole(upstream),
+                headers=answer.headers,
+            )
+        response = web.StreamResponse(status=answer.status, reason=answer.reason)
+        response.headers.extend(answer.headers)
+        if answer.length is not None:
+            response.content_length = answer.length
+        elif not answer.no_body:
+            response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.iter_chunks():
+                await response.write(chunk)
+        except TimeoutError:
+            # Headers are gone already: all we can do is cut the connection short.
+            log.warning("upstream stalled mid-response; closing client connection")
+            _abort(request)
+            return response
+        except (UpstreamUnreachable, ConnectionResetError):
+            _abort(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+async def exchange(
+    target: UpstreamTarget, method: str, head: bytes, body: RequestBody, chunked: bool
+) -> UpstreamResponse:
+    """Send the request upstream; its answer once the head has come. UpstreamError
+    when there is none: 504 when it took too long, 502 when it could not be had."""
     sent = time.perf_counter()
     try:
         upstream = await target.pool.client.request(
@@ -257,62 +298,58 @@ async def forward_http(
     except UpstreamUnreachable as exc:
         raise UpstreamError(502, "the upstream could not be reached") from exc
     note_upstream(time.perf_counter() - sent)  # time to the upstream's response headers
+    return upstream
 
-    async with upstream:
-        status = upstream.status
-        reason = upstream.reason or None
-        try:
-            answer_headers = upstream.headers(RESPONSE_HOP_BY_HOP)
-        except UpstreamUnreachable as exc:  # a protective header we cannot forward whole
-            raise UpstreamError(502, str(exc)) from exc
-        length_value = upstream.header(b"content-length")
-        framed_by_length = (
-            length_value is not None
-            and length_value.isdigit()
-            and upstream.header(b"transfer-encoding") is None
-        )
-        no_body = method == "HEAD" or status in (204, 304)
-        if (
-            framed_by_length
-            and not no_body
-            and length_value is not None
-            and len(length_value) <= 5
-            and int(length_value) <= SMALL_BODY
-        ):
-            # A small body whose size is known: read it and answer in one write, head
-            # and body together. Nothing has been sent yet, so a stall is still a 504.
-            try:
-                answer = await upstream.read()
-            except TimeoutError:
-                raise UpstreamError(504, "the upstream did not answer in time") from None
-            except UpstreamUnreachable as exc:
-                raise UpstreamError(502, "the upstream broke off its answer") from exc
-            return web.Response(
-                status=status,
-                reason=reason,
-                body=answer,
-                headers=answer_headers,
-            )
-        response = web.StreamResponse(status=status, reason=reason)
-        response.headers.extend(answer_headers)
-        if framed_by_length and length_value is not None:
-            response.content_length = int(length_value)
-        elif not no_body:
-            response.enable_chunked_encoding()
-        try:
-            await response.prepare(request)
-            async for chunk in upstream.iter_chunks():
-                await response.write(chunk)
-        except TimeoutError:
-            # Headers are gone already: all we can do is cut the connection short.
-            log.warning("upstream stalled mid-response; closing client connection")
-            _abort(request)
-            return response
-        except (UpstreamUnreachable, ConnectionResetError):
-            _abort(request)
-            return response
-        await response.write_eof()
-        return response
+
+@dataclass(frozen=True, slots=True)
+class AnswerHead:
+    """What of an upstream's answer head goes back to the client, and how its body is
+    framed there."""
+
+    status: int
+    reason: str | None  # None: the standard phrase
+    headers: CIMultiDict[str]  # end-to-end headers only; the framing ones are ours
+    length: int | None  # the body's length, when the upstream framed it by one
+    no_body: bool  # the answer has none whatever its headers say (HEAD, 204, 304)
+
+    @property
+    def small(self) -> bool:
+        """Read whole and written at once with the head."""
+        return self.length is not None and not self.no_body and self.length <= SMALL_BODY
+
+
+def answer_head(upstream: UpstreamResponse, method: str) -> AnswerHead:
+    """Raises UpstreamError (502) for an answer that cannot be forwarded whole."""
+    try:
+        headers = upstream.headers(RESPONSE_HOP_BY_HOP)
+    except UpstreamUnreachable as exc:  # a protective header we cannot forward whole
+        raise UpstreamError(502, str(exc)) from exc
+    length_value = upstream.header(b"content-length")
+    length = None
+    if (
+        length_value is not None
+        and length_value.isdigit()
+        and upstream.header(b"transfer-encoding") is None
+    ):
+        length = int(length_value)
+    status = upstream.status
+    return AnswerHead(
+        status=status,
+        reason=upstream.reason or None,
+        headers=headers,
+        length=length,
+        no_body=method == "HEAD" or status in (204, 304),
+    )
+
+
+async def read_whole(upstream: UpstreamResponse) -> bytes:
+    """The rest of a small answer's body; UpstreamError (504, 502) when it does not come."""
+    try:
+        return await upstream.read()
+    except TimeoutError:
+        raise UpstreamError(504, "the upstream did not answer in time") from None
+    except UpstreamUnreachable as exc:
+        raise UpstreamError(502, "the upstream broke off its answer") from exc
 
 
 def _abort(request: BaseRequest) -> None:

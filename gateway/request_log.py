@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from typing import Any
-
-from aiohttp import web
+from typing import Any, Protocol
 
 from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.metrics import NONE, Metrics
@@ -110,6 +108,19 @@ def note_upstream(seconds: float) -> None:
         record.upstream_seconds = seconds
 
 
+class Sent(Protocol):
+    """What the log and metrics read of an answer: aiohttp's, or the fast path's."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def body_length(self) -> int: ...
+
+
 class RequestIdFilter(logging.Filter):
     """Adds `request_id` to every record logged while a request is handled (on a
     handler: records of every logger pass through it, in the logging task's context)."""
@@ -136,7 +147,12 @@ class RequestObserver:
             record.span = self.tracer.start_span("authgate request", kind=_server_kind())
         return _CURRENT.set(record)
 
-    def finish(self, token: contextvars.Token[Any], response: web.StreamResponse | None) -> None:
+    def discard(self, token: contextvars.Token[Any]) -> None:
+        """Forget a request another handler will record (the fast path hands it over).
+        Its span, if any, is never ended, so never exported: the other handler's is."""
+        _CURRENT.reset(token)
+
+    def finish(self, token: contextvars.Token[Any], response: Sent | None) -> None:
         record = _CURRENT.get()
         _CURRENT.reset(token)
         if record is None:
@@ -161,7 +177,7 @@ class RequestObserver:
     def _access_line(
         self,
         record: RequestRecord,
-        response: web.StreamResponse | None,
+        response: Sent | None,
         status: int,
         duration: float,
     ) -> None:

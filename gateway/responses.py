@@ -13,9 +13,9 @@ from http import HTTPStatus
 from typing import Protocol
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from gateway.config.model import TenantConfig
+from gateway.request_view import RequestView
 
 
 class PageRenderer(Protocol):
@@ -58,7 +58,7 @@ def phrase(status: int) -> str:
         return "Error"
 
 
-def wants_json(request: BaseRequest) -> bool:
+def wants_json(request: RequestView) -> bool:
     """API and XHR clients get JSON; a browser asking for HTML gets a page."""
     if request.headers.get("X-Requested-With", "").lower() == "xmlhttprequest":
         return True
@@ -79,7 +79,7 @@ _ERROR_HEADERS = {
 
 
 def error_response(
-    request: BaseRequest,
+    request: RequestView,
     status: int,
     *,
     pages: PageRenderer,

@@ -686,14 +686,17 @@ def encode_head(method: str, target: str, headers: Iterable[tuple[str, str]]) ->
     lines = [f"{method} {target} HTTP/1.1"]
     lines.extend([f"{name}: {value}" for name, value in headers])
     text = "\r\n".join(lines) + "\r\n\r\n"
-    # One pass of a regex and two counts over the head, cheaper than checking every value.
-    if (
-        _CONTROL.search(text) is not None
-        or text.count("\n") != len(lines) + 1
-        or text.count("\r") != len(lines) + 1
-        or " " in target
-        or "\t" in target
-        or "#" in target
-    ):
+    if has_control(text, len(lines)) or " " in target or "\t" in target or "#" in target:
         raise ValueError("a request header or the target contains a control character")
     return text.encode("utf-8", "surrogateescape")
+
+
+def has_control(head: str, lines: int) -> bool:
+    """Whether a head of `lines` lines joined by CR LF (and ended by an empty line)
+    holds a control character or a CR or LF of its own: one pass of a regex and two
+    counts, cheaper than checking every value."""
+    return (
+        _CONTROL.search(head) is not None
+        or head.count("\n") != lines + 1
+        or head.count("\r") != lines + 1
+    )
