@@ -236,6 +236,15 @@ class Metrics:
             registry=registry,
             multiprocess_mode="liveall",
         )
+        fast_path = Counter(
+            "authgate_fast_path_requests",
+            "Requests met by the fast path (server.fast_path): served there, or handed"
+            " over unanswered to the full server (which serves the connection from then on).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.fast_path_served = self.buffer_counter(fast_path.labels("served"))
+        self.fast_path_handed_over = self.buffer_counter(fast_path.labels("handed_over"))
         self._routes: dict[int, RouteMetrics] = {}
         self._tenants: dict[str, RouteMetrics] = {}
         self._decisions: dict[str, Any] = {}
@@ -285,6 +294,11 @@ class Metrics:
 
     def buffer(self, histogram_child: Any) -> BufferedHistogram:
         buffered = BufferedHistogram(histogram_child)
+        self.buffered.append(buffered)
+        return buffered
+
+    def buffer_counter(self, counter_child: Any) -> BufferedCounter:
+        buffered = BufferedCounter(counter_child)
         self.buffered.append(buffered)
         return buffered
 

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 
 from gateway.audit import Event
 from gateway.config.model import Config, ListenAddress
+from gateway.fast_path import FastServer
 from gateway.geo import GeoService
 from gateway.metrics import Metrics
 from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
@@ -102,6 +103,7 @@ class GatewayServer:
             extend(self)
         self.pipeline: Pipeline | None = None
         self._runner: web.ServerRunner | None = None
+        self._fast: FastServer | None = None
         self.addresses: list[tuple[str, int]] = []
 
     async def _health(self, req: ReservedRequest) -> web.StreamResponse:
@@ -164,16 +166,34 @@ class GatewayServer:
             lowlevel, shutdown_timeout=server_cfg.shutdown_timeout, handle_signals=False
         )
         await self._runner.setup()
-        sites: list[web.BaseSite] = []
-        if sockets is not None:
-            sites = [web.SockSite(self._runner, sock) for sock in sockets]
+        if server_cfg.fast_path:
+            self._fast = FastServer(
+                self.pipeline,
+                lowlevel,
+                max_line=server_cfg.max_header_size,
+                max_field=server_cfg.max_header_size,
+                idle_timeout=min(server_cfg.keepalive_timeout, server_cfg.client_timeout),
+            )
+            await self._fast.listen(
+                sockets if sockets is not None else [listen_socket(a) for a in server_cfg.listen]
+            )
+            self.addresses = [sock.getsockname()[:2] for sock in self._fast.sockets]
         else:
-            sites = [
-                web.TCPSite(self._runner, addr.host, addr.port, reuse_port=True)
-                for addr in server_cfg.listen
+            sites: list[web.BaseSite] = []
+            if sockets is not None:
+                sites = [web.SockSite(self._runner, sock) for sock in sockets]
+            else:
+                sites = [
+                    web.TCPSite(self._runner, addr.host, addr.port, reuse_port=True)
+                    for addr in server_cfg.listen
+                ]
+            for site in sites:
+                await site.start()
+            self.addresses = [
+                sock.getsockname()[:2]
+                for site in sites
+                for sock in (site._server.sockets if site._server else ())  # type: ignore[attr-defined]
             ]
-        for site in sites:
-            await site.start()
         self.hooks.cleanup.append(
             start_watching(self.policies.files, self.reload, since=self.policies.read_as)
         )
@@ -186,11 +206,6 @@ class GatewayServer:
             self.metrics.flush()
 
         self.hooks.cleanup.append(stop_flushing)
-        self.addresses = [
-            sock.getsockname()[:2]
-            for site in sites
-            for sock in (site._server.sockets if site._server else ())  # type: ignore[attr-defined]
-        ]
 
     def reload(self) -> bool:
         """Re-read the policy files; keeps the old policies when the new ones are bad."""
@@ -215,6 +230,10 @@ class GatewayServer:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then release resources."""
+        if self._fast is not None:
+            # Its connections first: those handed to aiohttp are the runner's to drain.
+            await self._fast.stop(self.config.server.shutdown_timeout)
+            self._fast = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -46,6 +46,8 @@ class ServerConfig:
     # How `;params` in a request path are treated: refused with 400, or cut off before
     # the policy sees the path (the cut path is also the one forwarded).
     path_parameters: Literal["reject", "strip"] = "reject"
+    # Plain allowed GETs served by gateway/fast_path.py; everything else by aiohttp.
+    fast_path: bool = False
 
 
 @dataclass(frozen=True)

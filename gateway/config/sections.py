@@ -53,6 +53,7 @@ SERVER = Section(
         Field("shutdown_timeout", v.duration()),
         Field("metrics_networks", v.list_of(v.network, "networks (CIDR)"), env="list"),
         Field("path_parameters", v.choice("reject", "strip"), env="text"),
+        Field("fast_path", v.boolean),
     ),
 )
 

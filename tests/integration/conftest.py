@@ -77,13 +77,32 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 StartGateway = Callable[..., Awaitable[str]]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with `BOTH_PATHS = True` runs each of its gateway tests twice: on
+    aiohttp's server alone, and with `server.fast_path` (gateway/fast_path.py)."""
+    if "server_path" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_PATHS", False):
+        metafunc.parametrize("server_path", ["full", "fast"], indirect=True)
+
+
 @pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
+def server_path(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "full"))
+
+
+def on_path(config: Config, server_path: str) -> Config:
+    """`config` with the fast path on when `server_path` says "fast"."""
+    if server_path != "fast" or config.server.fast_path:
+        return config
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, fast_path=True))
+
+
+@pytest.fixture
+async def start_gateway(server_path: str) -> AsyncIterator[StartGateway]:
     """Start a gateway for a config; returns its base URL. Stopped after the test."""
     running: list[GatewayServer] = []
 
     async def start(config: Config, extensions: tuple[Extension, ...] = ()) -> str:
-        server = GatewayServer(config, extensions)
+        server = GatewayServer(on_path(config, server_path), extensions)
         await server.start()
         running.append(server)
         host, port = server.addresses[0]

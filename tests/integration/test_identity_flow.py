@@ -31,6 +31,9 @@ from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.users import store_api_key
 
+# Every test here runs on aiohttp's server and on the fast path (conftest).
+BOTH_PATHS = True
+
 POLICY = """
 version: 1
 default: deny

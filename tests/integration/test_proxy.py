@@ -16,6 +16,9 @@ from aiohttp.test_utils import TestServer
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.upstream_app import RELEASE
 
+# Every test here runs on aiohttp's server and on the fast path (conftest).
+BOTH_PATHS = True
+
 HOST = {"Host": "app.test"}
 
 

@@ -21,6 +21,9 @@ from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.test_identity_flow import CHEAP, add_alice
 
+# Every test here runs on aiohttp's server and on the fast path (conftest).
+BOTH_PATHS = True
+
 
 @pytest.fixture
 def json_logs() -> Iterator[io.StringIO]:

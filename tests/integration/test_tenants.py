@@ -19,6 +19,9 @@ from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway
 from tests.integration.test_sso import Site, add_user, sign_in, two_tenants
 
+# Every test here runs on aiohttp's server and on the fast path (conftest).
+BOTH_PATHS = True
+
 
 async def test_a_database_tenant_is_served_without_a_restart(
     tmp_path: Path, upstream: TestServer, start_gateway: StartGateway

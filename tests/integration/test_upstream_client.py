@@ -18,6 +18,9 @@ from multidict import CIMultiDict
 from gateway.upstream_client import Origin, UpstreamClient, encode_head
 from tests.integration.conftest import StartGateway, make_config
 
+# Every test here runs on aiohttp's server and on the fast path (conftest).
+BOTH_PATHS = True
+
 HOST = {"Host": "app.test"}
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -1,0 +1,515 @@
+"""The fast path (`server.fast_path`): plain allowed requests served without aiohttp's
+server machinery, and nothing else.
+
+Per client connection, llhttp (httptools, the parser the upstream client uses) reads
+each request head. A request the fast path understands whole — `GET`, HTTP/1.1 kept
+alive, no body, no upgrade, no expectation, one Host, an origin-form target, every
+field within the server's limits, alone in what has arrived — is resolved by the
+pipeline itself (canonicalize, tenant, route, credentials, decide: `Pipeline.resolve`)
+and, when allowed, forwarded by the same upstream client with the same header rules;
+the answer is written straight to the socket.
+
+Everything else — a reserved path, a refusal or a challenge, a body, a WebSocket, a
+head llhttp refuses, pipelined requests, a store or any other error while deciding —
+is handed over, unanswered, with every byte of it, to aiohttp's `RequestHandler`,
+which serves that connection from then on exactly as without the fast path. So the fast
+path never answers anything the full server would not answer the same way: it can only
+forward what `resolve` allowed, and every refusal, challenge and error page is the full
+server's. Upstream errors (502, 504) are the one exception: the request went upstream
+already and is not sent twice; their page is the pipeline's, encoded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any, cast
+
+import httptools
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.canonical import peer_is_trusted
+from gateway.pipeline import Allowed, Answer, Pipeline
+from gateway.proxy import (
+    UpstreamError,
+    answer_head,
+    exchange,
+    read_whole,
+    upstream_request_headers,
+)
+from gateway.upstream_client import UpstreamUnreachable, encode_head, has_control
+
+log = logging.getLogger("authgate.fast_path")
+
+# Request headers that make a request more than the fast path serves.
+_NOT_PLAIN = frozenset(
+    {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"http2-settings"}
+)
+_NO_LENGTH = frozenset({"content-length"})
+# Fields aiohttp's parser refuses to see twice (a 400): such requests are its to answer.
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+# More than this many header fields, or head bytes arrived without a whole request:
+# the full server decides (and enforces its own limits, with its own 4xx).
+_MAX_FIELDS = 100
+_MAX_BUFFERED = 65536
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
+class FastRequest:
+    """What the pipeline reads of a request (`gateway.pipeline.RequestView`)."""
+
+    __slots__ = ("_notes", "headers", "method", "raw_path", "remote", "secure")
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDictProxy[str],
+        remote: str | None,
+        secure: bool,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.remote = remote
+        self.secure = secure
+        self._notes: dict[Any, Any] | None = None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # What the pipeline notes for a challenge hook; a fast request never meets one.
+        if self._notes is None:
+            self._notes = {}
+        self._notes[key] = value
+
+
+class Sent:
+    """What the access log and metrics read of an answer the fast path wrote."""
+
+    __slots__ = ("body_length", "content_length", "status")
+
+    def __init__(self, status: int, length: int | None, written: int) -> None:
+        self.status = status
+        self.content_length = length
+        self.body_length = written
+
+
+class FastConnection(asyncio.Protocol):
+    """One client connection, until it is handed over to aiohttp."""
+
+    def __init__(self, server: FastServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.secure = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._chunks: list[bytes] = []  # every byte since the last answered request
+        self._buffered = 0
+        self.serving: asyncio.Task[None] | None = None
+        self.idle_since = server.loop.time()
+        self.closing = False  # close once the request being served is answered
+        self._write_ready: asyncio.Future[None] | None = None
+        self._early: list[bytes] = []  # bytes that came while a request was served
+        self._early_size = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._messages = 0
+        self._head_done = False
+        self._complete = False
+        self._plain = True
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._singletons: set[bytes] = set()
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else None
+        self.secure = transport.get_extra_info("sslcontext") is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.serving is not None:
+            self.serving.cancel()  # the client is gone: so is its request (499)
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_exception(ConnectionResetError("the client went away"))
+
+    def pause_writing(self) -> None:
+        self._write_ready = self.server.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+        self._write_ready = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.serving is not None:
+            # The next request, sent before this one's answer (pipelining), is read
+            # once it is answered. Reading goes on meanwhile so that a client that
+            # leaves is noticed (its request is cancelled, as aiohttp's are); one that
+            # sends too much is paused.
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size > _MAX_BUFFERED and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # The full server answers what llhttp refused, and serves upgrades.
+            self.hand_over()
+            return
+        if (
+            self._messages > 1
+            # Not ours: handed over at once, not when the body is in (a client that
+            # expects 100-continue sends none until it is told to).
+            or (self._head_done and not self._plain)
+            or (not self._complete and self._buffered > _MAX_BUFFERED)
+        ):
+            self.hand_over()
+        elif self._complete:
+            self._start()
+
+    # -- llhttp callbacks ---------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        # The whole request line counts against the limit: "GET ", the target, " HTTP/1.1".
+        if len(self._url) + 13 > self.server.max_line:
+            self._plain = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower in _SINGLETONS:
+            if lower in self._singletons:
+                self._plain = False  # aiohttp refuses it (400): let it
+            self._singletons.add(lower)
+        if (
+            lower in _NOT_PLAIN
+            # aiohttp's limit, on the field as it came (trailing blanks included)
+            or len(name) + len(value) > self.server.max_field
+            or len(self._fields) >= _MAX_FIELDS
+            or b"\x00" in value
+        ):
+            self._plain = False
+        # llhttp leaves the blanks after a value on it; aiohttp strips them (RFC 9110 §5.5)
+        self._fields.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        # Read here: llhttp forgets them once the message is complete.
+        self._head_done = True
+        parser = self._parser
+        self._plain = (
+            self._plain
+            and b"host" in self._singletons
+            and self._url[:1] == b"/"
+            and parser.get_method() == b"GET"
+            and parser.get_http_version() == "1.1"
+            and parser.should_keep_alive()
+            and not parser.should_upgrade()
+        )
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- serving ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self.server.stopping:
+            self.hand_over()
+            return
+        request = FastRequest(
+            "GET",
+            self._url.decode("utf-8", "surrogateescape"),
+            CIMultiDictProxy(
+                CIMultiDict(
+                    [
+                        (
+                            name.decode("utf-8", "surrogateescape"),
+                            value.decode("utf-8", "surrogateescape"),
+                        )
+                        for name, value in self._fields
+                    ]
+                )
+            ),
+            self.remote,
+            self.secure,
+        )
+        self.serving = self.server.loop.create_task(self.server.serve(self, request))
+
+    def answered(self) -> None:
+        """The request is answered: read the next one, or close when told to."""
+        self.serving = None
+        self._chunks.clear()
+        self._buffered = 0
+        self._reset()
+        self.idle_since = self.server.loop.time()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.closing or self.server.stopping:
+            self.transport.close()
+            return
+        early, self._early, self._early_size = self._early, [], 0
+        self.transport.resume_reading()
+        for data in early:
+            protocol = cast(asyncio.Protocol, self.transport.get_protocol())
+            if protocol is not self:  # handed over meanwhile: the rest is aiohttp's
+                protocol.data_received(data)
+            elif self.serving is not None:  # the next request is being served
+                self._early.append(data)
+                self._early_size += len(data)
+            else:
+                self.data_received(data)
+
+    def hand_over(self) -> None:
+        """From now on aiohttp serves this connection, starting with every byte that
+        arrived since the last answer (none of which has been acted on)."""
+        transport = self.transport
+        self.server.connections.discard(self)
+        self.server.handed_over.inc()
+        self.serving = None
+        if transport is None or transport.is_closing():
+            return
+        data = b"".join(self._chunks) + b"".join(self._early)
+        self._chunks.clear()
+        self._early.clear()
+        handler = self.server.full_server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+        transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_ready is not None:
+            await self._write_ready
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class FastServer:
+    """One worker's fast path: its listening sockets and connections."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        full_server: Callable[[], RequestHandler],
+        *,
+        max_line: int,
+        max_field: int,
+        idle_timeout: float,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pipeline = pipeline
+        self.full_server = full_server
+        self.max_line = max_line
+        self.max_field = max_field
+        self.idle_timeout = idle_timeout
+        self.connections: set[FastConnection] = set()
+        self.served = pipeline.metrics.fast_path_served
+        self.handed_over = pipeline.metrics.fast_path_handed_over
+        self.stopping = False
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def listen(self, sockets: Iterable[socket.socket]) -> None:
+        for sock in sockets:
+            self._servers.append(
+                await self.loop.create_server(lambda: FastConnection(self), sock=sock)
+            )
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [sock for server in self._servers for sock in server.sockets]
+
+    def _sweep(self) -> None:
+        """Close connections idle too long, or slow to send a whole head (slowloris):
+        the same bound as aiohttp's, counted from the last answer."""
+        horizon = self.loop.time() - self.idle_timeout
+        for conn in [c for c in self.connections if c.serving is None]:
+            if conn.idle_since <= horizon:
+                conn.abort()
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; close idle connections; let requests being served finish
+        (for up to `grace` seconds), then close what is left."""
+        self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.serving is None:
+                conn.abort()
+        busy = [c.serving for c in self.connections if c.serving is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        for conn in list(self.connections):
+            conn.abort()
+        for server in self._servers:
+            await server.wait_closed()
+
+    async def serve(self, conn: FastConnection, request: FastRequest) -> None:
+        pipeline = self.pipeline
+        started = time.perf_counter()
+        peer = request.remote
+        peer_trusted = peer_is_trusted(peer, pipeline.trusted_proxies)
+        request_id = pipeline.request_id(request, peer_trusted)
+        token = pipeline.observer.start(request_id, "GET", started)
+        sent: Sent | None = None
+        handing_over = False
+        try:
+            outcome: Allowed | Answer | None
+            try:
+                outcome = await pipeline.resolve(
+                    request, peer, peer_trusted, request_id, final=False
+                )
+            except Exception:
+                # A bad request, a store that cannot answer, a bug: whatever it is, the
+                # full server meets it again, and answers it as it always does.
+                outcome = None
+            if isinstance(outcome, Allowed):
+                self.served.inc()
+                try:
+                    sent = await self._forward(conn, request, outcome)
+                except UpstreamError as exc:
+                    sent = self._error(conn, request, outcome, exc, request_id)
+                except ConnectionResetError:
+                    conn.abort()
+                except Exception:
+                    # After the request went upstream nothing is sent twice: the
+                    # connection is cut, as when an answer breaks off.
+                    log.exception("unhandled error on the fast path")
+                    conn.abort()
+            else:
+                handing_over = True
+        finally:
+            # Cancelled (the client went away): recorded as 499, as the full server does.
+            if handing_over:
+                pipeline.observer.discard(token)
+            else:
+                pipeline.observer.finish(token, sent)
+        if handing_over:
+            conn.hand_over()
+        elif sent is not None:
+            conn.answered()
+
+    async def _forward(
+        self, conn: FastConnection, request: FastRequest, allowed: Allowed
+    ) -> Sent | None:
+        """Forward the request and write the answer; None when the answer broke off
+        after its head was written (the connection is closed)."""
+        target, fwd = allowed.target, allowed.forwarded
+        headers = upstream_request_headers(request, target, allowed.route, fwd, _NO_LENGTH)
+        try:
+            head = encode_head("GET", target.request_target(fwd.wire_path, fwd.query), headers)
+        except ValueError:
+            raise UpstreamError(500, "a request header could not be forwarded safely") from None
+        upstream = await exchange(target, "GET", head, None, False)
+        async with upstream:
+            answer = answer_head(upstream, "GET")
+            if answer.small:
+                body = await read_whole(upstream)
+                conn.write(
+                    response_head(answer.status, answer.reason, answer.headers, len(body)) + body
+                )
+                return Sent(answer.status, len(body), len(body))
+            conn.write(response_head(answer.status, answer.reason, answer.headers, answer.length))
+            chunked = answer.length is None and not answer.no_body
+            written = 0
+            try:
+                async for chunk in upstream.iter_chunks():
+                    conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    written += len(chunk)
+                    await conn.drain()
+            except TimeoutError:
+                # The head is gone already: all that is left is to cut the connection.
+                log.warning("upstream stalled mid-response; closing client connection")
+                conn.abort()
+                return None
+            except (UpstreamUnreachable, ConnectionResetError):
+                conn.abort()
+                return None
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+            return Sent(answer.status, answer.length, written)
+
+    def _error(
+        self,
+        conn: FastConnection,
+        request: FastRequest,
+        allowed: Allowed,
+        exc: UpstreamError,
+        request_id: str,
+    ) -> Sent:
+        """The pipeline's own error page for an upstream that failed, encoded here:
+        the request was sent upstream once already and must not be sent again."""
+        page = self.pipeline.error(
+            request,
+            exc.status,
+            allowed.tenant,
+            exc.reason,
+            request_id,
+        )
+        body = page.body if isinstance(page.body, bytes) else b""
+        headers = CIMultiDict(page.headers)
+        headers.popall("Content-Length", None)
+        conn.write(response_head(page.status, page.reason, headers, len(body)) + body)
+        return Sent(page.status, len(body), len(body))
+
+
+def response_head(
+    status: int, reason: str | None, headers: CIMultiDict[str], length: int | None
+) -> bytes:
+    """The status line and headers as aiohttp's server writes them for a proxied answer
+    (the same Content-Type default, Date and Server), so that a client cannot tell the
+    two paths apart. `length`: a Content-Length, else a body in chunks."""
+    phrase = reason if reason is not None else _PHRASES.get(status, "")
+    lines = [f"HTTP/1.1 {status} {phrase}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    empty = status in (204, 304) or 100 <= status < 200
+    if not empty:
+        if length is None:
+            lines.append("Transfer-Encoding: chunked")
+        else:
+            lines.append(f"Content-Length: {length}")
+        if length != 0 and "Content-Type" not in headers:
+            lines.append("Content-Type: application/octet-stream")
+    elif status == 304 and length is not None:
+        lines.append(f"Content-Length: {length}")
+    if "Date" not in headers:
+        lines.append(f"Date: {rfc822_formatted_time()}")
+    if "Server" not in headers:
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    if has_control(text, len(lines)):
+        raise UpstreamError(502, "the upstream's answer head cannot be forwarded safely")
+    return text.encode("utf-8")

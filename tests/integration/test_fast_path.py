@@ -1,0 +1,827 @@
+"""The fast path (`server.fast_path`) against aiohttp's server: the same bytes in, the
+same bytes out.
+
+Two gateways on one config, one with the fast path, in front of the same upstreams. Each
+case is a run of raw bytes a client might send (well formed, malformed, smuggling
+attempts, pipelined, cut in pieces); both gateways get it on a fresh connection, and
+what comes back must be equal but for the Date header and request ids. Then seeded
+random requests, built from the pieces the cases use, do the same. The fast path's own
+counter shows it served the plain requests itself (so the comparison is not between
+aiohttp and aiohttp), and its other behaviours are tested through a real socket:
+upstream errors, streamed answers, back-pressure, idle and slow clients, shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httptools
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.config.model import Config
+from gateway.server import GatewayServer
+from tests.integration.conftest import make_config
+from tests.integration.upstream_app import RELEASE
+
+POLICY = """
+version: 1
+default: deny
+rules:
+  - name: admin area
+    paths: ["/admin/**"]
+    action: deny
+  - name: signed in only
+    paths: ["/private/**"]
+    action: one_factor
+  - name: everything else
+    action: bypass
+"""
+
+IDLE = 0.4  # no byte for this long: the gateway has said all it will
+REQUEST_ID = re.compile(rb"\b[0-9a-f]{24}\b")
+
+
+@dataclass
+class Pair:
+    """The addresses of two gateways alike but for the fast path."""
+
+    full: str
+    fast: str
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pair]:
+    servers: list[GatewayServer] = []
+
+    async def start(config: Config) -> str:
+        server = GatewayServer(config)
+        await server.start()
+        servers.append(server)
+        host, port = server.addresses[0]
+        return f"{host}:{port}"
+
+    url = str(upstream.make_url(""))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "fast").mkdir()
+    full = await start(make_config(tmp_path / "full", url, policy=POLICY))
+    fast = await start(make_config(tmp_path / "fast", url, policy=POLICY, fast_path=True))
+    yield Pair(full, fast)
+    for server in servers:
+        await server.stop()
+
+
+@dataclass
+class Heard:
+    """What came back on one connection, normalised, plus whether it was closed."""
+
+    answers: list[bytes] = field(default_factory=list)
+    closed: bool = False
+
+
+WAIT = b""  # in a list of pieces: wait for the answer so far before sending on
+
+
+async def send(address: str, pieces: list[bytes], pause: float = 0.0) -> Heard:
+    """Send `pieces` (with `pause` between them; at WAIT, long enough for an answer) on
+    a fresh connection; collect every byte until the gateway closes or falls silent;
+    split into answers."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    heard = Heard()
+    try:
+        for piece in pieces:
+            if piece is WAIT:
+                await asyncio.sleep(0.1)
+                continue
+            writer.write(piece)
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        received, heard.closed = await read_all(reader)
+    finally:
+        writer.close()
+    heard.answers = split_answers(received)
+    return heard
+
+
+async def read_all(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Every byte until the connection closes (True) or falls silent (False)."""
+    received = bytearray()
+    while True:
+        try:
+            data = await asyncio.wait_for(reader.read(65536), IDLE)
+        except TimeoutError:
+            return bytes(received), False
+        if not data:
+            return bytes(received), True
+        received += data
+
+
+def split_answers(data: bytes) -> list[bytes]:
+    """The answers in `data`, each with Date dropped and request ids blanked; what does
+    not parse is kept as it is."""
+    answers: list[bytes] = []
+
+    class Collector:
+        def __init__(self) -> None:
+            self.lines: list[bytes] = []
+            self.body = b""
+
+        def on_status(self, status: bytes) -> None:
+            self.lines.append(b"status " + status)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if name.lower() != b"date":
+                self.lines.append(name + b": " + value)
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            code = parser.get_status_code()
+            head = b"%d\n" % code + b"\n".join(self.lines)
+            answers.append(REQUEST_ID.sub(b"<id>", head + b"\n\n" + self.body))
+            self.lines, self.body = [], b""
+
+    collector = Collector()
+    parser = httptools.HttpResponseParser(collector)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade as upgrade:  # 101: the rest is the new protocol's
+        answers.append(b"upgraded: " + data[upgrade.args[0] :])
+    except httptools.HttpParserError:
+        answers.append(b"unparsable: " + REQUEST_ID.sub(b"<id>", data))
+    return answers
+
+
+async def both(pair: Pair, pieces: list[bytes], pause: float = 0.0) -> tuple[Heard, Heard]:
+    return await asyncio.gather(send(pair.full, pieces, pause), send(pair.fast, pieces, pause))
+
+
+async def fast_path_counts(pair: Pair) -> dict[str, float]:
+    """`authgate_fast_path_requests_total` of the fast gateway, by outcome."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://{pair.fast}/.authgate/metrics") as resp,
+    ):
+        text = await resp.text()
+    counts = {"served": 0.0, "handed_over": 0.0}
+    for outcome in counts:
+        found = re.search(
+            rf'^authgate_fast_path_requests_total{{outcome="{outcome}"}} (\S+)$', text, re.M
+        )
+        if found:
+            counts[outcome] = float(found.group(1))
+    return counts
+
+
+GET = b"GET /echo/a HTTP/1.1\r\nHost: app.test\r\n\r\n"
+
+# (name, what is sent, whether the fast path should serve at least one request itself)
+CASES: list[tuple[str, list[bytes], bool]] = [
+    ("plain", [GET], True),
+    (
+        "query and escapes",
+        [b"GET /echo/caf%C3%A9?q=%2F&x=1 HTTP/1.1\r\nHost: app.test\r\n\r\n"],
+        True,
+    ),
+    ("two on one connection, one after the other", [GET, WAIT, GET], True),
+    ("dot segments", [b"GET /x/%2e%2e/echo/b HTTP/1.1\r\nHost: app.test\r\n\r\n"], True),
+    ("double slashes", [b"GET //echo//b HTTP/1.1\r\nHost: app.test\r\n\r\n"], True),
+    (
+        "dot-dot into the denied area",
+        [b"GET /echo/../admin/x HTTP/1.1\r\nHost: app.test\r\n\r\n"],
+        False,
+    ),
+    ("encoded slash", [b"GET /echo%2f..%2fadmin HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    ("path parameter", [b"GET /admin;x/y HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    ("denied", [b"GET /admin/users HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    (
+        "needs a sign-in",
+        [b"GET /private/x HTTP/1.1\r\nHost: app.test\r\nAccept: text/html\r\n\r\n"],
+        False,
+    ),
+    ("unknown host", [b"GET /echo HTTP/1.1\r\nHost: other.test\r\n\r\n"], False),
+    ("host with a port and upper case", [b"GET /echo HTTP/1.1\r\nHost: APP.test:80\r\n\r\n"], True),
+    ("reserved prefix", [b"GET /.authgate/health HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    (
+        "reserved prefix, escaped",
+        [b"GET /%2Eauthgate/health HTTP/1.1\r\nHost: app.test\r\n\r\n"],
+        False,
+    ),
+    ("no Host", [b"GET /echo HTTP/1.1\r\n\r\n"], False),
+    ("two Hosts", [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nHost: evil.test\r\n\r\n"], False),
+    (
+        "two User-Agents",
+        [(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nUser-Agent: a\r\nUser-Agent: b\r\n\r\n")],
+        False,
+    ),
+    (
+        "repeated headers keep their order",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"X-M: 1\r\n"
+                b"x-m: 2\r\n"
+                b"Cookie: a=1\r\n"
+                b"Cookie: b=2\r\n"
+                b"\r\n"
+            )
+        ],
+        True,
+    ),
+    (
+        "forged identity and forwarding headers",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Remote-User: admin\r\n"
+                b"X-Forwarded-For: 6.6.6.6\r\n"
+                b"X-Forwarded-Host: evil\r\n"
+                b"Forwarded: for=1.2.3.4\r\n"
+                b"X-Request-Id: mine\r\n"
+                b"Remote_User: admin\r\n"
+                b"\r\n"
+            )
+        ],
+        True,
+    ),
+    (
+        "hop-by-hop named by Connection",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Connection: keep-alive, X-Secret\r\n"
+                b"X-Secret: 1\r\n"
+                b"Keep-Alive: 5\r\n"
+                b"TE: trailers\r\n"
+                b"\r\n"
+            )
+        ],
+        True,
+    ),
+    (
+        "blanks around values",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-A:   padded  \t \r\nX-B:\r\n\r\n"],
+        True,
+    ),
+    (
+        "bytes that are not ASCII",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-Name: caf\xc3\xa9 \xff\xfe\r\n\r\n"],
+        True,
+    ),
+    (
+        "Connection: close",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"],
+        False,
+    ),
+    ("HTTP/1.0", [b"GET /echo HTTP/1.0\r\nHost: app.test\r\n\r\n"], False),
+    (
+        "HTTP/1.0 kept alive",
+        [b"GET /echo HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\n\r\n"],
+        False,
+    ),
+    ("HEAD", [b"HEAD /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"], False),
+    (
+        "POST with a body",
+        [b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello"],
+        False,
+    ),
+    (
+        "POST, chunked",
+        [
+            (
+                b"POST /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Transfer-Encoding: chunked\r\n"
+                b"\r\n"
+                b"5\r\n"
+                b"hello\r\n"
+                b"0\r\n"
+                b"\r\n"
+            )
+        ],
+        False,
+    ),
+    (
+        "GET with Content-Length: 0",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n"],
+        False,
+    ),
+    (
+        "GET with a body that is a request",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Content-Length: 44\r\n"
+                b"\r\n"
+                b"GET /admin/x HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"\r\n"
+            )
+        ],
+        False,
+    ),
+    (
+        "CL and TE together",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Content-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n"
+                b"\r\n"
+                b"0\r\n"
+                b"\r\n"
+                b"GET /admin/x HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"\r\n"
+            )
+        ],
+        False,
+    ),
+    (
+        "TE with a twist",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: xchunked\r\n\r\n"],
+        False,
+    ),
+    (
+        "TE with a blank before the colon",
+        [(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n")],
+        False,
+    ),
+    (
+        "two Content-Lengths",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Content-Length: 0\r\n"
+                b"Content-Length: 5\r\n"
+                b"\r\n"
+                b"hello"
+            )
+        ],
+        False,
+    ),
+    (
+        "pipelined, in one write",
+        [GET + b"GET /admin/x HTTP/1.1\r\nHost: app.test\r\n\r\n" + GET],
+        False,
+    ),
+    ("pipelined, the second cut short", [GET + b"GET /echo/b HTTP/1.1\r\nHost: app"], False),
+    ("a request a byte at a time", [bytes([b]) for b in GET], True),
+    ("a head in two pieces", [GET[:20], GET[20:]], True),
+    (
+        "folded header line",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-A: one\r\n two\r\n\r\n"],
+        False,
+    ),
+    ("bare LF line ends", [b"GET /echo HTTP/1.1\nHost: app.test\n\n"], False),
+    ("CR without LF", [b"GET /echo HTTP/1.1\rHost: app.test\r\n\r\n"], False),
+    ("NUL in a value", [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-A: a\x00b\r\n\r\n"], False),
+    (
+        "control character in a value",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-A: a\x07b\r\n\r\n"],
+        False,
+    ),
+    ("space in the target", [b"GET /echo x HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    ("fragment in the target", [b"GET /echo#frag HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    (
+        "absolute-form target",
+        [b"GET http://app.test/echo HTTP/1.1\r\nHost: app.test\r\n\r\n"],
+        False,
+    ),
+    ("asterisk target", [b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    ("lower-case method", [b"get /echo HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    ("unknown method", [b"BREW /echo HTTP/1.1\r\nHost: app.test\r\n\r\n"], False),
+    ("HTTP/2 preface", [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], False),
+    ("version 1.2", [b"GET /echo HTTP/1.2\r\nHost: app.test\r\n\r\n"], False),
+    (
+        "upgrade to WebSocket",
+        [
+            (
+                b"GET /ws HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Connection: Upgrade\r\n"
+                b"Upgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"\r\n"
+            )
+        ],
+        False,
+    ),
+    (
+        "upgrade to h2c",
+        [
+            (
+                b"GET /echo HTTP/1.1\r\n"
+                b"Host: app.test\r\n"
+                b"Connection: Upgrade, HTTP2-Settings\r\n"
+                b"Upgrade: h2c\r\n"
+                b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+                b"\r\n"
+            )
+        ],
+        False,
+    ),
+    (
+        "Expect on a GET",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\n\r\n"],
+        False,
+    ),
+    ("empty lines before the request", [b"\r\n\r\n" + GET], True),
+    ("a long target", [b"GET /echo/" + b"a" * 8170 + b" HTTP/1.1\r\nHost: app.test\r\n\r\n"], True),
+    (
+        "a target over the limit",
+        [b"GET /echo/" + b"a" * 8200 + b" HTTP/1.1\r\nHost: app.test\r\n\r\n"],
+        False,
+    ),
+    (
+        "a field at the limit",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"b" * 8180 + b"\r\n\r\n"],
+        True,
+    ),
+    (
+        "a field over the limit",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"b" * 8190 + b"\r\n\r\n"],
+        False,
+    ),
+    (
+        "many fields",
+        [
+            b"GET /echo HTTP/1.1\r\nHost: app.test\r\n"
+            + b"".join(b"X-%d: v\r\n" % i for i in range(130))
+            + b"\r\n"
+        ],
+        False,
+    ),
+    ("not HTTP at all", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("sent", "served_fast"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES]
+)
+async def test_every_case_is_answered_alike_on_both_paths(
+    pair: Pair, sent: list[bytes], served_fast: bool
+) -> None:
+    before = await fast_path_counts(pair)
+    full, fast = await both(pair, sent)
+    assert fast.answers == full.answers
+    assert fast.closed == full.closed
+    after = await fast_path_counts(pair)
+    # The metrics request itself is handed over: it is on a reserved path.
+    served = after["served"] - before["served"]
+    assert (served > 0) == served_fast
+
+
+async def test_a_case_cut_into_pieces_with_pauses_is_answered_alike(pair: Pair) -> None:
+    raw = b"GET /echo/slow HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n\r\n"
+    full, fast = await both(pair, [raw[:7], raw[7:30], raw[30:]], pause=0.05)
+    assert fast.answers == full.answers and len(full.answers) == 1
+
+
+# --- generated requests ----------------------------------------------------------
+
+METHODS = [b"GET"] * 6 + [b"HEAD", b"POST", b"DELETE", b"get", b"G ET"]
+VERSIONS = [b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"HTTP/1"]
+SEGMENTS = [
+    b"echo",
+    b"echo",
+    b"admin",
+    b"private",
+    b".",
+    b"..",
+    b"%2e%2e",
+    b"%2E",
+    b"",
+    b"a;b",
+    b"%2f",
+    b"%5c",
+    b"caf%C3%A9",
+    b"%00",
+    b"%25",
+    b"x y",
+    b"\xc3\xa9",
+    b"~u",
+    b".authgate",
+]
+QUERIES = [b"", b"", b"?a=1", b"?a=%2F&b", b"?", b"?x#y"]
+HOSTS = [b"Host: app.test"] * 6 + [b"Host: other.test", b"Host: app.test:80", b"Host: ", b""]
+FIELDS = [
+    b"Connection: keep-alive",
+    b"Connection: X-Drop",
+    b"X-Drop: secret",
+    b"Cookie: a=1; authgate_session=forged",
+    b"Authorization: Basic eDp5",
+    b"Remote-User: admin",
+    b"X-Forwarded-For: 1.2.3.4",
+    b"X-Request-Id: chosen",
+    b"Accept: application/json",
+    b"Accept: text/html",
+    b"X-Spaces:   a  ",
+    b"X-Empty:",
+    b"X_Under: 1",
+    b"X-Bin: \xff",
+    b"User-Agent: ua",
+    b"X-Tab:\tv\t",
+]
+RISKY = [
+    b"Host: app.test",
+    b"Connection: close",
+    b"Content-Length: 0",
+    b"Content-Length: 3",
+    b"Transfer-Encoding: chunked",
+    b"Expect: 100-continue",
+    b"Upgrade: websocket",
+    b"Authorization: Bearer agk_forged",
+    b"Bad Name: x",
+    b"User-Agent: another",
+]
+ENDS = [b"\r\n"] * 12 + [b"\n"]
+
+
+def generated_request(rng: random.Random) -> bytes:
+    """Half of them plain but for their fields and path, so that the fast path meets many."""
+    plain = rng.random() < 0.5
+    method = b"GET" if plain else rng.choice(METHODS)
+    segments = SEGMENTS[:10] if plain else SEGMENTS
+    path = b"/" + b"/".join(rng.choice(segments) for _ in range(rng.randint(1, 4)))
+    end = b"\r\n" if plain else rng.choice(ENDS)
+    version = b"HTTP/1.1" if plain else rng.choice(VERSIONS)
+    lines = [method + b" " + path + rng.choice(QUERIES) + b" " + version]
+    fields = [b"Host: app.test"] if plain else [h for h in [rng.choice(HOSTS)] if h]
+    fields += rng.sample(FIELDS, rng.randint(0, 4))
+    if rng.random() < 0.3:
+        fields.append(rng.choice(RISKY))
+    rng.shuffle(fields)
+    lines += fields
+    body = b""
+    if any(line.startswith(b"Content-Length: 3") for line in lines):
+        body = b"abc"
+    elif any(line.startswith(b"Transfer-Encoding") for line in lines):
+        body = b"3\r\nabc\r\n0\r\n\r\n"
+    return end.join(lines) + end + end + body
+
+
+async def test_generated_requests_are_answered_alike_on_both_paths(pair: Pair) -> None:
+    rng = random.Random(8)
+    before = await fast_path_counts(pair)
+    cases = [generated_request(rng) for _ in range(200)]
+    sent = [[request] if rng.random() < 0.8 else [request, WAIT, GET] for request in cases]
+    for batch in range(0, len(sent), 10):  # ten at a time: each waits for silence
+        heard = await asyncio.gather(*(both(pair, pieces) for pieces in sent[batch : batch + 10]))
+        for pieces, (full, fast) in zip(sent[batch : batch + 10], heard, strict=True):
+            assert (fast.answers, fast.closed) == (full.answers, full.closed), pieces
+    after = await fast_path_counts(pair)
+    assert after["served"] - before["served"] >= 20  # the fast path was really there
+
+
+# --- what only the fast path does ------------------------------------------------
+
+
+async def test_answers_of_every_shape_arrive_alike(pair: Pair) -> None:
+    """Streamed (chunked, and sized over the small-body bound), event streams, and
+    answers the upstream shapes: through the fast path as through aiohttp."""
+    for path in (
+        b"/download?bytes=300000",
+        b"/download?bytes=0",
+        b"/sse",
+        b"/headers-out",
+    ):
+        raw = b"GET " + path + b" HTTP/1.1\r\nHost: app.test\r\n\r\n"
+        full, fast = await both(pair, [raw])
+        assert fast.answers == full.answers and len(full.answers) == 1, path
+
+
+async def test_a_streamed_answer_is_relayed_as_it_comes(pair: Pair, upstream: TestServer) -> None:
+    host, port = pair.fast.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b"first\n"), 5)
+        assert b"Transfer-Encoding: chunked" in first
+        upstream.app[RELEASE].set()
+        rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        assert b"more 2" in rest
+    finally:
+        writer.close()
+    assert (await fast_path_counts(pair))["served"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"), [(b"application/json", b"502"), (b"text/html", b"502")]
+)
+async def test_a_dead_upstream_gets_the_pipelines_page(
+    start_fast_and_full: Callable[..., Awaitable[Pair]], accept: bytes, status: bytes
+) -> None:
+    dead = await start_fast_and_full("http://127.0.0.1:9")  # the discard port: refused
+    raw = b"GET /x HTTP/1.1\r\nHost: app.test\r\nAccept: " + accept + b"\r\n\r\n"
+    full, fast = await both(dead, [raw, WAIT, GET])
+    assert [a[:3] for a in full.answers] == [status, status]
+    assert fast.answers == full.answers
+    assert (await fast_path_counts(dead))["served"] == 2
+
+
+async def test_a_hung_upstream_gets_the_pipelines_504(
+    upstream: TestServer, start_fast_and_full: Callable[..., Awaitable[Pair]]
+) -> None:
+    hung = await start_fast_and_full(str(upstream.make_url("")), route={"read_timeout": 0.3})
+    raw = b"GET /hang HTTP/1.1\r\nHost: app.test\r\nAccept: application/json\r\n\r\n"
+    full, fast = await both(hung, [raw])
+    assert [a[:3] for a in full.answers] == [b"504"]
+    assert fast.answers == full.answers
+    assert (await fast_path_counts(hung))["served"] == 1
+
+
+@pytest.fixture
+async def start_fast_and_full(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Pair]]]:
+    servers: list[GatewayServer] = []
+
+    async def start(upstream_url: str, **server: object) -> Pair:
+        addresses = []
+        for name, fast in (("full", False), ("fast", True)):
+            folder = tmp_path / f"{name}{len(servers)}"
+            folder.mkdir()
+            gateway = GatewayServer(
+                make_config(folder, upstream_url, policy=POLICY, fast_path=fast, **server)
+            )
+            await gateway.start()
+            servers.append(gateway)
+            host, port = gateway.addresses[0]
+            addresses.append(f"{host}:{port}")
+        return Pair(addresses[0], addresses[1])
+
+    yield start
+    for gateway in servers:
+        await gateway.stop()
+
+
+async def metric(address: str, name: str) -> float:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://{address}/.authgate/metrics") as resp,
+    ):
+        text = await resp.text()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def metric_lines(address: str, name: str) -> list[str]:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"http://{address}/.authgate/metrics") as resp,
+    ):
+        return [line for line in (await resp.text()).splitlines() if line.startswith(name)]
+
+
+async def test_a_client_that_leaves_cancels_its_request_upstream(
+    upstream: TestServer, start_fast_and_full: Callable[..., Awaitable[Pair]]
+) -> None:
+    gateways = await start_fast_and_full(str(upstream.make_url("")))
+    host, port = gateways.fast.rsplit(":", 1)
+    for _ in range(3):
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /hang HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+    # The three upstream connections the hung requests held are closed, not kept.
+    for _ in range(50):
+        if await metric(gateways.fast, "authgate_upstream_connections") == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await metric(gateways.fast, "authgate_upstream_connections") == 0
+    assert await metric(gateways.fast, "authgate_upstream_connections_opened_total") == 3
+    requests = await metric(
+        gateways.fast,
+        'authgate_requests_total{decision="ALLOW",route="app.test/",status="499",tenant="acme"}',
+    )
+    assert requests == 3, await metric_lines(gateways.fast, "authgate_requests_total")
+
+
+async def test_a_client_too_slow_to_send_its_head_is_dropped(
+    upstream: TestServer, start_fast_and_full: Callable[..., Awaitable[Pair]]
+) -> None:
+    gateways = await start_fast_and_full(str(upstream.make_url("")), client_timeout=1.0)
+    host, port = gateways.fast.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = asyncio.get_running_loop().time()
+    try:
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n")  # and never the end
+        for _ in range(10):  # bytes keep coming: the head still has to end in time
+            writer.write(b"X-Drip: 1\r\n")
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+    assert asyncio.get_running_loop().time() - started < 3.5
+
+
+async def test_an_idle_kept_alive_connection_is_closed_and_a_busy_one_is_not(
+    upstream: TestServer, start_fast_and_full: Callable[..., Awaitable[Pair]]
+) -> None:
+    gateways = await start_fast_and_full(
+        str(upstream.make_url("")), keepalive_timeout=1.0, route={"read_timeout": 5.0}
+    )
+    host, port = gateways.fast.rsplit(":", 1)
+    idle_reader, idle_writer = await asyncio.open_connection(host, int(port))
+    busy_reader, busy_writer = await asyncio.open_connection(host, int(port))
+    try:
+        idle_writer.write(GET)
+        await idle_reader.readuntil(b'"chunked": false}')
+        # A request that takes longer than the idle bound is not cut by it.
+        busy_writer.write(b"GET /stream HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        await busy_reader.readuntil(b"first\n")
+        assert await asyncio.wait_for(idle_reader.read(), 4) == b""
+        upstream.app[RELEASE].set()
+        assert b"more 2" in await asyncio.wait_for(busy_reader.readuntil(b"0\r\n\r\n"), 5)
+    finally:
+        idle_writer.close()
+        busy_writer.close()
+
+
+async def test_a_stop_lets_the_request_being_served_finish(
+    upstream: TestServer, tmp_path: Path
+) -> None:
+    gateway = GatewayServer(
+        make_config(tmp_path, str(upstream.make_url("")), policy=POLICY, fast_path=True)
+    )
+    await gateway.start()
+    host, port = gateway.addresses[0]
+    reader, writer = await asyncio.open_connection(host, port)
+    idle_reader, idle_writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        await reader.readuntil(b"first\n")
+        stopping = asyncio.ensure_future(gateway.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()
+        # Idle connections are closed at once, and no new one is accepted.
+        assert await asyncio.wait_for(idle_reader.read(), 2) == b""
+        with pytest.raises(OSError):
+            await asyncio.open_connection(host, port)
+        upstream.app[RELEASE].set()
+        rest = await asyncio.wait_for(reader.read(), 5)  # the whole answer, then the close
+        assert rest.endswith(b"more 2\n\r\n0\r\n\r\n")
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        writer.close()
+        idle_writer.close()
+
+
+@pytest.mark.parametrize(
+    "following",
+    [
+        b"GET /echo/next HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"POST /echo/next HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nhi",
+        (
+            b"GET /echo/next HTTP/1.1\r\n"
+            b"Host: app.test\r\n"
+            b"\r\n"
+            b"GET /admin/x HTTP/1.1\r\n"
+            b"Host: app.test\r\n"
+            b"\r\n"
+        ),
+    ],
+    ids=["a plain GET", "a POST", "two more in one piece"],
+)
+async def test_requests_sent_before_the_answer_are_answered_after_it_in_order(
+    pair: Pair, upstream: TestServer, following: bytes
+) -> None:
+    first = b"GET /stream HTTP/1.1\r\nHost: app.test\r\n\r\n"
+
+    async def run(address: str) -> list[bytes]:
+        upstream.app[RELEASE].clear()
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(first)
+            received = await asyncio.wait_for(reader.readuntil(b"first\n"), 5)
+            writer.write(following)  # while the first answer is still coming
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            upstream.app[RELEASE].set()
+            rest, _ = await read_all(reader)
+            return split_answers(received + rest)
+        finally:
+            writer.close()
+
+    full = await run(pair.full)
+    fast = await run(pair.fast)
+    assert fast == full
+    assert full[0].startswith(b"200") and b"more 2" in full[0]
+    assert len(full) == following.count(b"HTTP/1.1") + 1
