@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks._harness import (
@@ -62,6 +62,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tenant", ("(gateway/tenants.py", "(gateway/tenant_store.py")),
     ("canonicalise", ("(gateway/canonical.py",)),
     ("forward", ("(gateway/proxy.py", "(gateway/forwarding.py", "(aiohttp/client")),
+    ("fast path", ("(gateway/fast_path.py",)),
     ("metrics", ("(gateway/metrics.py", "(gateway/request_log.py")),
     ("identify (rest)", ("__call__ (gateway/identify.py",)),
     ("pipeline (rest)", ("(gateway/pipeline.py",)),
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--redis", action="store_true", help="scenario (c): Redis sessions")
+    parser.add_argument("--fast-path", action="store_true", help="with server.fast_path")
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     args = parser.parse_args(argv)
     prefix = run_prefix()
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.redis
                 else AuthgateSetup("session", SESSION_POLICY)
             )
+            setup = replace(setup, fast_path=args.fast_path)
             gate = start_authgate_scenario("b", "authgate (b)", 1, tmp, upstream.port, setup)
             started.extend(gate.processes)
             worker = gate.serving_pids()[0]

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._harness import median, nginx_path, wrk_path
-from benchmarks.suite import DIRECT_AT_NGINX_RATE, LoadResults, PacedResult, ScenarioResult
+from benchmarks.suite import (
+    DIRECT_AT_FAST_RATE,
+    DIRECT_AT_NGINX_RATE,
+    LoadResults,
+    PacedResult,
+    ScenarioResult,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,24 @@ def checks(load: LoadResults) -> list[Check]:
             target=False,
             baseline=DIRECT_AT_NGINX_RATE,
         ),
+        ratio_check(
+            results, "session_fast", "minimal", "(b) fast path / minimal aiohttp proxy", 1.0
+        ),
+        ratio_check(results, "session_fast", "nginx", "(b) fast path / nginx reverse proxy", 0.45),
+        ratio_check(results, "redis_fast", "session_fast", "(c) / (b), both on the fast path", 0.9),
+        added_latency_check(
+            load.paced,
+            "session_fast",
+            "(b) fast path p99 added over direct at ½ its max",
+            baseline=DIRECT_AT_FAST_RATE,
+        ),
+        added_latency_check(
+            load.paced,
+            "redis_fast",
+            "(c) fast path p99 added over direct at ½ (b)'s",
+            baseline=DIRECT_AT_FAST_RATE,
+        ),
+        ratio_check(results, "session_fast", "session", "(b) fast path / (b)", None),
         ratio_check(results, "bypass", "minimal", "(a) bypass / minimal proxy", None),
         ratio_check(results, "floor", "nginx", "Python floor / nginx proxy", None),
         ratio_check(results, "session", "floor", "(b) / Python floor", None),

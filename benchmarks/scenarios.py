@@ -94,6 +94,7 @@ class AuthgateSetup:
     redis_prefix: str = "authgate:"
     trusted_proxies: tuple[str, ...] = ()
     signed_in: bool = True  # requests carry the cookie of a session made before start
+    fast_path: bool = False  # server.fast_path
 
 
 # ----------------------------------------------------------------------- baselines
@@ -178,6 +179,7 @@ def authgate_config(folder: Path, port: int, upstream_port: int, setup: Authgate
         f"  listen: {LOOPBACK}:{port}\n"
         "  shutdown_timeout: 2s\n"
         f"  trusted_proxies: [{trusted}]\n"
+        f"  fast_path: {'true' if setup.fast_path else 'false'}\n"
         "storage: sqlite:///authgate.db\n"
         "sessions:\n"
         f"  store: {setup.session_store}\n"

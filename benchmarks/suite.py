@@ -56,6 +56,7 @@ from benchmarks.scenarios import (
 
 MAX_ERROR_SHARE = 0.01  # more failed requests than this: the figures mean nothing
 DIRECT_AT_NGINX_RATE = "direct@nginx"  # direct, paced at half of nginx's maximum
+DIRECT_AT_FAST_RATE = "direct@fast"  # direct, paced at half of (b) with the fast path's
 PACE_MS = 20  # fixed-rate runs: connections = rate x this (each idle ~this long between sends)
 
 
@@ -211,6 +212,8 @@ def _starters(
     bypass = AuthgateSetup("bypass", BYPASS_POLICY, signed_in=False)
     session = AuthgateSetup("session", SESSION_POLICY)
     redis = AuthgateSetup("redis", SESSION_POLICY, options.redis_url, prefix)
+    session_fast = replace(session, name="session_fast", fast_path=True)
+    redis_fast = replace(redis, name="redis_fast", fast_path=True)
     return [
         ("nginx", lambda: start_nginx_proxy(w, tmp, upstream_port)),
         ("minimal", lambda: start_minimal_proxy(w, tmp, upstream_port)),
@@ -231,6 +234,23 @@ def _starters(
             "redis",
             lambda: start_authgate_scenario(
                 "redis", "authgate (c) as (b), Redis sessions", w, tmp, upstream_port, redis
+            ),
+        ),
+        (
+            "session_fast",
+            lambda: start_authgate_scenario(
+                "session_fast",
+                "authgate (b), server.fast_path",
+                w,
+                tmp,
+                upstream_port,
+                session_fast,
+            ),
+        ),
+        (
+            "redis_fast",
+            lambda: start_authgate_scenario(
+                "redis_fast", "authgate (c), server.fast_path", w, tmp, upstream_port, redis_fast
             ),
         ),
         ("forward_auth", lambda: start_forward_auth(w, tmp, upstream_port)),
@@ -309,9 +329,17 @@ def _paced_runs(
     # For scale: nginx at half of *its own* maximum, against direct at that same rate.
     # The machine is then as busy as in (b)'s run at half of (b)'s maximum, and what
     # nginx adds there is what this machine allows any proxy.
-    if "nginx" in by_key and "direct" in by_key and maximum.get("nginx"):
-        nginx_rate = maximum["nginx"] / 2
-        for scenario in (replace(by_key["direct"], key=DIRECT_AT_NGINX_RATE), by_key["nginx"]):
-            log(f"fixed rate {nginx_rate:.0f} req/s: {scenario.label} …")
-            out.append(paced(scenario, nginx_rate, options, tmp, threads))
+    # The fast path likewise at half of its own maximum (with (b)), against direct there.
+    for top, baseline, keys in (
+        ("nginx", DIRECT_AT_NGINX_RATE, ("nginx",)),
+        ("session_fast", DIRECT_AT_FAST_RATE, ("session_fast", "redis_fast")),
+    ):
+        if top not in by_key or "direct" not in by_key or not maximum.get(top):
+            continue
+        own_rate = maximum[top] / 2
+        at_rate = [replace(by_key["direct"], key=baseline)]
+        at_rate += [by_key[k] for k in keys if k in by_key]
+        for scenario in at_rate:
+            log(f"fixed rate {own_rate:.0f} req/s: {scenario.label} …")
+            out.append(paced(scenario, own_rate, options, tmp, threads))
     return tuple(out)
