@@ -30,14 +30,16 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
+from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.http_parser import SINGLETON_HEADERS
+from aiohttp.http_parser import SINGLETON_HEADERS, HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.canonical import peer_is_trusted
-from gateway.pipeline import Allowed, Answer, Pipeline
+from gateway.config.model import ListenAddress
+from gateway.pipeline import Allowed, Pipeline
 from gateway.proxy import (
     UpstreamError,
     answer_head,
@@ -50,12 +52,26 @@ from gateway.upstream_client import UpstreamUnreachable, encode_head, has_contro
 log = logging.getLogger("authgate.fast_path")
 
 # Request headers that make a request more than the fast path serves.
+# (Sec-WebSocket-Key1: an old WebSocket handshake with an 8-byte body nobody declares;
+# aiohttp refuses it.)
 _NOT_PLAIN = frozenset(
-    {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"http2-settings"}
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"http2-settings",
+        b"sec-websocket-key1",
+    }
 )
 _NO_LENGTH = frozenset({"content-length"})
 # Fields aiohttp's parser refuses to see twice (a 400): such requests are its to answer.
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+# Names aiohttp's parser spells its own way (`accept` reaches the upstream as `Accept`),
+# so that the upstream reads the same bytes from either path.
+_KNOWN_NAMES = {
+    str(name).lower().encode(): str(name) for name in vars(hdrs).values() if isinstance(name, istr)
+}
 # More than this many header fields, or head bytes arrived without a whole request:
 # the full server decides (and enforces its own limits, with its own 4xx).
 _MAX_FIELDS = 100
@@ -114,8 +130,8 @@ class FastConnection(asyncio.Protocol):
         self._buffered = 0
         self.serving: asyncio.Task[None] | None = None
         self.idle_since = server.loop.time()
-        self.closing = False  # close once the request being served is answered
-        self._write_ready: asyncio.Future[None] | None = None
+        self._paused = False  # the transport's write buffer is over its high mark
+        self._write_ready: asyncio.Future[None] | None = None  # made by drain() alone
         self._early: list[bytes] = []  # bytes that came while a request was served
         self._early_size = 0
         self._reset()
@@ -126,7 +142,7 @@ class FastConnection(asyncio.Protocol):
         self._complete = False
         self._plain = True
         self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
+        self._fields: list[tuple[str, str]] = []
         self._singletons: set[bytes] = set()
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -146,12 +162,14 @@ class FastConnection(asyncio.Protocol):
         if self.serving is not None:
             self.serving.cancel()  # the client is gone: so is its request (499)
         if self._write_ready is not None and not self._write_ready.done():
+            # Only drain() makes it, and it is awaiting it: the exception is seen.
             self._write_ready.set_exception(ConnectionResetError("the client went away"))
 
     def pause_writing(self) -> None:
-        self._write_ready = self.server.loop.create_future()
+        self._paused = True
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self._write_ready is not None and not self._write_ready.done():
             self._write_ready.set_result(None)
         self._write_ready = None
@@ -212,7 +230,12 @@ class FastConnection(asyncio.Protocol):
         ):
             self._plain = False
         # llhttp leaves the blanks after a value on it; aiohttp strips them (RFC 9110 §5.5)
-        self._fields.append((name, value.rstrip(b" \t")))
+        self._fields.append(
+            (
+                _KNOWN_NAMES.get(lower) or name.decode("utf-8", "surrogateescape"),
+                value.rstrip(b" \t").decode("utf-8", "surrogateescape"),
+            )
+        )
 
     def on_headers_complete(self) -> None:
         # Read here: llhttp forgets them once the message is complete.
@@ -234,23 +257,13 @@ class FastConnection(asyncio.Protocol):
     # -- serving ------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self.server.stopping:
-            self.hand_over()
+        if self.server.stopping:  # not begun, so not answered: the client may retry
+            self.abort()
             return
         request = FastRequest(
             "GET",
             self._url.decode("utf-8", "surrogateescape"),
-            CIMultiDictProxy(
-                CIMultiDict(
-                    [
-                        (
-                            name.decode("utf-8", "surrogateescape"),
-                            value.decode("utf-8", "surrogateescape"),
-                        )
-                        for name, value in self._fields
-                    ]
-                )
-            ),
+            CIMultiDictProxy(CIMultiDict(self._fields)),
             self.remote,
             self.secure,
         )
@@ -265,7 +278,7 @@ class FastConnection(asyncio.Protocol):
         self.idle_since = self.server.loop.time()
         if self.transport is None or self.transport.is_closing():
             return
-        if self.closing or self.server.stopping:
+        if self.server.stopping:
             self.transport.close()
             return
         early, self._early, self._early_size = self._early, [], 0
@@ -305,12 +318,26 @@ class FastConnection(asyncio.Protocol):
         self.transport.write(data)
 
     async def drain(self) -> None:
-        if self._write_ready is not None:
-            await self._write_ready
+        """Until the client has taken enough of what was written (back-pressure)."""
+        if not self._paused:
+            return
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        if self._write_ready is None:
+            self._write_ready = self.server.loop.create_future()
+        await self._write_ready
 
     def abort(self) -> None:
+        """Cut the connection now, whatever is still unsent."""
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
+
+
+def available() -> bool:
+    """Whether aiohttp reads requests with its C parser (llhttp, as the fast path does).
+    Its pure-Python parser refuses things llhttp accepts (two spaces in the request
+    line, a bare LF at the end): with it, the two paths would not agree."""
+    return HttpRequestParser.__module__ == "aiohttp._http_parser"
 
 
 class FastServer:
@@ -338,12 +365,30 @@ class FastServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def listen(self, sockets: Iterable[socket.socket]) -> None:
-        for sock in sockets:
-            self._servers.append(
-                await self.loop.create_server(lambda: FastConnection(self), sock=sock)
-            )
+    async def listen(
+        self, sockets: Iterable[socket.socket] | None, addresses: Iterable[ListenAddress]
+    ) -> None:
+        """Serve on `sockets` (given by the supervisor), else bind `addresses` as aiohttp's
+        TCPSite would. Raises (with nothing left listening) when one cannot be had."""
+        try:
+            if sockets is not None:
+                for sock in sockets:
+                    self._servers.append(await self.loop.create_server(self._connect, sock=sock))
+            else:
+                for address in addresses:
+                    self._servers.append(
+                        await self.loop.create_server(
+                            self._connect, address.host, address.port, reuse_port=True
+                        )
+                    )
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            raise
         self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _connect(self) -> FastConnection:
+        return FastConnection(self)
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -387,30 +432,21 @@ class FastServer:
         sent: Sent | None = None
         handing_over = False
         try:
-            outcome: Allowed | Answer | None
             try:
                 outcome = await pipeline.resolve(
                     request, peer, peer_trusted, request_id, final=False
                 )
-            except Exception:
-                # A bad request, a store that cannot answer, a bug: whatever it is, the
-                # full server meets it again, and answers it as it always does.
-                outcome = None
-            if isinstance(outcome, Allowed):
-                self.served.inc()
-                try:
-                    sent = await self._forward(conn, request, outcome)
-                except UpstreamError as exc:
-                    sent = self._error(conn, request, outcome, exc, request_id)
-                except ConnectionResetError:
-                    conn.abort()
-                except Exception:
-                    # After the request went upstream nothing is sent twice: the
-                    # connection is cut, as when an answer breaks off.
-                    log.exception("unhandled error on the fast path")
-                    conn.abort()
+            except Exception as exc:
+                # A bad request, a store that cannot answer, a bug: the pipeline's own
+                # answer, given here (handed over, the store would be asked twice).
+                sent = await self._write_page(conn, pipeline.failure(request, exc, request_id))
             else:
-                handing_over = True
+                if isinstance(outcome, Allowed):
+                    sent = await self._answer(conn, request, outcome, request_id)
+                else:
+                    handing_over = True
+        except ConnectionResetError:
+            conn.abort()  # the client went away while its answer was written
         finally:
             # Cancelled (the client went away): recorded as 499, as the full server does.
             if handing_over:
@@ -420,13 +456,33 @@ class FastServer:
         if handing_over:
             conn.hand_over()
         elif sent is not None:
+            self.served.inc()
             conn.answered()
+        else:
+            conn.serving = None  # cut short: the connection is closed
+
+    async def _answer(
+        self, conn: FastConnection, request: FastRequest, allowed: Allowed, request_id: str
+    ) -> Sent | None:
+        try:
+            return await self._forward(conn, request, allowed)
+        except UpstreamError as exc:
+            page = self.pipeline.error(request, exc.status, allowed.tenant, exc.reason, request_id)
+            return await self._write_page(conn, page)
+        except ConnectionResetError:
+            raise
+        except Exception:
+            # After the request went upstream nothing is sent twice: the connection is
+            # cut, as when an answer breaks off.
+            log.exception("unhandled error on the fast path", extra={"request_id": request_id})
+            conn.abort()
+            return None
 
     async def _forward(
         self, conn: FastConnection, request: FastRequest, allowed: Allowed
     ) -> Sent | None:
         """Forward the request and write the answer; None when the answer broke off
-        after its head was written (the connection is closed)."""
+        after its head was written (the connection is cut)."""
         target, fwd = allowed.target, allowed.forwarded
         headers = upstream_request_headers(request, target, allowed.route, fwd, _NO_LENGTH)
         try:
@@ -441,6 +497,7 @@ class FastServer:
                 conn.write(
                     response_head(answer.status, answer.reason, answer.headers, len(body)) + body
                 )
+                await conn.drain()
                 return Sent(answer.status, len(body), len(body))
             conn.write(response_head(answer.status, answer.reason, answer.headers, answer.length))
             chunked = answer.length is None and not answer.no_body
@@ -455,34 +512,21 @@ class FastServer:
                 log.warning("upstream stalled mid-response; closing client connection")
                 conn.abort()
                 return None
-            except (UpstreamUnreachable, ConnectionResetError):
+            except UpstreamUnreachable:
                 conn.abort()
                 return None
             if chunked:
                 conn.write(b"0\r\n\r\n")
+            await conn.drain()
             return Sent(answer.status, answer.length, written)
 
-    def _error(
-        self,
-        conn: FastConnection,
-        request: FastRequest,
-        allowed: Allowed,
-        exc: UpstreamError,
-        request_id: str,
-    ) -> Sent:
-        """The pipeline's own error page for an upstream that failed, encoded here:
-        the request was sent upstream once already and must not be sent again."""
-        page = self.pipeline.error(
-            request,
-            exc.status,
-            allowed.tenant,
-            exc.reason,
-            request_id,
-        )
+    async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
+        """One of the pipeline's own pages (an error), encoded as aiohttp would."""
         body = page.body if isinstance(page.body, bytes) else b""
         headers = CIMultiDict(page.headers)
         headers.popall("Content-Length", None)
         conn.write(response_head(page.status, page.reason, headers, len(body)) + body)
+        await conn.drain()
         return Sent(page.status, len(body), len(body))
 
 

@@ -252,9 +252,15 @@ class Pipeline:
     ) -> web.StreamResponse:
         try:
             return await self._handle(request, peer, peer_trusted, request_id)
-        except BadRequest as exc:
+        except Exception as exc:
+            return self.failure(request, exc, request_id)
+
+    def failure(self, request: RequestView, exc: Exception, request_id: str) -> web.Response:
+        """The answer to a request whose handling raised. Fail closed: whatever went
+        wrong, the request does not pass."""
+        if isinstance(exc, BadRequest):
             return self.error(request, exc.status, None, exc.reason, request_id)
-        except StoreUnavailable as exc:
+        if isinstance(exc, StoreUnavailable):
             # The driver's error class only (OutOfMemoryError, ConnectionError, …): enough
             # to tell a full Redis from a dead one, and no message that might hold data.
             cause = type(exc.__cause__ or exc).__name__
@@ -262,10 +268,8 @@ class Pipeline:
                 "store unavailable (%s); failing closed", cause, extra={"request_id": request_id}
             )
             return self.error(request, 503, None, "temporarily unavailable", request_id)
-        except Exception:
-            # Fail closed: whatever went wrong, the request does not pass.
-            log.exception("unhandled error", extra={"request_id": request_id})
-            return self.error(request, 500, None, "internal error", request_id)
+        log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+        return self.error(request, 500, None, "internal error", request_id)
 
     async def _handle(
         self, request: BaseRequest, peer: str | None, peer_trusted: bool, request_id: str

@@ -28,6 +28,7 @@ from aiohttp.web_request import BaseRequest
 from gateway.audit import Event
 from gateway.config.model import Config, ListenAddress
 from gateway.fast_path import FastServer
+from gateway.fast_path import available as fast_path_available
 from gateway.geo import GeoService
 from gateway.metrics import Metrics
 from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
@@ -166,7 +167,13 @@ class GatewayServer:
             lowlevel, shutdown_timeout=server_cfg.shutdown_timeout, handle_signals=False
         )
         await self._runner.setup()
-        if server_cfg.fast_path:
+        fast_path = server_cfg.fast_path and fast_path_available()
+        if server_cfg.fast_path and not fast_path:
+            log.warning(
+                "server.fast_path is on but aiohttp runs without its C parser"
+                " (AIOHTTP_NO_EXTENSIONS?): serving everything on aiohttp"
+            )
+        if fast_path:
             self._fast = FastServer(
                 self.pipeline,
                 lowlevel,
@@ -174,9 +181,7 @@ class GatewayServer:
                 max_field=server_cfg.max_header_size,
                 idle_timeout=min(server_cfg.keepalive_timeout, server_cfg.client_timeout),
             )
-            await self._fast.listen(
-                sockets if sockets is not None else [listen_socket(a) for a in server_cfg.listen]
-            )
+            await self._fast.listen(sockets, server_cfg.listen)
             self.addresses = [sock.getsockname()[:2] for sock in self._fast.sockets]
         else:
             sites: list[web.BaseSite] = []
@@ -230,13 +235,16 @@ class GatewayServer:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then release resources."""
+        # The fast path's connections and those it handed to aiohttp drain side by side,
+        # within the one shutdown_timeout.
+        draining = []
         if self._fast is not None:
-            # Its connections first: those handed to aiohttp are the runner's to drain.
-            await self._fast.stop(self.config.server.shutdown_timeout)
+            draining.append(self._fast.stop(self.config.server.shutdown_timeout))
             self._fast = None
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            draining.append(self._runner.cleanup())
+        await asyncio.gather(*draining)
+        self._runner = None
         for hook in reversed(self.hooks.cleanup):
             try:
                 await hook()

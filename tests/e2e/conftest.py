@@ -1,5 +1,5 @@
 """The browser tests reuse the integration servers: the echo upstream and the gateway."""
 
-from tests.integration.conftest import start_gateway, upstream
+from tests.integration.conftest import server_path, start_gateway, upstream
 
-__all__ = ["start_gateway", "upstream"]
+__all__ = ["server_path", "start_gateway", "upstream"]

@@ -22,6 +22,10 @@ async def echo(request: web.Request) -> web.Response:
             "raw_path": request.raw_path,
             "query": request.query_string,
             "headers": [[k, v] for k, v in request.headers.items()],
+            # as the bytes came: the spelling of each name too
+            "raw_headers": [
+                [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers
+            ],
             "body_sha256": digest.hexdigest(),
             "body_length": size,
             "chunked": "chunked" in request.headers.get("Transfer-Encoding", ""),
