@@ -968,3 +968,25 @@ async def test_a_paused_client_that_resets_leaves_nothing_unretrieved(pair: Pair
     finally:
         loop.set_exception_handler(previous)
     assert not seen, [context.get("message") for context in seen]
+
+
+async def test_without_aiohttps_c_parser_everything_is_served_by_aiohttp(
+    upstream: TestServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("gateway.server.fast_path_available", lambda: False)
+    gateway = GatewayServer(
+        make_config(tmp_path, str(upstream.make_url("")), policy=POLICY, fast_path=True)
+    )
+    await gateway.start()
+    try:
+        host, port = gateway.addresses[0]
+        heard = await send(f"{host}:{port}", [GET])
+        assert heard.answers[0].startswith(b"200")
+        counts = await fast_path_counts(Pair(f"{host}:{port}", f"{host}:{port}"))
+        assert counts == {"served": 0.0, "handed_over": 0.0}
+        assert "without its C parser" in caplog.text
+    finally:
+        await gateway.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,13 +97,14 @@ POLICY_MORE_OPEN = (
 )
 
 
-def write_config(tmp_path: Path, port: int, upstream_port: int) -> Path:
+def write_config(tmp_path: Path, port: int, upstream_port: int, *, fast_path: bool = False) -> Path:
     (tmp_path / "policy.yaml").write_text(POLICY_OPEN)
     config = tmp_path / "config.yaml"
     config.write_text(
         f"""server:
   listen: 127.0.0.1:{port}
   shutdown_timeout: 5s
+  fast_path: {"true" if fast_path else "false"}
 storage: sqlite:///authgate.db
 logging:
   level: warning
@@ -157,11 +159,12 @@ def worker_pids(parent: int) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
+@pytest.mark.parametrize("fast_path", [False, True], ids=["full", "fast"])
 def test_serve_runs_workers_reloads_restarts_and_drains(
-    tmp_path: Path, plain_upstream: int
+    tmp_path: Path, plain_upstream: int, fast_path: bool
 ) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, plain_upstream)
+    config = write_config(tmp_path, port, plain_upstream, fast_path=fast_path)
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
         stdout=subprocess.PIPE,
@@ -200,6 +203,19 @@ def test_serve_runs_workers_reloads_restarts_and_drains(
             time.sleep(0.1)
         assert len(worker_pids(process.pid)) == 2
         assert get(port, "/open/y")[0] == 200
+
+        if fast_path:  # and the requests above were served on it
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                _, metrics = get(port, "/.authgate/metrics")
+                served = re.search(
+                    r'^authgate_fast_path_requests_total\{outcome="served"\} (\S+)$', metrics, re.M
+                )
+                if served and float(served.group(1)) > 0:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError("no request was served on the fast path")
 
         # SIGTERM drains and exits cleanly
         process.send_signal(signal.SIGTERM)
