@@ -174,12 +174,13 @@ def authgate_config(folder: Path, port: int, upstream_port: int, setup: Authgate
     (folder / "policy.yaml").write_text(setup.policy, encoding="utf-8")
     trusted = ", ".join(setup.trusted_proxies)
     config = folder / "config.yaml"
+    fast_path = "  fast_path: true\n" if setup.fast_path else ""  # (older builds lack the key)
     config.write_text(
         "server:\n"
         f"  listen: {LOOPBACK}:{port}\n"
         "  shutdown_timeout: 2s\n"
         f"  trusted_proxies: [{trusted}]\n"
-        f"  fast_path: {'true' if setup.fast_path else 'false'}\n"
+        f"{fast_path}"
         "storage: sqlite:///authgate.db\n"
         "sessions:\n"
         f"  store: {setup.session_store}\n"

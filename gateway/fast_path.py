@@ -155,6 +155,7 @@ class FastConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -308,9 +309,14 @@ class FastConnection(asyncio.Protocol):
         handler = self.server.full_server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        # Ours to undo (paused for _early), before aiohttp reads: its own pause must hold.
+        transport.resume_reading()
         if data:
             handler.data_received(data)
-        transport.resume_reading()
+        if self.server.stopping:
+            # Handed over during a stop: aiohttp answers it, then closes; stop() waits.
+            handler.close()
+            self.server.late.add(handler)
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -363,6 +369,7 @@ class FastServer:
         self.handed_over = pipeline.metrics.fast_path_handed_over
         self.stopping = False
         self._servers: list[asyncio.Server] = []
+        self.late: set[RequestHandler] = set()
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(
@@ -399,8 +406,8 @@ class FastServer:
         the same bound as aiohttp's, counted from the last answer."""
         horizon = self.loop.time() - self.idle_timeout
         for conn in [c for c in self.connections if c.serving is None]:
-            if conn.idle_since <= horizon:
-                conn.abort()
+            if conn.idle_since <= horizon and conn.transport is not None:
+                conn.transport.close()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def stop(self, grace: float) -> None:
@@ -412,15 +419,29 @@ class FastServer:
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
-            if conn.serving is None:
-                conn.abort()
+            if conn.serving is None and conn.transport is not None:
+                conn.transport.close()  # flushes what is still unsent, as aiohttp does
+        deadline = self.loop.time() + grace
         busy = [c.serving for c in self.connections if c.serving is not None]
         if busy:
             await asyncio.wait(busy, timeout=grace)
+        if self.late:
+            left = max(deadline - self.loop.time(), 0.0)
+            await asyncio.gather(*(h.shutdown(left) for h in list(self.late)))
         for conn in list(self.connections):
-            conn.abort()
-        for server in self._servers:
-            await server.wait_closed()
+            if (
+                conn.serving is not None
+                or conn.transport is None
+                or not conn.transport.is_closing()
+            ):
+                conn.abort()
+        # (From Python 3.12 this also waits for the connections handed to aiohttp, which
+        # the runner drains alongside: bounded all the same.)
+        closing = [asyncio.ensure_future(server.wait_closed()) for server in self._servers]
+        if closing:
+            await asyncio.wait(closing, timeout=max(deadline - self.loop.time(), 0.1))
+            for waiting in closing:
+                waiting.cancel()
 
     async def serve(self, conn: FastConnection, request: FastRequest) -> None:
         pipeline = self.pipeline

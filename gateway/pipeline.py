@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import NamedTuple
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -102,9 +103,9 @@ async def anonymous(
     return Identity(principal=None)
 
 
-@dataclass(frozen=True, slots=True)
-class Allowed:
-    """A request its route lets through: where it goes and what goes with it."""
+class Allowed(NamedTuple):
+    """A request its route lets through: where it goes and what goes with it. (A
+    tuple: made on every forwarded request, at a third of a frozen dataclass's cost.)"""
 
     tenant: TenantConfig
     route: RouteConfig

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -301,10 +302,9 @@ async def exchange(
     return upstream
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerHead:
+class AnswerHead(NamedTuple):
     """What of an upstream's answer head goes back to the client, and how its body is
-    framed there."""
+    framed there. (A tuple: made on every forwarded request.)"""
 
     status: int
     reason: str | None  # None: the standard phrase
@@ -324,13 +324,17 @@ def answer_head(upstream: UpstreamResponse, method: str) -> AnswerHead:
         headers = upstream.headers(RESPONSE_HOP_BY_HOP)
     except UpstreamUnreachable as exc:  # a protective header we cannot forward whole
         raise UpstreamError(502, str(exc)) from exc
-    length_value = upstream.header(b"content-length")
+    length_value: bytes | None = None
+    transfer_coded = False
+    for name, value in upstream.raw_headers:  # one pass for both
+        lower = name.lower()
+        if lower == b"content-length":
+            if length_value is None:
+                length_value = value
+        elif lower == b"transfer-encoding":
+            transfer_coded = True
     length = None
-    if (
-        length_value is not None
-        and length_value.isdigit()
-        and upstream.header(b"transfer-encoding") is None
-    ):
+    if length_value is not None and length_value.isdigit() and not transfer_coded:
         length = int(length_value)
     status = upstream.status
     return AnswerHead(
