@@ -243,18 +243,13 @@ class Pipeline:
         token = self.observer.start(request_id, request.method, started)
         response: web.StreamResponse | None = None
         try:
-            response = await self._answer(request, peer, peer_trusted, request_id)
+            try:
+                response = await self._handle(request, peer, peer_trusted, request_id)
+            except Exception as exc:
+                response = self.failure(request, exc, request_id)
             return response
         finally:
             self.observer.finish(token, response)
-
-    async def _answer(
-        self, request: BaseRequest, peer: str | None, peer_trusted: bool, request_id: str
-    ) -> web.StreamResponse:
-        try:
-            return await self._handle(request, peer, peer_trusted, request_id)
-        except Exception as exc:
-            return self.failure(request, exc, request_id)
 
     def failure(self, request: RequestView, exc: Exception, request_id: str) -> web.Response:
         """The answer to a request whose handling raised. Fail closed: whatever went
