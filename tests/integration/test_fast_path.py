@@ -898,23 +898,34 @@ async def test_a_store_that_fails_is_asked_once_per_request(
     assert fast[2] == 1
 
 
-async def fill_until_stalled(address: str, sock: socket.socket, limit: int = 200) -> int:
-    """Send 60 KB downloads on `sock`, reading none of the answers, each once the one
-    before was answered (so that each is read on its own, not handed over as
-    pipelined), until one is not answered within a second or `limit` were sent. How
-    many were sent."""
+async def one_by_one(
+    address: str,
+    sock: socket.socket,
+    until: Callable[[int], bool],
+    request: bytes = b"GET /download?bytes=60000 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+) -> tuple[int, bool]:
+    """Send `request` on `sock`, reading none of the answers, each once the one before
+    was answered (so that each is read on its own, not handed over as pipelined), until
+    `until(sent)` or one is not answered within two seconds. How many were sent, and
+    whether the last one is still unanswered."""
     loop = asyncio.get_running_loop()
     before = await metric(address, ANSWERED)
     sent = 0
-    while sent < limit:
-        await loop.sock_sendall(sock, DOWNLOAD)
+    while not until(sent):
+        await loop.sock_sendall(sock, request)
         sent += 1
-        for _ in range(20):
+        for _ in range(40):
             if await metric(address, ANSWERED) - before == sent:
                 break
             await asyncio.sleep(0.05)
         else:
-            return sent  # not answered: the gateway waits for the client to read
+            return sent, True  # not answered: the gateway waits for the client to read
+    return sent, False
+
+
+async def fill_until_stalled(address: str, sock: socket.socket, limit: int = 200) -> int:
+    """60 KB downloads one by one until the gateway stops answering (or `limit`)."""
+    sent, _ = await one_by_one(address, sock, lambda sent: sent >= limit)
     return sent
 
 

@@ -24,6 +24,8 @@ from tests.integration.test_fast_path import (
     Pair,
     both,
     fast_path_counts,
+    non_reading_client,
+    one_by_one,
     read_all,
     split_answers,
 )
@@ -157,10 +159,7 @@ async def test_f2_a_request_handed_over_during_a_stop_is_drained_and_closed(
 
 async def body_bytes_during_stop(gateway: GatewayServer, host: str, port: int, size: int) -> int:
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, (host, port))
+    sock = await non_reading_client(f"{host}:{port}")
     received = bytearray()
     try:
         await loop.sock_sendall(
@@ -169,16 +168,8 @@ async def body_bytes_during_stop(gateway: GatewayServer, host: str, port: int, s
         await asyncio.sleep(0.3)  # not read: the gateway waits in drain()
         stopping = asyncio.ensure_future(gateway.stop())
         await asyncio.sleep(0.1)
-        while True:  # slow at the end: the last bytes are still buffered when it is answered
-            try:
-                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 3)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not data:
-                break
-            received += data
-            if len(received) > size - (5 << 20):
-                await asyncio.sleep(0.001)
+        # slow at the end: the last bytes are still buffered when it is answered
+        received += await receive_all(sock, 3.0, 4096, slow_after=size - (5 << 20))
         await asyncio.wait_for(stopping, 5)
     finally:
         sock.close()
@@ -310,13 +301,6 @@ def _unused() -> None:  # keep imports honest
 # --- F3 (idle variant): stop() aborts an idle connection whose last answer is unsent -------
 
 SMALL = b"GET /download?bytes=50000 HTTP/1.1\r\nHost: app.test\r\n\r\n"
-ANSWERED = 'authgate_requests_total{decision="ALLOW",route="app.test/",status="200",tenant="acme"}'
-
-
-async def answered_count(host: str, port: int) -> float:
-    from tests.integration.test_fast_path import metric
-
-    return await metric(f"{host}:{port}", ANSWERED)
 
 
 async def send_until(
@@ -327,31 +311,33 @@ async def send_until(
     done: Callable[[int], bool],
 ) -> int:
     """Send SMALL one at a time (each once the one before is answered) until done(sent)."""
-    sent = 0
-    before = await answered_count(host, port)
-    while not done(sent):
-        await loop.sock_sendall(sock, SMALL)
-        sent += 1
-        for _ in range(40):
-            if await answered_count(host, port) - before == sent:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"request {sent} not answered")
+    sent, stalled = await one_by_one(f"{host}:{port}", sock, done, SMALL)
+    assert not stalled, f"request {sent} not answered"
     return sent
 
 
-async def complete_answers(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:
+async def receive_all(
+    sock: socket.socket, idle: float, size: int = 65536, slow_after: int | None = None
+) -> bytes:
+    """Every byte until the gateway closes, resets or is silent for `idle` s; read
+    slowly once `slow_after` bytes are in."""
+    loop = asyncio.get_running_loop()
     received = bytearray()
     while True:
         try:
-            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 2)
+            data = await asyncio.wait_for(loop.sock_recv(sock, size), idle)
         except (TimeoutError, ConnectionResetError):
-            break
+            return bytes(received)
         if not data:
-            break
+            return bytes(received)
         received += data
-    return sum(1 for a in split_answers(bytes(received)) if a.startswith(b"200"))
+        if slow_after is not None and len(received) > slow_after:
+            await asyncio.sleep(0.001)
+
+
+async def complete_answers(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:
+    received = await receive_all(sock, 2.0)
+    return sum(1 for a in split_answers(received) if a.startswith(b"200"))
 
 
 async def test_f3_idle_connection_with_an_unsent_answer_is_not_cut_by_stop(
@@ -362,10 +348,7 @@ async def test_f3_idle_connection_with_an_unsent_answer_is_not_cut_by_stop(
     sent_on_fast = 0
     for fast in (True, False):
         gateway, host, port = await start(tmp_path, f"i{fast}", str(upstream.make_url("")), fast)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, (host, port))
+        sock = await non_reading_client(f"{host}:{port}")
         try:
             if fast:
 
@@ -394,10 +377,7 @@ async def test_f3_sweeper_does_not_cut_an_idle_connection_whose_answer_is_unsent
     gateway, host, port = await start(
         tmp_path, "sweep", str(upstream.make_url("")), True, keepalive_timeout=1.0
     )
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, (host, port))
+    sock = await non_reading_client(f"{host}:{port}")
     try:
         conns = gateway._fast.connections  # type: ignore[union-attr]
 
