@@ -107,6 +107,16 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class StoresConfig:
+    """The circuit breaker in front of each store client (gateway/stores/breaker.py)."""
+
+    breaker_threshold: int = 3  # outage failures in a row that open it
+    breaker_window: float = 10.0  # s: a failure further from the last starts the count anew
+    breaker_cool_off: float = 1.0  # s: the first cool-off once open
+    breaker_max_cool_off: float = 5.0  # s: the longest, while probes keep failing
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -217,4 +227,5 @@ class Config:
     regulation: RegulationConfig = RegulationConfig()
     geoip: GeoipConfig = GeoipConfig()
     audit: AuditConfig = AuditConfig()
+    stores: StoresConfig = StoresConfig()
     logging: LoggingConfig = LoggingConfig()

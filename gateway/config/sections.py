@@ -21,6 +21,7 @@ from gateway.config.model import (
     SecretsConfig,
     ServerConfig,
     SessionsConfig,
+    StoresConfig,
 )
 
 
@@ -39,8 +40,11 @@ SERVER = Section(
     "server",
     ServerConfig,
     (
-        Field("listen", v.list_of(v.listen_address, "host:port addresses", non_empty=True,
-                                  scalar_ok=True), env="list"),
+        Field(
+            "listen",
+            v.list_of(v.listen_address, "host:port addresses", non_empty=True, scalar_ok=True),
+            env="list",
+        ),
         Field("workers", v.workers),
         Field("trusted_proxies", v.list_of(v.network, "networks (CIDR)"), env="list"),
         Field("prefix", v.reserved_prefix, env="text"),
@@ -123,6 +127,17 @@ GEOIP = Section(
 
 AUDIT = Section("audit", AuditConfig, (Field("retention", v.duration(positive=True)),))
 
+STORES = Section(
+    "stores",
+    StoresConfig,
+    (
+        Field("breaker_threshold", v.integer(1, 1000)),
+        Field("breaker_window", v.duration(positive=True)),
+        Field("breaker_cool_off", v.duration(positive=True)),
+        Field("breaker_max_cool_off", v.duration(positive=True)),
+    ),
+)
+
 LOGGING = Section(
     "logging",
     LoggingConfig,
@@ -135,7 +150,16 @@ LOGGING = Section(
 )
 
 SECTIONS: tuple[Section, ...] = (
-    SERVER, SESSIONS, SECRETS, PASSWORDS, MFA, REGULATION, GEOIP, AUDIT, LOGGING
+    SERVER,
+    SESSIONS,
+    SECRETS,
+    PASSWORDS,
+    MFA,
+    REGULATION,
+    GEOIP,
+    AUDIT,
+    STORES,
+    LOGGING,
 )
 
 # Scalar keys at the top level (besides the sections and `tenants`).

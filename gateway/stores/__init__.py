@@ -16,9 +16,9 @@ from typing import Any
 
 from gateway.config.model import Config
 from gateway.errors import StoreUnavailable
+from gateway.stores import breaker, redis_urls
 from gateway.stores import postgres as postgres_backend
 from gateway.stores import redis as redis_backend
-from gateway.stores import redis_urls
 from gateway.stores import sqlite as sqlite_backend
 from gateway.stores.base import (
     REVOCATIONS,
@@ -173,6 +173,13 @@ def postgres_source(fetchone: Callable[..., Awaitable[Any]]) -> TimeSource:
 async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
     """Open every store the config names. Raises StoreUnavailable (or its subclass
     SchemaOutdated) when a backend cannot be reached or is not ready."""
+    settings = config.stores
+    breaker.configure(
+        threshold=settings.breaker_threshold,
+        window=settings.breaker_window,
+        cool_off=settings.breaker_cool_off,
+        max_cool_off=settings.breaker_max_cool_off,
+    )
     db = await open_database(config)
     session_url = config.sessions.store
     if session_url == "storage":

@@ -47,6 +47,13 @@ COOL_OFF = 1.0  # s: the first cool-off once open
 MAX_COOL_OFF = 5.0  # s: the longest, while the store keeps failing its probes
 
 
+def configure(*, threshold: int, window: float, cool_off: float, max_cool_off: float) -> None:
+    """This process's numbers (the config's `stores` section) for breakers made from now
+    on: called before the stores open."""
+    global THRESHOLD, WINDOW, COOL_OFF, MAX_COOL_OFF
+    THRESHOLD, WINDOW, COOL_OFF, MAX_COOL_OFF = threshold, window, cool_off, max_cool_off
+
+
 class CircuitOpen(StoreUnavailable):
     """Refused without asking the store: its breaker is open (a 503, like any
     StoreUnavailable; a background writer may wait and try again instead)."""

@@ -416,3 +416,39 @@ async def test_a_revocation_round_that_got_no_reply_is_an_outage_for_its_masters
         await rounds.send(cluster)
         assert rounds.again and rounds.lost is not None  # to be sent again, and why
     assert breaker.is_open
+
+
+async def test_the_configs_stores_section_sets_the_breakers_made_after_the_stores_open(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.config.loader import load_config
+    from gateway.stores import open_stores
+
+    for name in ("THRESHOLD", "WINDOW", "COOL_OFF", "MAX_COOL_OFF"):  # restored afterwards
+        monkeypatch.setattr(breaker_module, name, getattr(breaker_module, name))
+    (tmp_path / "policy.yaml").write_text("version: 1\ndefault: deny\nrules: []\n")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        "storage: sqlite:///authgate.db\n"
+        "stores:\n"
+        "  breaker_threshold: 1\n"
+        "  breaker_cool_off: 3s\n"
+        "  breaker_max_cool_off: 30s\n"
+        "tenants:\n"
+        "  - id: t\n"
+        "    domains: [t.test]\n"
+        "    policies: [policy.yaml]\n"
+        "    routes: [{host: t.test, upstream: 'http://127.0.0.1:9'}]\n"
+    )
+    config = load_config(config_file, environ={})
+    assert config.stores.breaker_threshold == 1
+    stores = await open_stores(config)
+    await stores.close()
+    clock = Clock()
+    b = Breaker("test", clock=clock)
+    fail(b)  # one outage failure is enough now
+    assert b.is_open and refused(b)
+    clock.now += 2.9
+    assert refused(b)
+    clock.now += 0.2
+    assert not refused(b)  # the probe, after the configured 3 s
