@@ -13,7 +13,10 @@ and response writing) and the event loop's own C code (uvloop: epoll and socket 
 seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC has
 no frame of its own: its time lands on whatever line allocated.
 
-    python -m benchmarks.hot_path [--seconds 15] [--rate 1000] [--redis]
+    python -m benchmarks.hot_path [--seconds 15] [--redis] [--fast-path] [--perf]
+
+`--perf` samples with Linux perf (Debian's `linux-perf`, as root) instead of py-spy and
+reports CPU by binary: the interpreter, the kernel, uvloop, llhttp, multidict, libc.
 
 Needs py-spy (in the venv), wrk and nginx, and two or more CPUs for the pinning.
 """
@@ -115,6 +118,50 @@ def attribute(raw_lines: Iterable[str]) -> Breakdown:
     return Breakdown(total, ordered)
 
 
+PERF_GROUPS = (
+    ("interpreter (libpython)", "libpython"),
+    ("kernel", "[kernel"),
+    ("uvloop", "loop.cpython"),
+    ("httptools (llhttp)", "parser.cpython"),
+    ("multidict", "_multidict"),
+    ("libc", "libc.so"),
+)
+
+
+def perf_shares(pid: int, seconds: int, tmp: Path) -> tuple[list[tuple[str, float]], float]:
+    """`perf record` on `pid` for `seconds`: the share of its CPU samples by binary, and
+    the CPU seconds they stand for (samples at 999 Hz)."""
+    data = tmp / "perf.data"
+    frequency = 999
+    argv = ["perf", "record", "-F", str(frequency), "-p", str(pid), "-o", str(data)]
+    record = subprocess.run(
+        [*argv, "--", "sleep", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if record.returncode != 0:
+        raise BenchmarkError(f"perf record failed: {record.stderr.strip()[-300:]}")
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "--sort", "dso", "-n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_group: Counter[str] = Counter()
+    samples = 0
+    for line in report.stdout.splitlines():
+        fields = line.split()
+        if line.startswith("#") or len(fields) < 3 or not fields[0].endswith("%"):
+            continue
+        count, dso = int(fields[1]), fields[2]
+        samples += count
+        group = next((name for name, needle in PERF_GROUPS if needle in dso), "other")
+        by_group[group] += count
+    shares = [(group, count / samples * 100) for group, count in by_group.most_common()]
+    return shares, samples / frequency
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
@@ -122,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", action="store_true", help="scenario (c): Redis sessions")
     parser.add_argument("--fast-path", action="store_true", help="with server.fast_path")
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample with Linux perf instead: CPU by binary (interpreter, kernel, uvloop, …),"
+        " without py-spy's lean towards the lines after a system call",
+    )
     args = parser.parse_args(argv)
     prefix = run_prefix()
     started: list[ManagedProcess] = []
@@ -160,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
                 argv_wrk = ["taskset", "-c", str(cpus[0]), *argv_wrk]
             load = subprocess.Popen(argv_wrk, stdout=subprocess.PIPE, text=True)
             time.sleep(1)
+            if args.perf:
+                shares, cpu = perf_shares(worker, args.seconds, tmp)
+                out, _ = load.communicate(timeout=args.seconds + 60)
+                from benchmarks._harness import parse_wrk_output
+
+                rate = parse_wrk_output(out).requests_per_second
+                print(f"wrk -t1 -c{args.connections}: {rate:.0f} req/s (one worker, perf attached)")
+                print(f"{'binary':<28} {'share':>6}  µs per request")
+                for group, share in shares:
+                    print(f"{group:<28} {share:5.1f}%  {cpu * share / 100 / rate * 1e6:6.1f}")
+                return 0
             raw = args.output or tmp / "profile.txt"
             spy = subprocess.run(
                 [
