@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrk -t1 -c{args.connections}: {rate:.0f} req/s (one worker, perf attached)")
                 print(f"{'binary':<28} {'share':>6}  µs per request")
                 for group, share in shares:
-                    print(f"{group:<28} {share:5.1f}%  {cpu * share / 100 / rate * 1e6:6.1f}")
+                    per_request = cpu / args.seconds * share / 100 / rate * 1e6
+                    print(f"{group:<28} {share:5.1f}%  {per_request:6.1f}")
                 return 0
             raw = args.output or tmp / "profile.txt"
             spy = subprocess.run(
