@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 import httptools
 import pytest
+import uvloop
 from aiohttp.test_utils import TestServer
 
 from gateway.config.model import Config
@@ -34,6 +35,21 @@ from gateway.pipeline import Identity
 from gateway.server import GatewayServer
 from tests.integration.conftest import make_config
 from tests.integration.upstream_app import RELEASE
+
+# Production runs on uvloop (gateway/runtime's policy), the other tests on asyncio's
+# loop: this file runs on both, transports differing as they do (pause, abort,
+# set_protocol). (pytest-asyncio calls overriding this fixture deprecated, in favour of
+# a loop-factory hook that would apply to every test; until that can be scoped to a
+# module, this is the narrow way.)
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    if request.param == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
+
 
 POLICY = """
 version: 1
