@@ -1,24 +1,26 @@
 """The fast path (`server.fast_path`): plain allowed requests served without aiohttp's
-server machinery, and nothing else.
+server machinery.
 
 Per client connection, llhttp (httptools, the parser the upstream client uses) reads
 each request head. A request the fast path understands whole — `GET`, HTTP/1.1 kept
 alive, no body, no upgrade, no expectation, one Host, an origin-form target, every
-field within the server's limits, alone in what has arrived — is resolved by the
-pipeline itself (canonicalize, tenant, route, credentials, decide: `Pipeline.resolve`)
-and, when allowed, forwarded by the same upstream client with the same header rules;
-the answer is written straight to the socket.
+field within the server's limits and acceptable to aiohttp's parser, alone in what has
+arrived — is resolved by the pipeline itself (canonicalize, tenant, route, credentials,
+decide: `Pipeline.resolve`) and, when allowed, forwarded by the same upstream client
+with the same header rules; the answer is written straight to the socket, as aiohttp
+would write it, with back-pressure.
 
 Everything else — a reserved path, a refusal or a challenge, a body, a WebSocket, a
-head llhttp refuses, pipelined requests, a store or any other error while deciding —
-is handed over, unanswered, with every byte of it, to aiohttp's `RequestHandler`,
-which serves that connection from then on exactly as without the fast path. So the fast
-path never answers anything the full server would not answer the same way: it can only
-forward what `resolve` allowed, and every refusal, challenge and error page is the full
-server's. Upstream errors (502, 504) are the one exception: the request went upstream
-already and is not sent twice; their page is the pipeline's, encoded here.
+head llhttp refuses, pipelined requests — is handed over, unanswered, with every byte of
+it, to aiohttp's `RequestHandler`, which serves that connection from then on exactly as
+without the fast path (and decides that request again). So the fast path forwards only
+what `resolve` allowed, and every refusal and challenge is the full server's. What it
+answers itself are the pipeline's own error pages, encoded here: `Pipeline.failure`'s
+when deciding raised (400 for a path canonicalisation refuses, 503 for a store that
+cannot answer, 500 otherwise; handed over, the store would be asked twice), and
+`Pipeline.error`'s when the upstream failed or the request could not be forwarded
+safely (502, 504, 500; the request is never sent twice).
 """
-
 from __future__ import annotations
 
 import asyncio

@@ -122,7 +122,16 @@ class Stores:
 
 
 async def open_database(config: Config) -> Database:
-    """The `storage` database, migrated (SQLite) or checked for migration (PostgreSQL)."""
+    """The `storage` database, migrated (SQLite) or checked for migration (PostgreSQL).
+    First the `stores` section's breaker numbers, for every breaker made from now on
+    (this database's, then Redis's)."""
+    settings = config.stores
+    breaker.configure(
+        threshold=settings.breaker_threshold,
+        window=settings.breaker_window,
+        cool_off=settings.breaker_cool_off,
+        max_cool_off=settings.breaker_max_cool_off,
+    )
     url = config.storage
     if url.startswith("sqlite:///"):
         return await open_sqlite(path_from_url(url, config.source.parent))
@@ -173,13 +182,6 @@ def postgres_source(fetchone: Callable[..., Awaitable[Any]]) -> TimeSource:
 async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
     """Open every store the config names. Raises StoreUnavailable (or its subclass
     SchemaOutdated) when a backend cannot be reached or is not ready."""
-    settings = config.stores
-    breaker.configure(
-        threshold=settings.breaker_threshold,
-        window=settings.breaker_window,
-        cool_off=settings.breaker_cool_off,
-        max_cool_off=settings.breaker_max_cool_off,
-    )
     db = await open_database(config)
     session_url = config.sessions.store
     if session_url == "storage":

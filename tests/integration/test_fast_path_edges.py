@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httptools
 import pytest
 import uvloop
 from aiohttp.test_utils import TestServer
@@ -308,10 +307,6 @@ async def test_a_stop_with_a_pipelined_request_waiting(
         finally:
             writer.close()
     assert seen["fast"] == seen["full"], seen
-
-
-def _unused() -> None:  # keep imports honest
-    _ = (httptools, AsyncIterator)
 
 
 # --- F3 (idle variant): stop() aborts an idle connection whose last answer is unsent -------

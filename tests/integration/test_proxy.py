@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.integration.conftest import StartGateway, make_config
+from tests.integration.test_fast_path import whole_answers
 from tests.integration.upstream_app import RELEASE
 
 # Every test here runs on aiohttp's server and on the fast path (conftest).
@@ -302,14 +303,23 @@ async def test_oversized_header_is_refused(
 
 
 async def raw_request(base: str, head: str) -> tuple[int, str]:
-    """Send bytes exactly as written (no client-side normalisation of the path)."""
+    """Send bytes exactly as written (no client-side normalisation of the path), on a
+    kept-alive connection (so that the fast path, when on, serves what it may); read
+    the one answer."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1).encode("latin-1"))
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), timeout=10)
-    writer.close()
-    status_line, _, rest = data.decode("latin-1").partition("\r\n")
+    try:
+        writer.write(head.encode("latin-1"))
+        await writer.drain()
+        answer = bytearray()
+        while not whole_answers(answer):
+            data = await asyncio.wait_for(reader.read(65536), timeout=10)
+            if not data:
+                break
+            answer += data
+    finally:
+        writer.close()
+    status_line, _, rest = answer.decode("latin-1").partition("\r\n")
     return int(status_line.split()[1]), rest
 
 

@@ -431,9 +431,10 @@ async def test_the_configs_stores_section_sets_the_breakers_made_after_the_store
     config_file.write_text(
         "storage: sqlite:///authgate.db\n"
         "stores:\n"
-        "  breaker_threshold: 1\n"
+        "  breaker_threshold: 2\n"
+        "  breaker_window: 5s\n"
         "  breaker_cool_off: 3s\n"
-        "  breaker_max_cool_off: 30s\n"
+        "  breaker_max_cool_off: 7s\n"
         "tenants:\n"
         "  - id: t\n"
         "    domains: [t.test]\n"
@@ -441,14 +442,25 @@ async def test_the_configs_stores_section_sets_the_breakers_made_after_the_store
         "    routes: [{host: t.test, upstream: 'http://127.0.0.1:9'}]\n"
     )
     config = load_config(config_file, environ={})
-    assert config.stores.breaker_threshold == 1
     stores = await open_stores(config)
     await stores.close()
     clock = Clock()
     b = Breaker("test", clock=clock)
-    fail(b)  # one outage failure is enough now
+    fail(b)
+    clock.now += 5.1  # further than the window from the first: the count starts anew
+    fail(b)
+    assert not b.is_open
+    fail(b)  # two in a row within the window: the threshold
     assert b.is_open and refused(b)
     clock.now += 2.9
     assert refused(b)
+    clock.now += 0.2  # the cool-off, 3 s
+    fail(b)  # the probe finds it still out: doubled, 6 s
+    clock.now += 5.9
+    assert refused(b)
     clock.now += 0.2
-    assert not refused(b)  # the probe, after the configured 3 s
+    fail(b)  # out again: 12 s, but 7 at most
+    clock.now += 6.9
+    assert refused(b)
+    clock.now += 0.2
+    assert not refused(b)  # the probe, after 7 s
