@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 from aiohttp.test_utils import TestServer
 
 from gateway.pipeline import Identity
@@ -34,21 +33,9 @@ from tests.integration.upstream_app import RELEASE
 # The fixtures of test_fast_path: two gateways alike but for the fast path.
 pair = test_fast_path.pair
 start_fast_and_full = test_fast_path.start_fast_and_full
-
-
-# Production runs on uvloop (gateway/runtime's policy), the other tests on asyncio's
-# loop: this file runs on both, transports differing as they do (pause, abort,
-# set_protocol). (pytest-asyncio calls overriding this fixture deprecated, in favour of
-# a loop-factory hook that would apply to every test; until that can be scoped to a
-# module, this is the narrow way.)
-pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture')
-
-
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+# On uvloop and on asyncio's loop, as test_fast_path (see there).
+pytestmark = test_fast_path.pytestmark
+event_loop_policy = test_fast_path.event_loop_policy
 
 
 async def start(
