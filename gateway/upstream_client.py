@@ -420,13 +420,6 @@ class UpstreamResponse:
         self.reason = conn.reason.decode("ascii") if _PRINTABLE.fullmatch(conn.reason) else ""
         self.raw_headers = conn.raw_headers
 
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of a header (name in lowercase), raw."""
-        for key, value in self.raw_headers:
-            if key.lower() == name:
-                return value
-        return None
-
     def headers(self, drop: frozenset[str]) -> CIMultiDict[str]:
         """The headers not in `drop` (lowercase) nor named by `Connection`, in order."""
         connection = [
