@@ -84,7 +84,7 @@ _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 class FastRequest:
     """What the pipeline reads of a request (`gateway.pipeline.RequestView`)."""
 
-    __slots__ = ("_notes", "headers", "method", "raw_path", "remote", "secure")
+    __slots__ = ("headers", "method", "raw_path", "remote", "secure")
 
     def __init__(
         self,
@@ -99,13 +99,12 @@ class FastRequest:
         self.headers = headers
         self.remote = remote
         self.secure = secure
-        self._notes: dict[Any, Any] | None = None
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        # What the pipeline notes for a challenge hook; a fast request never meets one.
-        if self._notes is None:
-            self._notes = {}
-        self._notes[key] = value
+        # The pipeline notes the decided context for the challenge hook; a fast request
+        # never meets one (a request not allowed is handed over and decided again), so
+        # there is nothing to keep.
+        pass
 
 
 class Sent:
