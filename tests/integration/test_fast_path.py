@@ -216,21 +216,32 @@ async def both(pair: Pair, pieces: list[bytes], pause: float = 0.0) -> tuple[Hea
     return await asyncio.gather(send(pair.full, pieces, pause), send(pair.fast, pieces, pause))
 
 
-async def fast_path_counts(pair: Pair) -> dict[str, float]:
-    """`authgate_fast_path_requests_total` of the fast gateway, by outcome."""
+async def scrape(address: str) -> str:
+    """The gateway's metrics, as Prometheus text."""
     async with (
         aiohttp.ClientSession() as client,
-        client.get(f"http://{pair.fast}/.authgate/metrics") as resp,
+        client.get(f"http://{address}/.authgate/metrics") as resp,
     ):
-        text = await resp.text()
-    counts = {"served": 0.0, "handed_over": 0.0}
-    for outcome in counts:
-        found = re.search(
-            rf'^authgate_fast_path_requests_total{{outcome="{outcome}"}} (\S+)$', text, re.M
-        )
-        if found:
-            counts[outcome] = float(found.group(1))
-    return counts
+        return await resp.text()
+
+
+def value_of(text: str, name: str) -> float:
+    """A sample's value in Prometheus text (name with its labels); 0 when absent."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def metric(address: str, name: str) -> float:
+    return value_of(await scrape(address), name)
+
+
+async def fast_path_counts(pair: Pair) -> dict[str, float]:
+    """`authgate_fast_path_requests_total` of the fast gateway, by outcome (one scrape)."""
+    text = await scrape(pair.fast)
+    return {
+        outcome: value_of(text, f'authgate_fast_path_requests_total{{outcome="{outcome}"}}')
+        for outcome in ("served", "handed_over")
+    }
 
 
 GET = b"GET /echo/a HTTP/1.1\r\nHost: app.test\r\n\r\n"
@@ -748,24 +759,6 @@ async def start_fast_and_full(tmp_path: Path) -> AsyncIterator[Callable[..., Awa
         await gateway.stop()
 
 
-async def metric(address: str, name: str) -> float:
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"http://{address}/.authgate/metrics") as resp,
-    ):
-        text = await resp.text()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-async def metric_lines(address: str, name: str) -> list[str]:
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"http://{address}/.authgate/metrics") as resp,
-    ):
-        return [line for line in (await resp.text()).splitlines() if line.startswith(name)]
-
-
 async def test_a_client_that_leaves_cancels_its_request_upstream(
     upstream: TestServer, start_fast_and_full: Callable[..., Awaitable[Pair]]
 ) -> None:
@@ -793,7 +786,11 @@ async def test_a_client_that_leaves_cancels_its_request_upstream(
         gateways.fast,
         'authgate_requests_total{decision="ALLOW",route="app.test/",status="499",tenant="acme"}',
     )
-    assert requests == 3, await metric_lines(gateways.fast, "authgate_requests_total")
+    assert requests == 3, [
+        line
+        for line in (await scrape(gateways.fast)).splitlines()
+        if line.startswith("authgate_requests_total")
+    ]
 
 
 async def test_a_client_too_slow_to_send_its_head_is_dropped(
