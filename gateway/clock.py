@@ -95,7 +95,6 @@ class SharedClock:
         """Read `reference`'s clock through `source` from now on (None: the local clock)."""
         self._source: Source | None = source
         self.reference = reference  # "redis", "postgresql" or "local" (no source)
-        self.sampled = source is None  # False until the first reading of a source
         self.offset = 0.0  # seconds to add to the local clock (as last read; the gauge)
         self._anchor: tuple[float, float] | None = None  # (store time, steady) last read
         self._warning = Occasional(
@@ -113,6 +112,11 @@ class SharedClock:
         self._unread = Occasional(
             log, f"could not read the {reference} server's clock", clock=self._monotonic
         )
+
+    @property
+    def sampled(self) -> bool:
+        """The store's clock was read (always, with none to read)."""
+        return self._source is None or self._anchor is not None
 
     def now(self) -> float:
         anchor = self._anchor
@@ -142,7 +146,6 @@ class SharedClock:
             return self.offset
         self.offset = theirs - (before + after) / 2
         self._anchor = (theirs, (ticked + ticks) / 2)
-        self.sampled = True
         if self._on_offset is not None:
             self._on_offset(self.reference, self.offset)
         if abs(self.offset) > LOUD_OFFSET:
