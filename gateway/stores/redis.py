@@ -917,11 +917,10 @@ class RedisSessionStore(_Guarded):
             self._check_acked(rounds.acked)
             if not rounds.again:
                 return count
-            todo = {}
-            for key, (where, asking) in rounds.again.items():
+            for key, (where, _) in rounds.again.items():
                 if where is None:  # MOVED or ASK to a node the client does not know
                     raise StoreUnavailable(f"redis: a redirection of {key!r} names an unknown node")
-                todo[key] = (where, asking)
+            todo = rounds.again
             if rounds.lost is not None:
                 lost = rounds.lost
                 resend |= set(rounds.again)
