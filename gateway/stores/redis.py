@@ -215,6 +215,44 @@ class _Guarded:
             return await _guard(operation, node_breaker(self._cluster, key))
         return await _guard(operation, self._breaker)
 
+    async def _pipelined(
+        self,
+        keys: Sequence[str],
+        command: Callable[[Any, str], object],
+        *,
+        raise_on_error: bool = True,
+    ) -> list[Any]:
+        """`command(pipeline, key)` for each key, sent pipelined; the replies in the
+        keys' order. On a Cluster, one pipeline per master, each a call of its own under
+        that master's breaker, all at once, and any failure fails the whole: a hung
+        master's failures are its own. One pipeline across the masters was one call
+        under the whole client's breaker, which a hung master then opened for the calls
+        that go to no one key's master (PUBLISH, TIME) on every healthy one."""
+        if self._cluster is None:
+            pipe = self._r.pipeline(transaction=False)
+            for key in keys:
+                command(pipe, key)
+            return list(await self._guard(lambda: pipe.execute(raise_on_error=raise_on_error)))
+        groups: dict[Breaker, list[int]] = {}
+        for at, key in enumerate(keys):
+            groups.setdefault(node_breaker(self._cluster, key), []).append(at)
+
+        async def send(breaker: Breaker, places: list[int]) -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for at in places:
+                command(pipe, keys[at])
+            return list(await _guard(lambda: pipe.execute(raise_on_error=raise_on_error), breaker))
+
+        sent = list(groups.items())
+        outcomes = await asyncio.gather(*(send(*group) for group in sent), return_exceptions=True)
+        replies: list[Any] = [None] * len(keys)
+        for (_, places), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for at, reply in zip(places, outcome, strict=True):
+                replies[at] = reply
+        return replies
+
 
 guard = _guard  # for the few callers outside this module (the store's clock)
 
@@ -617,6 +655,18 @@ return 1
 """
 
 
+def _delete(pipe: Any, key: str) -> object:
+    return pipe.delete(key)
+
+
+def _hgetall(pipe: Any, key: str) -> object:
+    return pipe.hgetall(key)
+
+
+def _exists(pipe: Any, key: str) -> object:
+    return pipe.exists(key)
+
+
 def _deletions(outcomes: Sequence[Any]) -> int:
     """How many keys the DEL replies deleted; any error fails the revocation."""
     for outcome in outcomes:
@@ -880,16 +930,17 @@ class RedisSessionStore(_Guarded):
         master's replication offset as its connection last saw it, so it follows the
         deletions on their connection, on the master that made them (a pipeline sends
         what goes to one node over one)."""
-        if isinstance(self._r, RedisCluster) and self._replicas:
-            return await self._delete_in_cluster(keys)
+        if self._cluster is not None:
+            if self._replicas:
+                return await self._delete_in_cluster(keys)
+            return _deletions(await self._pipelined(keys, _delete, raise_on_error=False))
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.delete(key)
         if self._replicas:
             pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
         # A connection lost raises here, and redis-py sends the whole pipeline again.
-        only = keys[0] if len(keys) == 1 else None  # one key: its master's breaker
-        results: Sequence[Any] = await self._guard(lambda: pipe.execute(raise_on_error=False), only)
+        results: Sequence[Any] = await self._guard(lambda: pipe.execute(raise_on_error=False))
         deleted = _deletions(results[: len(keys)])
         self._check_acked(results[len(keys) :])
         return deleted
@@ -957,10 +1008,7 @@ class RedisSessionStore(_Guarded):
         ids = sorted(await self._guard(lambda: self._r.smembers(index), index))
         if not ids:
             return []
-        pipe = self._r.pipeline(transaction=False)
-        for id_hash in ids:
-            pipe.hgetall(self._s(id_hash))
-        found: Sequence[dict[str, str]] = await self._guard(lambda: pipe.execute())
+        found = await self._pipelined([self._s(i) for i in ids], _hgetall)
         now = self._clock()
         live: list[SessionRecord] = []
         stale: list[str] = []
@@ -1005,10 +1053,7 @@ class RedisSessionStore(_Guarded):
                 index,
             )
             if ids:
-                pipe = self._r.pipeline(transaction=False)
-                for id_hash in ids:
-                    pipe.exists(self._s(id_hash))
-                alive = await self._guard(lambda p=pipe: p.execute())  # type: ignore[misc]
+                alive = await self._pipelined([self._s(i) for i in ids], _exists)
                 gone = [i for i, present in zip(ids, alive, strict=True) if not present]
                 if gone:
                     await self._guard(lambda g=gone: self._r.srem(index, *g), index)  # type: ignore[misc]

@@ -231,3 +231,60 @@ async def test_a_hung_master_failed_over_by_the_cluster_is_left_for_its_replica(
     finally:
         await stores.close()
         cluster.stop()
+
+
+async def test_lists_across_masters_count_against_each_master_not_the_whole_client(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """Listing a tenant's sessions reads every master. With one master hung the listing
+    fails (fail closed: it must be whole), but its failures are that master's: calls
+    that go to no one key's master (the revocation channel's PUBLISH, the shared clock)
+    must go on being served, and once the hung master's breaker is open a listing fails
+    at once. Counted against the whole client's breaker, three listings at once opened
+    it, and every PUBLISH was refused for the cool-offs that followed."""
+    stores = await opened(tmp_path, cluster.url)
+    try:
+        for _ in range(30):
+            await stores.sessions.create(session())
+        assert len(await stores.sessions.list("acme")) == 30
+        refused: list[str] = []
+
+        async def publish_all_along(until: float) -> int:
+            sent = 0
+            while time.monotonic() < until:
+                try:
+                    await stores.events.publish("probe", "x")
+                    sent += 1
+                except StoreUnavailable as exc:
+                    refused.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.05)
+            return sent
+
+        async def listing() -> tuple[float, bool]:
+            started = time.monotonic()
+            try:
+                await stores.sessions.list("acme")
+                return time.monotonic() - started, False
+            except StoreUnavailable:
+                return time.monotonic() - started, True
+
+        with held(cluster.masters()[0]):
+            began = time.monotonic()
+            publishing = asyncio.ensure_future(publish_all_along(began + 9))
+            first = await asyncio.gather(*(listing() for _ in range(5)))
+            await asyncio.sleep(0.2)
+            later = [await listing() for _ in range(10)]
+            sent = await publishing
+
+        assert all(failed for _, failed in first + later)
+        assert all(took >= redis_store.COMMAND_TIMEOUT - 0.5 for took, _ in first)
+        # The hung master's breaker is open by now: the listings after fail at once,
+        # but for at most one probe.
+        assert sum(took > 0.5 for took, _ in later) <= 1, later
+        # PUBLISH goes to any one node (redis-py moves off a node that timed out): it
+        # may wait out one deadline on the hung master, but is never refused for it.
+        assert not [r for r in refused if "circuit open" in r], refused[:3]
+        assert sent > 50
+        assert len(await stores.sessions.list("acme")) == 30  # all back once it answers
+    finally:
+        await stores.close()
