@@ -12,8 +12,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+from gateway import replica_wait
 from gateway.config.durations import parse_duration
 from gateway.config.fields import Ctx, Invalid, Parser, Reported, did_you_mean
 from gateway.config.model import IPNetwork, ListenAddress
@@ -104,9 +105,7 @@ def duration(positive: bool = False) -> Parser:
 # --- lists -----------------------------------------------------------------------------
 
 
-def list_of(
-    item: Parser, what: str, *, non_empty: bool = False, scalar_ok: bool = False
-) -> Parser:
+def list_of(item: Parser, what: str, *, non_empty: bool = False, scalar_ok: bool = False) -> Parser:
     """A YAML list whose items `item` parses; each bad item is reported at its own line.
 
     `scalar_ok` also accepts a single item written without a list. Duplicates are refused:
@@ -324,6 +323,11 @@ def storage_url(value: Any, ctx: Ctx) -> str:
         path = ctx.where.resolve(file_part)
         return f"sqlite:///{path}" + (f"?{query}" if query else "")
     if scheme in ("postgresql", "postgres") and sep:
+        options = parse_qs(urlsplit(value).query)
+        try:
+            replica_wait.wait_replicas(options.get(replica_wait.OPTION), 0, "storage")
+        except ValueError as exc:
+            raise Invalid(str(exc).removeprefix("storage: ")) from None
         return value
     raise Invalid(_STORAGE_HINT)
 

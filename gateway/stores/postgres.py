@@ -28,7 +28,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
+from gateway import replica_wait
 from gateway.errors import StoreUnavailable
+from gateway.replica_wait import REPLICA_WAIT_MS, without_option
 from gateway.stores.base import AlreadyExists, SchemaOutdated
 from gateway.stores.breaker import Breaker, watched
 from gateway.stores.database import Row
@@ -235,6 +237,9 @@ class _Connection:
     async def lock(self, name: str) -> None:
         await self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", name)
 
+    async def replicated(self) -> None:
+        raise RuntimeError("Database.replicated() only after a commit")
+
     async def ping(self) -> bool:
         return True
 
@@ -243,9 +248,10 @@ class _Connection:
 
 
 class PostgresDatabase:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, wait_replicas: int = 0) -> None:
         self._pool = pool
         self._breaker = Breaker("postgresql")  # one per pool, so per worker
+        self._replicas = wait_replicas
 
     async def _reconnect(self) -> None:
         """A server refused a write as read-only: every pooled connection is replaced
@@ -288,6 +294,45 @@ class PostgresDatabase:
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")
 
+    async def replicated(self) -> None:
+        """Waits until `wait_replicas` standbys have flushed the WAL up to where it was
+        once the revocation had committed (what a promoted standby replays), asking
+        `pg_stat_replication` every few ms: PostgreSQL has no WAIT of its own for
+        asynchronous standbys, and making every commit synchronous would slow every
+        sign-in and touch to make revocations durable."""
+        if not self._replicas:
+            return
+        row = await self.fetchone("SELECT pg_current_wal_lsn()")
+        assert row is not None
+        target = row[0]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPLICA_WAIT_MS / 1000
+        pause = 0.002
+        while True:
+            row = await self.fetchone(
+                "SELECT count(*) FILTER (WHERE flush_lsn >= ?::pg_lsn),"
+                " count(*) FILTER (WHERE flush_lsn IS NULL) FROM pg_stat_replication",
+                target,
+            )
+            assert row is not None
+            have, unseen = int(row[0]), int(row[1])
+            if have >= self._replicas:
+                return
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        log.warning(
+            "postgresql: a revocation is not confirmed on %d standby(s) within %d ms (%d"
+            " had it%s); it holds unless the primary fails before they have it",
+            self._replicas,
+            REPLICA_WAIT_MS,
+            have,
+            f"; {unseen} standby(s) whose position this role may not read: grant it pg_monitor"
+            if unseen
+            else "",
+        )
+
     async def ping(self) -> bool:
         """Ready: the server answers and takes writes (a server fenced read-only under
         an open connection is not; the pool then reconnects)."""
@@ -305,10 +350,16 @@ class PostgresDatabase:
         await self._pool.close()
 
 
+def wait_replicas_of(url: str) -> int:
+    """`?wait_replicas=N` of a `storage` URL (0 when absent); ValueError if invalid."""
+    query = parse_qs(urlsplit(url).query)
+    return replica_wait.wait_replicas(query.get(replica_wait.OPTION), 0, "storage")
+
+
 async def connect(url: str) -> asyncpg.Connection:
     """One plain connection (for `authgate migrate`)."""
     try:
-        return await _Connector(url)()
+        return await _Connector(without_option(url))()
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"postgresql: cannot connect: {exc}") from exc
 
@@ -324,7 +375,10 @@ async def migrate(url: str) -> list[str]:
 
 
 async def open_postgres(url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
-    """A pool on `url`, refusing a schema older than this code (`SchemaOutdated`)."""
+    """A pool on `url`, refusing a schema older than this code (`SchemaOutdated`).
+    `?wait_replicas=N` in the URL: see `PostgresDatabase.replicated`."""
+    replicas = wait_replicas_of(url)
+    url = without_option(url)
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -348,4 +402,4 @@ async def open_postgres(url: str, *, min_size: int = 1, max_size: int = 10) -> P
     except BaseException:
         await pool.close()
         raise
-    return PostgresDatabase(pool)
+    return PostgresDatabase(pool, wait_replicas=replicas)

@@ -48,6 +48,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnec
 from redis.backoff import NoBackoff
 
 from gateway.errors import StoreFull, StoreUnavailable
+from gateway.replica_wait import REPLICA_WAIT_MS
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
 from gateway.stores.breaker import Breaker, watched
 from gateway.stores.redis_urls import (
@@ -77,8 +78,6 @@ SOCKET_TIMEOUT = 2.0
 MAX_CONNECTIONS = 100
 REGISTRY_TTL_MS = 2 * 86400 * 1000  # how long `rlw:<key>` outlives its last hit
 RESUBSCRIBE_DELAY = 0.2  # pause before a lost subscription is opened again
-# How long a revocation waits for `wait_replicas` replicas to have it (see redis_urls).
-REPLICA_WAIT_MS = 500
 # Rounds of a Cluster revocation whose keys are redirected (MOVED, ASK: a reshard).
 _CLUSTER_ROUNDS = 3
 _TRYAGAIN_PAUSE = 0.05  # s between rounds while a slot's keys are being migrated

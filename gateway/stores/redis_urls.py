@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import parse_qs, unquote
 
+from gateway import replica_wait
 from gateway.errors import StoreUnavailable
 
 DEFAULT_PORT = 6379
@@ -135,23 +136,16 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 
 def _wait_replicas(options: dict[str, list[str]], default: int) -> int:
-    values = options.get("wait_replicas")
-    if not values:
-        return default
-    text = values[-1]
-    if not text.isdigit() or int(text) > 16:
-        raise RedisUrlError(f"sessions.store: wait_replicas must be 0 to 16, not {text!r}")
-    return int(text)
+    try:
+        return replica_wait.wait_replicas(options.get("wait_replicas"), default, "sessions.store")
+    except ValueError as exc:
+        raise RedisUrlError(str(exc)) from None
 
 
 def for_redis_py(url: str) -> str:
     """A `redis://` URL without the options that are authgate's own (redis-py reads the
     URL itself and would take them for connection settings)."""
-    base, sep, query = url.partition("?")
-    if not sep:
-        return url
-    kept = [part for part in query.split("&") if part.split("=", 1)[0] != "wait_replicas"]
-    return f"{base}?{'&'.join(kept)}" if kept else base
+    return replica_wait.without_option(url)
 
 
 def _credentials(userinfo: str) -> tuple[str | None, str | None]:

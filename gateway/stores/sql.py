@@ -139,6 +139,8 @@ class SqlUserStore:
         )
         if changed == 0:
             raise NotFound(f"no user with id {user.id}")
+        # A user disabled or stripped of a role must stay so through a failover.
+        await self._db.replicated()
 
 
 # --- sessions ----------------------------------------------------------------
@@ -235,10 +237,15 @@ class SqlSessionStore:
             old_hash,
             self._clock(),
         )
+        if moved:
+            await self._db.replicated()  # the old id must not come back with a failover
         return moved > 0
 
     async def revoke(self, id_hash: str) -> bool:
-        return await self._db.execute("DELETE FROM sessions WHERE id_hash = ?", id_hash) > 0
+        if await self._db.execute("DELETE FROM sessions WHERE id_hash = ?", id_hash) == 0:
+            return False
+        await self._db.replicated()
+        return True
 
     async def revoke_user(self, tenant: str, user_id: str) -> int:
         # Again until nothing is left: on PostgreSQL (READ COMMITTED) a DELETE that
@@ -253,6 +260,8 @@ class SqlSessionStore:
                 self._clock(),
             )
             if removed == 0:
+                if ended:
+                    await self._db.replicated()
                 return ended
             ended += removed
 
@@ -353,6 +362,8 @@ class SqlApiKeyStore:
         changed = await self._db.execute(
             "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked = ?", True, key_id, False
         )
+        if changed:
+            await self._db.replicated()
         return changed > 0
 
     async def mark_used(self, key_id: str, at: float) -> None:

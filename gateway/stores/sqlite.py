@@ -81,6 +81,9 @@ class _Transaction(_Connection):
     async def lock(self, name: str) -> None:
         """BEGIN IMMEDIATE took the database's write lock: no other writer runs now."""
 
+    async def replicated(self) -> None:
+        raise RuntimeError("Database.replicated() only after a commit")
+
     async def ping(self) -> bool:
         return True
 
@@ -145,6 +148,9 @@ class SqliteDatabase:
 
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")
+
+    async def replicated(self) -> None:
+        """One file on one host: there is no replica to wait for."""
 
     async def ping(self) -> bool:
         try:
