@@ -215,11 +215,7 @@ class _Guarded:
         return await _guard(operation, self._breaker)
 
     async def _pipelined(
-        self,
-        keys: Sequence[str],
-        command: Callable[[Any, str], object],
-        *,
-        raise_on_error: bool = True,
+        self, keys: Sequence[str], command: Callable[[Any, str], object]
     ) -> list[Any]:
         """`command(pipeline, key)` for each key, sent pipelined; the replies in the
         keys' order. On a Cluster, one pipeline per master, each a call of its own under
@@ -231,7 +227,7 @@ class _Guarded:
             pipe = self._r.pipeline(transaction=False)
             for key in keys:
                 command(pipe, key)
-            return list(await self._guard(lambda: pipe.execute(raise_on_error=raise_on_error)))
+            return list(await self._guard(lambda: pipe.execute()))
         groups: dict[Breaker, list[int]] = {}
         for at, key in enumerate(keys):
             groups.setdefault(node_breaker(self._cluster, key), []).append(at)
@@ -240,7 +236,9 @@ class _Guarded:
             pipe = self._r.pipeline(transaction=False)
             for at in places:
                 command(pipe, keys[at])
-            return list(await _guard(lambda: pipe.execute(raise_on_error=raise_on_error), breaker))
+            # Any error raised within the guard: a Cluster pipeline hands a node's
+            # timeout back as a reply, which returned would count as an answer.
+            return list(await _guard(lambda: pipe.execute(), breaker))
 
         sent = list(groups.items())
         outcomes = await asyncio.gather(*(send(*group) for group in sent), return_exceptions=True)
@@ -654,6 +652,16 @@ return 1
 """
 
 
+async def _answers(pipe: Any) -> list[Any]:
+    """The pipeline's replies, reply errors among them (a WAIT refused is reported, not
+    failed on); an outage among them is raised, so that its breaker counts it."""
+    replies = list(await pipe.execute(raise_on_error=False))
+    for reply in replies:
+        if isinstance(reply, BaseException) and _is_outage(reply):
+            raise reply
+    return replies
+
+
 def _delete(pipe: Any, key: str) -> object:
     return pipe.delete(key)
 
@@ -932,14 +940,14 @@ class RedisSessionStore(_Guarded):
         if self._cluster is not None:
             if self._replicas:
                 return await self._delete_in_cluster(keys)
-            return _deletions(await self._pipelined(keys, _delete, raise_on_error=False))
+            return _deletions(await self._pipelined(keys, _delete))
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.delete(key)
         if self._replicas:
             pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
         # A connection lost raises here, and redis-py sends the whole pipeline again.
-        results: Sequence[Any] = await self._guard(lambda: pipe.execute(raise_on_error=False))
+        results: Sequence[Any] = await self._guard(lambda: _answers(pipe))
         deleted = _deletions(results[: len(keys)])
         self._check_acked(results[len(keys) :])
         return deleted

@@ -288,3 +288,28 @@ async def test_lists_across_masters_count_against_each_master_not_the_whole_clie
         assert len(await stores.sessions.list("acme")) == 30  # all back once it answers
     finally:
         await stores.close()
+
+
+async def test_deletions_across_masters_that_time_out_open_the_hung_masters_breaker(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """"Log out everywhere" deletes keys on every master in one pipeline per master. A
+    Cluster pipeline hands a node's timeout back as one of its replies: taken as a reply,
+    it counted as the hung master answering (resetting its count, closing a probe), and
+    its breaker never opened however many deletions timed out."""
+    stores = await opened(tmp_path, cluster.url)
+    try:
+        for _ in range(30):
+            record = session()
+            await stores.sessions.create(record)
+        assert breaker.circuits().get("redis", (0, 0))[0] == 0
+        with held(cluster.masters()[0]):
+            outcomes = await asyncio.gather(
+                *(stores.sessions.revoke_user("acme", "u1") for _ in range(3)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+            open_now = breaker.circuits()["redis"][0]
+        assert open_now == 1  # the hung master's, and only it
+    finally:
+        await stores.close()
