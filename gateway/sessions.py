@@ -348,8 +348,13 @@ class SessionManager(RevocationFollower):
             data=data,
         )
         self._epoch += 1  # reads under way may hold the old session: not to be cached
-        if not await self.store.rotate(old_hash, new):
-            return None
+        try:
+            if not await self.store.rotate(old_hash, new):
+                return None
+        except StoreUnavailable:
+            # Perhaps done but not confirmed (a replica wait): told all the same.
+            await self._publish(session_revoked(old_hash), old_hash)
+            raise
         await self._publish(session_revoked(old_hash), old_hash)
         return new_id, new
 
@@ -358,20 +363,25 @@ class SessionManager(RevocationFollower):
 
     async def revoke_hash(self, id_hash: str) -> bool:
         self._epoch += 1  # reads under way may hold it: not to be cached
-        revoked = await self.store.revoke(id_hash)
-        await self._publish(session_revoked(id_hash), id_hash)
+        try:
+            revoked = await self.store.revoke(id_hash)
+        finally:
+            # Also when the store failed: the deletion may be done but not confirmed (a
+            # replica wait), and every cache must forget the session either way.
+            await self._publish(session_revoked(id_hash), id_hash)
         return revoked
 
     async def revoke_user(self, tenant: str, user_id: str) -> int:
         """Log out everywhere."""
         self._epoch += 1  # reads under way may hold their sessions: not to be cached
-        count = await self.store.revoke_user(tenant, user_id)
-        self._known_users.pop(user_id, None)
-        for key, (_, active) in list(self._cache.items()):
-            if active.record.tenant == tenant and active.record.user_id == user_id:
-                self._cache.pop(key, None)
-        await self._publish(user_sessions_revoked(tenant, user_id))
-        return count
+        try:
+            return await self.store.revoke_user(tenant, user_id)
+        finally:  # also when the store failed, as in revoke_hash
+            self._known_users.pop(user_id, None)
+            for key, (_, active) in list(self._cache.items()):
+                if active.record.tenant == tenant and active.record.user_id == user_id:
+                    self._cache.pop(key, None)
+            await self._publish(user_sessions_revoked(tenant, user_id))
 
     async def _publish(self, message: str, id_hash: str | None = None) -> None:
         # This process does not wait for its own message to come back (0.5 s on the SQL

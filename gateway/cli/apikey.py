@@ -128,6 +128,8 @@ async def _revoke(args: argparse.Namespace, config: Config, stores: Stores) -> i
 async def revoke_key(stores: Stores, key_id: str) -> bool:
     """Revoke the key in the store and tell every gateway process: each forgets it now,
     not when its 5 s cache entry ends. False when it was revoked already (or is gone)."""
-    revoked = await stores.apikeys.revoke(key_id)
-    await stores.events.publish(REVOCATIONS, api_key_revoked(key_id))
+    try:
+        revoked = await stores.apikeys.revoke(key_id)
+    finally:  # also when the store failed: it may be done but not confirmed
+        await stores.events.publish(REVOCATIONS, api_key_revoked(key_id))
     return revoked

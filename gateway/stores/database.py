@@ -31,12 +31,12 @@ class Database(Protocol):
         transaction ends, so that transactions taking it run one after another (a read
         then a write that depends on it). RuntimeError outside a transaction."""
 
-    async def replicated(self) -> None:
-        """After a revocation committed: returns once the replicas the URL asks for
-        (`?wait_replicas=N`, PostgreSQL) have it, so a failover cannot undo it, or after
-        REPLICA_WAIT_MS with a warning; at once when none are asked for (SQLite has
-        none). StoreUnavailable if the server fails meanwhile (not confirmed).
-        RuntimeError inside a transaction (nothing is committed yet)."""
+    async def execute_replicated(self, sql: str, *args: object) -> int:
+        """`execute` for a revocation: answered once the replicas the URL asks for
+        (`?wait_replicas=N`, PostgreSQL) have the database as it stands after it, so a
+        failover cannot undo it, or after REPLICA_WAIT_MS with a warning; without
+        waiting when none are asked for (SQLite has none). StoreUnavailable if the
+        server fails meanwhile (not confirmed). RuntimeError inside a transaction."""
 
     async def ping(self) -> bool: ...
 

@@ -237,8 +237,8 @@ class _Connection:
     async def lock(self, name: str) -> None:
         await self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", name)
 
-    async def replicated(self) -> None:
-        raise RuntimeError("Database.replicated() only after a commit")
+    async def execute_replicated(self, sql: str, *args: object) -> int:
+        raise RuntimeError("Database.execute_replicated() waits for a commit: not in a transaction")
 
     async def ping(self) -> bool:
         return True
@@ -294,44 +294,40 @@ class PostgresDatabase:
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")
 
-    async def replicated(self) -> None:
-        """Waits until `wait_replicas` standbys have flushed the WAL up to where it was
-        once the revocation had committed (what a promoted standby replays), asking
-        `pg_stat_replication` every few ms: PostgreSQL has no WAIT of its own for
-        asynchronous standbys, and making every commit synchronous would slow every
-        sign-in and touch to make revocations durable."""
+    async def execute_replicated(self, sql: str, *args: object) -> int:
+        """`execute`, answered once `wait_replicas` standbys have flushed the WAL up to
+        where it stood after the commit (what a promoted standby replays), whether the
+        statement changed anything or not (a revocation made meanwhile by another call
+        must be confirmed too). Asked of `pg_stat_replication` every few ms: PostgreSQL
+        has no WAIT for asynchronous standbys, and making every commit synchronous would
+        slow every sign-in to make revocations durable. All on the connection that
+        committed, so that the position and the standbys are that server's, even if
+        the pool moves to another meanwhile."""
         if not self._replicas:
-            return
-        row = await self.fetchone("SELECT pg_current_wal_lsn()")
-        assert row is not None
-        target = row[0]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REPLICA_WAIT_MS / 1000
-        pause = 0.002
-        while True:
-            row = await self.fetchone(
-                "SELECT count(*) FILTER (WHERE flush_lsn >= ?::pg_lsn),"
-                " count(*) FILTER (WHERE flush_lsn IS NULL) FROM pg_stat_replication",
-                target,
+            return await self.execute(sql, *args)
+
+        async def run() -> tuple[str, int, int]:
+            async with self._pool.acquire() as conn:
+                status = await conn.execute(_numbered(sql), *args)
+                # The insert position: the write position may still be short of the
+                # commit record (synchronous_commit=off).
+                target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+                have, hidden = await _standbys_with(conn, target, self._replicas)
+                return str(status), have, hidden
+
+        status, have, hidden = await _guard(run, self._reconnect, self._breaker)
+        if have < self._replicas:
+            log.warning(
+                "postgresql: a revocation is not confirmed on %d standby(s) within %d ms"
+                " (%d had it%s); it holds unless the primary fails before they have it",
+                self._replicas,
+                REPLICA_WAIT_MS,
+                have,
+                f"; the positions of {hidden} this role may not read: grant it pg_monitor"
+                if hidden
+                else "",
             )
-            assert row is not None
-            have, unseen = int(row[0]), int(row[1])
-            if have >= self._replicas:
-                return
-            if loop.time() >= deadline:
-                break
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
-        log.warning(
-            "postgresql: a revocation is not confirmed on %d standby(s) within %d ms (%d"
-            " had it%s); it holds unless the primary fails before they have it",
-            self._replicas,
-            REPLICA_WAIT_MS,
-            have,
-            f"; {unseen} standby(s) whose position this role may not read: grant it pg_monitor"
-            if unseen
-            else "",
-        )
+        return _rowcount(status)
 
     async def ping(self) -> bool:
         """Ready: the server answers and takes writes (a server fenced read-only under
@@ -348,6 +344,29 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+# Physical standbys that replay what they receive (pg_receivewal reports no replay
+# position, logical replication runs in a database): the servers a failover promotes.
+_STANDBYS = (
+    "SELECT count(*) FILTER (WHERE r.flush_lsn >= $1 AND r.replay_lsn IS NOT NULL),"
+    " count(*) FILTER (WHERE r.state IS NULL)"
+    " FROM pg_stat_replication r JOIN pg_stat_activity a USING (pid) WHERE a.datname IS NULL"
+)
+
+
+async def _standbys_with(conn: Any, target: int, wanted: int) -> tuple[int, int]:
+    """How many standbys have flushed `target` (asked until `wanted` do, or for
+    REPLICA_WAIT_MS), and how many this role may not see the positions of."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REPLICA_WAIT_MS / 1000
+    pause = 0.002
+    while True:
+        have, hidden = await conn.fetchrow(_STANDBYS, target)
+        if have >= wanted or loop.time() >= deadline:
+            return int(have), int(hidden)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def wait_replicas_of(url: str) -> int:

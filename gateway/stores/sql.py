@@ -125,7 +125,8 @@ class SqlUserStore:
         return changed > 0
 
     async def update(self, user: User) -> None:
-        changed = await self._db.execute(
+        # A user disabled or stripped of a role must stay so through a failover.
+        changed = await self._db.execute_replicated(
             "UPDATE users SET email = ?, display_name = ?, groups = ?, roles = ?,"
             " disabled = ?, password_hash = ?, updated = ? WHERE id = ?",
             user.email,
@@ -139,8 +140,6 @@ class SqlUserStore:
         )
         if changed == 0:
             raise NotFound(f"no user with id {user.id}")
-        # A user disabled or stripped of a role must stay so through a failover.
-        await self._db.replicated()
 
 
 # --- sessions ----------------------------------------------------------------
@@ -229,7 +228,7 @@ class SqlSessionStore:
         # waits for this row's lock checks the new version of the row and deletes it.
         # A delete-and-insert would leave it a row it never saw (PostgreSQL, READ
         # COMMITTED): a live successor after the user was logged out everywhere.
-        moved = await self._db.execute(
+        moved = await self._db.execute_replicated(
             "UPDATE sessions SET id_hash = ?, tenant = ?, user_id = ?, amr = ?, auth_time = ?,"
             " created = ?, last_seen = ?, expires = ?, ip = ?, user_agent = ?, country = ?,"
             " remember = ?, data = ? WHERE id_hash = ? AND expires > ?",
@@ -237,15 +236,13 @@ class SqlSessionStore:
             old_hash,
             self._clock(),
         )
-        if moved:
-            await self._db.replicated()  # the old id must not come back with a failover
         return moved > 0
 
     async def revoke(self, id_hash: str) -> bool:
-        if await self._db.execute("DELETE FROM sessions WHERE id_hash = ?", id_hash) == 0:
-            return False
-        await self._db.replicated()
-        return True
+        deleted = await self._db.execute_replicated(
+            "DELETE FROM sessions WHERE id_hash = ?", id_hash
+        )
+        return deleted > 0
 
     async def revoke_user(self, tenant: str, user_id: str) -> int:
         # Again until nothing is left: on PostgreSQL (READ COMMITTED) a DELETE that
@@ -253,15 +250,13 @@ class SqlSessionStore:
         # the successor that rotation committed; the next DELETE does.
         ended = 0
         while True:
-            removed = await self._db.execute(
+            removed = await self._db.execute_replicated(
                 "DELETE FROM sessions WHERE tenant = ? AND user_id = ? AND expires > ?",
                 tenant,
                 user_id,
                 self._clock(),
             )
             if removed == 0:
-                if ended:
-                    await self._db.replicated()
                 return ended
             ended += removed
 
@@ -359,11 +354,9 @@ class SqlApiKeyStore:
         return [_apikey(row) for row in rows]
 
     async def revoke(self, key_id: str) -> bool:
-        changed = await self._db.execute(
+        changed = await self._db.execute_replicated(
             "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked = ?", True, key_id, False
         )
-        if changed:
-            await self._db.replicated()
         return changed > 0
 
     async def mark_used(self, key_id: str, at: float) -> None:

@@ -81,8 +81,8 @@ class _Transaction(_Connection):
     async def lock(self, name: str) -> None:
         """BEGIN IMMEDIATE took the database's write lock: no other writer runs now."""
 
-    async def replicated(self) -> None:
-        raise RuntimeError("Database.replicated() only after a commit")
+    async def execute_replicated(self, sql: str, *args: object) -> int:
+        raise RuntimeError("Database.execute_replicated() waits for a commit: not in a transaction")
 
     async def ping(self) -> bool:
         return True
@@ -149,8 +149,9 @@ class SqliteDatabase:
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")
 
-    async def replicated(self) -> None:
+    async def execute_replicated(self, sql: str, *args: object) -> int:
         """One file on one host: there is no replica to wait for."""
+        return await self.execute(sql, *args)
 
     async def ping(self) -> bool:
         try:

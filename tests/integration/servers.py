@@ -562,10 +562,15 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *args: str) -> str:
-        command = [str(PG_BIN / args[0]), *args[1:]]
+    def command(self, program: str) -> list[str]:
+        """The argv that runs one of PostgreSQL's programs as the server's user."""
+        command = [str(PG_BIN / program)]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
+        return command
+
+    def _run(self, *args: str) -> str:
+        command = [*self.command(args[0]), *args[1:]]
         done = subprocess.run(command, capture_output=True, check=True, timeout=60, text=True)
         return done.stdout
 

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -99,26 +100,72 @@ async def created(pair: PostgresPair, store: SqlSessionStore) -> SessionRecord:
 
 
 async def test_a_revocation_is_answered_once_the_standby_has_it(
-    pair: PostgresPair, caplog: pytest.LogCaptureFixture
+    pair: PostgresPair, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A bound far beyond the test's pauses: being let go, not the bound, must end it.
+    monkeypatch.setattr("gateway.stores.postgres.REPLICA_WAIT_MS", 60_000)
     async with database(f"{pair.url}&wait_replicas=1") as db:
         store = SqlSessionStore(db)
         record = await created(pair, store)
+        again = await created(pair, store)
         with receiver_stopped(pair):
-            started = time.monotonic()
             revoking = asyncio.ensure_future(store.revoke(record.id_hash))
-            await asyncio.sleep(WAIT / 2)
+            # A second revocation of the same session finds nothing to delete, but may
+            # be the one whose answer a user sees: it waits too.
+            repeated = asyncio.ensure_future(store.revoke(record.id_hash))
+            # And a revocation of a session on a statement that changed nothing else.
+            other = asyncio.ensure_future(store.revoke(again.id_hash))
+            await asyncio.sleep(WAIT)
             assert not revoking.done(), "answered before the standby had the revocation"
+            assert not repeated.done(), "a repeated revocation was answered at once"
+            assert not other.done()
         assert await revoking is True
-        took = time.monotonic() - started
-        assert WAIT / 2 <= took < WAIT, took
+        assert await repeated is False
+        assert await other is True
         assert "not confirmed" not in caplog.text
         # And the standby has it (flushed; replayed a moment later).
-        for _ in range(200):
+        for _ in range(500):
             if not on_standby(pair, record):
                 break
             await asyncio.sleep(0.01)
         assert not on_standby(pair, record)
+
+
+async def test_a_wal_stream_that_is_no_standby_confirms_nothing(
+    pair: PostgresPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_receivewal streams WAL synchronously (an archive), and shows in
+    pg_stat_replication like a standby, but a failover cannot promote it."""
+    monkeypatch.setattr("gateway.stores.postgres.REPLICA_WAIT_MS", 60_000)
+    archive = pair.primary.directory / "archive"  # where the server's user may write
+    archive.mkdir()
+    owner = pair.primary.directory.stat()
+    os.chown(archive, owner.st_uid, owner.st_gid)
+    receiver = subprocess.Popen(
+        [
+            *pair.primary.command("pg_receivewal"),
+            "-h", "127.0.0.1", "-p", str(pair.primary.port), "-U", "postgres",
+            "-D", str(archive), "--synchronous", "-n",
+        ],
+    )  # fmt: skip
+    try:
+        for _ in range(500):
+            if pair.primary.sql("SELECT count(*) FROM pg_stat_replication") == "2":
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("pg_receivewal never streamed")
+        async with database(f"{pair.url}&wait_replicas=1") as db:
+            store = SqlSessionStore(db)
+            record = await created(pair, store)
+            with receiver_stopped(pair):
+                revoking = asyncio.ensure_future(store.revoke(record.id_hash))
+                await asyncio.sleep(WAIT)
+                assert not revoking.done(), "pg_receivewal was taken for a standby"
+            assert await revoking is True
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
 
 
 async def test_a_standby_that_never_catches_up_delays_a_revocation_by_the_bound_only(
@@ -138,7 +185,7 @@ async def test_a_standby_that_never_catches_up_delays_a_revocation_by_the_bound_
                 assert await store.revoke(record.id_hash) is True
                 assert await keys.revoke("k1") is True
                 took = time.monotonic() - started
-        assert 2 * WAIT <= took < 2 * WAIT + 1.0, took
+        assert took >= 2 * WAIT, took
         assert caplog.text.count("a revocation is not confirmed on 1 standby(s)") == 2
         assert await store.get(record.id_hash) is None
         assert (await keys.get_by_hash(key.key_hash)).revoked  # type: ignore[union-attr]
@@ -149,33 +196,5 @@ async def test_without_wait_replicas_nothing_waits(pair: PostgresPair) -> None:
         store = SqlSessionStore(db)
         record = await created(pair, store)
         with receiver_stopped(pair):
-            started = time.monotonic()
             assert await store.revoke(record.id_hash) is True
-            assert time.monotonic() - started < WAIT / 2
             assert on_standby(pair, record)  # held back: what a failover now would lose
-
-
-async def test_a_revocation_answered_survives_the_primary_killed_at_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The failover itself: the standby held back, the revocation answered (the
-    receiver let go meanwhile), the primary killed the moment it is, the standby
-    promoted: the session is gone there. (This one alone proves little: without the
-    wait it passes too, as the stopped receiver still reads what the primary had
-    already sent; the tests above show the wait.)"""
-    servers = await asyncio.to_thread(migrated_pair)
-    try:
-        async with database(f"{servers.url}&wait_replicas=1") as db:
-            store = SqlSessionStore(db)
-            record = await created(servers, store)
-            loop = asyncio.get_running_loop()
-            with receiver_stopped(servers):
-                pid = int(servers.standby.sql("SELECT pid FROM pg_stat_wal_receiver"))
-                loop.call_later(WAIT / 3, os.kill, pid, signal.SIGCONT)
-                assert await store.revoke(record.id_hash) is True
-                servers.kill_primary()
-        servers.promote()
-        assert not on_standby(servers, record)
-        assert "not confirmed" not in caplog.text
-    finally:
-        servers.remove()
