@@ -26,10 +26,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from gateway.config.model import SessionsConfig
 from gateway.errors import StoreUnavailable
+from gateway.sessions import SessionManager
 from gateway.stores import breaker
 from gateway.stores import redis as redis_store
-from gateway.stores.base import SessionRecord
+from gateway.stores.base import REVOCATIONS, SessionRecord, session_revoked
+from gateway.stores.redis import COMMAND_TIMEOUT
 from tests.integration.servers import (
     RedisCluster,
     redis_cli,
@@ -293,7 +296,7 @@ async def test_lists_across_masters_count_against_each_master_not_the_whole_clie
 async def test_deletions_across_masters_that_time_out_open_the_hung_masters_breaker(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
-    """"Log out everywhere" deletes keys on every master in one pipeline per master. A
+    """ "Log out everywhere" deletes keys on every master in one pipeline per master. A
     Cluster pipeline hands a node's timeout back as one of its replies: taken as a reply,
     it counted as the hung master answering (resetting its count, closing a probe), and
     its breaker never opened however many deletions timed out."""
@@ -312,4 +315,40 @@ async def test_deletions_across_masters_that_time_out_open_the_hung_masters_brea
             open_now = breaker.circuits()["redis"][0]
         assert open_now == 1  # the hung master's, and only it
     finally:
+        await stores.close()
+
+
+async def test_a_logout_that_fails_on_a_hung_master_is_still_announced(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """The session's master hangs during its logout: the logout is not confirmed (a
+    503), but the deletion may have been done, and every gateway process must forget the
+    session either way: the revocation is still published (through a healthy master)."""
+    stores = await opened(tmp_path, cluster.url)
+    manager = SessionManager(stores.sessions, stores.users, stores.events, SessionsConfig())
+    hung, healthy = cluster.masters()[0], cluster.masters()[1]
+    listener = aioredis.Redis(port=healthy.port)
+    pubsub = listener.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(f"authgate:{REVOCATIONS}")
+        while True:
+            record = session()
+            await stores.sessions.create(record)
+            slot = key_slot(f"authgate:s:{record.id_hash}".encode())
+            if cluster.owner(slot).port == hung.port:
+                break
+        with held(hung):
+            with pytest.raises(StoreUnavailable):
+                await manager.revoke_hash(record.id_hash)
+            heard: list[str] = []
+            until = time.monotonic() + COMMAND_TIMEOUT
+            while not heard and time.monotonic() < until:
+                # None also for the subscription's own confirmation (ignored)
+                message = await pubsub.get_message(timeout=0.5)
+                if message is not None:
+                    heard.append(message["data"].decode())
+        assert heard == [session_revoked(record.id_hash)]
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
         await stores.close()

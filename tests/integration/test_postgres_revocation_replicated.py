@@ -19,14 +19,19 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from gateway.cli.apikey import revoke_key
+from gateway.config.model import Config, SessionsConfig
+from gateway.errors import StoreUnavailable
 from gateway.replica_wait import REPLICA_WAIT_MS
-from gateway.stores.base import ApiKey, SessionRecord
+from gateway.stores import open_stores
+from gateway.stores.base import REVOCATIONS, ApiKey, SessionRecord, api_key_revoked
 from gateway.stores.postgres import PostgresDatabase, migrate, open_postgres
 from gateway.stores.sql import SqlApiKeyStore, SqlSessionStore
-from tests.integration.servers import PostgresPair, start_postgres_pair
+from tests.integration.servers import PostgresPair, start_postgres_pair, start_redis
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -198,3 +203,51 @@ async def test_without_wait_replicas_nothing_waits(pair: PostgresPair) -> None:
         with receiver_stopped(pair):
             assert await store.revoke(record.id_hash) is True
             assert on_standby(pair, record)  # held back: what a failover now would lose
+
+
+async def test_a_revocation_whose_wait_fails_is_still_announced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The primary dies while an API key's revocation waits for its standby: the
+    revocation is not confirmed (StoreUnavailable, a 503), but it may be done, so every
+    gateway process is still told to forget the key (over Redis here): otherwise they
+    would go on serving it from their caches."""
+    monkeypatch.setattr("gateway.stores.postgres.REPLICA_WAIT_MS", 60_000)
+    servers = await asyncio.to_thread(migrated_pair)
+    redis_server = start_redis()
+    stores = None
+    try:
+        stores = await open_stores(
+            Config(
+                source=tmp_path / "config.yaml",
+                tenants=(),
+                storage=f"{servers.url}&wait_replicas=1",
+                sessions=SessionsConfig(store=f"redis://127.0.0.1:{redis_server.port}/0"),
+            )
+        )
+        heard: list[str] = []
+
+        async def hear(message: str) -> None:
+            heard.append(message)
+
+        subscription = await stores.events.subscribe(REVOCATIONS, hear)
+        key = ApiKey("k1", "acme", "u1", "ci", "agk_x", secrets.token_hex(32), time.time(), None)
+        await stores.apikeys.create(key)
+        with receiver_stopped(servers):
+            revoking = asyncio.ensure_future(revoke_key(stores, "k1"))
+            await asyncio.sleep(WAIT)
+            assert not revoking.done()
+            servers.kill_primary()
+            with pytest.raises(StoreUnavailable):
+                await revoking
+        for _ in range(200):
+            if api_key_revoked("k1") in heard:
+                break
+            await asyncio.sleep(0.01)
+        assert api_key_revoked("k1") in heard
+        await subscription.close()
+    finally:
+        if stores is not None:
+            await stores.close()
+        redis_server.stop(kill=True)
+        servers.remove()
