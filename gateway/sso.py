@@ -85,7 +85,8 @@ class SqlSsoCodes:
         )
 
     async def take(self, code_hash: str, now: float) -> SsoGrant | None:
-        async with self._db.transaction() as tx:
+        # Replicated: a code taken must not be taken again after a failover.
+        async with self._db.transaction(replicated=True) as tx:
             row = await tx.fetchone(
                 "SELECT tenant, session_tag, target_host, expires FROM sso_codes"
                 " WHERE code_hash = ?",

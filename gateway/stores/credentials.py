@@ -243,7 +243,8 @@ class SqlCredentialStore:
     async def use_totp_step(self, device_id: str, step: int) -> bool:
         # One statement: the row lock (PostgreSQL) or the database write lock
         # (SQLite) serialises concurrent callers, and the loser sees the new value.
-        changed = await self._db.execute(
+        # Replicated: a code used must not be usable again after a failover.
+        changed = await self._db.execute_replicated(
             "UPDATE totp_devices SET last_used_step = ?"
             " WHERE id = ? AND confirmed = ? AND last_used_step < ?",
             step,
@@ -263,7 +264,7 @@ class SqlCredentialStore:
         return changed > 0
 
     async def remove_totp(self, user_id: str, device_id: str) -> bool:
-        changed = await self._db.execute(
+        changed = await self._db.execute_replicated(
             "DELETE FROM totp_devices WHERE id = ? AND user_id = ?", device_id, user_id
         )
         return changed > 0
@@ -352,7 +353,7 @@ class SqlCredentialStore:
         return changed > 0
 
     async def remove_webauthn(self, user_id: str, record_id: str) -> bool:
-        changed = await self._db.execute(
+        changed = await self._db.execute_replicated(
             "DELETE FROM webauthn_credentials WHERE id = ? AND user_id = ?", record_id, user_id
         )
         return changed > 0
@@ -362,7 +363,7 @@ class SqlCredentialStore:
     async def replace_backup_codes(
         self, tenant: str, user_id: str, code_hashes: tuple[str, ...], created: float
     ) -> None:
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(replicated=True) as tx:
             await tx.execute("DELETE FROM backup_codes WHERE user_id = ?", user_id)
             for code_hash in code_hashes:
                 await tx.execute(
@@ -375,7 +376,7 @@ class SqlCredentialStore:
                 )
 
     async def consume_backup_code(self, user_id: str, code_hash: str, at: float) -> bool:
-        changed = await self._db.execute(
+        changed = await self._db.execute_replicated(
             "UPDATE backup_codes SET used_at = ?"
             " WHERE user_id = ? AND code_hash = ? AND used_at IS NULL",
             at,
@@ -396,7 +397,7 @@ class SqlCredentialStore:
     # --- everything -----------------------------------------------------------------
 
     async def remove_all_for_user(self, user_id: str) -> RemovedFactors:
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(replicated=True) as tx:
             totp = await tx.execute("DELETE FROM totp_devices WHERE user_id = ?", user_id)
             webauthn = await tx.execute(
                 "DELETE FROM webauthn_credentials WHERE user_id = ?", user_id

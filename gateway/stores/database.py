@@ -23,8 +23,10 @@ class Database(Protocol):
 
     async def fetchone(self, sql: str, *args: object) -> Row | None: ...
 
-    def transaction(self) -> AbstractAsyncContextManager[Database]:
-        """A Database whose statements commit together or not at all."""
+    def transaction(self, *, replicated: bool = False) -> AbstractAsyncContextManager[Database]:
+        """A Database whose statements commit together or not at all. `replicated`: the
+        block ends only once the commit is confirmed as `execute_replicated` confirms
+        (asked of the outermost transaction; a nested one joins it, and may not ask)."""
 
     async def lock(self, name: str) -> None:
         """Inside a transaction: wait for the lock called `name` and hold it until the
@@ -41,3 +43,9 @@ class Database(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def nested_transaction(replicated: bool) -> None:
+    """A nested transaction commits with the outer one, which alone may wait for it."""
+    if replicated:
+        raise RuntimeError("ask for a replicated transaction on the outermost one")

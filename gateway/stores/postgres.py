@@ -33,7 +33,7 @@ from gateway.errors import StoreUnavailable
 from gateway.replica_wait import REPLICA_WAIT_MS, without_option
 from gateway.stores.base import AlreadyExists, SchemaOutdated
 from gateway.stores.breaker import Breaker, watched
-from gateway.stores.database import Row
+from gateway.stores.database import Row, nested_transaction
 from gateway.stores.migrations import latest_version, migrate_postgres, postgres_version
 
 T = TypeVar("T")
@@ -231,7 +231,8 @@ class _Connection:
         return row
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Connection]:
+    async def transaction(self, *, replicated: bool = False) -> AsyncIterator[_Connection]:
+        nested_transaction(replicated)
         yield self  # a nested transaction joins the one already open
 
     async def lock(self, name: str) -> None:
@@ -277,7 +278,7 @@ class PostgresDatabase:
         return row
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Connection]:
+    async def transaction(self, *, replicated: bool = False) -> AsyncIterator[_Connection]:
         try:
             # A pooled connection proves nothing (its statements report to the breaker);
             # failing to get one within the deadline is an outage.
@@ -286,6 +287,13 @@ class PostgresDatabase:
             try:
                 async with conn.transaction():
                     yield _Connection(conn, self._reconnect, self._breaker)
+                if replicated and self._replicas:
+                    seen = await _guard(
+                        lambda: _standbys_after(conn, self._replicas),
+                        self._reconnect,
+                        self._breaker,
+                    )
+                    self._unconfirmed(seen)
             finally:
                 await self._pool.release(conn)
         except _DRIVER_ERRORS as exc:
@@ -293,6 +301,21 @@ class PostgresDatabase:
 
     async def lock(self, name: str) -> None:
         raise RuntimeError("Database.lock() holds only inside a transaction")
+
+    def _unconfirmed(self, seen: tuple[int, int]) -> None:
+        have, hidden = seen
+        if have >= self._replicas:
+            return
+        log.warning(
+            "postgresql: a revocation is not confirmed on %d standby(s) within %d ms"
+            " (%d had it%s); it holds unless the primary fails before they have it",
+            self._replicas,
+            REPLICA_WAIT_MS,
+            have,
+            f"; the positions of {hidden} this role may not read: grant it pg_monitor"
+            if hidden
+            else "",
+        )
 
     async def execute_replicated(self, sql: str, *args: object) -> int:
         """`execute`, answered once `wait_replicas` standbys have flushed the WAL up to
@@ -306,27 +329,13 @@ class PostgresDatabase:
         if not self._replicas:
             return await self.execute(sql, *args)
 
-        async def run() -> tuple[str, int, int]:
+        async def run() -> tuple[str, tuple[int, int]]:
             async with self._pool.acquire() as conn:
                 status = await conn.execute(_numbered(sql), *args)
-                # The insert position: the write position may still be short of the
-                # commit record (synchronous_commit=off).
-                target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
-                have, hidden = await _standbys_with(conn, target, self._replicas)
-                return str(status), have, hidden
+                return str(status), await _standbys_after(conn, self._replicas)
 
-        status, have, hidden = await _guard(run, self._reconnect, self._breaker)
-        if have < self._replicas:
-            log.warning(
-                "postgresql: a revocation is not confirmed on %d standby(s) within %d ms"
-                " (%d had it%s); it holds unless the primary fails before they have it",
-                self._replicas,
-                REPLICA_WAIT_MS,
-                have,
-                f"; the positions of {hidden} this role may not read: grant it pg_monitor"
-                if hidden
-                else "",
-            )
+        status, seen = await _guard(run, self._reconnect, self._breaker)
+        self._unconfirmed(seen)
         return _rowcount(status)
 
     async def ping(self) -> bool:
@@ -355,9 +364,12 @@ _STANDBYS = (
 )
 
 
-async def _standbys_with(conn: Any, target: int, wanted: int) -> tuple[int, int]:
-    """How many standbys have flushed `target` (asked until `wanted` do, or for
-    REPLICA_WAIT_MS), and how many this role may not see the positions of."""
+async def _standbys_after(conn: Any, wanted: int) -> tuple[int, int]:
+    """After a commit on `conn`: how many standbys have flushed the WAL up to where it
+    stands now (asked until `wanted` do, or for REPLICA_WAIT_MS), and how many this role
+    may not see the positions of. The insert position: the write position may still be
+    short of the commit record (synchronous_commit=off)."""
+    target = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + REPLICA_WAIT_MS / 1000
     pause = 0.002

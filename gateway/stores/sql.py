@@ -115,7 +115,7 @@ class SqlUserStore:
         return [_user(row) for row in rows]
 
     async def set_password(self, user_id: str, password_hash: str, updated: float) -> bool:
-        changed = await self._db.execute(
+        changed = await self._db.execute_replicated(
             "UPDATE users SET password_hash = ?, updated = ? WHERE id = ? AND disabled = ?",
             password_hash,
             updated,
@@ -417,13 +417,13 @@ class SqlKeyStore:
         ]
 
     async def retire(self, kid: str, at: float) -> bool:
-        changed = await self._db.execute(
+        changed = await self._db.execute_replicated(
             "UPDATE signing_keys SET retired = ? WHERE kid = ? AND retired IS NULL", at, kid
         )
         return changed > 0
 
     async def replace_all(self, key: SigningKey) -> None:
-        async with self._db.transaction() as tx:
+        async with self._db.transaction(replicated=True) as tx:
             await tx.lock("authgate signing keys")
             await tx.execute("DELETE FROM signing_keys")
             await _insert_key(tx, key)

@@ -23,7 +23,7 @@ import aiosqlite
 
 from gateway.errors import StoreUnavailable
 from gateway.stores.base import AlreadyExists
-from gateway.stores.database import Row
+from gateway.stores.database import Row, nested_transaction
 from gateway.stores.migrations import migrate_sqlite
 
 T = TypeVar("T")
@@ -75,7 +75,8 @@ class _Transaction(_Connection):
     """A view of the connection inside BEGIN IMMEDIATE … COMMIT (lock already held)."""
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
+    async def transaction(self, *, replicated: bool = False) -> AsyncIterator[_Transaction]:
+        nested_transaction(replicated)
         yield self  # a nested transaction joins the one already open
 
     async def lock(self, name: str) -> None:
@@ -128,7 +129,8 @@ class SqliteDatabase:
             return await self._direct.fetchone(sql, *args)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
+    async def transaction(self, *, replicated: bool = False) -> AsyncIterator[_Transaction]:
+        # `replicated`: one file on one host, nothing to wait for.
         async with self._lock:
             try:
                 await _guard(lambda: self._conn.execute("BEGIN IMMEDIATE"))

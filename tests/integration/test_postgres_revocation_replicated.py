@@ -18,7 +18,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +27,12 @@ from gateway.cli.apikey import revoke_key
 from gateway.config.model import Config, SessionsConfig
 from gateway.errors import StoreUnavailable
 from gateway.replica_wait import REPLICA_WAIT_MS
+from gateway.sso import SqlSsoCodes, SsoGrant
 from gateway.stores import open_stores
 from gateway.stores.base import REVOCATIONS, ApiKey, SessionRecord, api_key_revoked
+from gateway.stores.credentials import SqlCredentialStore
 from gateway.stores.postgres import PostgresDatabase, migrate, open_postgres
-from gateway.stores.sql import SqlApiKeyStore, SqlSessionStore
+from gateway.stores.sql import SqlApiKeyStore, SqlKeyStore, SqlSessionStore
 from tests.integration.servers import PostgresPair, start_postgres_pair, start_redis
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -134,6 +136,57 @@ async def test_a_revocation_is_answered_once_the_standby_has_it(
                 break
             await asyncio.sleep(0.01)
         assert not on_standby(pair, record)
+
+
+async def _take_sso_code(db: PostgresDatabase) -> Callable[[], Awaitable[object]]:
+    codes = SqlSsoCodes(db)
+    grant = SsoGrant("acme", "tag", "app.test", time.time() + 60)
+    await codes.put("code-hash", grant, 60)
+    return lambda: codes.take("code-hash", time.time())
+
+
+async def _use_backup_code(db: PostgresDatabase) -> Callable[[], Awaitable[object]]:
+    credentials = SqlCredentialStore(db)
+    await credentials.replace_backup_codes("acme", "u2", ("h1",), time.time())
+    return lambda: credentials.consume_backup_code("u2", "h1", time.time())
+
+
+async def _replace_backup_codes(db: PostgresDatabase) -> Callable[[], Awaitable[object]]:
+    credentials = SqlCredentialStore(db)
+    return lambda: credentials.replace_backup_codes("acme", "u3", ("h2",), time.time())
+
+
+async def _remove_factors(db: PostgresDatabase) -> Callable[[], Awaitable[object]]:
+    credentials = SqlCredentialStore(db)
+    await credentials.replace_backup_codes("acme", "u4", ("h3",), time.time())
+    return lambda: credentials.remove_all_for_user("u4")
+
+
+async def _retire_key(db: PostgresDatabase) -> Callable[[], Awaitable[object]]:
+    keys = SqlKeyStore(db)
+    return lambda: keys.retire("no-such-kid", time.time())
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [_take_sso_code, _use_backup_code, _replace_backup_codes, _remove_factors, _retire_key],
+)
+async def test_other_writes_that_take_access_away_wait_too(
+    pair: PostgresPair,
+    monkeypatch: pytest.MonkeyPatch,
+    prepare: Callable[[PostgresDatabase], Awaitable[Callable[[], Awaitable[object]]]],
+) -> None:
+    """A one-time code taken, backup codes used or replaced, second factors removed, a
+    signing key retired: each would be usable again after a failover that lost it.
+    Single statements and whole transactions alike wait for the standby."""
+    monkeypatch.setattr("gateway.stores.postgres.REPLICA_WAIT_MS", 60_000)
+    async with database(f"{pair.url}&wait_replicas=1") as db:
+        operation = await prepare(db)
+        with receiver_stopped(pair):
+            running = asyncio.ensure_future(operation())
+            await asyncio.sleep(WAIT)
+            assert not running.done(), "answered before the standby had it"
+        await running
 
 
 async def test_a_wal_stream_that_is_no_standby_confirms_nothing(
