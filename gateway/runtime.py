@@ -91,7 +91,8 @@ class Runtime:
 async def _open_sso(
     config: Config, stores: Stores, db: Database
 ) -> tuple[SsoCodeStore, tuple[Callable[[], Awaitable[None]], ...]]:
-    """SSO codes live beside the sessions: in Redis when sessions do, else in the database."""
+    """SSO codes live beside the sessions on one Redis server (redis://, rediss://); with
+    Sentinel, a Cluster or sessions in the storage, in the database."""
     url = config.sessions.store
     if url.startswith(("redis://", "rediss://")):
         client = redis_backend.connect(url)

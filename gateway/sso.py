@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gateway.config.model import TenantConfig, sso_login_host
-from gateway.errors import StoreUnavailable
+from gateway.stores import redis as redis_backend
 from gateway.stores.base import SessionRecord, SessionStore, UserStore
 from gateway.stores.database import Database
 from gateway.stores.ids import hash_session_id, new_session_id
@@ -105,25 +105,27 @@ class SqlSsoCodes:
 
 
 class RedisSsoCodes:
-    """Codes in Redis under `<prefix>sso:<hash>`, expiring by TTL; GETDEL consumes them."""
+    """Codes in Redis under `<prefix>sso:<hash>`, expiring by TTL; GETDEL consumes them.
+    Each call within the store deadline and behind the client's circuit breaker, as
+    every other Redis store call is (a hung Redis is a 503 in bounded time, then at
+    once)."""
 
     def __init__(self, client: Any, prefix: str = "authgate:") -> None:
         self._r = client  # redis.asyncio.Redis with decode_responses=True
         self._p = prefix
+        self._breaker = redis_backend.breaker_of(client)
 
     async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None:
         ttl_ms = max(1, int(ttl * 1000))
         value = json.dumps([grant.tenant, grant.session_tag, grant.target_host, grant.expires])
-        try:
-            await self._r.set(f"{self._p}sso:{code_hash}", value, px=ttl_ms, nx=True)
-        except Exception as exc:  # redis-py raises many kinds; all mean "no answer"
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        key = f"{self._p}sso:{code_hash}"
+        await redis_backend.guard(
+            lambda: self._r.set(key, value, px=ttl_ms, nx=True), self._breaker
+        )
 
     async def take(self, code_hash: str, now: float) -> SsoGrant | None:
-        try:
-            value = await self._r.getdel(f"{self._p}sso:{code_hash}")
-        except Exception as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        key = f"{self._p}sso:{code_hash}"
+        value = await redis_backend.guard(lambda: self._r.getdel(key), self._breaker)
         if value is None:
             return None
         tenant, tag, host, expires = json.loads(value)

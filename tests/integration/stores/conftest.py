@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.sso import RedisSsoCodes, SqlSsoCodes
 from gateway.stores.database import Database
 from gateway.stores.postgres import open_postgres
 from gateway.stores.redis import RedisEventBus, RedisRateLimiter, RedisSessionStore
@@ -82,6 +83,12 @@ class Backend:
             return RedisRateLimiter(self.client, self.prefix, clock)
         assert self.db is not None
         return SqlRateLimiter(self.db, clock)
+
+    def sso_codes(self) -> SqlSsoCodes | RedisSsoCodes:
+        if self.client is not None:
+            return RedisSsoCodes(self.client, self.prefix)
+        assert self.db is not None
+        return SqlSsoCodes(self.db)
 
     def events(self, db: Database | None = None) -> SqlEventBus | RedisEventBus:
         if self.client is not None:
