@@ -38,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway import replica_wait
 from gateway.config.model import Config, IPNetwork, RouteConfig, TenantConfig
 from gateway.reserved import ReservedRequest
 from gateway.stores import SessionStore, Stores
@@ -388,6 +389,7 @@ class Metrics:
         dropped = CollectorRegistry(auto_describe=False)
         dropped.register(_DroppedLogRecords())
         dropped.register(_Circuits())
+        dropped.register(_Unconfirmed())
         return body + generate_latest(dropped)
 
     async def _active(self) -> tuple[tuple[str, int], ...]:
@@ -486,6 +488,21 @@ class _Circuits(Collector):
             opened.add_metric((name,), count_opened)
         yield open_now
         yield opened
+
+
+class _Unconfirmed(Collector):
+    """Revocations answered before their replicas had them (gateway.replica_wait)."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "authgate_revocations_unconfirmed",
+            "Revocations answered without the replicas `wait_replicas` asks for having them"
+            " (a failover now could undo them), by store (the scraped worker).",
+            labels=("store",),
+        )
+        for store, count in sorted(replica_wait.unconfirmed.items()):
+            family.add_metric((store,), count)
+        yield family
 
 
 T = TypeVar("T")

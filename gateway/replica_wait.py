@@ -29,3 +29,12 @@ def without_option(url: str) -> str:
         return url
     kept = [part for part in query.split("&") if part.split("=", 1)[0] != OPTION]
     return f"{base}?{'&'.join(kept)}" if kept else base
+
+
+# By store: revocations answered without the replicas asked for having them, in this
+# process (read by gateway.metrics: an alert, where the log line is only a line).
+unconfirmed: dict[str, int] = {}
+
+
+def note_unconfirmed(store: str) -> None:
+    unconfirmed[store] = unconfirmed.get(store, 0) + 1

@@ -30,7 +30,7 @@ import asyncpg
 
 from gateway import replica_wait
 from gateway.errors import StoreUnavailable
-from gateway.replica_wait import REPLICA_WAIT_MS, without_option
+from gateway.replica_wait import REPLICA_WAIT_MS, note_unconfirmed, without_option
 from gateway.stores.base import AlreadyExists, SchemaOutdated
 from gateway.stores.breaker import Breaker, watched
 from gateway.stores.database import Row, nested_transaction
@@ -306,6 +306,7 @@ class PostgresDatabase:
         have, hidden = seen
         if have >= self._replicas:
             return
+        note_unconfirmed("postgresql")
         log.warning(
             "postgresql: a revocation is not confirmed on %d standby(s) within %d ms"
             " (%d had it%s); it holds unless the primary fails before they have it",

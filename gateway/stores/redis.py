@@ -48,7 +48,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnec
 from redis.backoff import NoBackoff
 
 from gateway.errors import StoreFull, StoreUnavailable
-from gateway.replica_wait import REPLICA_WAIT_MS
+from gateway.replica_wait import REPLICA_WAIT_MS, note_unconfirmed
 from gateway.stores.base import RESYNC, Ban, Callback, SessionRecord
 from gateway.stores.breaker import Breaker, watched
 from gateway.stores.redis_urls import (
@@ -1003,6 +1003,7 @@ class RedisSessionStore(_Guarded):
                     f"redis: revocation not confirmed: {type(outcome).__name__}: {outcome}"
                 )
         if any(isinstance(n, Exception) or n < self._replicas for n in acked):
+            note_unconfirmed("redis")
             log.warning(
                 "a revocation is not confirmed on %d replica(s) within %d ms (WAIT answered:"
                 " %s); it holds unless the master fails before they have it",

@@ -34,6 +34,7 @@ from gateway.stores.credentials import SqlCredentialStore
 from gateway.stores.postgres import PostgresDatabase, migrate, open_postgres
 from gateway.stores.sql import SqlApiKeyStore, SqlKeyStore, SqlSessionStore
 from tests.integration.servers import PostgresPair, start_postgres_pair, start_redis
+from tests.integration.test_revocation_replicated import unconfirmed_counted
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -237,6 +238,7 @@ async def test_a_standby_that_never_catches_up_delays_a_revocation_by_the_bound_
         key = ApiKey("k1", "acme", "u1", "ci", "agk_x", secrets.token_hex(32), time.time(), None)
         await keys.create(key)
         record = await created(pair, store)
+        before = unconfirmed_counted("postgresql")
         with caplog.at_level(logging.WARNING, logger="authgate.stores.postgres"):
             with receiver_stopped(pair):
                 started = time.monotonic()
@@ -245,6 +247,7 @@ async def test_a_standby_that_never_catches_up_delays_a_revocation_by_the_bound_
                 took = time.monotonic() - started
         assert took >= 2 * WAIT, took
         assert caplog.text.count("a revocation is not confirmed on 1 standby(s)") == 2
+        assert unconfirmed_counted("postgresql") == before + 2  # what an alert sees
         assert await store.get(record.id_hash) is None
         assert (await keys.get_by_hash(key.key_hash)).revoked  # type: ignore[union-attr]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import signal
 import time
@@ -24,10 +25,12 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
 from redis.crc import key_slot
 
 from gateway.config.model import Config, SessionsConfig
 from gateway.errors import StoreUnavailable
+from gateway.metrics import _Unconfirmed
 from gateway.stores import Stores, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import REPLICA_WAIT_MS
@@ -184,6 +187,15 @@ async def test_logout_log_out_everywhere_and_rotation_wait_for_a_replica(
     assert not on(replica, old)
 
 
+def unconfirmed_counted(store: str) -> float:
+    """`authgate_revocations_unconfirmed_total{store=...}`, as a scrape shows it."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Unconfirmed())
+    text = generate_latest(registry).decode()
+    found = re.search(rf'authgate_revocations_unconfirmed_total\{{store="{store}"\}} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
 async def test_a_replica_that_never_answers_delays_a_logout_by_the_bound_and_is_reported(
     master_and_replica: tuple[RedisServer, RedisServer],
     tmp_path: Path,
@@ -194,6 +206,7 @@ async def test_a_replica_that_never_answers_delays_a_logout_by_the_bound_and_is_
     try:
         session = record()
         await stores.sessions.create(session)
+        before = unconfirmed_counted("redis")
         with held(replica), caplog.at_level(logging.WARNING):
             started = time.monotonic()
             assert await stores.sessions.revoke(session.id_hash) is True
@@ -202,6 +215,7 @@ async def test_a_replica_that_never_answers_delays_a_logout_by_the_bound_and_is_
         assert took < 3, "a revocation must not hang on a replica that does not answer"
         assert not on(master, session)
         assert "not confirmed on 1 replica(s)" in caplog.text
+        assert unconfirmed_counted("redis") == before + 1
     finally:
         await stores.close()
 
