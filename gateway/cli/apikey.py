@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -18,6 +19,7 @@ from gateway.cli.user import (
 )
 from gateway.config.durations import parse_duration
 from gateway.config.model import Config
+from gateway.errors import StoreUnavailable
 from gateway.stores import REVOCATIONS, ApiKey, Stores, api_key_revoked, new_id
 from gateway.stores.ids import api_key_display_prefix, hash_api_key, new_api_key
 
@@ -130,6 +132,11 @@ async def revoke_key(stores: Stores, key_id: str) -> bool:
     not when its 5 s cache entry ends. False when it was revoked already (or is gone)."""
     try:
         revoked = await stores.apikeys.revoke(key_id)
-    finally:  # also when the store failed: it may be done but not confirmed
-        await stores.events.publish(REVOCATIONS, api_key_revoked(key_id))
+    except StoreUnavailable:
+        # It may be done but not confirmed: told all the same, and the store's own
+        # error is what the caller hears (a bus on the same lost server fails too).
+        with contextlib.suppress(StoreUnavailable):
+            await stores.events.publish(REVOCATIONS, api_key_revoked(key_id))
+        raise
+    await stores.events.publish(REVOCATIONS, api_key_revoked(key_id))
     return revoked

@@ -285,9 +285,19 @@ class PostgresDatabase:
             with watched(self._breaker, _is_outage, success=None):
                 conn = await self._pool.acquire(timeout=COMMAND_TIMEOUT)
             try:
+                wrote = False
                 async with conn.transaction():
                     yield _Connection(conn, self._reconnect, self._breaker)
-                if replicated and self._replicas:
+                    if replicated and self._replicas:
+                        # A transaction that wrote nothing (a code not found, so not
+                        # taken) has nothing to confirm: it must not hold a connection
+                        # for the wait, nor warn, for anyone who sends unknown codes.
+                        wrote = await _guard(
+                            lambda: conn.fetchval("SELECT txid_current_if_assigned() IS NOT NULL"),
+                            self._reconnect,
+                            self._breaker,
+                        )
+                if wrote:
                     seen = await _guard(
                         lambda: _standbys_after(conn, self._replicas),
                         self._reconnect,
@@ -308,7 +318,8 @@ class PostgresDatabase:
             return
         note_unconfirmed("postgresql")
         log.warning(
-            "postgresql: a revocation is not confirmed on %d standby(s) within %d ms"
+            "postgresql: a revocation (a write that takes access away) is not confirmed on %d"
+            " standby(s) within %d ms"
             " (%d had it%s); it holds unless the primary fails before they have it",
             self._replicas,
             REPLICA_WAIT_MS,
