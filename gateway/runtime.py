@@ -37,7 +37,7 @@ from gateway.secretbox import SecretBox, load_secret_box
 from gateway.server import GatewayServer
 from gateway.sessions import SessionManager, fingerprint
 from gateway.signing import REFRESH_INTERVAL, JwtSigner, SigningError
-from gateway.sso import RedisSsoCodes, SqlSsoCodes, SsoCodes, SsoCodeStore
+from gateway.sso import SqlSsoCodes, SsoCodes
 from gateway.stores import (
     REVOCATIONS,
     EventBus,
@@ -46,8 +46,6 @@ from gateway.stores import (
     open_stores,
     user_sessions_revoked,
 )
-from gateway.stores import redis as redis_backend
-from gateway.stores.database import Database
 from gateway.tenant_store import TenantRefresher, TenantStore
 from gateway.users_file import LayeredUserStore, load_users_files, with_users_files
 from gateway.watch import Signature, signatures, start_watching
@@ -88,18 +86,6 @@ class Runtime:
         await self.stores.close()
 
 
-async def _open_sso(
-    config: Config, stores: Stores, db: Database
-) -> tuple[SsoCodeStore, tuple[Callable[[], Awaitable[None]], ...]]:
-    """SSO codes live beside the sessions on one Redis server (redis://, rediss://); with
-    Sentinel, a Cluster or sessions in the storage, in the database."""
-    url = config.sessions.store
-    if url.startswith(("redis://", "rediss://")):
-        client = redis_backend.connect(url)
-        return RedisSsoCodes(client), (client.aclose,)
-    return SqlSsoCodes(db), ()
-
-
 async def open_runtime(
     config: Config, geo: GeoService | None = None, metrics: Metrics | None = None
 ) -> Runtime:
@@ -138,11 +124,12 @@ async def open_runtime(
     # The stores keep their database to themselves; tenants and SSO codes get their own
     # connection to the same storage.
     db = await open_database(config)
-    sso_codes, sso_closers = await _open_sso(config, stores, db)
+    # Beside the sessions: in Redis when they are, else in the database.
+    sso_codes = stores.sso_codes if stores.sso_codes is not None else SqlSsoCodes(db)
     geo = geo if geo is not None else GeoService(config.geoip, None)
     audit = AuditTrail(stores.audit, retention=config.audit.retention)
     await audit.start()
-    closers: tuple[Callable[[], Awaitable[None]], ...] = (*sso_closers, db.close)
+    closers: tuple[Callable[[], Awaitable[None]], ...] = (db.close,)
     if layered is not None:
         closers += (_follow_users_files(config, layered, stores.events, users_files_read_as),)
     return Runtime(

@@ -15,23 +15,21 @@ or tenant than it was issued for is burned and refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
 
 from gateway.config.model import TenantConfig, sso_login_host
-from gateway.stores import redis as redis_backend
 from gateway.stores.base import SessionRecord, SessionStore, UserStore
-from gateway.stores.database import Database
 from gateway.stores.ids import hash_session_id, new_session_id
+from gateway.stores.redis import RedisSsoCodeStore
+from gateway.stores.sso_codes import SqlSsoCodes, SsoCodeStore, SsoGrant
 
 __all__ = [
     "CODE_TTL",
-    "RedisSsoCodes",
+    "RedisSsoCodeStore",
     "SqlSsoCodes",
     "SsoCodeStore",
     "SsoCodes",
@@ -46,94 +44,6 @@ CODE_TTL = 60.0  # seconds; a hand-off is two redirects, so this is generous
 _CODE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class SsoGrant:
-    """What a code stands for: a live session of `tenant`, handed to `target_host`."""
-
-    tenant: str
-    session_tag: str  # the id hash of the source session (a hash, never a cookie value)
-    target_host: str
-    expires: float
-
-
-class SsoCodeStore(Protocol):
-    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None: ...
-
-    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
-        """Remove and return the grant in one atomic step; None when unknown or expired."""
-
-    async def prune(self, now: float) -> int: ...
-
-
-class SqlSsoCodes:
-    """Codes in the storage database (`sso_codes`, schema 4)."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None:
-        await self._db.execute(
-            "INSERT INTO sso_codes (code_hash, tenant, session_tag, target_host, expires)"
-            " VALUES (?, ?, ?, ?, ?)",
-            code_hash,
-            grant.tenant,
-            grant.session_tag,
-            grant.target_host,
-            grant.expires,
-        )
-
-    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
-        # Replicated: a code taken must not be taken again after a failover.
-        async with self._db.transaction(replicated=True) as tx:
-            row = await tx.fetchone(
-                "SELECT tenant, session_tag, target_host, expires FROM sso_codes"
-                " WHERE code_hash = ?",
-                code_hash,
-            )
-            if row is None:
-                return None
-            # Only the request whose DELETE removed the row may use it.
-            if await tx.execute("DELETE FROM sso_codes WHERE code_hash = ?", code_hash) != 1:
-                return None
-        grant = SsoGrant(str(row[0]), str(row[1]), str(row[2]), float(row[3]))
-        return grant if grant.expires > now else None
-
-    async def prune(self, now: float) -> int:
-        return await self._db.execute("DELETE FROM sso_codes WHERE expires <= ?", now)
-
-
-class RedisSsoCodes:
-    """Codes in Redis under `<prefix>sso:<hash>`, expiring by TTL; GETDEL consumes them.
-    Each call within the store deadline and behind the client's circuit breaker, as
-    every other Redis store call is (a hung Redis is a 503 in bounded time, then at
-    once)."""
-
-    def __init__(self, client: Any, prefix: str = "authgate:") -> None:
-        self._r = client  # redis.asyncio.Redis with decode_responses=True
-        self._p = prefix
-        self._breaker = redis_backend.breaker_of(client)
-
-    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None:
-        ttl_ms = max(1, int(ttl * 1000))
-        value = json.dumps([grant.tenant, grant.session_tag, grant.target_host, grant.expires])
-        key = f"{self._p}sso:{code_hash}"
-        await redis_backend.guard(
-            lambda: self._r.set(key, value, px=ttl_ms, nx=True), self._breaker
-        )
-
-    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
-        key = f"{self._p}sso:{code_hash}"
-        value = await redis_backend.guard(lambda: self._r.getdel(key), self._breaker)
-        if value is None:
-            return None
-        tenant, tag, host, expires = json.loads(value)
-        grant = SsoGrant(str(tenant), str(tag), str(host), float(expires))
-        return grant if grant.expires > now else None
-
-    async def prune(self, now: float) -> int:
-        return 0  # Redis expires the keys itself
 
 
 @dataclass(frozen=True)

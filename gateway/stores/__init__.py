@@ -58,6 +58,7 @@ from gateway.stores.sql import (
     SqlUserStore,
 )
 from gateway.stores.sqlite import open_sqlite, path_from_url
+from gateway.stores.sso_codes import SsoCodeStore
 
 __all__ = [
     "REVOCATIONS",
@@ -108,6 +109,9 @@ class Stores:
     # The clock every instance shares (gateway.clock): which server, and how to read it.
     time_reference: str = "local"
     time_source: Callable[[], Awaitable[float]] | None = None  # None: the local clock
+    # Single-use codes beside the sessions when they are in Redis (None: the database's,
+    # which the runtime opens on a connection of its own).
+    sso_codes: SsoCodeStore | None = None
 
     async def ping(self) -> bool:
         """Readiness: every backing server answers."""
@@ -240,4 +244,7 @@ async def open_stores(config: Config, *, clock: Clock = time.time) -> Stores:
         _closers=(handle.close, db.close),
         time_reference="redis",
         time_source=redis_source(client),
+        sso_codes=redis_backend.RedisSsoCodeStore(
+            client, prefix, wait_replicas=handle.target.wait_replicas
+        ),
     )

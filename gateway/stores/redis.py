@@ -10,6 +10,8 @@ installed). Layout under a key prefix (default `authgate:`):
   entries of gone sessions are removed lazily and by `prune_expired`;
 - `rl:{<key>}:<window_s>:<start>` fixed-window counters, `rlw:{<key>}` the windows
   a key uses (so `clear` needs no SCAN), `ban:{<key>}` bans.
+- `sso:<code_hash>` single-use codes (SSO hand-offs, WebAuthn challenges), expiring
+  by TTL.
 
 Cluster safety: a script or transaction only ever touches keys of one hash slot,
 named in KEYS. The rate-limit keys of one limiter key share the hash tag `{<key>}`,
@@ -21,8 +23,8 @@ exists before the old one is deleted), which keeps "log out everywhere" complete
 without a cross-slot transaction.
 
 Revocations outlive a failover: with `wait_replicas` (see `redis_urls`) every deletion
-of a session is followed by WAIT on the connection that carried it, so it is answered
-as done only once a replica has it.
+of a session or a single-use code is followed by WAIT on the connection that carried
+it, so it is answered as done only once a replica has it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from gateway.stores.redis_urls import (
     for_redis_py,
     parse_redis_url,
 )
+from gateway.stores.sso_codes import SsoGrant
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -829,7 +832,99 @@ async def _place(cluster: RedisCluster) -> AsyncIterator[None]:
         places.release()
 
 
-class RedisSessionStore(_Guarded):
+class _Revoking(_Guarded):
+    """A store whose deletions take access away (sessions, single-use codes): with
+    `wait_replicas`, a deletion is answered only once that many replicas have it."""
+
+    def __init__(self, client: Any, prefix: str, wait_replicas: int) -> None:
+        super().__init__(client)
+        self._p = _check_prefix(prefix)
+        self._replicas = wait_replicas
+
+    async def _delete_replicated(self, keys: Sequence[str]) -> int:
+        """DEL `keys`, one key per command (each may live in another slot); returns how
+        many existed. With `wait_replicas`, answers only once that many replicas have
+        the deletions, or after REPLICA_WAIT_MS with a warning. WAIT waits for the
+        master's replication offset as its connection last saw it, so it follows the
+        deletions on their connection, on the master that made them (a pipeline sends
+        what goes to one node over one)."""
+        if self._cluster is not None:
+            if self._replicas:
+                return await self._delete_in_cluster(keys)
+            return _deletions(await self._pipelined(keys, _delete))
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.delete(key)
+        if self._replicas:
+            pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
+        # A connection lost raises here, and redis-py sends the whole pipeline again.
+        results: Sequence[Any] = await self._guard(lambda: _answers(pipe))
+        deleted = _deletions(results[: len(keys)])
+        self._check_acked(results[len(keys) :])
+        return deleted
+
+    async def _delete_in_cluster(self, keys: Sequence[str]) -> int:
+        """Each DEL goes to the master the client maps its key to, with a WAIT behind it
+        on that master's connection. Both are sent straight to the master's node, never
+        through redis-py's cluster pipeline: that one redirects a DEL (MOVED, ASK) onto
+        another connection, one the WAIT does not count, and its retry after a lost
+        connection sends a WAIT that had one target by the WAIT's own routing, to any
+        master, which counts no write and answers at once. Here a key answered MOVED,
+        ASK or TRYAGAIN is deleted in a further round at the node named, and the keys of
+        a master whose connection broke are deleted and waited for again on that
+        master, on a new connection (Redis 7 moves a connection's WAIT offset to the
+        master's after every command, so a DEL that finds nothing still waits for the
+        first one)."""
+        count = 0
+        todo: dict[str, tuple[Any, bool]] = {k: (_node_of(self._r, k), False) for k in keys}
+        lost: BaseException | None = None
+        resend: set[str] = set()  # keys whose first DEL may have run unconfirmed
+        for _ in range(_CLUSTER_ROUNDS):
+            rounds = _ClusterRound(todo, self._replicas, self._p, resend)
+            await rounds.send(self._r)
+            count += rounds.deleted
+            self._check_acked(rounds.acked)
+            if not rounds.again:
+                return count
+            for key, (where, _) in rounds.again.items():
+                if where is None:  # MOVED or ASK to a node the client does not know
+                    raise StoreUnavailable(f"redis: a redirection of {key!r} names an unknown node")
+            todo = rounds.again
+            if rounds.lost is not None:
+                lost = rounds.lost
+                resend |= set(rounds.again)
+            if rounds.migrating:
+                await asyncio.sleep(_TRYAGAIN_PAUSE)  # as redis-py does, not at once
+        if lost is not None:
+            raise StoreUnavailable(
+                f"redis: revocation not confirmed: {type(lost).__name__}: {lost}"
+            ) from lost
+        raise StoreUnavailable("redis: a session's slot keeps moving; revocation not confirmed")
+
+    def _check_acked(self, acked: Sequence[Any]) -> None:
+        """The WAIT replies of masters that deleted something. A connection lost while
+        waiting is a master lost perhaps before its replicas had the deletion: not done.
+        A WAIT refused (an ACL without it) or short of replicas weakens only what a
+        failover keeps, so it is reported, not failed on."""
+        for outcome in acked:
+            if isinstance(outcome, Exception) and not isinstance(
+                outcome, redis.exceptions.ResponseError
+            ):
+                raise StoreUnavailable(
+                    f"redis: revocation not confirmed: {type(outcome).__name__}: {outcome}"
+                )
+        if any(isinstance(n, Exception) or n < self._replicas for n in acked):
+            note_unconfirmed("redis")
+            log.warning(
+                "a revocation is not confirmed on %d replica(s) within %d ms (WAIT answered:"
+                " %s); it holds unless the master fails before they have it",
+                self._replicas,
+                REPLICA_WAIT_MS,
+                ", ".join(map(str, acked)),
+            )
+
+
+class RedisSessionStore(_Revoking):
     def __init__(
         self,
         client: Any,
@@ -838,10 +933,8 @@ class RedisSessionStore(_Guarded):
         *,
         wait_replicas: int = 0,
     ) -> None:
-        super().__init__(client)
-        self._p = _check_prefix(prefix)
+        super().__init__(client, prefix, wait_replicas)
         self._clock = clock
-        self._replicas = wait_replicas
         self._create = client.register_script(_CREATE)
         self._touch = client.register_script(_TOUCH)
         self._index_add = client.register_script(_INDEX_ADD)
@@ -930,88 +1023,6 @@ class RedisSessionStore(_Guarded):
                 await self._guard(lambda h=held, i=ids: self._r.srem(h, *i), held)  # type: ignore[misc]
         return count
 
-    async def _delete_replicated(self, keys: Sequence[str]) -> int:
-        """DEL `keys`, one key per command (each may live in another slot); returns how
-        many existed. With `wait_replicas`, answers only once that many replicas have
-        the deletions, or after REPLICA_WAIT_MS with a warning. WAIT waits for the
-        master's replication offset as its connection last saw it, so it follows the
-        deletions on their connection, on the master that made them (a pipeline sends
-        what goes to one node over one)."""
-        if self._cluster is not None:
-            if self._replicas:
-                return await self._delete_in_cluster(keys)
-            return _deletions(await self._pipelined(keys, _delete))
-        pipe = self._r.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(key)
-        if self._replicas:
-            pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
-        # A connection lost raises here, and redis-py sends the whole pipeline again.
-        results: Sequence[Any] = await self._guard(lambda: _answers(pipe))
-        deleted = _deletions(results[: len(keys)])
-        self._check_acked(results[len(keys) :])
-        return deleted
-
-    async def _delete_in_cluster(self, keys: Sequence[str]) -> int:
-        """Each DEL goes to the master the client maps its key to, with a WAIT behind it
-        on that master's connection. Both are sent straight to the master's node, never
-        through redis-py's cluster pipeline: that one redirects a DEL (MOVED, ASK) onto
-        another connection, one the WAIT does not count, and its retry after a lost
-        connection sends a WAIT that had one target by the WAIT's own routing, to any
-        master, which counts no write and answers at once. Here a key answered MOVED,
-        ASK or TRYAGAIN is deleted in a further round at the node named, and the keys of
-        a master whose connection broke are deleted and waited for again on that
-        master, on a new connection (Redis 7 moves a connection's WAIT offset to the
-        master's after every command, so a DEL that finds nothing still waits for the
-        first one)."""
-        count = 0
-        todo: dict[str, tuple[Any, bool]] = {k: (_node_of(self._r, k), False) for k in keys}
-        lost: BaseException | None = None
-        resend: set[str] = set()  # keys whose first DEL may have run unconfirmed
-        for _ in range(_CLUSTER_ROUNDS):
-            rounds = _ClusterRound(todo, self._replicas, self._p, resend)
-            await rounds.send(self._r)
-            count += rounds.deleted
-            self._check_acked(rounds.acked)
-            if not rounds.again:
-                return count
-            for key, (where, _) in rounds.again.items():
-                if where is None:  # MOVED or ASK to a node the client does not know
-                    raise StoreUnavailable(f"redis: a redirection of {key!r} names an unknown node")
-            todo = rounds.again
-            if rounds.lost is not None:
-                lost = rounds.lost
-                resend |= set(rounds.again)
-            if rounds.migrating:
-                await asyncio.sleep(_TRYAGAIN_PAUSE)  # as redis-py does, not at once
-        if lost is not None:
-            raise StoreUnavailable(
-                f"redis: revocation not confirmed: {type(lost).__name__}: {lost}"
-            ) from lost
-        raise StoreUnavailable("redis: a session's slot keeps moving; revocation not confirmed")
-
-    def _check_acked(self, acked: Sequence[Any]) -> None:
-        """The WAIT replies of masters that deleted something. A connection lost while
-        waiting is a master lost perhaps before its replicas had the deletion: not done.
-        A WAIT refused (an ACL without it) or short of replicas weakens only what a
-        failover keeps, so it is reported, not failed on."""
-        for outcome in acked:
-            if isinstance(outcome, Exception) and not isinstance(
-                outcome, redis.exceptions.ResponseError
-            ):
-                raise StoreUnavailable(
-                    f"redis: revocation not confirmed: {type(outcome).__name__}: {outcome}"
-                )
-        if any(isinstance(n, Exception) or n < self._replicas for n in acked):
-            note_unconfirmed("redis")
-            log.warning(
-                "a revocation is not confirmed on %d replica(s) within %d ms (WAIT answered:"
-                " %s); it holds unless the master fails before they have it",
-                self._replicas,
-                REPLICA_WAIT_MS,
-                ", ".join(map(str, acked)),
-            )
-
     async def _members(self, index: str) -> list[SessionRecord]:
         ids = sorted(await self._guard(lambda: self._r.smembers(index), index))
         if not ids:
@@ -1077,6 +1088,38 @@ async def _scan(client: Any, pattern: str) -> Any:
             yield key
     except _DRIVER_ERRORS as exc:
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+# --- single-use codes --------------------------------------------------------
+
+
+class RedisSsoCodeStore(_Revoking):
+    """Codes (SSO hand-offs, WebAuthn challenges) under `<prefix>sso:<hash>`, expiring
+    by TTL, on the sessions' client (its breakers, per master on a Cluster). Taken by
+    GETDEL; with `wait_replicas`, by GET and a confirmed DEL instead (the DEL that
+    deleted decides who took it, as in the database), so that a code taken is not
+    there again after a failover."""
+
+    async def put(self, code_hash: str, grant: SsoGrant, ttl: float) -> None:
+        key, ttl_ms = f"{self._p}sso:{code_hash}", max(1, int(ttl * 1000))
+        value = grant.encoded()
+        await self._guard(lambda: self._r.set(key, value, px=ttl_ms, nx=True), key)
+
+    async def take(self, code_hash: str, now: float) -> SsoGrant | None:
+        key = f"{self._p}sso:{code_hash}"
+        if self._replicas:
+            value = await self._guard(lambda: self._r.get(key), key)
+            if value is None or not await self._delete_replicated([key]):
+                return None
+        else:
+            value = await self._guard(lambda: self._r.getdel(key), key)
+            if value is None:
+                return None
+        grant = SsoGrant.decoded(value)
+        return grant if grant.expires > now else None
+
+    async def prune(self, now: float) -> int:
+        return 0  # Redis expires the keys itself
 
 
 # --- rate limiting -----------------------------------------------------------

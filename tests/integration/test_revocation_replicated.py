@@ -34,6 +34,7 @@ from gateway.metrics import _Unconfirmed
 from gateway.stores import Stores, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import REPLICA_WAIT_MS
+from gateway.stores.sso_codes import SsoGrant
 from tests.integration.relay import Relay
 from tests.integration.servers import (
     RedisCluster,
@@ -185,6 +186,31 @@ async def test_logout_log_out_everywhere_and_rotation_wait_for_a_replica(
         await answered_only_after_the_replica(replica, rotation)
     assert await asyncio.wait_for(rotation, 2) is True
     assert not on(replica, old)
+
+
+async def test_a_single_use_code_taken_waits_for_a_replica_and_one_taker_wins(
+    deployment: tuple[Stores, RedisServer],
+) -> None:
+    """An SSO hand-off code (or a WebAuthn challenge) kept beside the sessions: taking
+    it is answered only once a replica has the deletion, or a failover would hand the
+    code out again; of many takers at once, one wins."""
+    stores, replica = deployment
+    codes = stores.sso_codes
+    assert codes is not None, "with sessions in Redis, codes live there too"
+    grant = SsoGrant("acme", "tag", "app.test", time.time() + 60)
+    await codes.put("code-1", grant, 60)
+    await codes.put("code-2", grant, 60)
+    for _ in range(100):  # the replica has both before the hold
+        if "code-2" in redis_cli(replica.port, "keys", "authgate:sso:*"):
+            break
+        await asyncio.sleep(0.02)
+    with held(replica):
+        taking = asyncio.ensure_future(codes.take("code-1", time.time()))
+        await answered_only_after_the_replica(replica, taking)
+    assert await asyncio.wait_for(taking, 2) == grant
+    assert "code-1" not in redis_cli(replica.port, "keys", "authgate:sso:*")
+    taken = await asyncio.gather(*(codes.take("code-2", time.time()) for _ in range(20)))
+    assert [t for t in taken if t is not None] == [grant]
 
 
 def unconfirmed_counted(store: str) -> float:

@@ -21,12 +21,14 @@ from gateway.config.model import (
     PasswordsConfig,
     RouteConfig,
     ServerConfig,
+    SessionsConfig,
     TenantConfig,
 )
 from gateway.extensions import default_extensions
 from gateway.identity.passwords import PasswordHasher
 from gateway.sso import SqlSsoCodes, SsoCodes
 from gateway.stores import User, new_id, open_database, open_stores
+from tests.conftest import REDIS_URL
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway
 from tests.slow_stores import GatedUsers
@@ -95,11 +97,21 @@ class Site:
         return Browser(self.base, self.client, host=host)
 
 
-@pytest.fixture
+@pytest.fixture(params=["storage", pytest.param("redis", marks=pytest.mark.redis)])
 async def site(
-    tmp_path: Path, upstream: TestServer, start_gateway: StartGateway, client: aiohttp.ClientSession
+    tmp_path: Path,
+    upstream: TestServer,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+    request: pytest.FixtureRequest,
 ) -> Site:
+    """Sessions, and so the hand-off codes, in the database or in Redis."""
     config = two_tenants(tmp_path, str(upstream.make_url("")))
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        config = dataclasses.replace(
+            config, sessions=SessionsConfig(store=REDIS_URL, redis_prefix=prefix)
+        )
     base = await start_gateway(config, tuple(default_extensions()))
     await add_user(config, "acme", "alice")
     await add_user(config, "globex", "bob")

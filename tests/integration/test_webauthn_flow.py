@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import Config
+from gateway.config.model import Config, SessionsConfig
 from gateway.extensions import default_extensions
+from tests.conftest import REDIS_URL
 from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.soft_authenticator import SoftAuthenticator
@@ -47,11 +48,23 @@ class Site:
         return Browser(self.base, self.client)
 
 
-@pytest.fixture
-async def site(tmp_path: Path, upstream: TestServer, start_gateway: StartGateway) -> Site:
+@pytest.fixture(params=["storage", pytest.param("redis", marks=pytest.mark.redis)])
+async def site(
+    tmp_path: Path,
+    upstream: TestServer,
+    start_gateway: StartGateway,
+    request: pytest.FixtureRequest,
+) -> Site:
+    """A gateway with sessions, and so the WebAuthn challenges, in the database or in
+    Redis (each a single-use code store of its own)."""
     config = dataclasses.replace(
         make_config(tmp_path, str(upstream.make_url("")), policy=POLICY), passwords=CHEAP
     )
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        config = dataclasses.replace(
+            config, sessions=SessionsConfig(store=REDIS_URL, redis_prefix=prefix)
+        )
     await add_user(config, "alice")
     await add_user(config, "bob")
     base = await start_gateway(config, tuple(default_extensions()))

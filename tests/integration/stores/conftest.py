@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.sso import RedisSsoCodes, SqlSsoCodes
+from gateway.sso import SqlSsoCodes
 from gateway.stores.database import Database
 from gateway.stores.postgres import open_postgres
-from gateway.stores.redis import RedisEventBus, RedisRateLimiter, RedisSessionStore
+from gateway.stores.redis import (
+    RedisEventBus,
+    RedisRateLimiter,
+    RedisSessionStore,
+    RedisSsoCodeStore,
+)
 from gateway.stores.sql import (
     SqlApiKeyStore,
     SqlAuditLog,
@@ -84,9 +89,9 @@ class Backend:
         assert self.db is not None
         return SqlRateLimiter(self.db, clock)
 
-    def sso_codes(self) -> SqlSsoCodes | RedisSsoCodes:
+    def sso_codes(self) -> SqlSsoCodes | RedisSsoCodeStore:
         if self.client is not None:
-            return RedisSsoCodes(self.client, self.prefix)
+            return RedisSsoCodeStore(self.client, self.prefix, 0)
         assert self.db is not None
         return SqlSsoCodes(self.db)
 

@@ -13,9 +13,10 @@ import time
 import pytest
 
 from gateway.errors import StoreUnavailable
-from gateway.sso import RedisSsoCodes, SsoGrant
+from gateway.sso import SsoGrant
 from gateway.stores import redis as redis_store
 from gateway.stores.breaker import CircuitOpen
+from gateway.stores.redis import RedisSsoCodeStore
 from tests.integration.servers import start_redis
 from tests.integration.stores.conftest import Backend
 
@@ -70,7 +71,7 @@ async def test_a_hung_redis_refuses_codes_in_bounded_time_then_at_once() -> None
     server = start_redis()
     client = redis_store.connect(f"redis://127.0.0.1:{server.port}/0")  # as the gateway's
     try:
-        codes = RedisSsoCodes(client)
+        codes = RedisSsoCodeStore(client, "authgate:", 0)
         await codes.put("c1", grant(), 60)
         assert server.process is not None
         os.kill(server.process.pid, signal.SIGSTOP)
