@@ -655,6 +655,15 @@ return 1
 """
 
 
+def _wait_refused(outcome: Exception) -> bool:
+    """WAIT denied to our user or unknown to the server: nothing is learned of the
+    replicas, but nothing says the deletion is in doubt."""
+    return isinstance(outcome, redis.exceptions.NoPermissionError) or (
+        isinstance(outcome, redis.exceptions.ResponseError)
+        and str(outcome).lower().startswith("unknown command")
+    )
+
+
 async def _answers(pipe: Any) -> list[Any]:
     """The pipeline's replies, reply errors among them (a WAIT refused is reported, not
     failed on); an outage among them is raised, so that its breaker counts it."""
@@ -903,13 +912,14 @@ class _Revoking(_Guarded):
 
     def _check_acked(self, acked: Sequence[Any]) -> None:
         """The WAIT replies of masters that deleted something. A connection lost while
-        waiting is a master lost perhaps before its replicas had the deletion: not done.
-        A WAIT refused (an ACL without it) or short of replicas weakens only what a
+        waiting is a master lost perhaps before its replicas had the deletion: not done;
+        so is any other error, such as the one a master demoted during the WAIT answers
+        (`UNBLOCKED … master -> replica`): its deletion may be lost with it, and a code
+        taken there could be taken again. Only a WAIT the server will not run (an ACL
+        without it, a proxy that lacks it) or one short of replicas weakens only what a
         failover keeps, so it is reported, not failed on."""
         for outcome in acked:
-            if isinstance(outcome, Exception) and not isinstance(
-                outcome, redis.exceptions.ResponseError
-            ):
+            if isinstance(outcome, Exception) and not _wait_refused(outcome):
                 raise StoreUnavailable(
                     f"redis: revocation not confirmed: {type(outcome).__name__}: {outcome}"
                 )

@@ -93,6 +93,20 @@ def redis_cli(port: int, *args: str) -> str:
     return done.stdout
 
 
+def replica_has(port: int, key: str) -> bool:
+    """Whether the Cluster replica on `port` holds `key` (read there: READONLY)."""
+    _, cli = require_redis()
+    done = subprocess.run(
+        [cli, "-h", "127.0.0.1", "-p", str(port)],
+        input=f"READONLY\nEXISTS {key}\n",
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return done.stdout.split()[-1:] == ["1"]
+
+
 # --- redis-server ----------------------------------------------------------------
 
 

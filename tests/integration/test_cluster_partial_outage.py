@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from gateway.stores.redis import COMMAND_TIMEOUT
 from tests.integration.servers import (
     RedisCluster,
     redis_cli,
-    require_redis,
+    replica_has,
     start_cluster,
     start_sentinel_group,
 )
@@ -52,20 +51,6 @@ def cluster() -> Iterator[RedisCluster]:
         yield started
     finally:
         started.stop()
-
-
-def replica_has(port: int, key: str) -> bool:
-    """Whether the Cluster replica on `port` holds `key` (read there: READONLY)."""
-    _, cli = require_redis()
-    done = subprocess.run(
-        [cli, "-h", "127.0.0.1", "-p", str(port)],
-        input=f"READONLY\nEXISTS {key}\n",
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    return done.stdout.split()[-1:] == ["1"]
 
 
 def session() -> SessionRecord:

@@ -40,6 +40,7 @@ from tests.integration.servers import (
     RedisCluster,
     RedisServer,
     redis_cli,
+    replica_has,
     start_cluster,
     start_redis,
     start_sentinel_group,
@@ -204,6 +205,8 @@ async def test_a_single_use_code_taken_waits_for_a_replica_and_one_taker_wins(
         if "code-2" in redis_cli(replica.port, "keys", "authgate:sso:*"):
             break
         await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the replica never had the codes")
     with held(replica):
         taking = asyncio.ensure_future(codes.take("code-1", time.time()))
         await answered_only_after_the_replica(replica, taking)
@@ -297,6 +300,44 @@ async def test_a_server_that_refuses_wait_still_revokes_and_reports_it(
         await stores.close()
 
 
+async def test_a_master_demoted_while_waiting_has_not_revoked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master is made a replica while a logout's WAIT blocks on it: WAIT answers an
+    error (`UNBLOCKED … master -> replica`), and the deletion may be lost with that
+    master, so the logout is not done (a 503), and a code taken so is not taken. Any
+    WAIT error used to be taken for one the server will not run (an ACL) and answered
+    as done; here the old code still failed, but only because redis-py sent the DEL
+    again to the demoted server (ReadOnlyError), while a review saw a code taken twice
+    in a like case. Now the WAIT's own error says so."""
+    monkeypatch.setattr("gateway.stores.redis.REPLICA_WAIT_MS", 20_000)
+    master = start_redis()
+    replica = start_redis(options=("--replicaof", "127.0.0.1", str(master.port)))
+    stores = None
+    try:
+        wait_until_replica(replica, master.port, 20)
+        stores = await opened(tmp_path, f"redis://127.0.0.1:{master.port}/0?wait_replicas=1")
+        session = record()
+        await stores.sessions.create(session)
+        await wait_for(replica, session)
+        with held(replica):
+            revoking = asyncio.ensure_future(stores.sessions.revoke(session.id_hash))
+            for _ in range(200):  # until the WAIT blocks on the master
+                if "blocked_clients:1" in redis_cli(master.port, "info", "clients"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the WAIT never blocked")
+            redis_cli(master.port, "replicaof", "127.0.0.1", str(replica.port))
+            with pytest.raises(StoreUnavailable, match="not confirmed"):
+                await asyncio.wait_for(revoking, 5)
+    finally:
+        if stores is not None:
+            await stores.close()
+        replica.stop(kill=True)
+        master.stop(kill=True)
+
+
 async def test_cluster_waits_on_the_master_that_held_each_session(tmp_path: Path) -> None:
     """Sessions spread over three masters; WAIT must go to the connection of each master
     that deleted one (sent anywhere else it counts no write and returns at once)."""
@@ -329,6 +370,41 @@ async def test_cluster_waits_on_the_master_that_held_each_session(tmp_path: Path
             await answered_only_after_the_replica(replica, everywhere)
         assert await asyncio.wait_for(everywhere, 2) == len(sessions)
         assert not any(on(replica, s) for s in holders[target.port])
+    finally:
+        await stores.close()
+        cluster.stop()
+
+
+async def test_cluster_single_use_codes_wait_on_their_master_and_one_taker_wins(
+    tmp_path: Path,
+) -> None:
+    """Codes on a Cluster with `?wait_replicas=1`: each take waits on the master of the
+    code's slot, and of 20 takers of each code one wins."""
+    cluster = start_cluster(3, replicas=1)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        codes = stores.sso_codes
+        assert codes is not None
+        grant = SsoGrant("acme", "tag", "app.test", time.time() + 60)
+        names = [f"code-{i}" for i in range(6)]
+        for name in names:
+            await codes.put(name, grant, 60)
+        held_name = names[0]
+        master = cluster.owner(key_slot(f"{PREFIX}sso:{held_name}".encode()))
+        replica = cluster.replica_of(master)
+        for _ in range(100):  # the replica has the code before the hold
+            if replica_has(replica.port, f"{PREFIX}sso:{held_name}"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the replica never had the code")
+        with held(replica):
+            taking = asyncio.ensure_future(codes.take(held_name, time.time()))
+            await answered_only_after_the_replica(replica, taking)
+        assert await asyncio.wait_for(taking, 2) == grant
+        for name in names[1:]:
+            taken = await asyncio.gather(*(codes.take(name, time.time()) for _ in range(20)))
+            assert [t for t in taken if t is not None] == [grant], name
     finally:
         await stores.close()
         cluster.stop()
