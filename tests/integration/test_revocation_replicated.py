@@ -18,7 +18,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,14 @@ async def deployment(
     await stores.close()
 
 
+async def until(condition: Callable[[], bool], what: str, seconds: float = 3.0) -> None:
+    """Until `condition` holds (asked every 20 ms), or fail saying `what` never came."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
 async def answered_only_after_the_replica(
     replica: RedisServer, revocation: asyncio.Future[Any]
 ) -> None:
@@ -201,12 +209,10 @@ async def test_a_single_use_code_taken_waits_for_a_replica_and_one_taker_wins(
     grant = SsoGrant("acme", "tag", "app.test", time.time() + 60)
     await codes.put("code-1", grant, 60)
     await codes.put("code-2", grant, 60)
-    for _ in range(100):  # the replica has both before the hold
-        if "code-2" in redis_cli(replica.port, "keys", "authgate:sso:*"):
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("the replica never had the codes")
+    await until(  # the replica has both before the hold
+        lambda: "code-2" in redis_cli(replica.port, "keys", "authgate:sso:*"),
+        "the replica had the codes",
+    )
     with held(replica):
         taking = asyncio.ensure_future(codes.take("code-1", time.time()))
         await answered_only_after_the_replica(replica, taking)
@@ -322,12 +328,10 @@ async def test_a_master_demoted_while_waiting_has_not_revoked(
         await wait_for(replica, session)
         with held(replica):
             revoking = asyncio.ensure_future(stores.sessions.revoke(session.id_hash))
-            for _ in range(200):  # until the WAIT blocks on the master
-                if "blocked_clients:1" in redis_cli(master.port, "info", "clients"):
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("the WAIT never blocked")
+            await until(
+                lambda: "blocked_clients:1" in redis_cli(master.port, "info", "clients"),
+                "the WAIT blocked on the master",
+            )
             redis_cli(master.port, "replicaof", "127.0.0.1", str(replica.port))
             with pytest.raises(StoreUnavailable, match="not confirmed"):
                 await asyncio.wait_for(revoking, 5)
@@ -392,12 +396,10 @@ async def test_cluster_single_use_codes_wait_on_their_master_and_one_taker_wins(
         held_name = names[0]
         master = cluster.owner(key_slot(f"{PREFIX}sso:{held_name}".encode()))
         replica = cluster.replica_of(master)
-        for _ in range(100):  # the replica has the code before the hold
-            if replica_has(replica.port, f"{PREFIX}sso:{held_name}"):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the replica never had the code")
+        await until(  # the replica has the code before the hold
+            lambda: replica_has(replica.port, f"{PREFIX}sso:{held_name}"),
+            "the replica had the code",
+        )
         with held(replica):
             taking = asyncio.ensure_future(codes.take(held_name, time.time()))
             await answered_only_after_the_replica(replica, taking)
