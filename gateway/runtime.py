@@ -121,10 +121,10 @@ async def open_runtime(
     except BaseException:
         await stores.close()
         raise
-    # The stores keep their database to themselves; tenants and SSO codes get their own
-    # connection to the same storage.
+    # The stores keep their database to themselves; tenants and single-use codes kept in
+    # the database get their own connection to the same storage.
     db = await open_database(config)
-    # Beside the sessions: in Redis when they are, else in the database.
+    # Codes live beside the sessions: in Redis when they are, else in the database.
     sso_codes = stores.sso_codes if stores.sso_codes is not None else SqlSsoCodes(db)
     geo = geo if geo is not None else GeoService(config.geoip, None)
     audit = AuditTrail(stores.audit, retention=config.audit.retention)

@@ -419,7 +419,7 @@ async def migrate(url: str) -> list[str]:
 
 async def open_postgres(url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
     """A pool on `url`, refusing a schema older than this code (`SchemaOutdated`).
-    `?wait_replicas=N` in the URL: see `PostgresDatabase.replicated`."""
+    `?wait_replicas=N` in the URL: see `PostgresDatabase.execute_replicated`."""
     replicas = wait_replicas_of(url)
     url = without_option(url)
     try:
