@@ -5,6 +5,8 @@ authgate's own: it is taken out of the URL before the driver reads it."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 MAX_REPLICAS = 16
 # How long a revocation waits for its replicas; past it, it is answered with a warning
 # (it holds unless the primary fails before they have it).
@@ -20,6 +22,11 @@ def wait_replicas(values: list[str] | None, default: int, setting: str) -> int:
     if not text.isdigit() or int(text) > MAX_REPLICAS:
         raise ValueError(f"{setting}: {OPTION} must be 0 to {MAX_REPLICAS}, not {text!r}")
     return int(text)
+
+
+def of_url(url: str, default: int, setting: str) -> int:
+    """The option in `url`'s query, or `default`; ValueError if not 0 to 16."""
+    return wait_replicas(parse_qs(urlsplit(url).query).get(OPTION), default, setting)
 
 
 def without_option(url: str) -> str:

@@ -24,12 +24,10 @@ from dataclasses import dataclass, replace
 from gateway.config.model import TenantConfig, sso_login_host
 from gateway.stores.base import SessionRecord, SessionStore, UserStore
 from gateway.stores.ids import hash_session_id, new_session_id
-from gateway.stores.redis import RedisSsoCodeStore
 from gateway.stores.sso_codes import SqlSsoCodes, SsoCodeStore, SsoGrant
 
 __all__ = [
     "CODE_TTL",
-    "RedisSsoCodeStore",
     "SqlSsoCodes",
     "SsoCodeStore",
     "SsoCodes",

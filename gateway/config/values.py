@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from gateway import replica_wait
 from gateway.config.durations import parse_duration
@@ -323,9 +323,8 @@ def storage_url(value: Any, ctx: Ctx) -> str:
         path = ctx.where.resolve(file_part)
         return f"sqlite:///{path}" + (f"?{query}" if query else "")
     if scheme in ("postgresql", "postgres") and sep:
-        options = parse_qs(urlsplit(value).query)
         try:
-            replica_wait.wait_replicas(options.get(replica_wait.OPTION), 0, "storage")
+            replica_wait.of_url(value, 0, "storage")
         except ValueError as exc:
             raise Invalid(str(exc).removeprefix("storage: ")) from None
         return value

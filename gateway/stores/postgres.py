@@ -393,12 +393,6 @@ async def _standbys_after(conn: Any, wanted: int) -> tuple[int, int]:
         pause = min(pause * 2, 0.05)
 
 
-def wait_replicas_of(url: str) -> int:
-    """`?wait_replicas=N` of a `storage` URL (0 when absent); ValueError if invalid."""
-    query = parse_qs(urlsplit(url).query)
-    return replica_wait.wait_replicas(query.get(replica_wait.OPTION), 0, "storage")
-
-
 async def connect(url: str) -> asyncpg.Connection:
     """One plain connection (for `authgate migrate`)."""
     try:
@@ -420,7 +414,7 @@ async def migrate(url: str) -> list[str]:
 async def open_postgres(url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
     """A pool on `url`, refusing a schema older than this code (`SchemaOutdated`).
     `?wait_replicas=N` in the URL: see `PostgresDatabase.execute_replicated`."""
-    replicas = wait_replicas_of(url)
+    replicas = replica_wait.of_url(url, 0, "storage")
     url = without_option(url)
     try:
         pool = await asyncpg.create_pool(

@@ -226,14 +226,10 @@ class _Guarded:
         master's failures are its own. One pipeline across the masters was one call
         under the whole client's breaker, which a hung master then opened for the calls
         that go to no one key's master (PUBLISH, TIME) on every healthy one."""
-        if self._cluster is None:
-            pipe = self._r.pipeline(transaction=False)
-            for key in keys:
-                command(pipe, key)
-            return list(await self._guard(lambda: pipe.execute()))
         groups: dict[Breaker, list[int]] = {}
         for at, key in enumerate(keys):
-            groups.setdefault(node_breaker(self._cluster, key), []).append(at)
+            breaker = self._breaker if self._cluster is None else node_breaker(self._cluster, key)
+            groups.setdefault(breaker, []).append(at)
 
         async def send(breaker: Breaker, places: list[int]) -> list[Any]:
             pipe = self._r.pipeline(transaction=False)
