@@ -986,7 +986,6 @@ async def non_reading_client(address: str) -> socket.socket:
     return sock
 
 
-DOWNLOAD = b"GET /download?bytes=60000 HTTP/1.1\r\nHost: app.test\r\n\r\n"
 ANSWERED = 'authgate_requests_total{decision="ALLOW",route="app.test/",status="200",tenant="acme"}'
 
 

@@ -18,7 +18,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from gateway.stores import Stores, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import REPLICA_WAIT_MS
 from gateway.stores.sso_codes import SsoGrant
+from tests.integration.failover import until
 from tests.integration.relay import Relay
 from tests.integration.servers import (
     RedisCluster,
@@ -152,17 +153,7 @@ async def deployment(
     await stores.close()
 
 
-async def until(condition: Callable[[], bool], what: str, seconds: float = 3.0) -> None:
-    """Until `condition` holds (asked every 20 ms), or fail saying `what` never came."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def answered_only_after_the_replica(
-    replica: RedisServer, revocation: asyncio.Future[Any]
-) -> None:
+async def answered_only_after_the_replica(revocation: asyncio.Future[Any]) -> None:
     """The revocation is still waiting while the replica is held, and done soon after."""
     await asyncio.sleep(0.2)
     assert not revocation.done(), "a revocation was answered before any replica had it"
@@ -180,19 +171,19 @@ async def test_logout_log_out_everywhere_and_rotation_wait_for_a_replica(
 
     with held(replica):
         logout = asyncio.ensure_future(sessions.revoke(alone.id_hash))
-        await answered_only_after_the_replica(replica, logout)
+        await answered_only_after_the_replica(logout)
     assert await asyncio.wait_for(logout, 2) is True
     assert not on(replica, alone)
 
     with held(replica):
         everywhere = asyncio.ensure_future(sessions.revoke_user("acme", "u2"))
-        await answered_only_after_the_replica(replica, everywhere)
+        await answered_only_after_the_replica(everywhere)
     assert await asyncio.wait_for(everywhere, 2) == 2
     assert not on(replica, first) and not on(replica, second)
 
     with held(replica):
         rotation = asyncio.ensure_future(sessions.rotate(old.id_hash, new))
-        await answered_only_after_the_replica(replica, rotation)
+        await answered_only_after_the_replica(rotation)
     assert await asyncio.wait_for(rotation, 2) is True
     assert not on(replica, old)
 
@@ -212,10 +203,11 @@ async def test_a_single_use_code_taken_waits_for_a_replica_and_one_taker_wins(
     await until(  # the replica has both before the hold
         lambda: "code-2" in redis_cli(replica.port, "keys", "authgate:sso:*"),
         "the replica had the codes",
+        3,
     )
     with held(replica):
         taking = asyncio.ensure_future(codes.take("code-1", time.time()))
-        await answered_only_after_the_replica(replica, taking)
+        await answered_only_after_the_replica(taking)
     assert await asyncio.wait_for(taking, 2) == grant
     assert "code-1" not in redis_cli(replica.port, "keys", "authgate:sso:*")
     taken = await asyncio.gather(*(codes.take("code-2", time.time()) for _ in range(20)))
@@ -277,7 +269,7 @@ async def test_a_logout_tried_again_after_its_answer_was_lost_still_waits(
             with pytest.raises(StoreUnavailable):
                 await stores.sessions.revoke(session.id_hash)
             again = asyncio.ensure_future(stores.sessions.revoke(session.id_hash))
-            await answered_only_after_the_replica(replica, again)
+            await answered_only_after_the_replica(again)
         await asyncio.wait_for(again, 2)
         assert not on(replica, session)
     finally:
@@ -331,6 +323,7 @@ async def test_a_master_demoted_while_waiting_has_not_revoked(
             await until(
                 lambda: "blocked_clients:1" in redis_cli(master.port, "info", "clients"),
                 "the WAIT blocked on the master",
+                3,
             )
             redis_cli(master.port, "replicaof", "127.0.0.1", str(replica.port))
             with pytest.raises(StoreUnavailable, match="not confirmed"):
@@ -371,7 +364,7 @@ async def test_cluster_waits_on_the_master_that_held_each_session(tmp_path: Path
         replica = cluster.replica_of(target)
         with held(replica):
             everywhere = asyncio.ensure_future(stores.sessions.revoke_user("acme", "u9"))
-            await answered_only_after_the_replica(replica, everywhere)
+            await answered_only_after_the_replica(everywhere)
         assert await asyncio.wait_for(everywhere, 2) == len(sessions)
         assert not any(on(replica, s) for s in holders[target.port])
     finally:
@@ -399,10 +392,11 @@ async def test_cluster_single_use_codes_wait_on_their_master_and_one_taker_wins(
         await until(  # the replica has the code before the hold
             lambda: replica_has(replica.port, f"{PREFIX}sso:{held_name}"),
             "the replica had the code",
+            3,
         )
         with held(replica):
             taking = asyncio.ensure_future(codes.take(held_name, time.time()))
-            await answered_only_after_the_replica(replica, taking)
+            await answered_only_after_the_replica(taking)
         assert await asyncio.wait_for(taking, 2) == grant
         for name in names[1:]:
             taken = await asyncio.gather(*(codes.take(name, time.time()) for _ in range(20)))
@@ -455,7 +449,7 @@ async def test_cluster_waits_on_the_master_a_moved_slot_sent_the_deletion_to(
             # "log out everywhere": the index lives elsewhere, so nothing before the
             # DEL itself meets the MOVED and corrects the client's map
             everywhere = asyncio.ensure_future(stores.sessions.revoke_user("acme", "u7"))
-            await answered_only_after_the_replica(replica, everywhere)
+            await answered_only_after_the_replica(everywhere)
         assert await asyncio.wait_for(everywhere, 2) == 1
         assert not on(replica, session)
     finally:
