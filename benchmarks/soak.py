@@ -49,6 +49,7 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
+from benchmarks.session_memory import worker_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE_EVERY = 10.0  # seconds
@@ -158,12 +159,6 @@ async def _mixed_clients(port: int, cookie: str, until: float, mix: Mix) -> None
 # -------------------------------------------------------------------------- sampling
 
 
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return int(found.group(1)) / 1024 if found else 0.0
-
-
 async def _counters(port: int) -> tuple[float, float]:
     answer = await _exchange(
         port,
@@ -179,7 +174,7 @@ async def _sample(scenario: Scenario, started: float) -> Sample:
     served, handed_over = await _counters(scenario.port)
     return Sample(
         at=round(time.monotonic() - started, 1),
-        rss_mb={pid: round(_rss_mb(pid), 1) for pid in pids},
+        rss_mb={pid: round(worker_memory(pid).rss_mb, 1) for pid in pids},
         fds={pid: len(os.listdir(f"/proc/{pid}/fd")) for pid in pids},
         served=served,
         handed_over=handed_over,

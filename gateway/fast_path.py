@@ -66,7 +66,6 @@ _NOT_PLAIN = frozenset(
         b"sec-websocket-key1",
     }
 )
-_NO_LENGTH = frozenset({"content-length"})
 # Fields aiohttp's parser refuses to see twice (a 400): such requests are its to answer.
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 # Names aiohttp's parser spells its own way (`accept` reaches the upstream as `Accept`),
@@ -506,7 +505,9 @@ class FastServer:
         """Forward the request and write the answer; None when the answer broke off
         after its head was written (the connection is cut)."""
         target, fwd = allowed.target, allowed.forwarded
-        headers = upstream_request_headers(request, target, allowed.route, fwd, _NO_LENGTH)
+        # No Content-Length to drop, as the full path does for a GET: a plain request
+        # has none (_NOT_PLAIN hands such a request over).
+        headers = upstream_request_headers(request, target, allowed.route, fwd)
         try:
             head = encode_head("GET", target.request_target(fwd.wire_path, fwd.query), headers)
         except ValueError:

@@ -14,19 +14,20 @@ REPLICA_WAIT_MS = 500
 OPTION = "wait_replicas"
 
 
-def wait_replicas(values: list[str] | None, default: int, setting: str) -> int:
-    """The option's value (the last one given), or `default`; ValueError if not 0 to 16."""
+def wait_replicas(values: list[str] | None, default: int) -> int:
+    """The option's value (the last one given), or `default`; ValueError if not 0 to 16
+    (its message names the option; the caller names the setting)."""
     if not values:
         return default
     text = values[-1]
     if not text.isdigit() or int(text) > MAX_REPLICAS:
-        raise ValueError(f"{setting}: {OPTION} must be 0 to {MAX_REPLICAS}, not {text!r}")
+        raise ValueError(f"{OPTION} must be 0 to {MAX_REPLICAS}, not {text!r}")
     return int(text)
 
 
-def of_url(url: str, default: int, setting: str) -> int:
-    """The option in `url`'s query, or `default`; ValueError if not 0 to 16."""
-    return wait_replicas(parse_qs(urlsplit(url).query).get(OPTION), default, setting)
+def of_url(url: str, default: int) -> int:
+    """The option in `url`'s query, or `default`; ValueError as `wait_replicas`."""
+    return wait_replicas(parse_qs(urlsplit(url).query).get(OPTION), default)
 
 
 def without_option(url: str) -> str:

@@ -243,7 +243,10 @@ class GatewayServer:
             self._fast = None
         if self._runner is not None:
             draining.append(self._runner.cleanup())
-        await asyncio.gather(*draining)
+        # Both run to their end, and a failure of either still releases the resources.
+        for outcome in await asyncio.gather(*draining, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("error while draining at shutdown", exc_info=outcome)
         self._runner = None
         for hook in reversed(self.hooks.cleanup):
             try:

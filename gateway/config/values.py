@@ -324,9 +324,9 @@ def storage_url(value: Any, ctx: Ctx) -> str:
         return f"sqlite:///{path}" + (f"?{query}" if query else "")
     if scheme in ("postgresql", "postgres") and sep:
         try:
-            replica_wait.of_url(value, 0, "storage")
+            replica_wait.of_url(value, 0)
         except ValueError as exc:
-            raise Invalid(str(exc).removeprefix("storage: ")) from None
+            raise Invalid(str(exc)) from None
         return value
     raise Invalid(_STORAGE_HINT)
 

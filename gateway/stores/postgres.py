@@ -414,7 +414,10 @@ async def migrate(url: str) -> list[str]:
 async def open_postgres(url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
     """A pool on `url`, refusing a schema older than this code (`SchemaOutdated`).
     `?wait_replicas=N` in the URL: see `PostgresDatabase.execute_replicated`."""
-    replicas = replica_wait.of_url(url, 0, "storage")
+    try:
+        replicas = replica_wait.of_url(url, 0)
+    except ValueError as exc:  # the config check said so already, with its line
+        raise StoreUnavailable(f"storage: {exc}") from None
     url = without_option(url)
     try:
         pool = await asyncpg.create_pool(

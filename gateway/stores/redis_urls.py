@@ -137,9 +137,9 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 def _wait_replicas(options: dict[str, list[str]], default: int) -> int:
     try:
-        return replica_wait.wait_replicas(options.get("wait_replicas"), default, "sessions.store")
+        return replica_wait.wait_replicas(options.get(replica_wait.OPTION), default)
     except ValueError as exc:
-        raise RedisUrlError(str(exc)) from None
+        raise RedisUrlError(f"sessions.store: {exc}") from None
 
 
 def for_redis_py(url: str) -> str:
