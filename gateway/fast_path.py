@@ -21,35 +21,37 @@ cannot answer, 500 otherwise; handed over, the store would be asked twice), and
 `Pipeline.error`'s when the upstream failed or the request could not be forwarded
 safely (502, 504, 500; the request is never sent twice).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import httptools
 from aiohttp import hdrs, web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_parser import SINGLETON_HEADERS, HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from gateway.answer_bytes import Sent, response_head
 from gateway.canonical import peer_is_trusted
-from gateway.config.model import ListenAddress
-from gateway.pipeline import Allowed, Pipeline
+from gateway.config.model import ListenAddress, TenantConfig
+from gateway.pipeline import Allowed, Pipeline, next_request_id
 from gateway.proxy import (
     UpstreamError,
+    UpstreamTarget,
     answer_head,
     exchange,
     read_whole,
     upstream_request_headers,
 )
-from gateway.upstream_client import UpstreamUnreachable, encode_head, has_control
+from gateway.request_log import RequestRecord, current
+from gateway.reuse import PLAN_SECONDS, Plan, Plans, ReusedExchange, split_head
+from gateway.upstream_client import UpstreamResponse, UpstreamUnreachable, encode_head
 
 log = logging.getLogger("authgate.fast_path")
 
@@ -77,7 +79,6 @@ _KNOWN_NAMES = {
 # the full server decides (and enforces its own limits, with its own 4xx).
 _MAX_FIELDS = 100
 _MAX_BUFFERED = 65536
-_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class FastRequest:
@@ -106,17 +107,6 @@ class FastRequest:
         pass
 
 
-class Sent:
-    """What the access log and metrics read of an answer the fast path wrote."""
-
-    __slots__ = ("body_length", "content_length", "status")
-
-    def __init__(self, status: int, length: int | None, written: int) -> None:
-        self.status = status
-        self.content_length = length
-        self.body_length = written
-
-
 class FastConnection(asyncio.Protocol):
     """One client connection, until it is handed over to aiohttp."""
 
@@ -128,7 +118,10 @@ class FastConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._chunks: list[bytes] = []  # every byte since the last answered request
         self._buffered = 0
-        self.serving: asyncio.Task[None] | None = None
+        # The request being served: a task, or a reused decision's exchange.
+        self.serving: asyncio.Task[None] | ReusedExchange | None = None
+        self._answer_pending = False  # answered, but the client has not taken it yet
+        self._plans: dict[bytes, Plan] = {}
         self.idle_since = server.loop.time()
         self._paused = False  # the transport's write buffer is over its high mark
         self._write_ready: asyncio.Future[None] | None = None  # made by drain() alone
@@ -152,6 +145,8 @@ class FastConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else None
         self.secure = transport.get_extra_info("sslcontext") is not None
+        if self.server.reusing:
+            self._plans = self.server.plans.for_peer(self.remote, self.secure)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -174,6 +169,9 @@ class FastConnection(asyncio.Protocol):
         if self._write_ready is not None and not self._write_ready.done():
             self._write_ready.set_result(None)
         self._write_ready = None
+        if self._answer_pending:
+            self._answer_pending = False
+            self.answered()
 
     def data_received(self, data: bytes) -> None:
         if self.serving is not None:
@@ -186,6 +184,15 @@ class FastConnection(asyncio.Protocol):
             if self._early_size > _MAX_BUFFERED and self.transport is not None:
                 self.transport.pause_reading()
             return
+        if not self._chunks:
+            # At the start of a request: bytes that were one whole plain request, from
+            # this peer, decided moments ago, are forwarded on that decision.
+            plan = self._plans.get(data)
+            if plan is not None:
+                if self.server.loop.time() < plan.until and plan.still_valid():
+                    self.server.reuse(self, plan)
+                    return
+                self._plans.pop(data, None)
         self._chunks.append(data)
         self._buffered += len(data)
         try:
@@ -268,7 +275,15 @@ class FastConnection(asyncio.Protocol):
             self.remote,
             self.secure,
         )
-        self.serving = self.server.loop.create_task(self.server.serve(self, request))
+        raw = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self.serving = self.server.loop.create_task(self.server.serve(self, request, raw))
+
+    def answered_once_taken(self) -> None:
+        """`answered`, once the client has taken what was written (back-pressure)."""
+        if self._paused and self.transport is not None and not self.transport.is_closing():
+            self._answer_pending = True
+        else:
+            self.answered()
 
     def answered(self) -> None:
         """The request is answered: read the next one, or close when told to."""
@@ -367,6 +382,11 @@ class FastServer:
         self.connections: set[FastConnection] = set()
         self.served = pipeline.metrics.fast_path_served
         self.handed_over = pipeline.metrics.fast_path_handed_over
+        self.reused = pipeline.metrics.fast_path_reused
+        # Decisions are reused (gateway/reuse.py) unless requests are traced: a span is
+        # begun and ended in a request's own task.
+        self.reusing = pipeline.observer.tracer is None
+        self.plans = Plans()
         self.stopping = False
         self._servers: list[asyncio.Server] = []
         self.late: set[RequestHandler] = set()
@@ -422,7 +442,11 @@ class FastServer:
             if conn.serving is None and conn.transport is not None:
                 conn.transport.close()  # flushes what is still unsent, as aiohttp does
         deadline = self.loop.time() + grace
-        busy = [c.serving for c in self.connections if c.serving is not None]
+        busy = [
+            c.serving if isinstance(c.serving, asyncio.Task) else c.serving.finished()
+            for c in self.connections
+            if c.serving is not None
+        ]
         if busy:
             await asyncio.wait(busy, timeout=grace)
         if self.late:
@@ -443,13 +467,14 @@ class FastServer:
             for waiting in closing:
                 waiting.cancel()
 
-    async def serve(self, conn: FastConnection, request: FastRequest) -> None:
+    async def serve(self, conn: FastConnection, request: FastRequest, raw: bytes) -> None:
         pipeline = self.pipeline
         started = time.perf_counter()
         peer = request.remote
         peer_trusted = peer_is_trusted(peer, pipeline.trusted_proxies)
         request_id = pipeline.request_id(request, peer_trusted)
         token = pipeline.observer.start(request_id, "GET", started)
+        generation = self.plans.generation
         sent: Sent | None = None
         handing_over = False
         try:
@@ -463,7 +488,17 @@ class FastServer:
                 sent = await self._write_page(conn, pipeline.failure(request, exc, request_id))
             else:
                 if isinstance(outcome, Allowed):
-                    sent = await self._answer(conn, request, outcome, request_id)
+                    head = self._head(request, outcome)
+                    if outcome.reusable is not None and self.reusing:
+                        given = request.headers.get("X-Request-Id") == request_id
+                        self._plan(conn, request, raw, outcome, head, request_id, given, generation)
+                    sent = await self._answer(
+                        conn,
+                        request,
+                        outcome.tenant,
+                        request_id,
+                        self._forward(conn, head, outcome),
+                    )
                 else:
                     handing_over = True
         except ConnectionResetError:
@@ -476,19 +511,69 @@ class FastServer:
                 pipeline.observer.finish(token, sent)
         if handing_over:
             conn.hand_over()
-        elif sent is not None:
+        else:
+            self._served(conn, sent)
+
+    def _served(self, conn: FastConnection, sent: Sent | None) -> None:
+        if sent is not None:
             self.served.inc()
             conn.answered()
         else:
             conn.serving = None  # cut short: the connection is closed
 
+    def _head(self, request: FastRequest, allowed: Allowed) -> bytes | None:
+        """The request head sent upstream; None when it cannot be sent safely."""
+        target, fwd = allowed.target, allowed.forwarded
+        # No Content-Length to drop, as the full path does for a GET: a plain request
+        # has none (_NOT_PLAIN hands such a request over).
+        headers = upstream_request_headers(request, target, allowed.route, fwd)
+        try:
+            return encode_head("GET", target.request_target(fwd.wire_path, fwd.query), headers)
+        except ValueError:
+            return None
+
+    def _plan(
+        self,
+        conn: FastConnection,
+        request: FastRequest,
+        raw: bytes,
+        allowed: Allowed,
+        head: bytes | None,
+        request_id: str,
+        given: bool,
+        generation: int,
+    ) -> None:
+        """Keep the decision for the same bytes from the same peer (gateway/reuse.py)."""
+        record = current()
+        still_valid = allowed.reusable
+        if head is None or record is None or still_valid is None:
+            return
+        parts = split_head(head, request_id)
+        if parts is None:
+            return
+        plan = Plan(
+            request,
+            parts,
+            request_id if given else None,
+            allowed.target,
+            record,
+            self.loop.time() + PLAN_SECONDS,
+            still_valid,
+        )
+        self.plans.keep(conn._plans, raw, plan, generation)
+
     async def _answer(
-        self, conn: FastConnection, request: FastRequest, allowed: Allowed, request_id: str
+        self,
+        conn: FastConnection,
+        request: FastRequest,
+        tenant: TenantConfig | None,
+        request_id: str,
+        forwarding: Awaitable[Sent | None],
     ) -> Sent | None:
         try:
-            return await self._forward(conn, request, allowed)
+            return await forwarding
         except UpstreamError as exc:
-            page = self.pipeline.error(request, exc.status, allowed.tenant, exc.reason, request_id)
+            page = self.pipeline.error(request, exc.status, tenant, exc.reason, request_id)
             return await self._write_page(conn, page)
         except ConnectionResetError:
             raise
@@ -500,19 +585,65 @@ class FastServer:
             return None
 
     async def _forward(
-        self, conn: FastConnection, request: FastRequest, allowed: Allowed
+        self, conn: FastConnection, head: bytes | None, allowed: Allowed
     ) -> Sent | None:
         """Forward the request and write the answer; None when the answer broke off
         after its head was written (the connection is cut)."""
-        target, fwd = allowed.target, allowed.forwarded
-        # No Content-Length to drop, as the full path does for a GET: a plain request
-        # has none (_NOT_PLAIN hands such a request over).
-        headers = upstream_request_headers(request, target, allowed.route, fwd)
+        if head is None:
+            raise UpstreamError(500, "a request header could not be forwarded safely")
+        return await self._send(conn, allowed.target, head)
+
+    async def _send(self, conn: FastConnection, target: UpstreamTarget, head: bytes) -> Sent | None:
+        return await self._relay(conn, await exchange(target, "GET", head, None, False))
+
+    # -- reused decisions (gateway/reuse.py) --------------------------------------
+
+    def reuse(self, conn: FastConnection, plan: Plan) -> None:
+        """Forward the request a plan was made for, on its decision."""
+        if self.stopping:  # not begun, so not answered: the client may retry
+            conn.abort()
+            return
+        request_id = plan.given_id or next_request_id()
+        record = plan.record(request_id, time.perf_counter())
+        head = plan.head_before + request_id.encode() + plan.head_after
+        target = plan.target
+        upstream = target.pool.client.begin(target.address, head)
+        if upstream is None:  # no idle connection: one is made, in a task
+            conn.serving = self.loop.create_task(self.reused_in_task(conn, plan, record, head))
+        else:
+            conn.serving = ReusedExchange(self, conn, plan, record, head, upstream)
+
+    async def reused_in_task(
+        self,
+        conn: FastConnection,
+        plan: Plan,
+        record: RequestRecord,
+        sending: bytes | UpstreamResponse,
+    ) -> None:
+        """A reused decision's request, from sending its `head` on a new connection
+        (or relaying a `response` already begun), as `serve` forwards."""
+        observer = self.pipeline.observer
+        token = observer.adopt(record)
+        sent: Sent | None = None
         try:
-            head = encode_head("GET", target.request_target(fwd.wire_path, fwd.query), headers)
-        except ValueError:
-            raise UpstreamError(500, "a request header could not be forwarded safely") from None
-        upstream = await exchange(target, "GET", head, None, False)
+            if isinstance(sending, bytes):
+                forwarding = self._send(conn, plan.target, sending)
+            else:
+                forwarding = self._relay(conn, sending)
+            sent = await self._answer(
+                conn, plan.request, plan.tenant, record.request_id, forwarding
+            )
+        except ConnectionResetError:
+            conn.abort()
+        finally:
+            observer.finish(token, sent)
+        if sent is not None:
+            self.reused.inc()
+        self._served(conn, sent)
+
+    async def _relay(self, conn: FastConnection, upstream: UpstreamResponse) -> Sent | None:
+        """Write the upstream's answer to the client; None when it broke off after its
+        head was written (the connection is cut)."""
         async with upstream:
             answer = answer_head(upstream, "GET")
             if answer.small:
@@ -543,40 +674,16 @@ class FastServer:
             await conn.drain()
             return Sent(answer.status, answer.length, written)
 
-    async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
+    def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
         """One of the pipeline's own pages (an error), encoded as aiohttp would."""
         body = page.body if isinstance(page.body, bytes) else b""
         headers = CIMultiDict(page.headers)
         headers.popall("Content-Length", None)
-        conn.write(response_head(page.status, page.reason, headers, len(body)) + body)
+        data = response_head(page.status, page.reason, headers, len(body)) + body
+        return data, Sent(page.status, len(body), len(body))
+
+    async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
+        data, sent = self.page_bytes(page)
+        conn.write(data)
         await conn.drain()
-        return Sent(page.status, len(body), len(body))
-
-
-def response_head(
-    status: int, reason: str | None, headers: CIMultiDict[str], length: int | None
-) -> bytes:
-    """The status line and headers as aiohttp's server writes them for a proxied answer
-    (the same Content-Type default, Date and Server), so that a client cannot tell the
-    two paths apart. `length`: a Content-Length, else a body in chunks."""
-    phrase = reason if reason is not None else _PHRASES.get(status, "")
-    lines = [f"HTTP/1.1 {status} {phrase}"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    empty = status in (204, 304) or 100 <= status < 200
-    if not empty:
-        if length is None:
-            lines.append("Transfer-Encoding: chunked")
-        else:
-            lines.append(f"Content-Length: {length}")
-        if length != 0 and "Content-Type" not in headers:
-            lines.append("Content-Type: application/octet-stream")
-    elif status == 304 and length is not None:
-        lines.append(f"Content-Length: {length}")
-    if "Date" not in headers:
-        lines.append(f"Date: {rfc822_formatted_time()}")
-    if "Server" not in headers:
-        lines.append(f"Server: {SERVER_SOFTWARE}")
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    if has_control(text, len(lines)):
-        raise UpstreamError(502, "the upstream's answer head cannot be forwarded safely")
-    return text.encode("utf-8")
+        return sent

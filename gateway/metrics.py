@@ -246,6 +246,14 @@ class Metrics:
         )
         self.fast_path_served = self.buffer_counter(fast_path.labels("served"))
         self.fast_path_handed_over = self.buffer_counter(fast_path.labels("handed_over"))
+        self.fast_path_reused = self.buffer_counter(
+            Counter(
+                "authgate_fast_path_reused_decisions",
+                "Requests the fast path served on a decision it made for the same bytes from"
+                " the same peer moments before (a part of its served requests).",
+                registry=registry,
+            )
+        )
         self._routes: dict[int, RouteMetrics] = {}
         self._tenants: dict[str, RouteMetrics] = {}
         self._decisions: dict[str, Any] = {}

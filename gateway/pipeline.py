@@ -81,6 +81,7 @@ class RequestIds:
 _REQUEST_IDS = RequestIds()
 # A forked worker draws its own prefix, or two workers would number alike.
 os.register_at_fork(after_in_child=_REQUEST_IDS.reset)
+next_request_id = _REQUEST_IDS.next
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class Identity:
     upstream_headers: CIMultiDict[str] | None = None  # identity headers for the upstream
     strip_headers: frozenset[str] = frozenset()  # request headers that carried credentials
     owes_second_factor: bool = False  # an unusual sign-in not yet confirmed (step-up)
+    # Whether this identity would still be found, the same, for the same request now;
+    # None: it must be looked up again every time. (The fast path reuses a decision
+    # only while this says yes.)
+    still_valid: Callable[[], bool] | None = None
 
 
 # Turns a request into an Identity; the identity layer installs the real one.
@@ -114,6 +119,9 @@ class Allowed(NamedTuple):
     ip: IPAddress | None
     target: UpstreamTarget
     forwarded: Forwarded
+    # The identity's `still_valid`: while it says yes, the same request bytes from the
+    # same peer would be decided the same (None: not to be reused).
+    reusable: Callable[[], bool] | None = None
 
 
 # How to answer a request that is not forwarded (reserved path, unknown host, no route,
@@ -231,7 +239,7 @@ class Pipeline:
             given = request.headers.get("X-Request-Id", "")
             if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
                 return given
-        return _REQUEST_IDS.next()
+        return next_request_id()
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -390,7 +398,7 @@ class Pipeline:
             target = self._targets.setdefault(
                 route, UpstreamTarget.from_route(route, self.upstreams)
             )
-        return Allowed(tenant, route, host, path, ip, target, forwarded)
+        return Allowed(tenant, route, host, path, ip, target, forwarded, identity.still_valid)
 
     def _count_api_key(self, tenant: TenantConfig, identity: Identity) -> None:
         if "authorization" in identity.strip_headers:  # an API key was presented

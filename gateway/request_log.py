@@ -147,6 +147,10 @@ class RequestObserver:
             record.span = self.tracer.start_span("authgate request", kind=_server_kind())
         return _CURRENT.set(record)
 
+    def adopt(self, record: RequestRecord) -> contextvars.Token[Any]:
+        """Make an already opened record the current one (for `finish`)."""
+        return _CURRENT.set(record)
+
     def discard(self, token: contextvars.Token[Any]) -> None:
         """Forget a request another handler will record (the fast path hands it over).
         Its span, if any, is never ended, so never exported: the other handler's is."""
@@ -155,8 +159,12 @@ class RequestObserver:
     def finish(self, token: contextvars.Token[Any], response: Sent | None) -> None:
         record = _CURRENT.get()
         _CURRENT.reset(token)
-        if record is None:
-            return
+        if record is not None:
+            self.record(record, response)
+
+    def record(self, record: RequestRecord, response: Sent | None) -> None:
+        """Metrics, access log and span of a finished request (`finish` without the
+        context variable: the fast path's reused decisions run in no task of their own)."""
         duration = time.perf_counter() - record.started
         # A handler cancelled (client gone) has no response: 499, as nginx says.
         status = response.status if response is not None else 499

@@ -182,6 +182,8 @@ class GatewayServer:
                 idle_timeout=min(server_cfg.keepalive_timeout, server_cfg.client_timeout),
             )
             await self._fast.listen(sockets, server_cfg.listen)
+            # A decision reused after the tenants changed could be one they no longer make.
+            self.tenants.on_replace.append(self._fast.plans.clear)
             self.addresses = [sock.getsockname()[:2] for sock in self._fast.sockets]
         else:
             sites: list[web.BaseSite] = []
@@ -228,6 +230,8 @@ class GatewayServer:
             self.metrics.policy_reload(ok=False)
             return False
         log.info("policies reloaded")
+        if self._fast is not None:
+            self._fast.plans.clear()  # decided on the old policies
         self.metrics.policy_reload(ok=True)
         if audit is not None:
             audit.record(Event.POLICY_RELOADED, outcome="ok")

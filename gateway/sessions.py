@@ -202,6 +202,25 @@ class SessionManager(RevocationFollower):
             )
         return active
 
+    def lease(self, active: ActiveSession) -> Callable[[], bool] | None:
+        """A check that says whether `active`, just returned by `load`, would be
+        returned again now without asking the store: while its cache entry is the very
+        one `load` read it from (a revocation, a user's change, a touch or a fresh read
+        replace or drop it) and neither that entry nor the session has run out. None
+        when it is not cached (the cache is off, or a revocation came meanwhile)."""
+        id_hash = active.id_hash
+        cache = self._cache
+        entry = cache.get(id_hash)
+        if entry is None or entry[1] is not active:
+            return None
+        monotonic = self._monotonic
+        until = min(entry[0], monotonic() + (active.record.expires - self.now()))
+
+        def still_valid() -> bool:
+            return cache.get(id_hash) is entry and monotonic() < until
+
+        return still_valid
+
     async def _once(
         self, key: tuple[str, str, int], work: Callable[[], Awaitable[ActiveSession | None]]
     ) -> ActiveSession | None:

@@ -390,6 +390,7 @@ class TenantDirectory:
         # at the next refresh, like the config tenants' files are reloaded.
         self._compiled: dict[tuple[tuple[Path, Signature], ...], PolicySet] = {}
         self._policy_files: tuple[Path, ...] = ()
+        self.on_replace: list[Callable[[], None]] = []  # told after every `replace`
 
     @property
     def tenants(self) -> tuple[TenantConfig, ...]:
@@ -431,6 +432,8 @@ class TenantDirectory:
         self._db_policies = policies
         self._by_id = {t.id: t for t in kept}
         self.index = index
+        for told in self.on_replace:
+            told()
         return problems
 
     def policy_files_signature(self) -> tuple[tuple[Path, Signature], ...]:

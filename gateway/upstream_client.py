@@ -19,7 +19,7 @@ import collections
 import logging
 import re
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -102,12 +102,16 @@ class _Connection(asyncio.Protocol):
         self._paused_writing = False
         self._paused_reading = False
         self._failure: BaseException | None = None
+        # Told of every step of the answer instead of a waiting coroutine (the fast
+        # path's reused decisions drive an exchange from callbacks, with no task).
+        self.listener: Callable[[], None] | None = None
         self._reset_exchange(head_only=False)
 
     # -- the exchange -------------------------------------------------------------
 
     def _reset_exchange(self, *, head_only: bool) -> None:
         self.head_only = head_only
+        self._woken = False
         self.started = False  # a byte of the answer has arrived
         self.head_done = False
         self.complete = False
@@ -149,6 +153,7 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for (after a complete answer, or an idle connection):
             # the upstream is out of step; never read them as the next answer.
             self._fail(UpstreamUnreachable("the upstream sent bytes out of turn"))
+            self._tell()
             return
         self.started = True
         try:
@@ -164,6 +169,7 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamUnreachable("the upstream's response head is too large"))
             else:
                 self._fail(UpstreamUnreachable(f"the upstream's answer is not HTTP/1.1: {exc}"))
+        self._tell()
 
     def eof_received(self) -> bool | None:
         self._ended()
@@ -197,6 +203,7 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamUnreachable("the upstream hung up mid-answer"))
         else:
             self._fail(_Disconnected("the upstream closed the connection"))
+        self._tell()
 
     def _framed(self) -> bool:
         """Whether the answer says how long it is (else the close ends it): a
@@ -279,6 +286,11 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self.listener is not None:
+            # Told once llhttp has returned, not from inside its callback: what the
+            # listener does (end the exchange, pool the connection, start the next one
+            # on it) must not happen while this packet is still being parsed.
+            self._woken = True
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
@@ -289,6 +301,28 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         if self.transport is not None:
             self.transport.close()
+        self._woken = self.listener is not None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the exchange failed, if it did."""
+        return self._failure
+
+    def closed_before_answering(self) -> bool:
+        """Closed by the upstream while idle, before a byte of the answer: a request
+        that cannot do a thing twice may be sent again on a fresh connection."""
+        return isinstance(self._failure, _Disconnected)
+
+    def idle_for(self) -> float:
+        """Seconds since the last byte of the answer (or since the request was sent)."""
+        return self._loop.time() - self._last_progress
+
+    def _tell(self) -> None:
+        """Tell the listener, if any, that the exchange moved on (outside llhttp)."""
+        if self._woken:
+            self._woken = False
+            if self.listener is not None:
+                self.listener()
 
     async def _wait(self, limit: float) -> None:
         """Until something arrives; TimeoutError when nothing has for `limit` s."""
@@ -451,6 +485,15 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return await self._conn.read_body(self._read_timeout)
 
+    def take_body(self) -> bytes:
+        """The whole body of an answer that is complete (its connection said so)."""
+        conn = self._conn
+        assert conn.complete
+        body = b"".join(conn._chunks)
+        conn._chunks.clear()
+        conn._buffered = 0
+        return body
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self._conn.read_chunk(self._read_timeout):
             yield chunk
@@ -462,6 +505,10 @@ class UpstreamResponse:
         await self.release()
 
     async def release(self) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Pool the connection when its answer was read to the end; else close it."""
         sending = self._sending
         conn = self._conn
         if sending is not None and not sending.done():
@@ -588,6 +635,18 @@ class UpstreamClient:
                 return conn
             conn.close()
         return None
+
+    def begin(self, origin: Origin, head: bytes) -> _Connection | None:
+        """Send a bodiless GET's `head` on an idle kept-alive connection, now; None when
+        there is none (then `request` connects). The caller reads the answer through
+        the connection's `listener` and ends the exchange with `UpstreamResponse.finish`."""
+        conn = self._idle_connection(origin)
+        if conn is None:
+            return None
+        self._busy.add(conn)
+        conn.start(head_only=False)
+        conn.write(head)
+        return conn
 
     async def request(
         self,

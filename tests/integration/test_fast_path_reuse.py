@@ -1,0 +1,488 @@
+"""Decisions the fast path reuses (gateway/reuse.py), through a real gateway with the
+full extensions, real sessions in SQLite, and raw sockets (so that the bytes are the
+same each time, as a browser's or a poller's are).
+
+What must hold: a reused decision forwards exactly what deciding afresh would (but for
+the request id, which is new each time); nothing the decision rested on can change
+without the next request being decided again (a logout, a policy reload, the session's
+end, another peer, other bytes); and a reused exchange meets the upstream's faults as
+the fast path does (502, 504, a closed idle connection asked again, a stream relayed, a
+client that leaves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httptools
+import pytest
+
+from benchmarks.revocation import add_user, build_config, logout, new_session
+from gateway.extensions import default_extensions
+from gateway.server import GatewayServer
+from gateway.stores import User
+from tests.integration.test_fast_path import REQUEST_ID, metric, split_answers
+
+POLICY = """
+version: 1
+default: deny
+rules:
+  - name: public
+    paths: ["/public/**"]
+    action: bypass
+  - name: staff
+    paths: ["/staff/**"]
+    subjects: { groups: [staff] }
+    action: one_factor
+  - name: staff only
+    paths: ["/staff/**"]
+    action: deny
+  - name: members
+    action: one_factor
+"""
+REUSED = "authgate_fast_path_reused_decisions_total"
+HOST = b"app.test"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    raw: bytes
+
+    def upstream_saw(self) -> dict[str, Any]:
+        """What the echo upstream reports it received."""
+        seen: dict[str, Any] = json.loads(self.body)
+        return seen
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+async def ask(address: str, raw: bytes, source: str = "127.0.0.1") -> Answer:
+    """Send `raw` (one request) on a fresh connection from `source`; the one answer."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await read_answer(reader)
+    finally:
+        writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    headers: list[tuple[bytes, bytes]] = []
+    body = bytearray()
+    done = asyncio.Event()
+
+    class Collect:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            headers.append((name, value))
+
+        def on_body(self, data: bytes) -> None:
+            body.extend(data)
+
+        def on_message_complete(self) -> None:
+            done.set()
+
+    parser = httptools.HttpResponseParser(Collect())
+    received = bytearray()
+    while not done.is_set():
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        if not data:
+            raise ConnectionError(f"closed before a whole answer: {bytes(received)!r}")
+        received += data
+        parser.feed_data(data)
+    return Answer(parser.get_status_code(), headers, bytes(body), bytes(received))
+
+
+def request(path: bytes, cookie: str | None = None, *extra: bytes) -> bytes:
+    lines = [b"GET " + path + b" HTTP/1.1", b"Host: " + HOST, b"Accept: application/json"]
+    if cookie is not None:
+        lines.append(b"Cookie: authgate_session=" + cookie.encode())
+    lines.extend(extra)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@dataclass
+class Gateway:
+    server: GatewayServer
+    address: str
+    user: User
+    policy: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.address}"
+
+    async def session(self) -> str:
+        return await new_session(self.server, self.user)
+
+    async def reused(self) -> float:
+        return await metric(self.address, REUSED)
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
+    running: list[GatewayServer] = []
+
+    async def start(upstream_url: str, cache_ttl: float = 2.0, **route: Any) -> Gateway:
+        folder = tmp_path / f"gateway{len(running)}"
+        folder.mkdir()
+        config = build_config(
+            folder, upstream_url, f"sqlite:///{folder / 'db'}", "storage", cache_ttl
+        )
+        policy = folder / "policy.yaml"
+        policy.write_text(POLICY)
+        tenant = config.tenants[0]
+        routes = tuple(dataclasses.replace(r, **route) for r in tenant.routes)
+        config = dataclasses.replace(
+            config,
+            server=dataclasses.replace(config.server, fast_path=True),
+            tenants=(dataclasses.replace(tenant, routes=routes),),
+        )
+        user = await add_user(config, "alice")
+        server = GatewayServer(config, tuple(default_extensions()))
+        await server.start()
+        running.append(server)
+        host, port = server.addresses[0]
+        return Gateway(server, f"{host}:{port}", user, policy)
+
+    yield start
+    for server in running:
+        await server.stop()
+
+
+@pytest.fixture
+async def echo_gateway(start_gateway: StartGateway, upstream: Any) -> Gateway:
+    return await start_gateway(str(upstream.make_url("")))
+
+
+def request_id_of(seen: dict[str, Any]) -> str:
+    (value,) = [v for k, v in seen["raw_headers"] if k.lower() == "x-request-id"]
+    return str(value)
+
+
+def without_request_id(seen: dict[str, Any]) -> list[list[str]]:
+    return [[k, v] for k, v in seen["raw_headers"] if k.lower() != "x-request-id"]
+
+
+async def test_the_same_request_again_is_forwarded_on_the_same_decision(
+    echo_gateway: Gateway,
+) -> None:
+    gateway = echo_gateway
+    raw = request(b"/members/a?q=1", await gateway.session(), b"X-Client: c")
+    first = await ask(gateway.address, raw)
+    assert first.status == 200
+    before = await gateway.reused()
+    again = [await ask(gateway.address, raw) for _ in range(5)]
+    assert await gateway.reused() - before == 5
+
+    decided = first.upstream_saw()
+    assert ["Remote-User", "alice"] in decided["raw_headers"]
+    ids = {request_id_of(decided)}
+    for answer in again:
+        assert answer.status == 200
+        seen = answer.upstream_saw()
+        # What the upstream receives is what deciding afresh sent, byte for byte, but
+        # for the request id; the client's answer likewise.
+        assert without_request_id(seen) == without_request_id(decided)
+        assert seen["raw_path"] == decided["raw_path"]
+        assert split_answers(answer.raw) == split_answers(first.raw)
+        ids.add(request_id_of(seen))
+    assert len(ids) == 6 and all(REQUEST_ID.fullmatch(i.encode()) for i in ids)
+
+
+async def test_a_logout_refuses_the_next_request_at_once(echo_gateway: Gateway) -> None:
+    gateway = echo_gateway
+    cookie = await gateway.session()
+    raw = request(b"/members/a", cookie)
+    for _ in range(3):
+        assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() >= 2
+    async with aiohttp.ClientSession() as client:
+        await logout(client, gateway.base, cookie)
+    # No wait: the cache entry the decision rested on is gone with the logout.
+    assert (await ask(gateway.address, raw)).status == 401
+
+
+async def test_a_revocation_in_the_store_refuses_the_next_request_at_once(
+    echo_gateway: Gateway,
+) -> None:
+    """`log out everywhere`, as the CLI does it: through the session manager."""
+    gateway = echo_gateway
+    raw = request(b"/members/a", await gateway.session())
+    for _ in range(3):
+        assert (await ask(gateway.address, raw)).status == 200
+    runtime: Any = gateway.server.runtime
+    await runtime.sessions.revoke_user(gateway.user.tenant, gateway.user.id)
+    assert (await ask(gateway.address, raw)).status == 401
+
+
+async def test_a_policy_reload_applies_to_the_next_request(echo_gateway: Gateway) -> None:
+    gateway = echo_gateway
+    raw = request(b"/public/page")
+    for _ in range(3):
+        assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() >= 2
+    gateway.policy.write_text(POLICY.replace("action: bypass", "action: deny"))
+    assert gateway.server.reload()
+    assert (await ask(gateway.address, raw)).status in (401, 403)
+
+
+async def test_another_peer_is_decided_afresh(echo_gateway: Gateway) -> None:
+    gateway = echo_gateway
+    raw = request(b"/public/page")
+    for _ in range(2):
+        assert (await ask(gateway.address, raw)).status == 200
+    before = await gateway.reused()
+    answer = await ask(gateway.address, raw, source="127.0.0.2")
+    assert answer.status == 200
+    assert answer.upstream_saw()["headers"].count(["X-Forwarded-For", "127.0.0.2"]) == 1
+    assert await gateway.reused() == before
+    assert (await ask(gateway.address, raw, source="127.0.0.2")).status == 200
+    assert await gateway.reused() == before + 1
+
+
+async def test_other_bytes_are_decided_afresh_and_forged_identity_never_passes(
+    echo_gateway: Gateway,
+) -> None:
+    gateway = echo_gateway
+    cookie = await gateway.session()
+    plain = request(b"/members/a", cookie)
+    for _ in range(2):
+        assert (await ask(gateway.address, plain)).status == 200
+    before = await gateway.reused()
+    forged = request(b"/members/a", cookie, b"Remote-User: admin", b"remote-groups: admins")
+    for _ in range(3):
+        seen = (await ask(gateway.address, forged)).upstream_saw()
+        names = [k.lower() for k, _ in seen["raw_headers"]]
+        assert names.count("remote-user") == 1 and names.count("remote-groups") == 1
+        assert ["Remote-User", "alice"] in seen["raw_headers"]
+    # The forged bytes were decided once, then reused: never taken for the plain ones.
+    assert await gateway.reused() == before + 2
+
+
+async def test_a_session_not_allowed_is_never_reused_into_a_pass(echo_gateway: Gateway) -> None:
+    """alice is not staff: refusals are handed to the full server, never planned."""
+    gateway = echo_gateway
+    raw = request(b"/staff/x", await gateway.session())
+    before = await gateway.reused()
+    for _ in range(3):
+        assert (await ask(gateway.address, raw)).status == 403
+    assert await gateway.reused() == before
+
+
+async def test_without_a_session_cache_a_session_is_never_reused(
+    start_gateway: StartGateway, upstream: Any
+) -> None:
+    gateway = await start_gateway(str(upstream.make_url("")), cache_ttl=0.0)
+    raw = request(b"/members/a", await gateway.session())
+    for _ in range(3):
+        assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() == 0
+    public = request(b"/public/a")  # nobody: no session to rest on, reused
+    for _ in range(3):
+        assert (await ask(gateway.address, public)).status == 200
+    assert await gateway.reused() == 2
+
+
+async def test_a_decision_lives_a_second_at_most(
+    echo_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.fast_path
+
+    monkeypatch.setattr(gateway.fast_path, "PLAN_SECONDS", 0.0)
+    raw = request(b"/public/a")
+    for _ in range(3):
+        assert (await ask(echo_gateway.address, raw)).status == 200
+    assert await echo_gateway.reused() == 0
+
+
+async def test_a_session_that_ends_is_refused_at_its_end(echo_gateway: Gateway) -> None:
+    gateway = echo_gateway
+    runtime: Any = gateway.server.runtime
+    sessions = runtime.sessions
+    cookie, record = await sessions.create(gateway.user, ("pwd",), ip="127.0.0.1", user_agent="t")
+    # Made to end 1 s from now, sooner than the session cache (2 s) would hold it.
+    ends = sessions.now() + 1.0
+    await runtime.stores.sessions.touch(record.id_hash, record.last_seen, ends)
+    raw = request(b"/members/a", cookie)
+    before = await gateway.reused()
+    while sessions.now() < ends - 0.1:
+        assert (await ask(gateway.address, raw)).status == 200
+        await asyncio.sleep(0.02)
+    assert await gateway.reused() > before
+    await asyncio.sleep(max(ends - sessions.now(), 0.0))
+    assert (await ask(gateway.address, raw)).status == 401
+
+
+# --- the upstream's faults on a reused exchange ------------------------------------
+
+
+class ScriptedUpstream:
+    """Answers each connection's first request with a small JSON body; what it does
+    with the requests after that on the same connection is `then`: answer,
+    `close` without answering, `hang`, or answer `big` (streamed, sized)."""
+
+    def __init__(self) -> None:
+        self.then = "answer"
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    return
+                if served and self.then == "close":
+                    return
+                if served and self.then == "hang":
+                    await asyncio.sleep(30)
+                    return
+                big = served and self.then == "big"
+                body = b"b" * 300_000 if big else b'{"ok": true}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                served += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedUpstream]:
+    upstream = ScriptedUpstream()
+    yield upstream
+    await upstream.stop()
+
+
+async def planned(gateway: Gateway, raw: bytes) -> None:
+    """The decision made, and the upstream connection it used pooled."""
+    assert (await ask(gateway.address, raw)).status == 200
+
+
+async def test_an_upstream_that_closes_its_idle_connection_is_asked_again(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway = await start_gateway(await scripted.start())
+    raw = request(b"/public/a")
+    await planned(gateway, raw)
+    scripted.then = "close"
+    answer = await ask(gateway.address, raw)
+    assert (answer.status, answer.body) == (200, b'{"ok": true}')
+    assert scripted.connections == 2
+    assert await gateway.reused() == 1
+
+
+async def test_a_big_answer_on_a_reused_decision_is_streamed_whole(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway = await start_gateway(await scripted.start())
+    raw = request(b"/public/a")
+    await planned(gateway, raw)
+    scripted.then = "big"
+    answer = await ask(gateway.address, raw)
+    assert answer.status == 200 and answer.body == b"b" * 300_000
+    assert answer.header(b"Content-Length") == b"300000"
+    scripted.then = "answer"
+    assert (await ask(gateway.address, raw)).body == b'{"ok": true}'
+    assert await gateway.reused() == 2
+
+
+async def test_a_hung_upstream_gets_the_pipelines_504(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway = await start_gateway(await scripted.start(), read_timeout=0.5)
+    raw = request(b"/public/a")
+    await planned(gateway, raw)
+    scripted.then = "hang"
+    answer = await ask(gateway.address, raw)
+    assert answer.status == 504
+    assert b"did not answer in time" in answer.body
+    assert await gateway.reused() == 1
+
+
+async def test_a_dead_upstream_gets_the_pipelines_502_as_when_decided(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway = await start_gateway(await scripted.start())
+    raw = request(b"/public/a")
+    await planned(gateway, raw)
+    await scripted.stop()
+    scripted.then = "close"  # the pooled connection, still open, is closed unanswered
+    reused = await ask(gateway.address, raw)  # asked again on a new connection: refused
+    decided_afresh = await ask(gateway.address, request(b"/public/b"))
+    assert reused.status == decided_afresh.status == 502
+    page, afresh_page = json.loads(reused.body), json.loads(decided_afresh.body)
+    assert page == afresh_page | {"request_id": page["request_id"]}
+    assert page["request_id"] != afresh_page["request_id"]
+
+
+async def test_a_client_that_leaves_a_reused_exchange_closes_it_upstream(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway = await start_gateway(await scripted.start())
+    raw = request(b"/public/a")
+    await planned(gateway, raw)
+    scripted.then = "hang"
+    host, port = gateway.address.rsplit(":", 1)
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(raw)
+    await writer.drain()
+    open_now = "authgate_upstream_connections"
+    await asyncio.sleep(0.2)  # the request reaches the hanging upstream
+    assert await metric(gateway.address, open_now) == 1
+    writer.close()
+    for _ in range(50):
+        if await metric(gateway.address, open_now) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await metric(gateway.address, open_now) == 0
+    cut = await metric(
+        gateway.address,
+        'authgate_requests_total{decision="ALLOW",route="app.test/",status="499",tenant="acme"}',
+    )
+    assert cut == 1
+
+
+async def test_a_stop_lets_a_reused_exchange_finish(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway = await start_gateway(await scripted.start(), read_timeout=0.5)
+    raw = request(b"/public/a")
+    await planned(gateway, raw)
+    scripted.then = "hang"
+    asking = asyncio.ensure_future(ask(gateway.address, raw))
+    await asyncio.sleep(0.2)
+    await gateway.server.stop()
+    answer = await asking
+    assert answer.status == 504  # answered (after its read timeout), not cut
