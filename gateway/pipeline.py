@@ -102,10 +102,18 @@ class Identity:
 Identify = Callable[[RequestView, TenantConfig, RouteConfig | None], Awaitable[Identity]]
 
 
+def always() -> bool:
+    return True
+
+
+# Nobody, from no credential: the same request bytes are nobody again, whenever they come.
+NOBODY = Identity(principal=None, still_valid=always)
+
+
 async def anonymous(
     request: RequestView, tenant: TenantConfig, route: RouteConfig | None
 ) -> Identity:
-    return Identity(principal=None)
+    return NOBODY
 
 
 class Allowed(NamedTuple):

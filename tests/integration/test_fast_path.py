@@ -575,6 +575,12 @@ async def test_every_case_is_answered_alike_on_both_paths(
     # The metrics request itself is handed over: it is on a reserved path.
     served = after["served"] - before["served"]
     assert (served > 0) == served_fast
+    # The same bytes again, from the same peer: what the fast path decided is reused
+    # (gateway/reuse.py), and the answers must still be the full server's.
+    again = await send(pair.fast, sent)
+    assert (again.answers, again.closed) == (full.answers, full.closed)
+    if not served_fast:  # (that it is reused where it can be: the generated requests)
+        assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") == 0
 
 
 async def test_a_case_cut_into_pieces_with_pauses_is_answered_alike(pair: Pair) -> None:
@@ -675,8 +681,15 @@ async def test_generated_requests_are_answered_alike_on_both_paths(pair: Pair) -
         heard = await asyncio.gather(*(both(pair, pieces) for pieces in sent[batch : batch + 10]))
         for pieces, (full, fast) in zip(sent[batch : batch + 10], heard, strict=True):
             assert (fast.answers, fast.closed) == (full.answers, full.closed), pieces
+        # Again, from the same peer: decisions reused where the fast path made them.
+        again = await asyncio.gather(*(send(pair.fast, p) for p in sent[batch : batch + 10]))
+        for pieces, (full, _), heard_again in zip(
+            sent[batch : batch + 10], heard, again, strict=True
+        ):
+            assert (heard_again.answers, heard_again.closed) == (full.answers, full.closed), pieces
     after = await fast_path_counts(pair)
     assert after["served"] - before["served"] >= 20  # the fast path was really there
+    assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") >= 20
 
 
 # --- what only the fast path does ------------------------------------------------

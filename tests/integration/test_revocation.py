@@ -5,15 +5,17 @@ Redis (or only PostgreSQL); the timing target itself is benchmarks/revocation.py
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from benchmarks.revocation import add_user, build_config, instances, trial, upstream
+from benchmarks.revocation import add_user, base_url, build_config, instances, trial, upstream
 from gateway.stores.sql import POLL_INTERVAL
 from tests.conftest import REDIS_URL
+from tests.integration.test_fast_path import metric
 
 CACHE_TTL = 2.0
 SLACK = 0.3  # one request's time on a loaded CI machine
@@ -21,8 +23,9 @@ SLACK = 0.3  # one request's time on a loaded CI machine
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("bus", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
+@pytest.mark.parametrize("fast_path", [False, True], ids=["", "fast-path"])
 async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
-    bus: str, request: pytest.FixtureRequest, tmp_path: Path
+    bus: str, fast_path: bool, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     postgres = request.getfixturevalue("postgres_clean")
     if bus == "redis":
@@ -31,6 +34,11 @@ async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
     bound = CACHE_TTL + (0.0 if bus == "redis" else POLL_INTERVAL) + SLACK
     async with upstream() as upstream_url:
         config = build_config(tmp_path, upstream_url, postgres, session_store, CACHE_TTL)
+        # With the fast path, B's answers come from decisions it reuses (the probes are
+        # the same bytes each time): they must not outlast the revocation either.
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, fast_path=fast_path)
+        )
         user = await add_user(config, f"alice-{secrets.token_hex(3)}")
         async with instances(config) as (a, b), aiohttp.ClientSession() as client:
             for _ in range(3):
@@ -39,3 +47,6 @@ async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
                 assert passed_late == []
                 assert latency <= bound
                 assert answers[-1][1] == 401, "B refuses (JSON client: 401), never errors"
+            if fast_path and bus == "sql":  # (over Redis the event beats the probes)
+                reused = "authgate_fast_path_reused_decisions_total"
+                assert await metric(base_url(b).removeprefix("http://"), reused) > 0
