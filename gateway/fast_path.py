@@ -50,7 +50,15 @@ from gateway.proxy import (
     upstream_request_headers,
 )
 from gateway.request_log import RequestRecord, current
-from gateway.reuse import PLAN_SECONDS, Plan, Plans, ReusedExchange, split_head
+from gateway.reuse import (
+    MAX_PLANNED,
+    PLAN_SECONDS,
+    Plan,
+    PlanKey,
+    Plans,
+    ReusedExchange,
+    split_head,
+)
 from gateway.upstream_client import UpstreamResponse, UpstreamUnreachable, encode_head
 
 log = logging.getLogger("authgate.fast_path")
@@ -121,7 +129,7 @@ class FastConnection(asyncio.Protocol):
         # The request being served: a task, or a reused decision's exchange.
         self.serving: asyncio.Task[None] | ReusedExchange | None = None
         self._answer_pending = False  # answered, but the client has not taken it yet
-        self._plans: dict[bytes, Plan] = {}
+        self._plans: dict[PlanKey, Plan] | None = None  # the worker's, when it reuses
         self.idle_since = server.loop.time()
         self._paused = False  # the transport's write buffer is over its high mark
         self._write_ready: asyncio.Future[None] | None = None  # made by drain() alone
@@ -146,7 +154,7 @@ class FastConnection(asyncio.Protocol):
         self.remote = peer[0] if isinstance(peer, tuple) else None
         self.secure = transport.get_extra_info("sslcontext") is not None
         if self.server.reusing:
-            self._plans = self.server.plans.for_peer(self.remote, self.secure)
+            self._plans = self.server.plans.by_key
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -184,15 +192,16 @@ class FastConnection(asyncio.Protocol):
             if self._early_size > _MAX_BUFFERED and self.transport is not None:
                 self.transport.pause_reading()
             return
-        if not self._chunks:
+        if not self._chunks and self._plans is not None:
             # At the start of a request: bytes that were one whole plain request, from
             # this peer, decided moments ago, are forwarded on that decision.
-            plan = self._plans.get(data)
+            key = (self.remote, self.secure, data)
+            plan = self._plans.get(key)
             if plan is not None:
                 if self.server.loop.time() < plan.until and plan.still_valid():
                     self.server.reuse(self, plan)
                     return
-                self._plans.pop(data, None)
+                self._plans.pop(key, None)
         self._chunks.append(data)
         self._buffered += len(data)
         try:
@@ -287,6 +296,8 @@ class FastConnection(asyncio.Protocol):
 
     def answered(self) -> None:
         """The request is answered: read the next one, or close when told to."""
+        if isinstance(self.serving, ReusedExchange):
+            self.serving.settle()  # taken by the client: a stop waits no longer
         self.serving = None
         self._chunks.clear()
         self._buffered = 0
@@ -428,6 +439,7 @@ class FastServer:
         for conn in [c for c in self.connections if c.serving is None]:
             if conn.idle_since <= horizon and conn.transport is not None:
                 conn.transport.close()
+        self.plans.forget_expired(self.loop.time())
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def stop(self, grace: float) -> None:
@@ -490,8 +502,13 @@ class FastServer:
                 if isinstance(outcome, Allowed):
                     head = self._head(request, outcome)
                     if outcome.reusable is not None and self.reusing:
-                        given = request.headers.get("X-Request-Id") == request_id
-                        self._plan(conn, request, raw, outcome, head, request_id, given, generation)
+                        given = peer_trusted and request.headers.get("X-Request-Id") == request_id
+                        try:
+                            self._plan(
+                                conn, request, raw, outcome, head, request_id, given, generation
+                            )
+                        except Exception:  # a plan is an optimisation: never the answer's end
+                            log.exception("could not keep a decision for reuse")
                     sent = await self._answer(
                         conn,
                         request,
@@ -546,7 +563,7 @@ class FastServer:
         """Keep the decision for the same bytes from the same peer (gateway/reuse.py)."""
         record = current()
         still_valid = allowed.reusable
-        if head is None or record is None or still_valid is None:
+        if head is None or record is None or still_valid is None or len(raw) > MAX_PLANNED:
             return
         parts = split_head(head, request_id)
         if parts is None:
@@ -560,7 +577,7 @@ class FastServer:
             self.loop.time() + PLAN_SECONDS,
             still_valid,
         )
-        self.plans.keep(conn._plans, raw, plan, generation)
+        self.plans.keep((conn.remote, conn.secure, raw), plan, generation)
 
     async def _answer(
         self,

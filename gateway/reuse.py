@@ -46,8 +46,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("authgate.fast_path")
 
 PLAN_SECONDS = 1.0  # the longest a decision is reused
-_PEERS_LIMIT = 4096  # peers with plans, per worker (all forgotten when more come)
-_PLANS_PER_PEER = 256  # plans per peer (forgotten when more come)
+# Per worker, plans are all forgotten when there would be more than this many, or when
+# they would hold more than this many bytes of requests and heads (a request head may
+# be 64 KB: a count alone bounds little).
+_PLANS_LIMIT = 4096
+_BYTES_LIMIT = 16 * 1024 * 1024
+MAX_PLANNED = 8192  # bytes of a request that is planned; bigger ones are decided each time
+
+# (peer address, TLS, the request's bytes)
+PlanKey = tuple[str | None, bool, bytes]
 
 
 class Plan:
@@ -102,47 +109,50 @@ class Plan:
 
 
 def split_head(head: bytes, request_id: str) -> tuple[bytes, bytes] | None:
-    """The upstream head in two, around its one X-Request-Id value; None when that
-    header is not there exactly once."""
+    """The upstream head in two, around its one X-Request-Id value; None unless that
+    header is there once and the id nowhere else."""
     marker = b"\r\nX-Request-Id: " + request_id.encode() + b"\r\n"
-    if head.count(marker) != 1:
+    if head.count(marker) != 1 or head.count(request_id.encode()) != 1:
         return None
     before, after = head.split(marker)
     return before + b"\r\nX-Request-Id: ", b"\r\n" + after
 
 
 class Plans:
-    """One worker's plans: (peer address, TLS) → request bytes → plan."""
+    """One worker's plans, by (peer address, TLS, request bytes)."""
 
     def __init__(self) -> None:
-        self._by_peer: dict[tuple[str | None, bool], dict[bytes, Plan]] = {}
+        self.by_key: dict[PlanKey, Plan] = {}
         self.generation = 0  # moves on at every clear: a decision made across one is not kept
+        self._bytes = 0  # held by the plans, roughly: keys and heads, twice over
 
-    def for_peer(self, remote: str | None, secure: bool) -> dict[bytes, Plan]:
-        book = self._by_peer.get((remote, secure))
-        if book is None:
-            if len(self._by_peer) >= _PEERS_LIMIT:
-                self._forget_peers()
-            book = self._by_peer[(remote, secure)] = {}
-        return book
-
-    def keep(self, book: dict[bytes, Plan], data: bytes, plan: Plan, generation: int) -> None:
+    def keep(self, key: PlanKey, plan: Plan, generation: int) -> None:
         if generation != self.generation:
             return
-        if len(book) >= _PLANS_PER_PEER:
-            book.clear()
-        book[data] = plan
+        size = _size(key, plan)
+        if len(self.by_key) >= _PLANS_LIMIT or self._bytes + size > _BYTES_LIMIT:
+            self.by_key.clear()
+            self._bytes = 0
+        self._bytes += size
+        self.by_key[key] = plan
+
+    def forget_expired(self, now: float) -> None:
+        """Drop plans past their time (else only the same bytes coming again would)."""
+        expired = [key for key, plan in self.by_key.items() if plan.until <= now]
+        for key in expired:
+            plan = self.by_key.pop(key)
+            self._bytes -= _size(key, plan)
 
     def clear(self) -> None:
         """Forget every plan (the policy or the tenants changed)."""
         self.generation += 1
-        self._forget_peers()
+        self.by_key.clear()
+        self._bytes = 0
 
-    def _forget_peers(self) -> None:
-        # Connections hold their peer's book: emptied, not only dropped from here.
-        for book in self._by_peer.values():
-            book.clear()
-        self._by_peer.clear()
+
+def _size(key: PlanKey, plan: Plan) -> int:
+    # The key, the head, and the parsed request the plan keeps for error pages.
+    return 2 * (len(key[2]) + len(plan.head_before) + len(plan.head_after))
 
 
 class ReusedExchange:
@@ -152,7 +162,9 @@ class ReusedExchange:
 
     __slots__ = (
         "_answer",
+        "_ended",
         "_finished",
+        "_settled",
         "_timer",
         "conn",
         "head",
@@ -181,6 +193,8 @@ class ReusedExchange:
         self.sent_at = time.perf_counter()
         self._answer: tuple[UpstreamResponse, AnswerHead] | None = None
         self._finished: asyncio.Future[None] | None = None
+        self._ended = False  # recorded (or handed to a task, which records it)
+        self._settled = False  # nothing left for a stop to wait for
         upstream.listener = self.step
         self._timer: asyncio.TimerHandle | None = server.loop.call_later(
             plan.target.read_timeout, self._check_time
@@ -190,38 +204,27 @@ class ReusedExchange:
 
     def step(self) -> None:
         """The answer moved on (or failed): act when there is something to do."""
+        self._guarded(self._step)
+
+    def _guarded(self, act: Callable[[], None]) -> None:
         try:
-            self._step()
+            act()
         except Exception:
             # After the request went upstream nothing is sent twice: cut, as the fast
-            # path does when its answer breaks off.
+            # path does when its answer breaks off (recorded once).
             log.exception(
                 "unhandled error on the fast path", extra={"request_id": self.record.request_id}
             )
             self._detach(close=True)
             self.conn.abort()
-            self._end(None)
+            if not self._ended:
+                self._end(None)
 
     def _step(self) -> None:
         upstream = self.upstream
         if upstream is None:
             return
-        if upstream.failure is not None:
-            answer_begun = self._answer is not None
-            again = upstream.closed_before_answering()
-            self._detach(close=True)
-            if again:
-                # Closed while idle: sent again on a fresh connection (a GET does
-                # nothing twice), as the full path and the fast path do.
-                self._hand_to_task(self.head)
-            elif answer_begun:
-                self._page(502, "the upstream broke off its answer")
-            else:
-                self._page(502, "the upstream could not be reached")
-            return
-        if not upstream.head_done:
-            return
-        if self._answer is None:
+        if upstream.head_done and self._answer is None:
             self.record.upstream_seconds = time.perf_counter() - self.sent_at
             response = UpstreamResponse(upstream, self.plan.target.read_timeout, None)
             try:
@@ -235,18 +238,35 @@ class ReusedExchange:
                 # Streamed: the fast path's coroutine relays it, with back-pressure.
                 self._hand_to_task(response)
                 return
-        if not upstream.complete:
+        if self._answer is not None and upstream.complete:
+            # Whole, even if the upstream then sent bytes out of turn (the connection is
+            # closed, not pooled, as on the fast path).
+            response, answer = self._answer
+            body = response.take_body()
+            self._detach(close=False)
+            response.finish()
+            self._write(
+                response_head(answer.status, answer.reason, answer.headers, len(body)) + body,
+                Sent(answer.status, len(body), len(body)),
+            )
             return
-        response, answer = self._answer
-        body = response.take_body()
-        self._detach(close=False)
-        response.finish()
-        self._write(
-            response_head(answer.status, answer.reason, answer.headers, len(body)) + body,
-            Sent(answer.status, len(body), len(body)),
-        )
+        if upstream.failure is not None:
+            answer_begun = self._answer is not None
+            again = upstream.closed_before_answering()
+            self._detach(close=True)
+            if again:
+                # Closed while idle: sent again on a fresh connection (a GET does
+                # nothing twice), as the full path and the fast path do.
+                self._hand_to_task(self.head)
+            elif answer_begun:
+                self._page(502, "the upstream broke off its answer")
+            else:
+                self._page(502, "the upstream could not be reached")
 
     def _check_time(self) -> None:
+        self._guarded(self._time_out)
+
+    def _time_out(self) -> None:
         self._timer = None
         upstream = self.upstream
         if upstream is None:
@@ -286,8 +306,9 @@ class ReusedExchange:
         task = self.server.loop.create_task(
             self.server.reused_in_task(self.conn, self.plan, self.record, sending)
         )
+        self._ended = True  # the task records it
         self.conn.serving = task
-        self._settle()
+        task.add_done_callback(lambda _: self.settle())
 
     def _page(self, status: int, reason: str) -> None:
         """One of the pipeline's error pages, as the fast path would write it."""
@@ -311,17 +332,29 @@ class ReusedExchange:
     def _end(self, sent: Sent | None) -> None:
         """Recorded (None: cut short, a 499 as the fast path records it), counted, and
         the connection read on (once the client has taken the answer)."""
+        self._ended = True
         server = self.server
         server.pipeline.observer.record(self.record, sent)
-        self._settle()
+        conn = self.conn
         if sent is None:
-            self.conn.serving = None
+            conn.serving = None
+            self.settle()
             return
         server.served.inc()
         server.reused.inc()
-        self.conn.answered_once_taken()
+        try:
+            conn.answered_once_taken()  # (then `settle`, once the client has taken it)
+        except Exception:
+            # Reading on (the bytes sent meanwhile) failed: that is no longer this
+            # request's to record; the connection is cut.
+            log.exception("unhandled error reading on after a reused decision")
+            conn.serving = None
+            conn.abort()
+            self.settle()
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Nothing left to wait for: answered and taken, cut short, or its task done."""
+        self._settled = True
         if self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
 
@@ -329,15 +362,19 @@ class ReusedExchange:
 
     def cancel(self) -> None:
         """The client went away: so does its request (499), as on the fast path."""
-        if self.upstream is None:
-            return  # answered already, or handed to a task (which is cancelled itself)
+        if self._ended:
+            # Answered already (and left untaken), or handed to a task (which is
+            # cancelled itself and settles this when done).
+            if self.conn.serving is self:
+                self.settle()
+            return
         self._detach(close=True)
         self._end(None)
 
     def finished(self) -> asyncio.Future[None]:
-        """Done once answered, cut short or handed to a task (for a stop to wait on)."""
+        """Done once answered and taken, cut short, or its task done (for a stop)."""
         if self._finished is None:
             self._finished = self.server.loop.create_future()
-            if self.upstream is None:
+            if self._settled:
                 self._finished.set_result(None)
         return self._finished
