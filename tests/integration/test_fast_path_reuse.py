@@ -395,17 +395,23 @@ async def scripted() -> AsyncIterator[ScriptedUpstream]:
     await upstream.stop()
 
 
-async def planned(gateway: Gateway, raw: bytes) -> None:
-    """The decision made, and the upstream connection it used pooled."""
-    assert (await ask(gateway.address, raw)).status == 200
+PLANNED = request(b"/public/a")
+
+
+async def planned(
+    start_gateway: StartGateway, scripted: ScriptedUpstream, **route: Any
+) -> tuple[Gateway, bytes]:
+    """A gateway in front of `scripted` that decided PLANNED (now reused), and pooled
+    the upstream connection it used."""
+    gateway = await start_gateway(await scripted.start(), **route)
+    assert (await ask(gateway.address, PLANNED)).status == 200
+    return gateway, PLANNED
 
 
 async def test_an_upstream_that_closes_its_idle_connection_is_asked_again(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
-    gateway = await start_gateway(await scripted.start())
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted)
     scripted.then = "close"
     answer = await ask(gateway.address, raw)
     assert (answer.status, answer.body) == (200, b'{"ok": true}')
@@ -416,9 +422,7 @@ async def test_an_upstream_that_closes_its_idle_connection_is_asked_again(
 async def test_a_big_answer_on_a_reused_decision_is_streamed_whole(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
-    gateway = await start_gateway(await scripted.start())
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted)
     scripted.then = "big"
     answer = await ask(gateway.address, raw)
     assert answer.status == 200 and answer.body == b"b" * 300_000
@@ -431,9 +435,7 @@ async def test_a_big_answer_on_a_reused_decision_is_streamed_whole(
 async def test_a_hung_upstream_gets_the_pipelines_504(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
-    gateway = await start_gateway(await scripted.start(), read_timeout=0.5)
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted, read_timeout=0.5)
     scripted.then = "hang"
     answer = await ask(gateway.address, raw)
     assert answer.status == 504
@@ -444,9 +446,7 @@ async def test_a_hung_upstream_gets_the_pipelines_504(
 async def test_a_dead_upstream_gets_the_pipelines_502_as_when_decided(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
-    gateway = await start_gateway(await scripted.start())
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted)
     await scripted.stop()
     scripted.then = "close"  # the pooled connection, still open, is closed unanswered
     reused = await ask(gateway.address, raw)  # asked again on a new connection: refused
@@ -460,9 +460,7 @@ async def test_a_dead_upstream_gets_the_pipelines_502_as_when_decided(
 async def test_a_client_that_leaves_a_reused_exchange_closes_it_upstream(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
-    gateway = await start_gateway(await scripted.start())
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted)
     scripted.then = "hang"
     host, port = gateway.address.rsplit(":", 1)
     _, writer = await asyncio.open_connection(host, int(port))
@@ -487,9 +485,7 @@ async def test_a_client_that_leaves_a_reused_exchange_closes_it_upstream(
 async def test_a_stop_lets_a_reused_exchange_finish(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
-    gateway = await start_gateway(await scripted.start(), read_timeout=0.5)
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted, read_timeout=0.5)
     scripted.then = "hang"
     asking = asyncio.ensure_future(ask(gateway.address, raw))
     await asyncio.sleep(0.2)
@@ -502,9 +498,7 @@ async def test_a_stop_lets_a_streamed_answer_on_a_reused_decision_finish(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:
     """Handed to the fast path's coroutine (found by review: the stop cut it)."""
-    gateway = await start_gateway(await scripted.start())
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted)
     scripted.then = "slow big"
     asking = asyncio.ensure_future(ask(gateway.address, raw))
     await asyncio.sleep(0.1)  # sent upstream, whose answer comes in 0.2 s, then half
@@ -518,9 +512,7 @@ async def test_an_answer_followed_by_bytes_out_of_turn_is_served_as_when_decided
 ) -> None:
     """The answer is whole: it is served, and that connection closed, not pooled (found
     by review: the reused exchange answered 502)."""
-    gateway = await start_gateway(await scripted.start())
-    raw = request(b"/public/a")
-    await planned(gateway, raw)
+    gateway, raw = await planned(start_gateway, scripted)
     scripted.then = "extra"
     reused = await ask(gateway.address, raw)
     assert (reused.status, reused.body) == (200, b'{"ok": true}')
