@@ -201,7 +201,7 @@ class FastConnection(asyncio.Protocol):
                 if self.server.loop.time() < plan.until and plan.still_valid():
                     self.server.reuse(self, plan)
                     return
-                self._plans.pop(key, None)
+                self.server.plans.discard(key)
         self._chunks.append(data)
         self._buffered += len(data)
         try:
@@ -297,7 +297,7 @@ class FastConnection(asyncio.Protocol):
     def answered(self) -> None:
         """The request is answered: read the next one, or close when told to."""
         if isinstance(self.serving, ReusedExchange):
-            self.serving.settle()  # taken by the client: a stop waits no longer
+            self.serving.taken()  # recorded now, and a stop waits no longer
         self.serving = None
         self._chunks.clear()
         self._buffered = 0

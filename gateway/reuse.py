@@ -129,6 +129,7 @@ class Plans:
     def keep(self, key: PlanKey, plan: Plan, generation: int) -> None:
         if generation != self.generation:
             return
+        self.discard(key)  # (two connections deciding the same bytes at once)
         size = _size(key, plan)
         if len(self.by_key) >= _PLANS_LIMIT or self._bytes + size > _BYTES_LIMIT:
             self.by_key.clear()
@@ -136,12 +137,15 @@ class Plans:
         self._bytes += size
         self.by_key[key] = plan
 
+    def discard(self, key: PlanKey) -> None:
+        plan = self.by_key.pop(key, None)
+        if plan is not None:
+            self._bytes -= _size(key, plan)
+
     def forget_expired(self, now: float) -> None:
         """Drop plans past their time (else only the same bytes coming again would)."""
-        expired = [key for key, plan in self.by_key.items() if plan.until <= now]
-        for key in expired:
-            plan = self.by_key.pop(key)
-            self._bytes -= _size(key, plan)
+        for key in [key for key, plan in self.by_key.items() if plan.until <= now]:
+            self.discard(key)
 
     def clear(self) -> None:
         """Forget every plan (the policy or the tenants changed)."""
@@ -164,6 +168,7 @@ class ReusedExchange:
         "_answer",
         "_ended",
         "_finished",
+        "_sent",
         "_settled",
         "_timer",
         "conn",
@@ -193,7 +198,8 @@ class ReusedExchange:
         self.sent_at = time.perf_counter()
         self._answer: tuple[UpstreamResponse, AnswerHead] | None = None
         self._finished: asyncio.Future[None] | None = None
-        self._ended = False  # recorded (or handed to a task, which records it)
+        self._ended = False  # written or cut short (or handed to a task, which records it)
+        self._sent: Sent | None = None  # written, not yet taken by the client
         self._settled = False  # nothing left for a stop to wait for
         upstream.listener = self.step
         self._timer: asyncio.TimerHandle | None = server.loop.call_later(
@@ -243,12 +249,15 @@ class ReusedExchange:
             # closed, not pooled, as on the fast path).
             response, answer = self._answer
             body = response.take_body()
+            try:
+                head = response_head(answer.status, answer.reason, answer.headers, len(body))
+            except UpstreamError as exc:  # a head that cannot be written safely: a 502
+                self._detach(close=True)
+                self._page(exc.status, exc.reason)
+                return
             self._detach(close=False)
             response.finish()
-            self._write(
-                response_head(answer.status, answer.reason, answer.headers, len(body)) + body,
-                Sent(answer.status, len(body), len(body)),
-            )
+            self._write(head + body, Sent(answer.status, len(body), len(body)))
             return
         if upstream.failure is not None:
             answer_begun = self._answer is not None
@@ -330,20 +339,19 @@ class ReusedExchange:
         self._end(sent)
 
     def _end(self, sent: Sent | None) -> None:
-        """Recorded (None: cut short, a 499 as the fast path records it), counted, and
-        the connection read on (once the client has taken the answer)."""
+        """Cut short (None: recorded as a 499, as the fast path records it), or written:
+        recorded and counted once the client has taken it (`taken`), and the
+        connection read on."""
         self._ended = True
-        server = self.server
-        server.pipeline.observer.record(self.record, sent)
         conn = self.conn
         if sent is None:
+            self.server.pipeline.observer.record(self.record, None)
             conn.serving = None
             self.settle()
             return
-        server.served.inc()
-        server.reused.inc()
+        self._sent = sent
         try:
-            conn.answered_once_taken()  # (then `settle`, once the client has taken it)
+            conn.answered_once_taken()
         except Exception:
             # Reading on (the bytes sent meanwhile) failed: that is no longer this
             # request's to record; the connection is cut.
@@ -351,6 +359,17 @@ class ReusedExchange:
             conn.serving = None
             conn.abort()
             self.settle()
+
+    def taken(self) -> None:
+        """The client has taken the answer (the fast connection reads on): recorded
+        and counted as the fast path records an answer it drained."""
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            server = self.server
+            server.pipeline.observer.record(self.record, sent)
+            server.served.inc()
+            server.reused.inc()
+        self.settle()
 
     def settle(self) -> None:
         """Nothing left to wait for: answered and taken, cut short, or its task done."""
@@ -363,9 +382,11 @@ class ReusedExchange:
     def cancel(self) -> None:
         """The client went away: so does its request (499), as on the fast path."""
         if self._ended:
-            # Answered already (and left untaken), or handed to a task (which is
-            # cancelled itself and settles this when done).
-            if self.conn.serving is self:
+            # Written but not taken (cut short: a 499, as on the fast path), or handed
+            # to a task (which is cancelled itself and settles this when done).
+            if self._sent is not None:
+                self._sent = None
+                self.server.pipeline.observer.record(self.record, None)
                 self.settle()
             return
         self._detach(close=True)

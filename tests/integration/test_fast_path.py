@@ -1041,6 +1041,24 @@ async def test_a_paused_client_that_resets_leaves_nothing_unretrieved(pair: Pair
     assert not seen, [context.get("message") for context in seen]
 
 
+async def test_an_answer_never_taken_is_recorded_as_cut_short(pair: Pair) -> None:
+    """A client that stops reading, then resets: on the fast path the answer it never
+    took is a 499, whether its decision was made or reused (found by review: a reused
+    one was a 200). (aiohttp's server records an answer once it has it to write: a
+    200 there.)"""
+    cut = ANSWERED.replace('status="200"', 'status="499"')
+    sock = await non_reading_client(pair.fast)
+    sent = await fill_until_stalled(pair.fast, sock, limit=120)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    for _ in range(40):
+        if await metric(pair.fast, cut) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await metric(pair.fast, ANSWERED), await metric(pair.fast, cut)) == (sent - 1, 1)
+    assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") == sent - 2
+
+
 async def test_without_aiohttps_c_parser_everything_is_served_by_aiohttp(
     upstream: TestServer,
     tmp_path: Path,

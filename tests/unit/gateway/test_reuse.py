@@ -68,3 +68,20 @@ def test_a_decision_made_across_a_clear_is_not_kept() -> None:
     assert plans.by_key == {}
     plans.keep(("p", False, b"c"), plan(), plans.generation)
     assert list(plans.by_key) == [("p", False, b"c")]
+
+
+def test_a_plan_replaced_or_discarded_gives_its_bytes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: bytes of replaced and discarded plans stayed counted, so the
+    store forgot everything for no reason every so often."""
+    monkeypatch.setattr(reuse, "_BYTES_LIMIT", 1000)
+    plans = Plans()
+    plans.keep(("p", False, b"b"), plan(head=b"h" * 200), plans.generation)
+    for _ in range(10):
+        plans.keep(("p", False, b"a"), plan(head=b"h" * 200), plans.generation)
+        plans.discard(("p", False, b"c"))  # nothing there: nothing given back
+    for _ in range(10):
+        plans.discard(("p", False, b"a"))
+        plans.keep(("p", False, b"a"), plan(head=b"h" * 200), plans.generation)
+    assert set(plans.by_key) == {("p", False, b"a"), ("p", False, b"b")}
