@@ -20,6 +20,10 @@ when deciding raised (400 for a path canonicalisation refuses, 503 for a store t
 cannot answer, 500 otherwise; handed over, the store would be asked twice), and
 `Pipeline.error`'s when the upstream failed or the request could not be forwarded
 safely (502, 504, 500; the request is never sent twice).
+
+An allowed request's decision is kept for a moment: the same bytes from the same peer,
+arriving again, are forwarded on it without being parsed or decided
+(`gateway/reuse.py`).
 """
 
 from __future__ import annotations
