@@ -291,7 +291,8 @@ class ReusedExchange:
     # -- ending -------------------------------------------------------------------
 
     def _detach(self, *, close: bool) -> None:
-        """Done with the upstream connection: closed (unless pooled by the caller)."""
+        """Done with the upstream connection: closed, or left to the caller (to pool,
+        or to a task that reads the rest of the answer)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -306,12 +307,7 @@ class ReusedExchange:
     def _hand_to_task(self, sending: bytes | UpstreamResponse) -> None:
         """The rest is the fast path's coroutine's: the head sent again on a fresh
         connection, or the answer begun on this one relayed as a stream."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.upstream is not None:  # the connection is the response's from now on
-            self.upstream.listener = None
-            self.upstream = None
+        self._detach(close=False)  # the connection, if any, is the response's from now on
         task = self.server.loop.create_task(
             self.server.reused_in_task(self.conn, self.plan, self.record, sending)
         )

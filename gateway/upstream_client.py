@@ -367,6 +367,12 @@ class _Connection(asyncio.Protocol):
     async def read_body(self, limit: float) -> bytes:
         while not self.complete:
             await self._wait(limit)
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """The body of a complete answer, all of it (read_body's end, for a caller
+        told of completion by the listener)."""
+        assert self.complete
         body = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
@@ -487,12 +493,7 @@ class UpstreamResponse:
 
     def take_body(self) -> bytes:
         """The whole body of an answer that is complete (its connection said so)."""
-        conn = self._conn
-        assert conn.complete
-        body = b"".join(conn._chunks)
-        conn._chunks.clear()
-        conn._buffered = 0
-        return body
+        return self._conn.take_body()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self._conn.read_chunk(self._read_timeout):
