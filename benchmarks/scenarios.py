@@ -95,6 +95,7 @@ class AuthgateSetup:
     trusted_proxies: tuple[str, ...] = ()
     signed_in: bool = True  # requests carry the cookie of a session made before start
     fast_path: bool = False  # server.fast_path
+    cpu_affinity: str = "none"  # server.cpu_affinity
 
 
 # ----------------------------------------------------------------------- baselines
@@ -174,7 +175,10 @@ def authgate_config(folder: Path, port: int, upstream_port: int, setup: Authgate
     (folder / "policy.yaml").write_text(setup.policy, encoding="utf-8")
     trusted = ", ".join(setup.trusted_proxies)
     config = folder / "config.yaml"
-    fast_path = "  fast_path: true\n" if setup.fast_path else ""  # (older builds lack the key)
+    # Only keys that differ from the defaults: older builds (compared against) lack them.
+    fast_path = "  fast_path: true\n" if setup.fast_path else ""
+    if setup.cpu_affinity != "none":
+        fast_path += f"  cpu_affinity: {setup.cpu_affinity}\n"
     config.write_text(
         "server:\n"
         f"  listen: {LOOPBACK}:{port}\n"

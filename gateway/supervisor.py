@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from gateway.config.model import Config
+from gateway.cpu_affinity import pin
 from gateway.logs import flush_logging
 from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
 from gateway.policy_sets import compile_tenant_policies, policy_files
@@ -115,7 +116,10 @@ def _worker_main(
     extensions: Sequence[Extension],
     last_good: Mapping[str, PolicySet],
     parent: int,
+    cpus: frozenset[int] | None,
 ) -> None:
+    if cpus is not None:  # first, so every thread the worker starts inherits it
+        pin(cpus)
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A reload asked for while this worker is still starting must neither kill it nor be
@@ -136,10 +140,17 @@ def _worker_main(
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: int, extensions: Sequence[Extension]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        workers: int,
+        extensions: Sequence[Extension],
+        cpus: Sequence[frozenset[int]] | None = None,  # per worker slot (cpu_affinity.py)
+    ) -> None:
         self.config = config
         self.count = workers
         self.extensions = extensions
+        self._cpus = cpus
         self._context = multiprocessing.get_context("fork")
         self._workers: list[tuple[BaseProcess, float]] = []
         self._stopping = False
@@ -153,10 +164,11 @@ class Supervisor:
             config.tenants, geoip_configured=config.geoip.database is not None
         )
 
-    def _spawn(self) -> tuple[BaseProcess, float]:
+    def _spawn(self, slot: int) -> tuple[BaseProcess, float]:
+        cpus = self._cpus[slot] if self._cpus is not None else None
         process = self._context.Process(
             target=_worker_main,
-            args=(self.config, self.extensions, self._last_good, os.getpid()),
+            args=(self.config, self.extensions, self._last_good, os.getpid(), cpus),
             daemon=False,
         )
         process.start()
@@ -186,7 +198,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self._workers = [self._spawn() for _ in range(self.count)]
+        self._workers = [self._spawn(slot) for slot in range(self.count)]
         addresses = ", ".join(f"http://{a}" for a in self.config.server.listen)
         log.info("authgate serving on %s with %d workers", addresses, self.count)
         print(f"authgate: serving on {addresses} with {self.count} worker(s)", flush=True)
@@ -218,7 +230,7 @@ class Supervisor:
                     self._stopping = True
                     status = 1
                     break
-                self._workers[index] = self._spawn()
+                self._workers[index] = self._spawn(index)  # on its slot's CPUs
         self._shutdown()
         return status
 

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from gateway.cli import EXIT_BAD_INPUT, EXIT_FAILURE, config_path
+from gateway.cpu_affinity import available_cpus, describe, worker_cpus
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.extensions import default_extensions
 from gateway.policy_sets import compile_tenant_policies
@@ -54,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         print("authgate: --workers must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        cpus = worker_cpus(config.server.cpu_affinity, workers, available_cpus())
+    except ValueError as exc:
+        print(f"{config_path(args)}: server.cpu_affinity: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if config.storage.startswith("sqlite:"):
         # The embedded database migrates itself; do it once here, before the workers
         # exist, instead of N workers racing for the write lock at start.
@@ -63,4 +69,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"authgate: storage: {exc}", file=sys.stderr)
             return EXIT_FAILURE
     logging.getLogger("authgate").debug("starting %d workers", workers)
-    return Supervisor(config, workers, default_extensions()).run()
+    if cpus is not None:
+        logging.getLogger("authgate").info(
+            "workers held to CPUs %s", " ".join(describe(slot) for slot in cpus)
+        )
+    return Supervisor(config, workers, default_extensions(), cpus).run()

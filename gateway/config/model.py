@@ -48,6 +48,9 @@ class ServerConfig:
     path_parameters: Literal["reject", "strip"] = "reject"
     # Plain allowed GETs served by gateway/fast_path.py; everything else by aiohttp.
     fast_path: bool = False
+    # CPUs each worker process runs on (gateway/cpu_affinity.py): "none" (the kernel
+    # decides), "auto" (one of the CPUs this process may use, per worker), or CPU numbers.
+    cpu_affinity: str | tuple[int, ...] = "none"
 
 
 @dataclass(frozen=True)

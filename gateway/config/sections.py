@@ -58,6 +58,7 @@ SERVER = Section(
         Field("metrics_networks", v.list_of(v.network, "networks (CIDR)"), env="list"),
         Field("path_parameters", v.choice("reject", "strip"), env="text"),
         Field("fast_path", v.boolean),
+        Field("cpu_affinity", v.cpu_affinity),
     ),
 )
 

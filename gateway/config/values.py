@@ -18,6 +18,7 @@ from gateway import replica_wait
 from gateway.config.durations import parse_duration
 from gateway.config.fields import Ctx, Invalid, Parser, Reported, did_you_mean
 from gateway.config.model import IPNetwork, ListenAddress
+from gateway.cpu_affinity import parse_cpu_list
 from policies.source import line_of
 
 # --- scalars -------------------------------------------------------------------------
@@ -229,6 +230,31 @@ def workers(value: Any, ctx: Ctx) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise Invalid('expected "auto" or an integer of at least 1')
     return value
+
+
+def cpu_affinity(value: Any, ctx: Ctx) -> str | tuple[int, ...]:
+    """Either word ("none", "auto"), a list of CPU numbers, or the kernel's "0-3,6"."""
+    cpus: tuple[int, ...]
+    if isinstance(value, list):
+        cpus = list_of(integer(0, MAX_CPU), "CPU numbers", non_empty=True)(value, ctx)
+        return cpus
+    if value in ("none", "auto"):
+        return str(value)
+    expected = 'expected "none", "auto" or CPU numbers (a list, or "0-3,6")'
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise Invalid(expected)
+    try:
+        cpus = parse_cpu_list(value)
+    except ValueError:
+        raise Invalid(expected) from None
+    if max(cpus) > MAX_CPU or len(set(cpus)) != len(cpus):
+        raise Invalid(f"expected distinct CPU numbers from 0 to {MAX_CPU}")
+    return cpus
+
+
+MAX_CPU = 4095
 
 
 def network(value: Any, ctx: Ctx) -> IPNetwork:

@@ -97,7 +97,14 @@ POLICY_MORE_OPEN = (
 )
 
 
-def write_config(tmp_path: Path, port: int, upstream_port: int, *, fast_path: bool = False) -> Path:
+def write_config(
+    tmp_path: Path,
+    port: int,
+    upstream_port: int,
+    *,
+    fast_path: bool = False,
+    cpu_affinity: str = "none",
+) -> Path:
     (tmp_path / "policy.yaml").write_text(POLICY_OPEN)
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -105,6 +112,7 @@ def write_config(tmp_path: Path, port: int, upstream_port: int, *, fast_path: bo
   listen: 127.0.0.1:{port}
   shutdown_timeout: 5s
   fast_path: {"true" if fast_path else "false"}
+  cpu_affinity: {cpu_affinity}
 storage: sqlite:///authgate.db
 logging:
   level: warning
@@ -341,6 +349,76 @@ def test_a_country_rule_without_a_geoip_database_refuses_to_start(tmp_path: Path
         assert result.returncode == 2, command
         assert f"{tmp_path / 'policy.yaml'}:4: rules[0].countries:" in result.stderr
         assert "geoip.database is not configured" in result.stderr
+
+
+def allowed_cpus(pid: int, thread: int | None = None) -> str:
+    """What the kernel lets a process (or one of its threads) run on, as it writes it."""
+    status = Path(f"/proc/{pid}/task/{thread or pid}/status").read_text()
+    return re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M).group(1)  # type: ignore[union-attr]
+
+
+def test_cpu_affinity_auto_holds_each_worker_and_its_threads_to_a_cpu_of_its_own(
+    tmp_path: Path, plain_upstream: int
+) -> None:
+    available = sorted(os.sched_getaffinity(0))
+    port = free_port()
+    config = write_config(tmp_path, port, plain_upstream, cpu_affinity="auto")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, 2)
+        assert get(port, "/open/x") == (200, "upstream saw /open/x")
+        workers = worker_pids(process.pid)
+        held = sorted(allowed_cpus(pid) for pid in workers)
+        assert held == sorted(str(available[slot % len(available)]) for slot in range(2))
+        # the supervisor is not held; the threads a worker started (SQLite's) are
+        assert allowed_cpus(process.pid) == allowed_cpus(os.getpid())
+        for pid in workers:
+            threads = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+            assert len(threads) > 1
+            assert {allowed_cpus(pid, t) for t in threads} == {allowed_cpus(pid)}
+
+        # a worker restarted takes its slot's CPU again (the second slot's: a restart
+        # that always took the first CPU would show)
+        dead_cpu = str(available[1 % len(available)])
+        dead = next(pid for pid in workers if allowed_cpus(pid) == dead_cpu)
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = worker_pids(process.pid)
+            if len(now) == 2 and dead not in now:
+                break
+            time.sleep(0.1)
+        (replacement,) = set(worker_pids(process.pid)) - set(workers)
+        assert allowed_cpus(replacement) == dead_cpu
+        assert get(port, "/open/y")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_cpu_affinity_naming_a_cpu_this_process_may_not_use_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    missing = max(os.sched_getaffinity(0)) + 1
+    config = write_config(tmp_path, free_port(), 1, cpu_affinity=f"[0, {missing}]")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"{config}: server.cpu_affinity: CPU {missing}: not available to this process" in (
+        result.stderr
+    )
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, plain_upstream: int) -> None:
