@@ -52,6 +52,10 @@ PLAN_SECONDS = 1.0  # the longest a decision is reused
 _PLANS_LIMIT = 4096
 _BYTES_LIMIT = 16 * 1024 * 1024
 MAX_PLANNED = 8192  # bytes of a request that is planned; bigger ones are decided each time
+# Upstream answers relayed on reused decisions, remembered by their bytes: at most this
+# many, each at most this big (so ~1 MB a worker at most, both copies counted).
+_ANSWERS_LIMIT = 256
+MAX_REMEMBERED_ANSWER = 2048
 
 # (peer address, TLS, the request's bytes)
 PlanKey = tuple[str | None, bool, bytes]
@@ -125,6 +129,20 @@ class Plans:
         self.by_key: dict[PlanKey, Plan] = {}
         self.generation = 0  # moves on at every clear: a decision made across one is not kept
         self._bytes = 0  # held by the plans, roughly: keys and heads, twice over
+        # The client's bytes for an upstream answer's bytes, with its status and body
+        # length (see remember_answer).
+        self.answers: dict[bytes, tuple[bytes, int, int]] = {}
+
+    def remember_answer(self, upstream: bytes, client: bytes, status: int, length: int) -> None:
+        """`client` is what an upstream answer of exactly these bytes becomes: the same
+        bytes again are relayed as that, without reading them again. Only for answers
+        the rewrite turns into the same bytes whenever it runs: ones that bring their own
+        Date (the caller checks), whole in one read, small."""
+        if len(upstream) > MAX_REMEMBERED_ANSWER:
+            return
+        if len(self.answers) >= _ANSWERS_LIMIT:
+            self.answers.clear()
+        self.answers[upstream] = (client, status, length)
 
     def keep(self, key: PlanKey, plan: Plan, generation: int) -> None:
         if generation != self.generation:
@@ -152,6 +170,7 @@ class Plans:
         self.generation += 1
         self.by_key.clear()
         self._bytes = 0
+        self.answers.clear()
 
 
 def _size(key: PlanKey, plan: Plan) -> int:
@@ -232,6 +251,11 @@ class ReusedExchange:
             return
         if upstream.head_done and self._answer is None:
             self.record.upstream_seconds = time.perf_counter() - self.sent_at
+            if upstream.one_read is not None:
+                known = self.server.plans.answers.get(upstream.one_read)
+                if known is not None:
+                    self._relay_known(upstream, *known)
+                    return
             response = UpstreamResponse(upstream, self.plan.target.read_timeout, None)
             try:
                 answer = answer_head(response, "GET")
@@ -255,8 +279,11 @@ class ReusedExchange:
                 self._detach(close=True)
                 self._page(exc.status, exc.reason)
                 return
+            whole = upstream.one_read
             self._detach(close=False)
             response.finish()
+            if whole is not None and "Date" in answer.headers:
+                self.server.plans.remember_answer(whole, head + body, answer.status, len(body))
             self._write(head + body, Sent(answer.status, len(body), len(body)))
             return
         if upstream.failure is not None:
@@ -271,6 +298,14 @@ class ReusedExchange:
                 self._page(502, "the upstream broke off its answer")
             else:
                 self._page(502, "the upstream could not be reached")
+
+    def _relay_known(self, upstream: _Connection, client: bytes, status: int, length: int) -> None:
+        """An answer whose very bytes were relayed before: the same client bytes, as the
+        rewrite (answer_head, response_head) made them then and would make them now."""
+        upstream.take_body()  # read to its end: the connection may be pooled
+        self._detach(close=False)
+        upstream.release()
+        self._write(client, Sent(status, length, length))
 
     def _check_time(self) -> None:
         self._guarded(self._time_out)

@@ -124,6 +124,9 @@ class _Connection(asyncio.Protocol):
         self._interims = 0
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
+        # The whole answer, when it came in one read and nothing else did (reuse.py
+        # relays an answer it has seen before without reading it again).
+        self.one_read: bytes | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -155,6 +158,7 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamUnreachable("the upstream sent bytes out of turn"))
             self._tell()
             return
+        first = not self.started
         self.started = True
         try:
             self._parser.feed_data(data)
@@ -169,6 +173,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamUnreachable("the upstream's response head is too large"))
             else:
                 self._fail(UpstreamUnreachable(f"the upstream's answer is not HTTP/1.1: {exc}"))
+        if first and self.complete and self._failure is None:
+            self.one_read = data
         self._tell()
 
     def eof_received(self) -> bool | None:
@@ -405,6 +411,14 @@ class _Connection(asyncio.Protocol):
 
     # -- reuse --------------------------------------------------------------------
 
+    def release(self) -> None:
+        """Pool this connection when its answer was read to the end; else close it."""
+        if self.reusable():
+            self.pool.keep(self)
+        else:
+            self.close()
+            self.pool.forget(self)
+
     def reusable(self) -> bool:
         # Paused or holding unread bytes, a pooled connection would hand whatever the
         # upstream sent meanwhile to the next client: such a connection is closed.
@@ -517,11 +531,7 @@ class UpstreamResponse:
             # connection's framing is lost.
             sending.cancel()
             conn.close()
-        if conn.reusable():
-            conn.pool.keep(conn)
-        else:
-            conn.close()
-            conn.pool.forget(conn)
+        conn.release()
 
 
 RequestBody = bytes | StreamReader | None

@@ -342,6 +342,8 @@ class ScriptedUpstream:
         self.then = "answer"
         self.server: asyncio.Server | None = None
         self.connections = 0
+        self.body = b'{"ok": true}'
+        self.more = b""  # header lines added to each answer (a Date, a Set-Cookie ...)
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -362,10 +364,10 @@ class ScriptedUpstream:
                     await asyncio.sleep(30)
                     return
                 big = served and self.then in ("big", "slow big")
-                body = b"b" * 300_000 if big else b'{"ok": true}'
+                body = b"b" * 300_000 if big else self.body
                 answer = (
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                    b"Content-Length: %d\r\n\r\n%s" % (self.more, len(body), body)
                 )
                 if served and self.then == "slow big":
                     await asyncio.sleep(0.3)
@@ -406,6 +408,47 @@ async def planned(
     gateway = await start_gateway(await scripted.start(), **route)
     assert (await ask(gateway.address, PLANNED)).status == 200
     return gateway, PLANNED
+
+
+DATED = b"Date: Sat, 05 Dec 2026 07:00:00 GMT\r\n"
+
+
+async def test_an_answer_seen_before_is_relayed_as_it_was_and_a_changed_one_anew(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    scripted.more = DATED
+    gateway, raw = await planned(start_gateway, scripted)
+    remembered = gateway.server._fast.plans.answers  # type: ignore[union-attr]
+    first = await ask(gateway.address, raw)  # on the plan; its answer remembered
+    assert len(remembered) == 1
+    again = [await ask(gateway.address, raw) for _ in range(3)]  # relayed from memory
+    decided = await ask(gateway.address, raw, source="127.0.0.2")  # another peer: decided
+    assert first.status == 200 and first.body == b'{"ok": true}'
+    assert all(answer.raw == first.raw for answer in [*again, decided])
+    assert await gateway.reused() == 4
+
+    # Other bytes from the upstream (the same length; then a header more): the client
+    # gets them, not the answer remembered.
+    scripted.body = b'{"ok": nope}'
+    changed = await ask(gateway.address, raw)
+    assert changed.body == b'{"ok": nope}'
+    scripted.more = DATED + b"Set-Cookie: a=b\r\n"
+    changed = await ask(gateway.address, raw)
+    assert changed.header(b"Set-Cookie") == b"a=b" and changed.body == b'{"ok": nope}'
+    assert len(remembered) == 3
+    # and what was remembered is what deciding afresh makes of those bytes
+    decided = await ask(gateway.address, raw, source="127.0.0.2")
+    assert (await ask(gateway.address, raw)).raw == decided.raw
+
+
+async def test_an_answer_without_a_date_is_never_remembered(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    gateway, raw = await planned(start_gateway, scripted)
+    answers = [await ask(gateway.address, raw) for _ in range(3)]
+    assert all(a.body == b'{"ok": true}' and a.header(b"Date") for a in answers)
+    assert gateway.server._fast.plans.answers == {}  # type: ignore[union-attr]
+    assert await gateway.reused() == 3
 
 
 async def test_an_upstream_that_closes_its_idle_connection_is_asked_again(

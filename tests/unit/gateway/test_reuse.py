@@ -85,3 +85,19 @@ def test_a_plan_replaced_or_discarded_gives_its_bytes_back(
         plans.discard(("p", False, b"a"))
         plans.keep(("p", False, b"a"), plan(head=b"h" * 200), plans.generation)
     assert set(plans.by_key) == {("p", False, b"a"), ("p", False, b"b")}
+
+
+def test_remembered_answers_are_small_bounded_and_forgotten_with_the_plans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reuse, "_ANSWERS_LIMIT", 2)
+    plans = Plans()
+    plans.remember_answer(b"u" * (reuse.MAX_REMEMBERED_ANSWER + 1), b"c", 200, 1)
+    assert plans.answers == {}
+    plans.remember_answer(b"u1", b"c1", 200, 1)
+    plans.remember_answer(b"u2", b"c2", 404, 2)
+    assert plans.answers == {b"u1": (b"c1", 200, 1), b"u2": (b"c2", 404, 2)}
+    plans.remember_answer(b"u3", b"c3", 200, 3)
+    assert plans.answers == {b"u3": (b"c3", 200, 3)}
+    plans.clear()
+    assert plans.answers == {}
