@@ -440,9 +440,13 @@ class FastServer:
         """Close connections idle too long, or slow to send a whole head (slowloris):
         the same bound as aiohttp's, counted from the last answer."""
         horizon = self.loop.time() - self.idle_timeout
-        for conn in [c for c in self.connections if c.serving is None]:
-            if conn.idle_since <= horizon and conn.transport is not None:
-                conn.transport.close()
+        for conn in list(self.connections):
+            serving = conn.serving
+            if serving is None:
+                if conn.idle_since <= horizon and conn.transport is not None:
+                    conn.transport.close()
+            elif isinstance(serving, ReusedExchange):
+                serving.check_time()  # its read timeout (it has no timer of its own)
         self.plans.forget_expired(self.loop.time())
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
@@ -450,8 +454,6 @@ class FastServer:
         """Stop accepting; close idle connections; let requests being served finish
         (for up to `grace` seconds), then close what is left."""
         self.stopping = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
@@ -468,6 +470,9 @@ class FastServer:
         if self.late:
             left = max(deadline - self.loop.time(), 0.0)
             await asyncio.gather(*(h.shutdown(left) for h in list(self.late)))
+        # Swept until now: the read timeouts of reused exchanges still being answered.
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             if (
                 conn.serving is not None
