@@ -65,18 +65,24 @@ def pin(cpus: frozenset[int]) -> None:
                 os.sched_setaffinity(int(task.name), cpus)
 
 
-def parse_cpu_list(text: str) -> tuple[int, ...]:
-    """The kernel's notation (`0-3,6`), as taskset and /proc write it; ValueError if not."""
+def parse_cpu_list(text: str, highest: int) -> tuple[int, ...]:
+    """The kernel's notation (`0-3,6`), as taskset and /proc write it, of CPUs up to
+    `highest`; ValueError if not (checked before a range is spelt out: `0-4000000000`
+    is refused at once)."""
     cpus: list[int] = []
     for part in text.replace(" ", "").split(","):
         first, dash, last = part.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
+        if not _digits(first) or (dash and not _digits(last)):
             raise ValueError(part)
         low, high = int(first), int(last) if dash else int(first)
-        if high < low:
+        if high < low or high > highest:
             raise ValueError(part)
         cpus.extend(range(low, high + 1))
     return tuple(cpus)
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def describe(cpus: Collection[int]) -> str:

@@ -438,17 +438,23 @@ class FastServer:
 
     def _sweep(self) -> None:
         """Close connections idle too long, or slow to send a whole head (slowloris):
-        the same bound as aiohttp's, counted from the last answer."""
+        the same bound as aiohttp's, counted from the last answer. Time out reused
+        exchanges. Re-armed first: nothing one connection does may end the sweeping
+        (reused exchanges' read timeouts depend on it)."""
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
         horizon = self.loop.time() - self.idle_timeout
         for conn in list(self.connections):
-            serving = conn.serving
-            if serving is None:
-                if conn.idle_since <= horizon and conn.transport is not None:
-                    conn.transport.close()
-            elif isinstance(serving, ReusedExchange):
-                serving.check_time()  # its read timeout (it has no timer of its own)
+            try:
+                serving = conn.serving
+                if serving is None:
+                    if conn.idle_since <= horizon and conn.transport is not None:
+                        conn.transport.close()
+                elif isinstance(serving, ReusedExchange):
+                    serving.check_time()  # its read timeout (it has no timer of its own)
+            except Exception:
+                log.exception("unhandled error sweeping a fast-path connection")
+                conn.abort()
         self.plans.forget_expired(self.loop.time())
-        self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; close idle connections; let requests being served finish
@@ -460,19 +466,21 @@ class FastServer:
             if conn.serving is None and conn.transport is not None:
                 conn.transport.close()  # flushes what is still unsent, as aiohttp does
         deadline = self.loop.time() + grace
-        busy = [
-            c.serving if isinstance(c.serving, asyncio.Task) else c.serving.finished()
-            for c in self.connections
-            if c.serving is not None
-        ]
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
-        if self.late:
-            left = max(deadline - self.loop.time(), 0.0)
-            await asyncio.gather(*(h.shutdown(left) for h in list(self.late)))
-        # Swept until now: the read timeouts of reused exchanges still being answered.
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        try:
+            busy = [
+                c.serving if isinstance(c.serving, asyncio.Task) else c.serving.finished()
+                for c in self.connections
+                if c.serving is not None
+            ]
+            if busy:
+                await asyncio.wait(busy, timeout=grace)
+            if self.late:
+                left = max(deadline - self.loop.time(), 0.0)
+                await asyncio.gather(*(h.shutdown(left) for h in list(self.late)))
+        finally:
+            # Swept until now: the read timeouts of reused exchanges still being answered.
+            if self._sweeper is not None:
+                self._sweeper.cancel()
         for conn in list(self.connections):
             if (
                 conn.serving is not None

@@ -238,10 +238,15 @@ class ReusedExchange:
             log.exception(
                 "unhandled error on the fast path", extra={"request_id": self.record.request_id}
             )
-            self._detach(close=True)
-            self.conn.abort()
-            if not self._ended:
-                self._end(None)
+            try:
+                self._detach(close=True)
+                self.conn.abort()
+                if not self._ended:
+                    self._end(None)
+            except Exception:  # (recording it failed too: the connection is cut anyway)
+                log.exception("unhandled error cutting a reused exchange")
+                self._ended = True
+                self.settle()
 
     def _step(self) -> None:
         upstream = self.upstream

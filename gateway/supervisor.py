@@ -25,7 +25,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from gateway.config.model import Config
-from gateway.cpu_affinity import pin
+from gateway.cpu_affinity import describe, pin
 from gateway.logs import flush_logging
 from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
 from gateway.policy_sets import compile_tenant_policies, policy_files
@@ -119,7 +119,12 @@ def _worker_main(
     cpus: frozenset[int] | None,
 ) -> None:
     if cpus is not None:  # first, so every thread the worker starts inherits it
-        pin(cpus)
+        try:
+            pin(cpus)
+        except OSError as exc:  # the CPU left this process's set since the start
+            log.error("worker %d cannot be held to CPU %s: %s", os.getpid(), describe(cpus), exc)
+            flush_logging()
+            sys.exit(3)
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A reload asked for while this worker is still starting must neither kill it nor be

@@ -246,11 +246,11 @@ def cpu_affinity(value: Any, ctx: Ctx) -> str | tuple[int, ...]:
     if not isinstance(value, str):
         raise Invalid(expected)
     try:
-        cpus = parse_cpu_list(value)
+        cpus = parse_cpu_list(value, MAX_CPU)
     except ValueError:
-        raise Invalid(expected) from None
-    if max(cpus) > MAX_CPU or len(set(cpus)) != len(cpus):
-        raise Invalid(f"expected distinct CPU numbers from 0 to {MAX_CPU}")
+        raise Invalid(f"{expected}, each from 0 to {MAX_CPU}") from None
+    if len(set(cpus)) != len(cpus):
+        raise Invalid("a CPU is listed twice")
     return cpus
 
 

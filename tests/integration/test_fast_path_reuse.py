@@ -486,6 +486,30 @@ async def test_a_hung_upstream_gets_the_pipelines_504(
     assert await gateway.reused() == 1
 
 
+async def test_a_fault_while_timing_one_out_leaves_the_next_timed_out_all_the_same(
+    start_gateway: StartGateway, scripted: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read timeouts are the fast server's sweep's: nothing one exchange does may stop
+    it (found by review: the 504 page and the record failing at once ended it)."""
+    gateway, raw = await planned(start_gateway, scripted, read_timeout=0.5)
+    pipeline = gateway.server._fast.pipeline  # type: ignore[union-attr]
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    scripted.then = "hang"
+    with monkeypatch.context() as broken:
+        broken.setattr(pipeline, "error", fail)
+        broken.setattr(pipeline.observer, "record", fail)
+        with pytest.raises(ConnectionError):  # cut: nothing could be written
+            await ask(gateway.address, raw)
+    scripted.then = "answer"
+    assert (await ask(gateway.address, raw)).status == 200  # a connection pooled again
+    scripted.then = "hang"
+    answer = await asyncio.wait_for(ask(gateway.address, raw), 5)
+    assert answer.status == 504
+
+
 async def test_a_dead_upstream_gets_the_pipelines_502_as_when_decided(
     start_gateway: StartGateway, scripted: ScriptedUpstream
 ) -> None:

@@ -421,6 +421,30 @@ def test_cpu_affinity_naming_a_cpu_this_process_may_not_use_refuses_to_start(
     )
 
 
+def test_a_worker_that_cannot_be_held_to_its_cpu_says_so_and_exits(
+    tmp_path: Path, plain_upstream: int
+) -> None:
+    """The CPU left the process's set after the start (a cpuset shrunk): the worker
+    says which and exits; never a traceback, never a worker left unheld."""
+    missing = max(os.sched_getaffinity(0)) + 1
+    config = write_config(tmp_path, free_port(), plain_upstream)
+    script = (
+        "from pathlib import Path\n"
+        "from gateway.config import load_config\n"
+        "from gateway.extensions import default_extensions\n"
+        "from gateway.supervisor import Supervisor\n"
+        f"config = load_config(Path({str(config)!r}))\n"
+        f"held = [frozenset({{{missing}}})]\n"
+        "raise SystemExit(Supervisor(config, 1, default_extensions(), held).run())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 1  # the supervisor gives up on workers that die at start
+    assert f"cannot be held to CPU {missing}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path, plain_upstream: int) -> None:
     port = free_port()
     config = write_config(tmp_path, port, plain_upstream)

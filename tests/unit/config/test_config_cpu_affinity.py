@@ -16,16 +16,17 @@ def test_the_config_takes_none_auto_or_cpu_numbers(load: Load) -> None:
 
 
 def test_a_bad_setting_names_line_and_key(problems: Problems) -> None:
-    assert problems("server:\n  cpu_affinity: all\n") == [
+    range_expected = (
         'config.yaml:2: server.cpu_affinity: expected "none", "auto" or CPU numbers'
-        ' (a list, or "0-3,6")'
-    ]
-    assert problems("server:\n  cpu_affinity: 3-1\n") == [
-        'config.yaml:2: server.cpu_affinity: expected "none", "auto" or CPU numbers'
-        ' (a list, or "0-3,6")'
-    ]
+        ' (a list, or "0-3,6"), each from 0 to 4095'
+    )
+    assert problems("server:\n  cpu_affinity: all\n") == [range_expected]
+    assert problems("server:\n  cpu_affinity: 3-1\n") == [range_expected]
+    assert problems("server:\n  cpu_affinity: 0-4096\n") == [range_expected]
+    assert problems("server:\n  cpu_affinity: 0-4000000000\n") == [range_expected]  # at once
+    assert problems("server:\n  cpu_affinity: \u0661\n") == [range_expected]  # Arabic-Indic 1
     assert problems("server:\n  cpu_affinity: 0-2,1\n") == [
-        "config.yaml:2: server.cpu_affinity: expected distinct CPU numbers from 0 to 4095"
+        "config.yaml:2: server.cpu_affinity: a CPU is listed twice"
     ]
     assert problems("server:\n  cpu_affinity:\n    - 0\n    - -1\n    - 0\n") == [
         "config.yaml:4: server.cpu_affinity[1]: expected an integer from 0 to 4095",
