@@ -210,8 +210,6 @@ async def test_policy_reloads_are_counted_by_result(
 @pytest.mark.slow
 def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) -> None:
     import http.client
-    import subprocess
-    import sys
     import tempfile
     import threading
     import time
@@ -224,8 +222,7 @@ def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) ->
         _Upstream,
         free_port,
         get,
-        wait_until_up,
-        wait_until_workers_listen,
+        start_serving,
         worker_pids,
         write_config,
     )
@@ -234,14 +231,8 @@ def test_one_scrape_counts_the_requests_of_every_serve_worker(tmp_path: Path) ->
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     port = free_port()
     config = write_config(tmp_path, port, upstream.server_address[1])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = start_serving(config, port)
     try:
-        wait_until_up(port, process)
-        wait_until_workers_listen(port, process.pid, 2)
         for i in range(20):  # a new connection each: SO_REUSEPORT spreads them over workers
             assert get(port, f"/open/{i}")[0] == 200
         # Each worker hands its counts to the shared files at least every FLUSH_SECONDS

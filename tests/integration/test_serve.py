@@ -167,20 +167,48 @@ def worker_pids(parent: int) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
+def start_serving(config: Path, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+    """`authgate serve` with `workers`, returned once each of them listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, workers)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
+def stop_serving(process: subprocess.Popen[bytes]) -> None:
+    """Kill a gateway a test left running (its workers follow: PR_SET_PDEATHSIG)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def kill_worker_and_wait_for_its_replacement(process: subprocess.Popen[bytes], dead: int) -> None:
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = worker_pids(process.pid)
+        if len(now) == 2 and dead not in now:
+            return
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("fast_path", [False, True], ids=["full", "fast"])
 def test_serve_runs_workers_reloads_restarts_and_drains(
     tmp_path: Path, plain_upstream: int, fast_path: bool
 ) -> None:
     port = free_port()
     config = write_config(tmp_path, port, plain_upstream, fast_path=fast_path)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = start_serving(config, port)
     try:
-        wait_until_up(port, process)
-        wait_until_workers_listen(port, process.pid, 2)
         assert get(port, "/open/x") == (200, "upstream saw /open/x")
         assert get(port, "/also/x")[0] == 401 or get(port, "/also/x")[0] == 403
 
@@ -202,13 +230,7 @@ def test_serve_runs_workers_reloads_restarts_and_drains(
         # a dead worker is replaced
         workers = worker_pids(process.pid)
         assert len(workers) == 2
-        os.kill(workers[0], signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            now = worker_pids(process.pid)
-            if len(now) == 2 and workers[0] not in now:
-                break
-            time.sleep(0.1)
+        kill_worker_and_wait_for_its_replacement(process, workers[0])
         assert len(worker_pids(process.pid)) == 2
         assert get(port, "/open/y")[0] == 200
 
@@ -229,20 +251,23 @@ def test_serve_runs_workers_reloads_restarts_and_drains(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_serving(process)
 
 
-def test_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("server:\n  listen: 127.0.0.1:1\ntenants:\n  - id: acme\n    domains: x\n")
-    result = subprocess.run(
+def serve_refused(config: Path) -> subprocess.CompletedProcess[str]:
+    """`authgate serve` on a config it must refuse (it exits at once)."""
+    return subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_bad_config_exits_2_naming_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  listen: 127.0.0.1:1\ntenants:\n  - id: acme\n    domains: x\n")
+    result = serve_refused(config)
     assert result.returncode == 2
     assert f"{config}:5: tenants[0].domains:" in result.stderr
 
@@ -363,14 +388,8 @@ def test_cpu_affinity_auto_holds_each_worker_and_its_threads_to_a_cpu_of_its_own
     available = sorted(os.sched_getaffinity(0))
     port = free_port()
     config = write_config(tmp_path, port, plain_upstream, cpu_affinity="auto")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(config), "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = start_serving(config, port)
     try:
-        wait_until_up(port, process)
-        wait_until_workers_listen(port, process.pid, 2)
         assert get(port, "/open/x") == (200, "upstream saw /open/x")
         workers = worker_pids(process.pid)
         held = sorted(allowed_cpus(pid) for pid in workers)
@@ -386,22 +405,14 @@ def test_cpu_affinity_auto_holds_each_worker_and_its_threads_to_a_cpu_of_its_own
         # that always took the first CPU would show)
         dead_cpu = str(available[1 % len(available)])
         dead = next(pid for pid in workers if allowed_cpus(pid) == dead_cpu)
-        os.kill(dead, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            now = worker_pids(process.pid)
-            if len(now) == 2 and dead not in now:
-                break
-            time.sleep(0.1)
+        kill_worker_and_wait_for_its_replacement(process, dead)
         (replacement,) = set(worker_pids(process.pid)) - set(workers)
         assert allowed_cpus(replacement) == dead_cpu
         assert get(port, "/open/y")[0] == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_serving(process)
 
 
 def test_cpu_affinity_naming_a_cpu_this_process_may_not_use_refuses_to_start(
@@ -409,12 +420,7 @@ def test_cpu_affinity_naming_a_cpu_this_process_may_not_use_refuses_to_start(
 ) -> None:
     missing = max(os.sched_getaffinity(0)) + 1
     config = write_config(tmp_path, free_port(), 1, cpu_affinity=f"[0, {missing}]")
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_refused(config)
     assert result.returncode == 2
     assert f"{config}: server.cpu_affinity: CPU {missing}: not available to this process" in (
         result.stderr
