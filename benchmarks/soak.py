@@ -1,8 +1,9 @@
 """`python -m benchmarks.soak [--minutes N]`: a soak of `server.fast_path`.
 
 The fast path is off by default until it has run long under mixed traffic. This runs
-authgate (fast path on, signed-in route (b), workers = cores) in front of the nginx
-upstream for N minutes under two loads at once:
+authgate tuned (fast path on, each worker held to a CPU: `cpu_affinity: auto`; signed-in
+route (b), workers = cores) in front of the nginx upstream for N minutes under two
+loads at once:
 
 - wrk, plain allowed GETs with the session cookie (what the fast path serves);
 - a mix of clients that are not plain, each checking the answer it gets: a POST with a
@@ -272,12 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             upstream = start_upstream(args.workers, tmp)
             processes += list(upstream.processes)
-            setup = AuthgateSetup("soak", SESSION_POLICY, fast_path=True)
+            setup = AuthgateSetup("soak", SESSION_POLICY, fast_path=True, cpu_affinity="auto")
             scenario = start_authgate_scenario(
                 "soak", "authgate (b), fast path", args.workers, tmp, upstream.port, setup
             )
             processes += list(scenario.processes)
-            print(f"soak: {args.minutes:g} min, {args.workers} workers, fast path on", flush=True)
+            print(f"soak: {args.minutes:g} min, {args.workers} workers, tuned", flush=True)
             outcome = asyncio.run(_soak(scenario, args.minutes, args.connections, tmp))
         except BenchmarkError as exc:
             print(f"soak: could not run: {exc}", file=sys.stderr)
