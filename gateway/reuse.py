@@ -55,7 +55,7 @@ MAX_PLANNED = 8192  # bytes of a request that is planned; bigger ones are decide
 # Upstream answers relayed on reused decisions, remembered by their bytes: at most this
 # many, each at most this big (so ~1 MB a worker at most, both copies counted).
 _ANSWERS_LIMIT = 256
-MAX_REMEMBERED_ANSWER = 2048
+MAX_REMEMBERED_ANSWER = 2048  # (at most upstream_client.ONE_READ_KEPT)
 
 # (peer address, TLS, the request's bytes)
 PlanKey = tuple[str | None, bool, bytes]

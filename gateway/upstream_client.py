@@ -39,6 +39,9 @@ HIGH_WATER = 262144
 LOW_WATER = 65536
 # More 1xx answers than this before the real one: the upstream is broken.
 MAX_INTERIM = 16
+# The largest answer kept whole as `one_read` (it stays referenced while the connection
+# waits in the pool: a big one would hold its bytes for nothing).
+ONE_READ_KEPT = 4096
 # Methods a request may be sent again on a fresh connection when a kept-alive one
 # turns out to have been closed by the upstream (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -173,7 +176,7 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamUnreachable("the upstream's response head is too large"))
             else:
                 self._fail(UpstreamUnreachable(f"the upstream's answer is not HTTP/1.1: {exc}"))
-        if first and self.complete and self._failure is None:
+        if first and self.complete and self._failure is None and len(data) <= ONE_READ_KEPT:
             self.one_read = data
         self._tell()
 
