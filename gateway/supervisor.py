@@ -127,6 +127,10 @@ def _worker_main(
             sys.exit(3)
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The supervisor's SIGTERM handler came with the fork: until the worker's own is set
+    # (once it serves), it would swallow a stop, the parent's death signal included, and
+    # leave the worker running without its supervisor. Until then, a stop ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A reload asked for while this worker is still starting must neither kill it nor be
     # lost: the operator's SIGHUP is the remedy for an edit the file watcher cannot see
     # (same size, mtime restored), and it may land in any worker's start-up.
