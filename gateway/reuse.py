@@ -37,7 +37,7 @@ from gateway.answer_bytes import Sent, response_head
 from gateway.config.model import RouteConfig, TenantConfig
 from gateway.proxy import AnswerHead, UpstreamError, UpstreamTarget, answer_head
 from gateway.request_log import RequestRecord
-from gateway.upstream_client import UpstreamResponse, _Connection
+from gateway.upstream_client import ONE_READ_KEPT, UpstreamResponse, _Connection
 from policies import Decision
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ _PLANS_LIMIT = 4096
 _BYTES_LIMIT = 16 * 1024 * 1024
 MAX_PLANNED = 8192  # bytes of a request that is planned; bigger ones are decided each time
 # Upstream answers relayed on reused decisions, remembered by their bytes: at most this
-# many, each at most this big (so ~1 MB a worker at most, both copies counted).
+# many, each no bigger than the connection keeps one whole (so ~2 MB a worker at most,
+# both copies counted).
 _ANSWERS_LIMIT = 256
-MAX_REMEMBERED_ANSWER = 2048  # (at most upstream_client.ONE_READ_KEPT)
+MAX_REMEMBERED_ANSWER = ONE_READ_KEPT
 
 # (peer address, TLS, the request's bytes)
 PlanKey = tuple[str | None, bool, bytes]

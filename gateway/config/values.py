@@ -18,7 +18,7 @@ from gateway import replica_wait
 from gateway.config.durations import parse_duration
 from gateway.config.fields import Ctx, Invalid, Parser, Reported, did_you_mean
 from gateway.config.model import IPNetwork, ListenAddress
-from gateway.cpu_affinity import parse_cpu_list
+from gateway.cpu_affinity import AUTO, NONE, parse_cpu_list
 from policies.source import line_of
 
 # --- scalars -------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def cpu_affinity(value: Any, ctx: Ctx) -> str | tuple[int, ...]:
     if isinstance(value, list):
         cpus = list_of(integer(0, MAX_CPU), "CPU numbers", non_empty=True)(value, ctx)
         return cpus
-    if value in ("none", "auto"):
+    if value in (NONE, AUTO):
         return str(value)
     expected = 'expected "none", "auto" or CPU numbers (a list, or "0-3,6")'
     if isinstance(value, int) and not isinstance(value, bool):
