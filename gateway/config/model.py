@@ -47,7 +47,7 @@ class ServerConfig:
     # the policy sees the path (the cut path is also the one forwarded).
     path_parameters: Literal["reject", "strip"] = "reject"
     # Plain allowed GETs served by gateway/fast_path.py; everything else by aiohttp.
-    fast_path: bool = False
+    fast_path: bool = True
     # CPUs each worker process runs on (gateway/cpu_affinity.py): "none" (the kernel
     # decides), "auto" (one of the CPUs this process may use, per worker), or CPU numbers.
     cpu_affinity: str | tuple[int, ...] = "none"

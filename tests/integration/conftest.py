@@ -79,21 +79,25 @@ StartGateway = Callable[..., Awaitable[str]]
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module with `BOTH_PATHS = True` runs each of its gateway tests twice: on
-    aiohttp's server alone, and with `server.fast_path` (gateway/fast_path.py)."""
+    aiohttp's server alone (`server.fast_path: false`), and with the fast path
+    (gateway/fast_path.py). Other modules run on the config their tests give: the
+    defaults, fast path on, unless a test says otherwise."""
     if "server_path" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_PATHS", False):
         metafunc.parametrize("server_path", ["full", "fast"], indirect=True)
 
 
 @pytest.fixture
 def server_path(request: pytest.FixtureRequest) -> str:
-    return str(getattr(request, "param", "full"))
+    return str(getattr(request, "param", "as configured"))
 
 
 def on_path(config: Config, server_path: str) -> Config:
-    """`config` with the fast path on when `server_path` says "fast"."""
-    if server_path != "fast" or config.server.fast_path:
+    """`config` on aiohttp's server alone ("full"), with the fast path ("fast"), or as
+    it is (any other value)."""
+    if server_path not in ("full", "fast"):
         return config
-    return dataclasses.replace(config, server=dataclasses.replace(config.server, fast_path=True))
+    fast = server_path == "fast"
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, fast_path=fast))
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ async def pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pair]:
     url = str(upstream.make_url(""))
     (tmp_path / "full").mkdir()
     (tmp_path / "fast").mkdir()
-    full = await start(make_config(tmp_path / "full", url, policy=POLICY))
+    full = await start(make_config(tmp_path / "full", url, policy=POLICY, fast_path=False))
     fast = await start(make_config(tmp_path / "fast", url, policy=POLICY, fast_path=True))
     yield Pair(full, fast)
     for server in servers:
