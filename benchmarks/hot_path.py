@@ -13,7 +13,7 @@ and response writing) and the event loop's own C code (uvloop: epoll and socket 
 seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC has
 no frame of its own: its time lands on whatever line allocated.
 
-    python -m benchmarks.hot_path [--seconds 15] [--redis] [--fast-path] [--perf]
+    python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--perf]
 
 `--perf` samples with Linux perf (Debian's `linux-perf`, as root) instead of py-spy and
 reports CPU by binary: the interpreter, the kernel, uvloop, llhttp, multidict, libc.
@@ -167,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--redis", action="store_true", help="scenario (c): Redis sessions")
-    parser.add_argument("--fast-path", action="store_true", help="with server.fast_path")
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="with server.fast_path: false (every request on aiohttp's server)",
+    )
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     parser.add_argument(
         "--perf",
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.redis
                 else AuthgateSetup("session", SESSION_POLICY)
             )
-            setup = replace(setup, fast_path=args.fast_path)
+            setup = replace(setup, fast_path=not args.no_fast_path)
             gate = start_authgate_scenario("b", "authgate (b)", 1, tmp, upstream.port, setup)
             started.extend(gate.processes)
             worker = gate.serving_pids()[0]

@@ -129,6 +129,14 @@ def checks(load: LoadResults) -> list[Check]:
             baseline=DIRECT_AT_FAST_RATE,
         ),
         ratio_check(results, "session_fast", "session", "(b) tuned / (b)", None),
+        ratio_check(
+            results, "session_aiohttp", "minimal", "(b) fast_path: false / minimal proxy", None
+        ),
+        ratio_check(results, "session", "session_aiohttp", "(b) / (b) fast_path: false", None),
+        ratio_check(
+            results, "session_varied", "minimal", "(b) no request repeated / minimal", None
+        ),
+        ratio_check(results, "session_varied", "nginx", "(b) no request repeated / nginx", None),
         ratio_check(results, "bypass", "minimal", "(a) bypass / minimal proxy", None),
         ratio_check(results, "floor", "nginx", "Python floor / nginx proxy", None),
         ratio_check(results, "session", "floor", "(b) / Python floor", None),

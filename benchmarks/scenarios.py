@@ -79,6 +79,7 @@ class Scenario:
     processes: tuple[ManagedProcess, ...]  # everything serving it (CPU is summed over them)
     rss_from: ManagedProcess  # whose workers' peak RSS is reported
     headers: tuple[str, ...] = ()  # besides Host: the session cookie
+    lua: str = ""  # wrk Lua run before the suite's own script (a `request` of its own)
 
     def serving_pids(self) -> list[int]:
         return [pid for process in self.processes for pid in process.worker_pids()]
@@ -94,7 +95,7 @@ class AuthgateSetup:
     redis_prefix: str = "authgate:"
     trusted_proxies: tuple[str, ...] = ()
     signed_in: bool = True  # requests carry the cookie of a session made before start
-    fast_path: bool = False  # server.fast_path
+    fast_path: bool = True  # server.fast_path (on by default)
     cpu_affinity: str = "none"  # server.cpu_affinity
 
 
@@ -176,7 +177,7 @@ def authgate_config(folder: Path, port: int, upstream_port: int, setup: Authgate
     trusted = ", ".join(setup.trusted_proxies)
     config = folder / "config.yaml"
     # Only keys that differ from the defaults: older builds (compared against) lack them.
-    fast_path = "  fast_path: true\n" if setup.fast_path else ""
+    fast_path = "" if setup.fast_path else "  fast_path: false\n"
     if setup.cpu_affinity != "none":
         fast_path += f"  cpu_affinity: {setup.cpu_affinity}\n"
     config.write_text(

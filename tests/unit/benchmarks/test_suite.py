@@ -9,11 +9,19 @@ from pathlib import Path
 from aiohttp import web
 
 from benchmarks.__main__ import parse_options
-from benchmarks._harness import WrkResult, WrkSettings, run_wrk, wrk_command
+from benchmarks._harness import WRK_DONE_SCRIPT, WrkResult, WrkSettings, run_wrk, wrk_command
 from benchmarks.hot_path import attribute, stage_of
 from benchmarks.report import checks, table
-from benchmarks.scenarios import SESSION_POLICY, AuthgateSetup, authgate_config
-from benchmarks.suite import LoadResults, PacedResult, ScenarioResult, paced_script
+from benchmarks.scenarios import SESSION_POLICY, AuthgateSetup, Scenario, authgate_config
+from benchmarks.suite import (
+    VARIED_PATHS_LUA,
+    LoadResults,
+    PacedResult,
+    ScenarioResult,
+    paced_script,
+    scenario_script,
+)
+from gateway.config.loader import load_config
 from tests.unit.deploy.tools import require_tool
 
 
@@ -91,6 +99,55 @@ async def test_the_fixed_rate_script_holds_wrk_to_its_rate(tmp_path: Path) -> No
     finally:
         await runner.cleanup()
     assert 100 <= result.requests <= 400
+
+
+async def test_the_varied_script_sends_no_request_twice(tmp_path: Path) -> None:
+    # Nothing may be reused: every request wrk sends (all threads together) differs,
+    # and still carries the scenario's Host and cookie.
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(request: web.BaseRequest) -> web.Response:
+        seen.append((request.path_qs, request.host, request.headers.get("Cookie", "")))
+        return web.Response(text="ok")
+
+    require_tool("wrk")
+    server = web.Server(record)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    done = tmp_path / "done.lua"
+    done.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
+    varied = Scenario("session_varied", "varied", port, (), None, (), VARIED_PATHS_LUA)  # type: ignore[arg-type]
+    script = scenario_script(varied, done)
+    try:
+        settings = WrkSettings(2, 4, 1, "bench.test", ("Cookie: authgate_session=abc",))
+        result = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{port}/", settings, script)
+    finally:
+        await runner.cleanup()
+    paths = [path for path, _, _ in seen]
+    assert len(paths) >= result.requests > 100
+    assert len(set(paths)) == len(paths)
+    assert {(host, cookie) for _, host, cookie in seen} == {("bench.test", "authgate_session=abc")}
+
+
+def test_a_scenario_without_lua_keeps_the_suite_script(tmp_path: Path) -> None:
+    done = tmp_path / "done.lua"
+    plain = Scenario("session", "b", 1, (), None)  # type: ignore[arg-type]
+    assert scenario_script(plain, done) == done
+
+
+def test_scenarios_run_on_the_defaults_unless_they_turn_the_fast_path_off(tmp_path: Path) -> None:
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    on = authgate_config(tmp_path / "on", 1234, 5678, AuthgateSetup("b", SESSION_POLICY))
+    off = authgate_config(
+        tmp_path / "off", 1234, 5678, AuthgateSetup("b", SESSION_POLICY, fast_path=False)
+    )
+    assert "fast_path" not in on.read_text()
+    assert load_config(on, environ={}).server.fast_path is True
+    assert load_config(off, environ={}).server.fast_path is False
 
 
 def test_wrk_sends_the_session_cookie_with_the_host() -> None:
