@@ -18,12 +18,16 @@ _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 class Sent:
     """What the access log and metrics read of an answer the fast path wrote."""
 
-    __slots__ = ("body_length", "content_length", "status")
+    __slots__ = ("body_length", "content_length", "cut", "status")
 
-    def __init__(self, status: int, length: int | None, written: int) -> None:
+    def __init__(self, status: int, length: int | None, written: int, *, cut: bool = False) -> None:
         self.status = status
         self.content_length = length
         self.body_length = written
+        # The connection was cut short after the request went upstream: recorded with
+        # the status the client got (or 500), as aiohttp's server records it, but the
+        # connection is not read on.
+        self.cut = cut
 
 
 def response_head(

@@ -29,6 +29,7 @@ arriving again, are forwarded on it without being parsed or decided
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import socket
 import time
@@ -369,11 +370,43 @@ class FastConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-def available() -> bool:
-    """Whether aiohttp reads requests with its C parser (llhttp, as the fast path does).
-    Its pure-Python parser refuses things llhttp accepts (two spaces in the request
-    line, a bare LF at the end): with it, the two paths would not agree."""
-    return HttpRequestParser.__module__ == "aiohttp._http_parser"
+# Heads aiohttp's reader refuses that httptools before 0.6.4 (its llhttp 8) accepted:
+# read more leniently than aiohttp, the fast path would forward what aiohttp refuses.
+LENIENT_HEADS = (
+    ("a folded field", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n"),
+    ("a space before the colon", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"),
+    ("a bare LF ending the head", b"GET / HTTP/1.1\r\nHost: a\r\n\n"),
+)
+
+
+def _refuses(head: bytes) -> bool:
+    try:
+        httptools.HttpRequestParser(object()).feed_data(head)
+    except httptools.HttpParserError:
+        return True
+    return False
+
+
+def unavailable_reason() -> str | None:
+    """Why the fast path cannot run here, or None. Both readers must be llhttp and read
+    alike: aiohttp's pure-Python parser refuses things llhttp accepts (two spaces in the
+    request line), and an old httptools accepts things aiohttp's llhttp refuses."""
+    if HttpRequestParser.__module__ != "aiohttp._http_parser":
+        return "aiohttp runs without its C parser (AIOHTTP_NO_EXTENSIONS?)"
+    lenient = [name for name, head in LENIENT_HEADS if not _refuses(head)]
+    if lenient:
+        return (
+            f"httptools {_version('httptools')} accepts requests aiohttp refuses"
+            f" ({', '.join(lenient)}): upgrade it to 0.6.4 or later"
+        )
+    return None
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 class FastServer:
@@ -549,7 +582,7 @@ class FastServer:
             self._served(conn, sent)
 
     def _served(self, conn: FastConnection, sent: Sent | None) -> None:
-        if sent is not None:
+        if sent is not None and not sent.cut:
             self.served.inc()
             conn.answered()
         else:
@@ -602,8 +635,8 @@ class FastServer:
         request: FastRequest,
         tenant: TenantConfig | None,
         request_id: str,
-        forwarding: Awaitable[Sent | None],
-    ) -> Sent | None:
+        forwarding: Awaitable[Sent],
+    ) -> Sent:
         try:
             return await forwarding
         except UpstreamError as exc:
@@ -613,21 +646,20 @@ class FastServer:
             raise
         except Exception:
             # After the request went upstream nothing is sent twice: the connection is
-            # cut, as when an answer breaks off.
+            # cut, as when an answer breaks off. Recorded as aiohttp's server records a
+            # handler's error: 500.
             log.exception("unhandled error on the fast path", extra={"request_id": request_id})
             conn.abort()
-            return None
+            return Sent(500, None, 0, cut=True)
 
-    async def _forward(
-        self, conn: FastConnection, head: bytes | None, allowed: Allowed
-    ) -> Sent | None:
-        """Forward the request and write the answer; None when the answer broke off
-        after its head was written (the connection is cut)."""
+    async def _forward(self, conn: FastConnection, head: bytes | None, allowed: Allowed) -> Sent:
+        """Forward the request and write the answer (`cut` when it broke off after its
+        head was written)."""
         if head is None:
             raise UpstreamError(500, "a request header could not be forwarded safely")
         return await self._send(conn, allowed.target, head)
 
-    async def _send(self, conn: FastConnection, target: UpstreamTarget, head: bytes) -> Sent | None:
+    async def _send(self, conn: FastConnection, target: UpstreamTarget, head: bytes) -> Sent:
         return await self._relay(conn, await exchange(target, "GET", head, None, False))
 
     # -- reused decisions (gateway/reuse.py) --------------------------------------
@@ -671,13 +703,14 @@ class FastServer:
             conn.abort()
         finally:
             observer.finish(token, sent)
-        if sent is not None:
+        if sent is not None and not sent.cut:
             self.reused.inc()
         self._served(conn, sent)
 
-    async def _relay(self, conn: FastConnection, upstream: UpstreamResponse) -> Sent | None:
-        """Write the upstream's answer to the client; None when it broke off after its
-        head was written (the connection is cut)."""
+    async def _relay(self, conn: FastConnection, upstream: UpstreamResponse) -> Sent:
+        """Write the upstream's answer to the client. When it breaks off after its head
+        was written, the connection is cut, and the answer recorded with the status the
+        client got and the bytes it got, as on aiohttp's server."""
         async with upstream:
             answer = answer_head(upstream, "GET")
             if answer.small:
@@ -699,10 +732,10 @@ class FastServer:
                 # The head is gone already: all that is left is to cut the connection.
                 log.warning("upstream stalled mid-response; closing client connection")
                 conn.abort()
-                return None
+                return Sent(answer.status, answer.length, written, cut=True)
             except UpstreamUnreachable:
                 conn.abort()
-                return None
+                return Sent(answer.status, answer.length, written, cut=True)
             if chunked:
                 conn.write(b"0\r\n\r\n")
             await conn.drain()

@@ -243,7 +243,7 @@ class ReusedExchange:
                 self._detach(close=True)
                 self.conn.abort()
                 if not self._ended:
-                    self._end(None)
+                    self._end(Sent(500, None, 0, cut=True))  # as aiohttp records an error
             except Exception:  # (recording it failed too: the connection is cut anyway)
                 log.exception("unhandled error cutting a reused exchange")
                 self._ended = True
@@ -367,13 +367,13 @@ class ReusedExchange:
         self._end(sent)
 
     def _end(self, sent: Sent | None) -> None:
-        """Cut short (None: recorded as a 499, as the fast path records it), or written:
-        recorded and counted once the client has taken it (`taken`), and the
-        connection read on."""
+        """Cut short (None: the client went away, recorded as a 499; or `cut`: recorded
+        as it says), or written: recorded and counted once the client has taken it
+        (`taken`), and the connection read on."""
         self._ended = True
         conn = self.conn
-        if sent is None:
-            self.server.pipeline.observer.record(self.record, None)
+        if sent is None or sent.cut:
+            self.server.pipeline.observer.record(self.record, sent)
             conn.serving = None
             self.settle()
             return

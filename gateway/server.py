@@ -28,7 +28,7 @@ from aiohttp.web_request import BaseRequest
 from gateway.audit import Event
 from gateway.config.model import Config, ListenAddress
 from gateway.fast_path import FastServer
-from gateway.fast_path import available as fast_path_available
+from gateway.fast_path import unavailable_reason as fast_path_unavailable
 from gateway.geo import GeoService
 from gateway.metrics import Metrics
 from gateway.pipeline import Challenge, Identify, Pipeline, anonymous, plain_challenge
@@ -167,12 +167,14 @@ class GatewayServer:
             lowlevel, shutdown_timeout=server_cfg.shutdown_timeout, handle_signals=False
         )
         await self._runner.setup()
-        fast_path = server_cfg.fast_path and fast_path_available()
-        if server_cfg.fast_path and not fast_path:
+        unavailable = fast_path_unavailable() if server_cfg.fast_path else None
+        if unavailable is not None:
             log.warning(
-                "server.fast_path is on but aiohttp runs without its C parser"
-                " (AIOHTTP_NO_EXTENSIONS?): serving everything on aiohttp"
+                "the fast path is off: %s. Every request is served on aiohttp's server"
+                " (server.fast_path: false says so and silences this)",
+                unavailable,
             )
+        fast_path = server_cfg.fast_path and unavailable is None
         if fast_path:
             self._fast = FastServer(
                 self.pipeline,

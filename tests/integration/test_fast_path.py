@@ -32,6 +32,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config.model import Config
 from gateway.errors import StoreUnavailable
+from gateway.fast_path import LENIENT_HEADS
 from gateway.pipeline import Identity
 from gateway.server import GatewayServer
 from tests.integration.conftest import make_config
@@ -583,6 +584,18 @@ async def test_every_case_is_answered_alike_on_both_paths(
         assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") == 0
 
 
+async def test_heads_an_old_httptools_would_forward_are_refused_on_both_paths(
+    pair: Pair,
+) -> None:
+    # The fast path's start-up check (unavailable_reason) turns on these heads: they
+    # must be ones aiohttp refuses, and the installed httptools must refuse them too.
+    for name, head in LENIENT_HEADS:
+        sent = head.replace(b" a\r\n", b" app.test\r\n")
+        full, fast = await both(pair, [sent])
+        assert full.answers and full.answers[0].startswith(b"400\n"), (name, full.answers)
+        assert fast.answers == full.answers, name
+
+
 async def test_a_case_cut_into_pieces_with_pauses_is_answered_alike(pair: Pair) -> None:
     raw = b"GET /echo/slow HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n\r\n"
     full, fast = await both(pair, [raw[:7], raw[7:30], raw[30:]], pause=0.05)
@@ -804,6 +817,37 @@ async def test_a_client_that_leaves_cancels_its_request_upstream(
         for line in (await scrape(gateways.fast)).splitlines()
         if line.startswith("authgate_requests_total")
     ]
+
+
+async def test_an_answer_the_upstream_breaks_off_is_recorded_alike_on_both_paths(
+    start_fast_and_full: Callable[..., Awaitable[Pair]],
+) -> None:
+    # The head (a 200) reached the client, then the upstream died: the client got a
+    # 200 cut short, and both paths record that, not a 499 (the client did not leave).
+    async def dies_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70000)
+        await writer.drain()
+        writer.transport.abort()
+
+    dying = await asyncio.start_server(dies_mid_body, "127.0.0.1", 0)
+    port = dying.sockets[0].getsockname()[1]
+    try:
+        gateways = await start_fast_and_full(f"http://127.0.0.1:{port}")
+        recorded = {}
+        for name, address in (("full", gateways.full), ("fast", gateways.fast)):
+            heard = await send(address, [b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n"])
+            assert heard.closed and not heard.answers, name  # cut short: no whole answer
+            statuses = {
+                line.split('status="')[1].split('"')[0]
+                for line in (await scrape(address)).splitlines()
+                if line.startswith("authgate_requests_total{") and not line.endswith(" 0.0")
+            }
+            recorded[name] = statuses
+        assert recorded == {"full": {"200"}, "fast": {"200"}}, recorded
+    finally:
+        dying.close()
+        await dying.wait_closed()
 
 
 async def test_a_client_too_slow_to_send_its_head_is_dropped(
@@ -1065,7 +1109,10 @@ async def test_without_aiohttps_c_parser_everything_is_served_by_aiohttp(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("gateway.server.fast_path_available", lambda: False)
+    monkeypatch.setattr(
+        "gateway.server.fast_path_unavailable",
+        lambda: "aiohttp runs without its C parser (AIOHTTP_NO_EXTENSIONS?)",
+    )
     gateway = GatewayServer(
         make_config(tmp_path, str(upstream.make_url("")), policy=POLICY, fast_path=True)
     )
@@ -1076,6 +1123,6 @@ async def test_without_aiohttps_c_parser_everything_is_served_by_aiohttp(
         assert heard.answers[0].startswith(b"200")
         counts = await fast_path_counts(Pair(f"{host}:{port}", f"{host}:{port}"))
         assert counts == {"served": 0.0, "handed_over": 0.0}
-        assert "without its C parser" in caplog.text
+        assert "the fast path is off: aiohttp runs without its C parser" in caplog.text
     finally:
         await gateway.stop()
