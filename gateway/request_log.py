@@ -46,7 +46,6 @@ class RequestRecord:
         "path",
         "request_id",
         "route",
-        "span",
         "started",
         "tenant",
         "upstream_seconds",
@@ -63,7 +62,6 @@ class RequestRecord:
         self.decision: Decision | None = None
         self.decide_seconds: float | None = None
         self.upstream_seconds: float | None = None
-        self.span: Any = None
 
 
 _CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
@@ -142,18 +140,15 @@ class RequestObserver:
         self.tracer = tracer(config, tracer_provider)
 
     def start(self, request_id: str, method: str, started: float) -> contextvars.Token[Any]:
-        record = RequestRecord(request_id, method, started)
-        if self.tracer is not None:
-            record.span = self.tracer.start_span("authgate request", kind=_server_kind())
-        return _CURRENT.set(record)
+        return _CURRENT.set(RequestRecord(request_id, method, started))
 
     def adopt(self, record: RequestRecord) -> contextvars.Token[Any]:
         """Make an already opened record the current one (for `finish`)."""
         return _CURRENT.set(record)
 
     def discard(self, token: contextvars.Token[Any]) -> None:
-        """Forget a request another handler will record (the fast path hands it over).
-        Its span, if any, is never ended, so never exported: the other handler's is."""
+        """Forget a request another handler will record (the fast path hands it over):
+        no metrics, no log line and no span for it, the other handler's only."""
         _CURRENT.reset(token)
 
     def finish(self, token: contextvars.Token[Any], response: Sent | None) -> None:
@@ -179,8 +174,8 @@ class RequestObserver:
             self.metrics.decision_timer(record.tenant.id).observe(record.decide_seconds)
         if self.access:
             self._access_line(record, response, status, duration)
-        if record.span is not None:
-            _end_span(record, status)
+        if self.tracer is not None:
+            _export_span(self.tracer, record, status, duration)
 
     def _access_line(
         self,
@@ -241,8 +236,12 @@ def _server_kind() -> Any:
     return SpanKind.SERVER
 
 
-def _end_span(record: RequestRecord, status: int) -> None:
-    span = record.span
+def _export_span(tracer: Any, record: RequestRecord, status: int, duration: float) -> None:
+    """The request's span, made once it is recorded: a request handed from the fast path
+    to aiohttp's server is started twice but recorded once, and a span started for the
+    first start would never end (the SDK and its processors would count it live)."""
+    start = time.time_ns() - int(duration * 1e9)
+    span = tracer.start_span("authgate request", kind=_server_kind(), start_time=start)
     decision = record.decision
     span.set_attribute("http.request.method", normal_method(record.method))
     span.set_attribute("http.response.status_code", status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,37 @@ def test_tracing_is_off_unless_configured() -> None:
     observer = RequestObserver(config(), Metrics(config()))
     token = observer.start("rid", "GET", 0.0)
     observer.finish(token, None)  # no span made, nothing to end
+
+
+def test_a_request_handed_over_starts_no_span_and_one_recorded_starts_one_that_ends() -> None:
+    # The fast path starts a request, then hands it to aiohttp's server, which starts
+    # and records it again: one span, started and ended, covering the whole time.
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+
+    class Counting(SpanProcessor):
+        def __init__(self) -> None:
+            self.started = 0
+            self.ended: list[ReadableSpan] = []
+
+        def on_start(self, span: Span, parent_context: object = None) -> None:
+            self.started += 1
+
+        def on_end(self, span: ReadableSpan) -> None:
+            self.ended.append(span)
+
+    counting = Counting()
+    provider = TracerProvider()
+    provider.add_span_processor(counting)
+    observer = RequestObserver(config(otel=True), Metrics(config()), tracer_provider=provider)
+    began = time.perf_counter() - 0.25  # the request began a quarter of a second ago
+    observer.discard(observer.start("rid-1", "GET", began))
+    assert counting.started == 0 and counting.ended == []
+    observer.finish(observer.start("rid-1", "GET", began), None)
+    assert counting.started == 1
+    (span,) = counting.ended
+    assert span.start_time is not None and span.end_time is not None
+    assert 0.2 <= (span.end_time - span.start_time) / 1e9 < 5.0
 
 
 def test_a_span_per_request_with_canonical_path_and_decision() -> None:
