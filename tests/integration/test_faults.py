@@ -33,6 +33,9 @@ from tests.integration.conftest import StartGateway, make_config
 from tests.integration.servers import PostgresServer, RedisServer, start_postgres, start_redis
 from tests.integration.users import store_api_key
 
+# Every test on aiohttp's server alone and on the fast path (conftest.py).
+BOTH_PATHS = True
+
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 POLICY = """

@@ -22,6 +22,9 @@ from tests.integration.servers import PostgresServer, start_postgres
 from tests.integration.test_identity_flow import Backend, add_alice
 from tests.integration.test_mfa_flow import configure, enrol_totp, post_code, signed_in_at_prompt
 
+# Every test on aiohttp's server alone and on the fast path (conftest.py).
+BOTH_PATHS = True
+
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 

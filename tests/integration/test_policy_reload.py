@@ -12,6 +12,9 @@ from aiohttp.test_utils import TestServer
 from gateway.server import GatewayServer
 from tests.integration.conftest import StartGateway, make_config
 
+# Every test on aiohttp's server alone and on the fast path (conftest.py).
+BOTH_PATHS = True
+
 CLOSED = "version: 1\ndefault: deny\n"
 OPEN = "version: 1\ndefault: deny\nrules:\n  - name: open\n    action: bypass\n"
 

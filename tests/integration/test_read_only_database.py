@@ -21,6 +21,9 @@ from tests.integration.conftest import StartGateway, make_config
 from tests.integration.servers import PostgresServer, start_postgres
 from tests.integration.users import PASSWORD, create_user
 
+# Every test on aiohttp's server alone and on the fast path (conftest.py).
+BOTH_PATHS = True
+
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 # Dearer than the hash the user was created with (tests.integration.users.CHEAP): a

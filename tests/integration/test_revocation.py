@@ -23,7 +23,7 @@ SLACK = 0.3  # one request's time on a loaded CI machine
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("bus", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
-@pytest.mark.parametrize("fast_path", [False, True], ids=["", "fast-path"])
+@pytest.mark.parametrize("fast_path", [False, True], ids=["aiohttp", "fast-path"])
 async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
     bus: str, fast_path: bool, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

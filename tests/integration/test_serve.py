@@ -102,17 +102,17 @@ def write_config(
     port: int,
     upstream_port: int,
     *,
-    fast_path: bool = False,
+    fast_path: bool | None = None,  # None: the default (on)
     cpu_affinity: str = "none",
 ) -> Path:
     (tmp_path / "policy.yaml").write_text(POLICY_OPEN)
     config = tmp_path / "config.yaml"
+    fast_path_line = "" if fast_path is None else f"  fast_path: {str(fast_path).lower()}\n"
     config.write_text(
         f"""server:
   listen: 127.0.0.1:{port}
   shutdown_timeout: 5s
-  fast_path: {"true" if fast_path else "false"}
-  cpu_affinity: {cpu_affinity}
+{fast_path_line}  cpu_affinity: {cpu_affinity}
 storage: sqlite:///authgate.db
 logging:
   level: warning

@@ -24,6 +24,9 @@ from tests.integration.test_mfa_flow import (
     signed_in_at_prompt,
 )
 
+# Every test on aiohttp's server alone and on the fast path (conftest.py).
+BOTH_PATHS = True
+
 ACCOUNT = "/.authgate/account"
 
 
