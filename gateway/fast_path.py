@@ -325,9 +325,11 @@ class FastConnection(asyncio.Protocol):
             else:
                 self.data_received(data)
 
-    def hand_over(self) -> None:
+    def hand_over(self, begun: tuple[float, str] | None = None) -> None:
         """From now on aiohttp serves this connection, starting with every byte that
-        arrived since the last answer (none of which has been acted on)."""
+        arrived since the last answer (none of which has been acted on). `begun`: when
+        the first of them began here and the request id it was given, which aiohttp's
+        pass keeps (one request, timed and logged once)."""
         transport = self.transport
         self.server.connections.discard(self)
         self.server.handed_over.inc()
@@ -340,6 +342,8 @@ class FastConnection(asyncio.Protocol):
         handler = self.server.full_server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if begun is not None:
+            self.server.pipeline.begun[transport] = begun
         # Ours to undo (paused for _early), before aiohttp reads: its own pause must hold.
         transport.resume_reading()
         if data:
@@ -577,7 +581,7 @@ class FastServer:
             else:
                 pipeline.observer.finish(token, sent)
         if handing_over:
-            conn.hand_over()
+            conn.hand_over((started, request_id))
         else:
             self._served(conn, sent)
 

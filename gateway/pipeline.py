@@ -12,10 +12,11 @@ import itertools
 import logging
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -189,6 +190,10 @@ class Pipeline:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics(config)
         self.observer = RequestObserver(config, self.metrics)
+        # Requests the fast path began and handed to aiohttp's server, by connection:
+        # when each began and the id it was given, so that the one request is timed and
+        # logged as one (weak: gone with the connection, if aiohttp never serves it).
+        self.begun: weakref.WeakKeyDictionary[Any, tuple[float, str]] = weakref.WeakKeyDictionary()
         # A TenantDirectory is live (database tenants swapped in while serving); without
         # one, the config's tenants are all there is.
         self.tenants: TenantDirectory | TenantIndex = (
@@ -250,10 +255,11 @@ class Pipeline:
         return next_request_id()
 
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
+        begun = self.begun.pop(request.transport, None) if self.begun else None
+        started = time.perf_counter() if begun is None else begun[0]
         peer = request.remote
         peer_trusted = peer_is_trusted(peer, self.trusted_proxies)
-        request_id = self.request_id(request, peer_trusted)
+        request_id = self.request_id(request, peer_trusted) if begun is None else begun[1]
         # Metrics, access log and span see every answer, errors included; a cancelled
         # request (client gone) is recorded as 499.
         token = self.observer.start(request_id, request.method, started)

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.pipeline import Identity
+from gateway.request_log import current_request_id
 from gateway.server import GatewayServer
 from tests.integration import test_fast_path
 from tests.integration.conftest import make_config
@@ -26,7 +27,9 @@ from tests.integration.test_fast_path import (
     non_reading_client,
     one_by_one,
     read_all,
+    scrape,
     split_answers,
+    value_of,
 )
 from tests.integration.upstream_app import RELEASE
 
@@ -415,3 +418,43 @@ async def test_tcp_keepalive_is_set_as_aiohttp_sets_it(
             await gateway.stop()
     # Both found (a lookup that found nothing would compare None with None), and alike.
     assert seen == {"full": 1, "fast": 1}, seen
+
+
+# --- a request handed over is one request: timed from its start, under one id ----------
+
+
+async def test_a_request_handed_over_is_timed_from_its_start_and_logged_under_one_id(
+    upstream: TestServer, tmp_path: Path
+) -> None:
+    # Refused, so handed to aiohttp, which decides it again: the client waits for both
+    # passes (2 x 0.3 s), and the one request must be recorded as that, with the id the
+    # first pass logged under.
+    ids: list[str | None] = []
+
+    async def slow(request: Any, tenant: object, route: object) -> Identity:
+        await asyncio.sleep(0.3)
+        ids.append(current_request_id())  # what its log lines are tagged with
+        return Identity(principal=None)
+
+    def install(server: GatewayServer) -> None:
+        server.hooks.identify = slow
+
+    gateway, host, port = await start(tmp_path, "g", str(upstream.make_url("")), True, (install,))
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"GET /private/x HTTP/1.1\r\nHost: app.test\r\nAccept: application/json\r\n\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 401")
+        text = await scrape(f"{host}:{port}")
+        name = 'authgate_request_duration_seconds_sum{route="app.test/",tenant="acme"}'
+        assert value_of(text, name) >= 0.55, text
+        assert len(ids) == 2 and ids[0] == ids[1] and ids[0] is not None, ids
+        assert ids[0].encode() in body  # the id the answer gives is that one too
+    finally:
+        await gateway.stop()
