@@ -4,6 +4,7 @@ the table, and py-spy stage attribution. No timing assertions."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -85,20 +86,28 @@ async def test_the_fixed_rate_script_holds_wrk_to_its_rate(tmp_path: Path) -> No
     async def ok(request: web.BaseRequest) -> web.Response:
         return web.Response(text="ok")
 
+    settings = WrkSettings(1, 8, 2, "bench.test", ())
+    result = await wrk_against(ok, settings, lambda port: paced_script(tmp_path, 100))
+    assert 100 <= result.requests <= 400
+
+
+async def wrk_against(
+    handler: Callable[[web.BaseRequest], Awaitable[web.Response]],
+    settings: WrkSettings,
+    script: Callable[[int], Path],
+) -> WrkResult:
+    """wrk with `settings` and the script made for the port, against `handler`."""
     require_tool("wrk")
-    server = web.Server(ok)
-    runner = web.ServerRunner(server)
+    runner = web.ServerRunner(web.Server(handler))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
     try:
-        settings = WrkSettings(1, 8, 2, "bench.test", ())
-        script = paced_script(tmp_path, 100)
-        result = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{port}/", settings, script)
+        url = f"http://127.0.0.1:{port}/"
+        return await asyncio.to_thread(run_wrk, url, settings, script(port))
     finally:
         await runner.cleanup()
-    assert 100 <= result.requests <= 400
 
 
 async def test_the_varied_script_sends_no_request_twice(tmp_path: Path) -> None:
@@ -110,22 +119,15 @@ async def test_the_varied_script_sends_no_request_twice(tmp_path: Path) -> None:
         seen.append((request.path_qs, request.host, request.headers.get("Cookie", "")))
         return web.Response(text="ok")
 
-    require_tool("wrk")
-    server = web.Server(record)
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     done = tmp_path / "done.lua"
     done.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
-    varied = Scenario("session_varied", "varied", port, (), None, (), VARIED_PATHS_LUA)  # type: ignore[arg-type]
-    script = scenario_script(varied, done)
-    try:
-        settings = WrkSettings(2, 4, 1, "bench.test", ("Cookie: authgate_session=abc",))
-        result = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{port}/", settings, script)
-    finally:
-        await runner.cleanup()
+
+    def script(port: int) -> Path:
+        varied = Scenario("session_varied", "varied", port, (), None, (), VARIED_PATHS_LUA)  # type: ignore[arg-type]
+        return scenario_script(varied, done)
+
+    settings = WrkSettings(2, 4, 1, "bench.test", ("Cookie: authgate_session=abc",))
+    result = await wrk_against(record, settings, script)
     paths = [path for path, _, _ in seen]
     assert len(paths) >= result.requests > 100
     assert len(set(paths)) == len(paths)
