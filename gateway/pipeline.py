@@ -254,8 +254,15 @@ class Pipeline:
                 return given
         return next_request_id()
 
+    def _begun_on_fast_path(self, request: BaseRequest) -> tuple[float, str] | None:
+        """When the fast path began this request and the id it gave it, if it did."""
+        transport = request.transport  # None once the client has gone
+        if not self.begun or transport is None:
+            return None
+        return self.begun.pop(transport, None)
+
     async def __call__(self, request: BaseRequest) -> web.StreamResponse:
-        begun = self.begun.pop(request.transport, None) if self.begun else None
+        begun = self._begun_on_fast_path(request)
         started = time.perf_counter() if begun is None else begun[0]
         peer = request.remote
         peer_trusted = peer_is_trusted(peer, self.trusted_proxies)

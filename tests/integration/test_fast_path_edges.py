@@ -9,10 +9,12 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestServer
+from aiohttp.web_request import BaseRequest
 
 from gateway.pipeline import Identity
 from gateway.request_log import current_request_id
@@ -456,5 +458,25 @@ async def test_a_request_handed_over_is_timed_from_its_start_and_logged_under_on
         assert value_of(text, name) >= 0.55, text
         assert len(ids) == 2 and ids[0] == ids[1] and ids[0] is not None, ids
         assert ids[0].encode() in body  # the id the answer gives is that one too
+    finally:
+        await gateway.stop()
+
+
+async def test_a_request_whose_client_has_gone_is_looked_up_without_error(
+    upstream: TestServer, tmp_path: Path
+) -> None:
+    # aiohttp's request has no transport once its client has gone; with requests begun
+    # on the fast path pending, looking it up must not fail (a weak map cannot hold None).
+    gateway, _, _ = await start(tmp_path, "g", str(upstream.make_url("")), True)
+    try:
+        pipeline = gateway.pipeline
+        assert pipeline is not None
+        connection = asyncio.Event()  # stands for a transport: a weak map can hold it
+        pipeline.begun[connection] = (1.0, "rid")
+        gone = cast(BaseRequest, SimpleNamespace(transport=None))
+        assert pipeline._begun_on_fast_path(gone) is None
+        here = cast(BaseRequest, SimpleNamespace(transport=connection))
+        assert pipeline._begun_on_fast_path(here) == (1.0, "rid")
+        assert not pipeline.begun  # taken once
     finally:
         await gateway.stop()
