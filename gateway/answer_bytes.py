@@ -30,6 +30,12 @@ class Sent:
         self.cut = cut
 
 
+def cut_by_error() -> Sent:
+    """An unexpected error after the request went upstream: nothing is sent twice, the
+    connection is cut, and it is recorded as aiohttp's server records a handler's error."""
+    return Sent(500, None, 0, cut=True)
+
+
 def response_head(
     status: int, reason: str | None, headers: CIMultiDict[str], length: int | None
 ) -> bytes:

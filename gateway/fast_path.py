@@ -29,7 +29,6 @@ arriving again, are forwarded on it without being parsed or decided
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
 import socket
 import time
@@ -42,7 +41,7 @@ from aiohttp.http_parser import SINGLETON_HEADERS, HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from gateway.answer_bytes import Sent, response_head
+from gateway.answer_bytes import Sent, cut_by_error, response_head
 from gateway.canonical import peer_is_trusted
 from gateway.config.model import ListenAddress, TenantConfig
 from gateway.pipeline import Allowed, Pipeline, next_request_id
@@ -400,17 +399,10 @@ def unavailable_reason() -> str | None:
     lenient = [name for name, head in LENIENT_HEADS if not _refuses(head)]
     if lenient:
         return (
-            f"httptools {_version('httptools')} accepts requests aiohttp refuses"
+            f"httptools {httptools.__version__} accepts requests aiohttp refuses"
             f" ({', '.join(lenient)}): upgrade it to 0.6.4 or later"
         )
     return None
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "(version unknown)"
 
 
 class FastServer:
@@ -585,12 +577,14 @@ class FastServer:
         else:
             self._served(conn, sent)
 
-    def _served(self, conn: FastConnection, sent: Sent | None) -> None:
-        if sent is not None and not sent.cut:
-            self.served.inc()
-            conn.answered()
-        else:
-            conn.serving = None  # cut short: the connection is closed
+    def _served(self, conn: FastConnection, sent: Sent | None) -> bool:
+        """Whether it was answered whole (the connection reads on), else cut short."""
+        if sent is None or sent.cut:
+            conn.serving = None  # the connection is closed
+            return False
+        self.served.inc()
+        conn.answered()
+        return True
 
     def _head(self, request: FastRequest, allowed: Allowed) -> bytes | None:
         """The request head sent upstream; None when it cannot be sent safely."""
@@ -650,11 +644,10 @@ class FastServer:
             raise
         except Exception:
             # After the request went upstream nothing is sent twice: the connection is
-            # cut, as when an answer breaks off. Recorded as aiohttp's server records a
-            # handler's error: 500.
+            # cut, as when an answer breaks off.
             log.exception("unhandled error on the fast path", extra={"request_id": request_id})
             conn.abort()
-            return Sent(500, None, 0, cut=True)
+            return cut_by_error()
 
     async def _forward(self, conn: FastConnection, head: bytes | None, allowed: Allowed) -> Sent:
         """Forward the request and write the answer (`cut` when it broke off after its
@@ -707,9 +700,8 @@ class FastServer:
             conn.abort()
         finally:
             observer.finish(token, sent)
-        if sent is not None and not sent.cut:
+        if self._served(conn, sent):
             self.reused.inc()
-        self._served(conn, sent)
 
     async def _relay(self, conn: FastConnection, upstream: UpstreamResponse) -> Sent:
         """Write the upstream's answer to the client. When it breaks off after its head

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.answer_bytes import Sent, response_head
+from gateway.answer_bytes import Sent, cut_by_error, response_head
 from gateway.config.model import RouteConfig, TenantConfig
 from gateway.proxy import AnswerHead, UpstreamError, UpstreamTarget, answer_head
 from gateway.request_log import RequestRecord
@@ -243,7 +243,7 @@ class ReusedExchange:
                 self._detach(close=True)
                 self.conn.abort()
                 if not self._ended:
-                    self._end(Sent(500, None, 0, cut=True))  # as aiohttp records an error
+                    self._end(cut_by_error())
             except Exception:  # (recording it failed too: the connection is cut anyway)
                 log.exception("unhandled error cutting a reused exchange")
                 self._ended = True
