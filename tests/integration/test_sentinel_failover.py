@@ -39,6 +39,7 @@ from gateway.stores.ids import hash_session_id
 from tests.integration.failover import (
     BOUND,
     RECOVERY,
+    Heard,
     check_fail_closed,
     kill_and_recover,
     milliseconds,
@@ -61,6 +62,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 # 3.5 s. An election ending in a split vote is retried after 2 x failover-timeout (8 s).
 FAILOVER_WAIT = 20.0
 DEMOTION_WAIT = 15.0  # a live or returning old master is made a replica (about 2-3 s)
+QUIET = 1.0  # no resync for this long: B's subscription is not being moved any more
 
 
 @pytest.fixture
@@ -86,6 +88,15 @@ def subscribers(port: int) -> list[str]:
     """The pub/sub clients of a redis-server, other than Sentinels."""
     clients = redis_cli(port, "client", "list").splitlines()
     return [c for c in clients if " flags=P " in c and "name=sentinel-" not in c]
+
+
+async def subscriptions_settled(heard: Heard, port: int) -> bool:
+    """Both instances' subscriptions are on the redis-server at `port`, and B has heard
+    no resync (its subscription reopened) for QUIET seconds."""
+    last_resync = max((t for t, m in heard if m == RESYNC), default=0.0)
+    if time.monotonic() - last_resync < QUIET:
+        return False
+    return len(await asyncio.to_thread(subscribers, port)) >= 2
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -191,6 +202,15 @@ async def test_coordinated_failover_demoting_a_live_master(
         )
         left = await asyncio.to_thread(subscribers, old_port)
         assert left == [], f"subscriptions left on the demoted master: {left}"
+        # Sentinel kills pub/sub clients on every server it reconfigures, the promoted
+        # replica included, so B's subscription may be closed once more after the first
+        # resync; a logout sent meanwhile would be covered by the resync, not heard.
+        # The trials time events on a subscription that has settled.
+        await until(
+            lambda: subscriptions_settled(heard, new.port),
+            "both subscriptions on the new master, B quiet",
+            RECOVERY,
+        )
 
         after = await trials_then_still_serving(
             client, a, b, setup, heard, cookies["valid"], caplog
