@@ -53,7 +53,7 @@ from gateway.proxy import (
     read_whole,
     upstream_request_headers,
 )
-from gateway.request_log import RequestRecord, current
+from gateway.request_log import RequestRecord, current, note_streamed
 from gateway.reuse import (
     MAX_PLANNED,
     PLAN_SECONDS,
@@ -732,6 +732,8 @@ class FastServer:
             except UpstreamUnreachable:
                 conn.abort()
                 return Sent(answer.status, answer.length, written, cut=True)
+            finally:
+                note_streamed(written)
             if chunked:
                 conn.write(b"0\r\n\r\n")
             await conn.drain()

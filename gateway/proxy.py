@@ -24,7 +24,7 @@ from yarl import URL
 
 from gateway.config.model import RouteConfig
 from gateway.forwarding import RESPONSE_HOP_BY_HOP, dropped_names, union
-from gateway.request_log import note_upstream
+from gateway.request_log import note_streamed, note_upstream
 from gateway.request_view import RequestView
 from gateway.upstream_client import (
     ConnectionWatch,
@@ -263,10 +263,12 @@ async def forward_http(
             response.content_length = answer.length
         elif not answer.no_body:
             response.enable_chunked_encoding()
+        written = 0
         try:
             await response.prepare(request)
             async for chunk in upstream.iter_chunks():
                 await response.write(chunk)
+                written += len(chunk)
         except TimeoutError:
             # Headers are gone already: all we can do is cut the connection short.
             log.warning("upstream stalled mid-response; closing client connection")
@@ -275,6 +277,8 @@ async def forward_http(
         except (UpstreamUnreachable, ConnectionResetError):
             _abort(request)
             return response
+        finally:
+            note_streamed(written)
         await response.write_eof()
         return response
 

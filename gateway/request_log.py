@@ -47,6 +47,7 @@ class RequestRecord:
         "request_id",
         "route",
         "started",
+        "streamed_bytes",
         "tenant",
         "upstream_seconds",
     )
@@ -62,6 +63,7 @@ class RequestRecord:
         self.decision: Decision | None = None
         self.decide_seconds: float | None = None
         self.upstream_seconds: float | None = None
+        self.streamed_bytes: int | None = None
 
 
 _CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
@@ -106,6 +108,14 @@ def note_upstream(seconds: float) -> None:
         record.upstream_seconds = seconds
 
 
+def note_streamed(body_bytes: int) -> None:
+    """The body bytes of a streamed answer that reached the client's socket: its
+    framing (chunk sizes) and head not counted, and fewer than its length if cut."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.streamed_bytes = body_bytes
+
+
 class Sent(Protocol):
     """What the log and metrics read of an answer: aiohttp's, or the fast path's."""
 
@@ -117,6 +127,17 @@ class Sent(Protocol):
 
     @property
     def body_length(self) -> int: ...
+
+
+def body_bytes(record: RequestRecord, response: Sent | None) -> int:
+    """The answer's body bytes, the same on aiohttp's path and the fast path: a streamed
+    answer's as counted while streaming (aiohttp's own count includes the head and the
+    chunk framing), otherwise its length."""
+    if record.streamed_bytes is not None:
+        return record.streamed_bytes
+    if response is None:
+        return 0
+    return response.content_length or response.body_length or 0
 
 
 class RequestIdFilter(logging.Filter):
@@ -185,9 +206,6 @@ class RequestObserver:
         duration: float,
     ) -> None:
         decision = record.decision
-        size = 0
-        if response is not None:
-            size = response.content_length or response.body_length or 0
         access_log.info(
             "%s %s%s %d %s %.1fms",
             normal_method(record.method),
@@ -209,7 +227,7 @@ class RequestObserver:
                 "upstream_ms": round(record.upstream_seconds * 1000, 3)
                 if record.upstream_seconds is not None
                 else None,
-                "bytes": size,
+                "bytes": body_bytes(record, response),
             },
         )
 

@@ -3,6 +3,7 @@ log line written about the request, including its one access-log line."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -156,3 +157,36 @@ async def test_an_allowed_request_logs_decision_rule_and_upstream_time(
     assert entry["bytes"] > 0
     # (not a hex string: a request id, random hex, may contain one)
     assert "q-secret" not in json.dumps(entry)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body_bytes"),
+    [
+        ("/chunked?bytes=150000", 200, 150_000),
+        # Cut after 70,000 of 100,000 bytes: the client got a 200 and 70,000 bytes.
+        ("/broken?bytes=100000&sent=70000", 200, 70_000),
+    ],
+    ids=["chunked", "cut-short"],
+)
+async def test_the_access_log_counts_the_body_bytes_the_client_got(
+    path: str,
+    status: int,
+    body_bytes: int,
+    tmp_path: Path,
+    upstream: TestServer,
+    start_gateway: StartGateway,
+    client: aiohttp.ClientSession,
+    json_logs: io.StringIO,
+) -> None:
+    """The body only, the same on both paths: not the head or the chunk framing, and
+    not the length an answer promised when it was cut short."""
+    base = await start_gateway(make_config(tmp_path, str(upstream.make_url(""))))
+    async with client.get(f"{base}{path}", headers={"Host": "app.test"}) as resp:
+        assert resp.status == status
+        got = 0
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            async for chunk in resp.content.iter_any():
+                got += len(chunk)
+    assert got == body_bytes
+    (entry,) = [line for line in lines(json_logs) if line["logger"] == "authgate.access"]
+    assert (entry["status"], entry["bytes"]) == (status, body_bytes)

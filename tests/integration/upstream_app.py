@@ -73,6 +73,29 @@ async def download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def chunked(request: web.Request) -> web.StreamResponse:
+    """`bytes` bytes in chunks of 1,000, no length given."""
+    total = int(request.query["bytes"])
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for start in range(0, total, 1000):
+        await response.write(b"c" * min(1000, total - start))
+    await response.write_eof()
+    return response
+
+
+async def broken(request: web.Request) -> web.StreamResponse:
+    """Promises `bytes` bytes, sends `sent`, then cuts the connection."""
+    response = web.StreamResponse()
+    response.content_length = int(request.query["bytes"])
+    await response.prepare(request)
+    await response.write(b"b" * int(request.query["sent"]))
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
 async def hang(request: web.Request) -> web.Response:
     await asyncio.sleep(30)
     return web.Response(text="too late")
@@ -109,6 +132,8 @@ def upstream_app() -> web.Application:
     app.router.add_get("/stream", stream)
     app.router.add_get("/sse", sse)
     app.router.add_get("/download", download)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/broken", broken)
     app.router.add_get("/hang", hang)
     app.router.add_get("/headers-out", headers_out)
     app.router.add_get("/ws", websocket)
