@@ -213,11 +213,14 @@ class SessionManager(RevocationFollower):
         entry = cache.get(id_hash)
         if entry is None or entry[1] is not active:
             return None
-        monotonic = self._monotonic
-        until = min(entry[0], monotonic() + (active.record.expires - self.now()))
+        monotonic, now = self._monotonic, self.now
+        until, expires = entry[0], active.record.expires
 
+        # The session's end on the clock `load` judges it by, not converted to the
+        # monotonic one: the two may drift apart (NTP slews, the store's clock is read
+        # again), and a reused decision must end when a fresh one would.
         def still_valid() -> bool:
-            return cache.get(id_hash) is entry and monotonic() < until
+            return cache.get(id_hash) is entry and monotonic() < until and now() < expires
 
         return still_valid
 
