@@ -13,7 +13,7 @@ and response writing) and the event loop's own C code (uvloop: epoll and socket 
 seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC has
 no frame of its own: its time lands on whatever line allocated.
 
-    python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--perf]
+    python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--varied] [--perf]
 
 `--perf` samples with Linux perf (Debian's `linux-perf`, as root) instead of py-spy and
 reports CPU by binary: the interpreter, the kernel, uvloop, llhttp, multidict, libc.
@@ -54,6 +54,7 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
+from benchmarks.suite import VARIED_PATHS_LUA
 
 # (stage, substrings of a py-spy frame "function (file:line)"); the innermost frame
 # that matches any stage decides, so JWT signing inside `_add_identity` is "JWT".
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with server.fast_path: false (every request on aiohttp's server)",
     )
+    parser.add_argument(
+        "--varied",
+        action="store_true",
+        help="every request with a query of its own (nothing reused: each decided afresh)",
+    )
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     parser.add_argument(
         "--perf",
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                         ["taskset", "-pc", str(cpus[0]), str(pid)], check=True, capture_output=True
                     )
             script = tmp / "done.lua"
-            script.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
+            lua = VARIED_PATHS_LUA if args.varied else ""
+            script.write_text(lua + WRK_DONE_SCRIPT, encoding="utf-8")
             url = f"http://{LOOPBACK}:{gate.port}/"
             settings = WrkSettings(1, args.connections, 2, BENCH_HOST, gate.headers)
             run_wrk(url, settings, script)  # warm-up
