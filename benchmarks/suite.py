@@ -99,6 +99,10 @@ class PacedResult:
     latency_p50_ms: float
     latency_p99_ms: float
     errors: int
+    # Each round's p99 when there were several (the figures above are their medians):
+    # added latency is then the median of the per-round differences to the baseline,
+    # measured just before in the same round.
+    p99_rounds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -381,12 +385,9 @@ def _paced_runs(
     if "session" not in by_key or not maximum.get("session"):
         return ()
     rate = maximum["session"] / 2
-    out = []
-    threads = min(options.threads, 2)
-    for key in ("direct", "minimal", "floor", "session", "redis"):
-        if key in by_key:
-            log(f"fixed rate {rate:.0f} req/s: {by_key[key].label} …")
-            out.append(paced(by_key[key], rate, options, tmp, threads))
+    plan = [
+        (by_key[k], rate) for k in ("direct", "minimal", "floor", "session", "redis") if k in by_key
+    ]
     # For scale: nginx at half of *its own* maximum, against direct at that same rate.
     # The machine is then as busy as in (b)'s run at half of (b)'s maximum, and what
     # nginx adds there is what this machine allows any proxy.
@@ -398,9 +399,29 @@ def _paced_runs(
         if top not in by_key or "direct" not in by_key or not maximum.get(top):
             continue
         own_rate = maximum[top] / 2
-        at_rate = [replace(by_key["direct"], key=baseline)]
-        at_rate += [by_key[k] for k in keys if k in by_key]
-        for scenario in at_rate:
-            log(f"fixed rate {own_rate:.0f} req/s: {scenario.label} …")
-            out.append(paced(scenario, own_rate, options, tmp, threads))
-    return tuple(out)
+        plan.append((replace(by_key["direct"], key=baseline), own_rate))
+        plan += [(by_key[k], own_rate) for k in keys if k in by_key]
+    # In rounds, each a pass over the whole plan: a p99 is one bad moment on a shared
+    # machine, so one run alone says little; the median of several says more.
+    threads = min(options.threads, 2)
+    runs: dict[str, list[PacedResult]] = {}
+    for number in range(1, options.rounds + 1):
+        for scenario, at in plan:
+            log(f"fixed rate {at:.0f} req/s, round {number}/{options.rounds}: {scenario.label} …")
+            runs.setdefault(scenario.key, []).append(paced(scenario, at, options, tmp, threads))
+    return tuple(combine_rounds(results) for results in runs.values())
+
+
+def combine_rounds(rounds: list[PacedResult]) -> PacedResult:
+    """One scenario's fixed-rate rounds as one result: medians, each round's p99 kept."""
+    if len(rounds) == 1:
+        return rounds[0]
+    first = rounds[0]
+    return replace(
+        first,
+        achieved_rate=median(r.achieved_rate for r in rounds),
+        latency_p50_ms=median(r.latency_p50_ms for r in rounds),
+        latency_p99_ms=median(r.latency_p99_ms for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        p99_rounds=tuple(r.latency_p99_ms for r in rounds),
+    )

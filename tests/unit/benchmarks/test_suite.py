@@ -19,6 +19,7 @@ from benchmarks.suite import (
     LoadResults,
     PacedResult,
     ScenarioResult,
+    combine_rounds,
     paced_script,
     scenario_script,
 )
@@ -71,6 +72,26 @@ def test_ratios_are_medians_of_paired_rounds_and_judged_against_the_targets() ->
     assert added.value == 3.5 and added.met is False
     assert found["(c) p99 added over direct at ½ max"].value is None
     assert "NOT MET" in table(load, list(found.values()), ["revocation: skipped"])
+
+
+def test_fixed_rate_rounds_give_the_median_of_each_rounds_added_latency() -> None:
+    """Each round's p99 is set against direct's of the same round: one bad moment in
+    one run (here direct's 9 ms in round 2) moves the median of the differences less
+    than it moves the difference of the medians."""
+    direct = [PacedResult("direct", 500, 10, 20, 490, 0.2, p99, 0) for p99 in (1.0, 9.0, 1.2)]
+    gate = [PacedResult("session", 500, 10, 20, 480, 1.0, p99, 1) for p99 in (2.0, 9.5, 4.2)]
+    load = LoadResults(
+        scenarios=(),
+        paced=(combine_rounds(direct), combine_rounds(gate)),
+        failures=(),
+    )
+    assert load.paced[1].p99_rounds == (2.0, 9.5, 4.2)
+    assert load.paced[1].latency_p99_ms == 4.2 and load.paced[1].errors == 3
+    added = {c.name: c for c in checks(load)}["(b) p99 added over direct at ½ max"]
+    assert added.per_round == (1.0, 0.5, 3.0)
+    assert added.value == 1.0 and added.met is True
+    assert "p99 rounds 2.00, 9.50, 4.20" in table(load, [added], [])
+    assert combine_rounds(direct[:1]) == direct[0]
 
 
 def test_the_fixed_rate_script_spaces_sends_evenly_and_reports_exactly(tmp_path: Path) -> None:
