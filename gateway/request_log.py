@@ -125,19 +125,19 @@ class Sent(Protocol):
     @property
     def content_length(self) -> int | None: ...
 
-    @property
-    def body_length(self) -> int: ...
-
 
 def body_bytes(record: RequestRecord, response: Sent | None) -> int:
     """The answer's body bytes, the same on aiohttp's path and the fast path: a streamed
-    answer's as counted while streaming (aiohttp's own count includes the head and the
-    chunk framing), otherwise its length."""
+    answer's as counted while streaming, otherwise its length. Never aiohttp's own
+    count, which includes the head and the chunk framing."""
     if record.streamed_bytes is not None:
         return record.streamed_bytes
-    if response is None:
+    if response is None or record.method == "HEAD" or response.status in _NO_BODY:
         return 0
-    return response.content_length or response.body_length or 0
+    return response.content_length or 0
+
+
+_NO_BODY = frozenset((*range(100, 200), 204, 304))
 
 
 class RequestIdFilter(logging.Filter):

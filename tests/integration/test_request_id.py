@@ -160,15 +160,19 @@ async def test_an_allowed_request_logs_decision_rule_and_upstream_time(
 
 
 @pytest.mark.parametrize(
-    ("path", "status", "body_bytes"),
+    ("method", "path", "status", "body_bytes"),
     [
-        ("/chunked?bytes=150000", 200, 150_000),
+        ("GET", "/chunked?bytes=150000", 200, 150_000),
         # Cut after 70,000 of 100,000 bytes: the client got a 200 and 70,000 bytes.
-        ("/broken?bytes=100000&sent=70000", 200, 70_000),
+        ("GET", "/broken?bytes=100000&sent=70000", 200, 70_000),
+        ("GET", "/empty", 200, 0),  # Content-Length: 0 (aiohttp's count: its head)
+        ("HEAD", "/x", 200, 0),
+        ("HEAD", "/.authgate/login", 404, 0),  # a page of ours (GET only), no body sent
     ],
-    ids=["chunked", "cut-short"],
+    ids=["chunked", "cut-short", "empty", "head", "head-of-our-page"],
 )
 async def test_the_access_log_counts_the_body_bytes_the_client_got(
+    method: str,
     path: str,
     status: int,
     body_bytes: int,
@@ -181,7 +185,7 @@ async def test_the_access_log_counts_the_body_bytes_the_client_got(
     """The body only, the same on both paths: not the head or the chunk framing, and
     not the length an answer promised when it was cut short."""
     base = await start_gateway(make_config(tmp_path, str(upstream.make_url(""))))
-    async with client.get(f"{base}{path}", headers={"Host": "app.test"}) as resp:
+    async with client.request(method, f"{base}{path}", headers={"Host": "app.test"}) as resp:
         assert resp.status == status
         got = 0
         with contextlib.suppress(aiohttp.ClientPayloadError):

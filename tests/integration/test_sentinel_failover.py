@@ -34,7 +34,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from benchmarks.revocation import base_url, logout, new_session, status
-from gateway.stores.base import RESYNC
+from gateway.stores.base import RESYNC, REVOCATIONS
 from gateway.stores.ids import hash_session_id
 from tests.integration.failover import (
     BOUND,
@@ -90,13 +90,15 @@ def subscribers(port: int) -> list[str]:
     return [c for c in clients if " flags=P " in c and "name=sentinel-" not in c]
 
 
-async def subscriptions_settled(heard: Heard, port: int) -> bool:
-    """Both instances' subscriptions are on the redis-server at `port`, and B has heard
-    no resync (its subscription reopened) for QUIET seconds."""
+async def subscriptions_settled(heard: Heard, port: int, channel: str) -> bool:
+    """Both instances' revocation subscriptions are on the redis-server at `port`, and B
+    has heard no resync (its subscription reopened) for QUIET seconds. (Each instance
+    holds other subscriptions too, tenants': only the revocation channel is counted.)"""
     last_resync = max((t for t, m in heard if m == RESYNC), default=0.0)
     if time.monotonic() - last_resync < QUIET:
         return False
-    return len(await asyncio.to_thread(subscribers, port)) >= 2
+    reply = await asyncio.to_thread(redis_cli, port, "pubsub", "numsub", channel)
+    return int(reply.split()[-1]) >= 2
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -207,7 +209,9 @@ async def test_coordinated_failover_demoting_a_live_master(
         # resync; a logout sent meanwhile would be covered by the resync, not heard.
         # The trials time events on a subscription that has settled.
         await until(
-            lambda: subscriptions_settled(heard, new.port),
+            lambda: subscriptions_settled(
+                heard, new.port, setup.config.sessions.redis_prefix + REVOCATIONS
+            ),
             "both subscriptions on the new master, B quiet",
             RECOVERY,
         )

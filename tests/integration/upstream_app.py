@@ -85,6 +85,10 @@ async def chunked(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def empty(request: web.Request) -> web.Response:
+    return web.Response(body=b"")
+
+
 async def broken(request: web.Request) -> web.StreamResponse:
     """Promises `bytes` bytes, sends `sent`, then cuts the connection."""
     response = web.StreamResponse()
@@ -134,6 +138,7 @@ def upstream_app() -> web.Application:
     app.router.add_get("/download", download)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/broken", broken)
+    app.router.add_get("/empty", empty)
     app.router.add_get("/hang", hang)
     app.router.add_get("/headers-out", headers_out)
     app.router.add_get("/ws", websocket)
