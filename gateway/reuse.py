@@ -15,8 +15,8 @@ else a decision rests on is bounded:
 - the policy and the tenants: a reload clears every plan (and a decision made across a
   reload is not kept);
 - the clock: a plan lives PLAN_SECONDS at most, so a decision that turns on the time
-  (a session's end, a sign-in's age) is at most that late. The session's own end is
-  exact: the lease ends with it.
+  (a session's end, a sign-in's age) is at most that late. The session's own end and
+  its idle limit are exact: the lease ends with them, on the session's clock.
 
 What is reused is the upstream request head (with a fresh request id) and what the
 access log and metrics say of the decision; the answer is read and written afresh

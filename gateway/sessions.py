@@ -214,13 +214,19 @@ class SessionManager(RevocationFollower):
         if entry is None or entry[1] is not active:
             return None
         monotonic, now = self._monotonic, self.now
-        until, expires = entry[0], active.record.expires
+        record = active.record
+        until, ends = entry[0], record.expires
+        idle = self.settings(record.tenant).idle_timeout
+        if idle:
+            # As `load` judges it: idle past this, the session is ended (a touch the
+            # store refused leaves the old `last_seen` cached).
+            ends = min(ends, record.last_seen + idle + TOUCH_INTERVAL)
 
         # The session's end on the clock `load` judges it by, not converted to the
         # monotonic one: the two may drift apart (NTP slews, the store's clock is read
         # again), and a reused decision must end when a fresh one would.
         def still_valid() -> bool:
-            return cache.get(id_hash) is entry and monotonic() < until and now() < expires
+            return cache.get(id_hash) is entry and monotonic() < until and now() < ends
 
         return still_valid
 

@@ -28,6 +28,7 @@ import pytest
 from benchmarks.revocation import add_user, build_config, logout, new_session
 from gateway.extensions import default_extensions
 from gateway.server import GatewayServer
+from gateway.sessions import TOUCH_INTERVAL
 from gateway.stores import User
 from tests.integration.test_fast_path import REQUEST_ID, metric, split_answers
 
@@ -354,6 +355,42 @@ async def test_a_reused_decision_ends_with_the_session_on_the_sessions_clock(
     assert (await ask(gateway.address, raw)).status == 200
     assert await gateway.reused() == before + 1, "premise: the decision is reused"
     offset[0] = 61.0  # the store's clock, read again, is a minute ahead of ours
+    assert (await ask(gateway.address, raw)).status == 401
+
+
+async def test_a_reused_decision_ends_when_the_session_has_idled_out(
+    echo_gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session last seen a touch interval ago is written again by the next `load`;
+    while no `load` runs (decisions reused), its idle limit may pass: from then on it
+    is refused, as a fresh decision would refuse it."""
+    gateway = echo_gateway
+    runtime: Any = gateway.server.runtime
+    sessions = runtime.sessions
+    tenant_settings = sessions.settings
+    monkeypatch.setattr(
+        sessions,
+        "settings",
+        lambda tenant: dataclasses.replace(tenant_settings(tenant), idle_timeout=0.3),
+    )
+    cookie, record = await sessions.create(gateway.user, ("pwd",), ip="127.0.0.1", user_agent="t")
+    seen = sessions.now() - TOUCH_INTERVAL + 1.0  # a write is due in 1 s
+    await runtime.stores.sessions.touch(record.id_hash, seen, record.expires)
+    write_due, idle_end = seen + TOUCH_INTERVAL, seen + TOUCH_INTERVAL + 0.3
+    raw = request(b"/members/a", cookie)
+
+    async def until(moment: float) -> None:
+        while sessions.now() <= moment:
+            await asyncio.sleep(max(moment - sessions.now(), 0.001))
+
+    # Decided 0.4 s before the write is due (so read, not written), then reused: the
+    # decision is good for a second, past the idle limit 0.7 s on.
+    await until(write_due - 0.4)
+    assert (await ask(gateway.address, raw)).status == 200
+    before = await gateway.reused()
+    assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() == before + 1, "premise: the decision is reused"
+    await until(idle_end)
     assert (await ask(gateway.address, raw)).status == 401
 
 
