@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -191,8 +192,7 @@ class SessionManager(RevocationFollower):
         if record.expires <= now:
             self._cache.pop(id_hash, None)
             return None
-        idle = self.settings(tenant).idle_timeout
-        if idle and now - record.last_seen > idle + TOUCH_INTERVAL:
+        if now > self._idle_end(record):
             self._cache.pop(id_hash, None)
             await self.store.revoke(id_hash)
             return None
@@ -201,6 +201,13 @@ class SessionManager(RevocationFollower):
                 ("touch", id_hash, self._epoch), lambda: self._touch(active, now)
             )
         return active
+
+    def _idle_end(self, record: SessionRecord) -> float:
+        """When a session last seen at `record.last_seen` is idled out: its tenant's
+        idle timeout after that, plus the interval between writes of `last_seen`
+        (infinite when the tenant sets none)."""
+        idle = self.settings(record.tenant).idle_timeout
+        return record.last_seen + idle + TOUCH_INTERVAL if idle else math.inf
 
     def lease(self, active: ActiveSession) -> Callable[[], bool] | None:
         """A check that says whether `active`, just returned by `load`, would be
@@ -214,13 +221,9 @@ class SessionManager(RevocationFollower):
         if entry is None or entry[1] is not active:
             return None
         monotonic, now = self._monotonic, self.now
-        record = active.record
-        until, ends = entry[0], record.expires
-        idle = self.settings(record.tenant).idle_timeout
-        if idle:
-            # As `load` judges it: idle past this, the session is ended (a touch the
-            # store refused leaves the old `last_seen` cached).
-            ends = min(ends, record.last_seen + idle + TOUCH_INTERVAL)
+        # Its end as `load` judges it: expired, or idled out (a touch the store refused
+        # leaves the old `last_seen` cached).
+        until, ends = entry[0], min(active.record.expires, self._idle_end(active.record))
 
         # The session's end on the clock `load` judges it by, not converted to the
         # monotonic one: the two may drift apart (NTP slews, the store's clock is read
