@@ -18,12 +18,11 @@ _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 class Sent:
     """What the access log and metrics read of an answer the fast path wrote."""
 
-    __slots__ = ("body_length", "content_length", "cut", "status")
+    __slots__ = ("content_length", "cut", "status")
 
-    def __init__(self, status: int, length: int | None, written: int, *, cut: bool = False) -> None:
+    def __init__(self, status: int, length: int | None, *, cut: bool = False) -> None:
         self.status = status
-        self.content_length = length
-        self.body_length = written
+        self.content_length = length  # a streamed answer's bytes are noted as they go
         # The connection was cut short after the request went upstream: recorded with
         # the status the client got (or 500), as aiohttp's server records it, but the
         # connection is not read on.
@@ -33,7 +32,7 @@ class Sent:
 def cut_by_error() -> Sent:
     """An unexpected error after the request went upstream: nothing is sent twice, the
     connection is cut, and it is recorded as aiohttp's server records a handler's error."""
-    return Sent(500, None, 0, cut=True)
+    return Sent(500, None, cut=True)
 
 
 def response_head(

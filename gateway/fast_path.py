@@ -715,7 +715,7 @@ class FastServer:
                     response_head(answer.status, answer.reason, answer.headers, len(body)) + body
                 )
                 await conn.drain()
-                return Sent(answer.status, len(body), len(body))
+                return Sent(answer.status, len(body))
             conn.write(response_head(answer.status, answer.reason, answer.headers, answer.length))
             chunked = answer.length is None and not answer.no_body
             written = 0
@@ -728,16 +728,16 @@ class FastServer:
                 # The head is gone already: all that is left is to cut the connection.
                 log.warning("upstream stalled mid-response; closing client connection")
                 conn.abort()
-                return Sent(answer.status, answer.length, written, cut=True)
+                return Sent(answer.status, answer.length, cut=True)
             except UpstreamUnreachable:
                 conn.abort()
-                return Sent(answer.status, answer.length, written, cut=True)
+                return Sent(answer.status, answer.length, cut=True)
             finally:
                 note_streamed(written)
             if chunked:
                 conn.write(b"0\r\n\r\n")
             await conn.drain()
-            return Sent(answer.status, answer.length, written)
+            return Sent(answer.status, answer.length)
 
     def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
         """One of the pipeline's own pages (an error), encoded as aiohttp would."""
@@ -745,7 +745,7 @@ class FastServer:
         headers = CIMultiDict(page.headers)
         headers.popall("Content-Length", None)
         data = response_head(page.status, page.reason, headers, len(body)) + body
-        return data, Sent(page.status, len(body), len(body))
+        return data, Sent(page.status, len(body))
 
     async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
         data, sent = self.page_bytes(page)

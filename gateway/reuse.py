@@ -288,7 +288,7 @@ class ReusedExchange:
             response.finish()
             if whole is not None and "Date" in answer.headers:
                 self.server.plans.remember_answer(whole, head + body, answer.status, len(body))
-            self._write(head + body, Sent(answer.status, len(body), len(body)))
+            self._write(head + body, Sent(answer.status, len(body)))
             return
         if upstream.failure is not None:
             answer_begun = self._answer is not None
@@ -309,7 +309,7 @@ class ReusedExchange:
         upstream.take_body()  # read to its end: the connection may be pooled
         self._detach(close=False)
         upstream.release()
-        self._write(client, Sent(status, length, length))
+        self._write(client, Sent(status, length))
 
     def check_time(self) -> None:
         """Called every second: a 504 once the upstream has sent nothing for the read
