@@ -58,7 +58,7 @@ def response_head(
         lines.append(f"Date: {rfc822_formatted_time()}")
     if "Server" not in headers:
         lines.append(f"Server: {SERVER_SOFTWARE}")
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    if has_control(text, len(lines)):
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    if has_control(head, len(lines)):
         raise UpstreamError(502, "the upstream's answer head cannot be forwarded safely")
-    return text.encode("utf-8")
+    return head

@@ -82,6 +82,9 @@ _NOT_PLAIN = frozenset(
 )
 # Fields aiohttp's parser refuses to see twice (a 400): such requests are its to answer.
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+# What a field's name says, looked up once per field (most say nothing): True, one of
+# _SINGLETONS; False, not plain (a name in both is not plain).
+_FIELD_KINDS = {name: True for name in _SINGLETONS} | {name: False for name in _NOT_PLAIN}
 # Names aiohttp's parser spells its own way (`accept` reaches the upstream as `Accept`),
 # so that the upstream reads the same bytes from either path.
 _KNOWN_NAMES = {
@@ -128,6 +131,7 @@ class FastConnection(asyncio.Protocol):
         self.remote: str | None = None
         self.secure = False
         self._parser = httptools.HttpRequestParser(self)
+        self._max_field = server.max_field
         self._chunks: list[bytes] = []  # every byte since the last answered request
         self._buffered = 0
         # The request being served: a task, or a reused decision's exchange.
@@ -238,17 +242,16 @@ class FastConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
-        if lower in _SINGLETONS:
-            if lower in self._singletons:
+        kind = _FIELD_KINDS.get(lower)
+        if kind is not None:
+            if not kind:
+                self._plain = False
+            elif lower in self._singletons:
                 self._plain = False  # aiohttp refuses it (400): let it
-            self._singletons.add(lower)
-        if (
-            lower in _NOT_PLAIN
-            # aiohttp's limit, on the field as it came (trailing blanks included)
-            or len(name) + len(value) > self.server.max_field
-            or len(self._fields) >= _MAX_FIELDS
-            or b"\x00" in value
-        ):
+            else:
+                self._singletons.add(lower)
+        # aiohttp's limit, on the field as it came (trailing blanks included)
+        if len(name) + len(value) > self._max_field or b"\x00" in value:
             self._plain = False
         # llhttp leaves the blanks after a value on it; aiohttp strips them (RFC 9110 §5.5)
         self._fields.append(
@@ -265,6 +268,7 @@ class FastConnection(asyncio.Protocol):
         self._plain = (
             self._plain
             and b"host" in self._singletons
+            and len(self._fields) <= _MAX_FIELDS
             and self._url[:1] == b"/"
             and parser.get_method() == b"GET"
             and parser.get_http_version() == "1.1"

@@ -524,6 +524,24 @@ CASES: list[tuple[str, list[bytes], bool]] = [
         False,
     ),
     (
+        "a hundred fields",
+        [
+            b"GET /echo HTTP/1.1\r\nHost: app.test\r\n"
+            + b"".join(b"X-%d: v\r\n" % i for i in range(99))
+            + b"\r\n"
+        ],
+        True,
+    ),
+    (
+        "a hundred and one fields",
+        [
+            b"GET /echo HTTP/1.1\r\nHost: app.test\r\n"
+            + b"".join(b"X-%d: v\r\n" % i for i in range(100))
+            + b"\r\n"
+        ],
+        False,
+    ),
+    (
         "many fields",
         [
             b"GET /echo HTTP/1.1\r\nHost: app.test\r\n"
