@@ -13,7 +13,12 @@ and response writing) and the event loop's own C code (uvloop: epoll and socket 
 seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC has
 no frame of its own: its time lands on whatever line allocated.
 
-    python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--varied] [--perf]
+    python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--varied]
+                                  [--browser] [--perf]
+
+`--browser` sends the headers a browser sends with a page (Chrome's, 13 of them, and
+three more cookies beside the session's) instead of wrk's two: the per-header work of
+reading, checking and forwarding a request counts as it does on real traffic.
 
 `--perf` samples with Linux perf (Debian's `linux-perf`, as root) instead of py-spy and
 reports CPU by binary: the interpreter, the kernel, uvloop, llhttp, multidict, libc.
@@ -72,6 +77,37 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline (rest)", ("(gateway/pipeline.py",)),
 )
 LOOP = "event loop (uvloop, C)"
+
+# What Chrome sent with a page request (2026), apart from Host and Cookie.
+BROWSER_HEADERS = (
+    "Connection: keep-alive",
+    'sec-ch-ua: "Chromium";v="142", "Google Chrome";v="142", "Not_A Brand";v="99"',
+    "sec-ch-ua-mobile: ?0",
+    'sec-ch-ua-platform: "Linux"',
+    "Upgrade-Insecure-Requests: 1",
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/142.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-User: ?1",
+    "Sec-Fetch-Dest: document",
+    "Referer: https://bench.example/reports/2026/q3?view=summary",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Accept-Language: en-GB,en;q=0.9,de;q=0.8",
+)
+BROWSER_COOKIES = "_ga=GA1.1.1234567890.1764900000; theme=dark; consent=analytics%3Dno"
+
+
+def browser_headers(headers: tuple[str, ...]) -> tuple[str, ...]:
+    """`headers` (the session cookie) as a browser sends them, with its other headers."""
+    cookies = [h for h in headers if h.startswith("Cookie: ")]
+    others = [h for h in headers if not h.startswith("Cookie: ")]
+    cookie = f"Cookie: {BROWSER_COOKIES}" + "".join(f"; {c[8:]}" for c in cookies)
+    return (*BROWSER_HEADERS, *others, cookie)
+
+
 ORDER = [name for name, _ in STAGES] + ["aiohttp server", LOOP]
 
 
@@ -178,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="every request with a query of its own (nothing reused: each decided afresh)",
     )
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="send a browser's headers (13, and more cookies) instead of wrk's two",
+    )
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     parser.add_argument(
         "--perf",
@@ -216,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             lua = VARIED_PATHS_LUA if args.varied else ""
             script.write_text(lua + WRK_DONE_SCRIPT, encoding="utf-8")
             url = f"http://{LOOPBACK}:{gate.port}/"
-            settings = WrkSettings(1, args.connections, 2, BENCH_HOST, gate.headers)
+            headers = browser_headers(gate.headers) if args.browser else gate.headers
+            settings = WrkSettings(1, args.connections, 2, BENCH_HOST, headers)
             run_wrk(url, settings, script)  # warm-up
-            settings = WrkSettings(1, args.connections, args.seconds + 4, BENCH_HOST, gate.headers)
+            settings = WrkSettings(1, args.connections, args.seconds + 4, BENCH_HOST, headers)
             argv_wrk = wrk_command(url, settings, script)
             if pin:
                 argv_wrk = ["taskset", "-c", str(cpus[0]), *argv_wrk]
@@ -229,8 +271,13 @@ def main(argv: list[str] | None = None) -> int:
                 out, _ = load.communicate(timeout=args.seconds + 60)
                 from benchmarks._harness import parse_wrk_output
 
-                rate = parse_wrk_output(out).requests_per_second
-                print(f"wrk -t1 -c{args.connections}: {rate:.0f} req/s (one worker, perf attached)")
+                loaded = parse_wrk_output(out)
+                rate = loaded.requests_per_second
+                errors = loaded.socket_errors + loaded.non_2xx_3xx
+                print(
+                    f"wrk -t1 -c{args.connections}: {rate:.0f} req/s, errors {errors}"
+                    " (one worker, perf attached)"
+                )
                 print(f"{'binary':<28} {'share':>6}  µs per request")
                 for group, share in shares:
                     per_request = cpu / args.seconds * share / 100 / rate * 1e6
