@@ -53,6 +53,7 @@ from benchmarks.scenarios import (
     REDIS_URL,
     SESSION_POLICY,
     AuthgateSetup,
+    browser_headers,
     delete_redis_prefix,
     run_prefix,
     start_authgate_scenario,
@@ -77,35 +78,6 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline (rest)", ("(gateway/pipeline.py",)),
 )
 LOOP = "event loop (uvloop, C)"
-
-# What Chrome sent with a page request (2026), apart from Host and Cookie.
-BROWSER_HEADERS = (
-    "Connection: keep-alive",
-    'sec-ch-ua: "Chromium";v="142", "Google Chrome";v="142", "Not_A Brand";v="99"',
-    "sec-ch-ua-mobile: ?0",
-    'sec-ch-ua-platform: "Linux"',
-    "Upgrade-Insecure-Requests: 1",
-    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
-    " Chrome/142.0.0.0 Safari/537.36",
-    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
-    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
-    "Sec-Fetch-Site: same-origin",
-    "Sec-Fetch-Mode: navigate",
-    "Sec-Fetch-User: ?1",
-    "Sec-Fetch-Dest: document",
-    "Referer: https://bench.example/reports/2026/q3?view=summary",
-    "Accept-Encoding: gzip, deflate, br, zstd",
-    "Accept-Language: en-GB,en;q=0.9,de;q=0.8",
-)
-BROWSER_COOKIES = "_ga=GA1.1.1234567890.1764900000; theme=dark; consent=analytics%3Dno"
-
-
-def browser_headers(headers: tuple[str, ...]) -> tuple[str, ...]:
-    """`headers` (the session cookie) as a browser sends them, with its other headers."""
-    cookies = [h for h in headers if h.startswith("Cookie: ")]
-    others = [h for h in headers if not h.startswith("Cookie: ")]
-    cookie = f"Cookie: {BROWSER_COOKIES}" + "".join(f"; {c[8:]}" for c in cookies)
-    return (*BROWSER_HEADERS, *others, cookie)
 
 
 ORDER = [name for name, _ in STAGES] + ["aiohttp server", LOOP]

@@ -144,6 +144,13 @@ def checks(load: LoadResults) -> list[Check]:
             results, "session_varied", "minimal", "(b) no request repeated / minimal", None
         ),
         ratio_check(results, "session_varied", "nginx", "(b) no request repeated / nginx", None),
+        ratio_check(
+            results,
+            "session_browser",
+            "minimal_browser",
+            "(b) a browser's requests, none repeated / minimal, same requests",
+            None,
+        ),
         ratio_check(results, "bypass", "minimal", "(a) bypass / minimal proxy", None),
         ratio_check(results, "floor", "nginx", "Python floor / nginx proxy", None),
         ratio_check(results, "session", "floor", "(b) / Python floor", None),

@@ -10,6 +10,8 @@ Scenarios (all against the same nginx upstream answering `200 ok`):
   session       (b) wrk → authgate, signed-in session (SQLite), policy on the group,
                 identity headers and JWT → upstream
   session_varied (b)'s gateway, every request with a query of its own (nothing reused)
+  session_browser (b)'s gateway, as session_varied with a browser's headers (16 fields)
+  minimal_browser the minimal proxy, with the same requests as session_browser
   redis         (c) as (b), sessions in Redis
   session_aiohttp  (b) with server.fast_path: false (every request on aiohttp's server)
   session_fast, redis_fast  (b) and (c) tuned: server.cpu_affinity: auto
@@ -46,6 +48,7 @@ from benchmarks.scenarios import (
     SESSION_POLICY,
     AuthgateSetup,
     Scenario,
+    browser_headers,
     delete_redis_prefix,
     run_prefix,
     start_authgate_scenario,
@@ -320,6 +323,18 @@ def varied_requests(session: Scenario) -> Scenario:
     )
 
 
+def browser_requests(scenario: Scenario, key: str, label: str) -> Scenario:
+    """`scenario`'s server, every request a new one with the headers a browser sends
+    (13 more fields, three more cookies): the per-field work counts as on real traffic."""
+    return replace(
+        scenario,
+        key=key,
+        label=label,
+        headers=browser_headers(scenario.headers),
+        lua=VARIED_PATHS_LUA,
+    )
+
+
 def run_load(options: LoadOptions, log: Callable[[str], None]) -> LoadResults:
     """Start every server, measure each scenario `rounds` times (interleaved), stop all."""
     wrk_path()
@@ -347,6 +362,11 @@ def run_load(options: LoadOptions, log: Callable[[str], None]) -> LoadResults:
                 scenarios.append(scenario)
                 if key == "session":
                     scenarios.append(varied_requests(scenario))
+                    label = "authgate (b), a browser's requests, none repeated"
+                    scenarios.append(browser_requests(scenario, "session_browser", label))
+                elif key == "minimal":
+                    label = "minimal proxy, a browser's requests"
+                    scenarios.append(browser_requests(scenario, "minimal_browser", label))
             measured: dict[str, list[tuple[WrkResult, float]]] = {s.key: [] for s in scenarios}
             for number in range(1, options.rounds + 1):
                 # Every other round in reverse order, so a drift in the machine's load

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from benchmarks.suite import (
     LoadResults,
     PacedResult,
     ScenarioResult,
+    browser_requests,
     combine_rounds,
     paced_script,
     scenario_script,
@@ -153,6 +155,35 @@ async def test_the_varied_script_sends_no_request_twice(tmp_path: Path) -> None:
     assert len(paths) >= result.requests > 100
     assert len(set(paths)) == len(paths)
     assert {(host, cookie) for _, host, cookie in seen} == {("bench.test", "authgate_session=abc")}
+
+
+async def test_the_browser_scenario_sends_a_browsers_fields_and_the_session_cookie(
+    tmp_path: Path,
+) -> None:
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    async def record(request: web.BaseRequest) -> web.Response:
+        seen.append((request.path_qs, dict(request.headers)))
+        return web.Response(text="ok")
+
+    done = tmp_path / "done.lua"
+    done.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
+    session = Scenario("session", "b", 1, (), None, ("Cookie: authgate_session=abc",))  # type: ignore[arg-type]
+    browser = browser_requests(session, "session_browser", "browser")
+
+    def script(port: int) -> Path:
+        return scenario_script(replace(browser, port=port), done)
+
+    settings = WrkSettings(1, 2, 1, "bench.test", browser.headers)
+    await wrk_against(record, settings, script)
+    paths = [path for path, _ in seen]
+    assert len(set(paths)) == len(paths) > 100
+    headers = seen[0][1]
+    assert len(headers) == 16  # Host, Cookie and 14 more
+    assert headers["Host"] == "bench.test"
+    assert headers["Sec-Fetch-Mode"] == "navigate"
+    cookies = [part.strip() for part in headers["Cookie"].split(";")]
+    assert "authgate_session=abc" in cookies and len(cookies) == 4
 
 
 def test_a_scenario_without_lua_keeps_the_suite_script(tmp_path: Path) -> None:
