@@ -213,6 +213,17 @@ async def test_the_jwks_publishes_only_public_ec_members(signer: JwtSigner) -> N
     assert json.loads(signer.jwks_json()) == signer.jwks()
 
 
+def test_every_published_coordinate_has_its_full_32_bytes(box: SecretBox) -> None:
+    # RFC 7518 §6.2.1.2: x and y are the full length of the curve's coordinates, leading
+    # zero bytes included, and strict JOSE libraries refuse a shorter one. About one key
+    # in 170 has a coordinate below 2**248; PyJWT before 2.10 rendered it short, and an
+    # upstream could then verify no token that key signed.
+    for _ in range(2000):
+        jwk = json.loads(new_signing_key(box, now=0.0).public_jwk)
+        for name in ("x", "y"):
+            assert len(jwt.utils.base64url_decode(jwk[name])) == 32
+
+
 async def test_the_kid_is_the_rfc7638_thumbprint_of_the_public_key(signer: JwtSigner) -> None:
     (jwk,) = signer.jwks()["keys"]
     public = {name: jwk[name] for name in ("kty", "crv", "x", "y")}
