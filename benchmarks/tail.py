@@ -1,0 +1,180 @@
+"""Where the added p99 at a fixed rate comes from: `python -m benchmarks.tail`.
+
+Starts the nginx upstream, the Python floor and authgate (b), finds (b)'s maximal
+req/s (closed loop, as the suite does) unless `--rate` is given, then runs direct, the
+floor and (b) at the same fixed rate (open loop, the suite's pacing), in rounds. Beside
+wrk's p50 and p99 it reads, from /proc, what the kernel's scheduler saw of the serving
+processes during each run:
+
+  cpu      CPU time per request (user + system, every thread of every worker)
+  wait     time spent runnable but not running (waiting for a CPU), per request
+  preempt  involuntary context switches per request (the scheduler took the CPU away)
+
+On a machine whose few CPUs are shared by the load generator, the upstream and the
+proxy, a request's tail is mostly time spent waiting for a CPU: the more CPU each
+request costs, the busier the machine at a given rate, and the longer those waits.
+
+    python -m benchmarks.tail [--rate 16000] [--rounds 3] [--seconds 10] [--workers 2]
+
+Needs wrk and nginx; reads /proc/<pid>/task/<tid>/schedstat (Linux, schedstats on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._harness import (
+    LOOPBACK,
+    WRK_DONE_SCRIPT,
+    ManagedProcess,
+    WrkSettings,
+    run_wrk,
+)
+from benchmarks.scenarios import (
+    BENCH_HOST,
+    SESSION_POLICY,
+    AuthgateSetup,
+    Scenario,
+    start_authgate_scenario,
+    start_floor_proxy,
+    start_upstream,
+    stop_all,
+)
+from benchmarks.suite import PACE_MS, paced_script
+
+
+@dataclass(frozen=True)
+class SchedTotals:
+    """What the scheduler counted for a set of threads, so far."""
+
+    cpu_ns: int = 0  # time on a CPU
+    wait_ns: int = 0  # time runnable, waiting for a CPU
+    involuntary: int = 0  # context switches the scheduler forced
+
+    def __sub__(self, other: SchedTotals) -> SchedTotals:
+        return SchedTotals(
+            self.cpu_ns - other.cpu_ns,
+            self.wait_ns - other.wait_ns,
+            self.involuntary - other.involuntary,
+        )
+
+
+def parse_schedstat(text: str) -> tuple[int, int]:
+    """/proc/…/schedstat: time on CPU and time waiting on a run queue, in ns."""
+    on_cpu, waiting, _ = text.split()
+    return int(on_cpu), int(waiting)
+
+
+def parse_involuntary(status: str) -> int:
+    """/proc/…/status: the count of involuntary context switches."""
+    for line in status.splitlines():
+        if line.startswith("nonvoluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise ValueError("no nonvoluntary_ctxt_switches line")
+
+
+def sched_totals(pids: Iterable[int], proc: Path = Path("/proc")) -> SchedTotals:
+    """The sum over every thread of the processes (a thread gone meanwhile is skipped)."""
+    cpu = wait = involuntary = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(proc / str(pid) / "task")
+        except OSError:
+            continue
+        for tid in tids:
+            task = proc / str(pid) / "task" / tid
+            try:
+                on_cpu, waiting = parse_schedstat((task / "schedstat").read_text())
+                forced = parse_involuntary((task / "status").read_text())
+            except (OSError, ValueError):
+                continue
+            cpu, wait, involuntary = cpu + on_cpu, wait + waiting, involuntary + forced
+    return SchedTotals(cpu, wait, involuntary)
+
+
+@dataclass(frozen=True)
+class TailRun:
+    label: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # per request
+    wait_us: float  # per request
+    preempt: float  # per request
+
+    def line(self) -> str:
+        return (
+            f"{self.label:<8} {self.rate:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 "
+            f"{self.p99_ms:6.2f} ms  cpu {self.cpu_us:5.1f} µs  wait {self.wait_us:5.1f} µs"
+            f"  preempt {self.preempt:5.3f}"
+        )
+
+
+def fixed_rate_run(
+    label: str, scenario: Scenario, rate: float, seconds: float, script: Path
+) -> TailRun:
+    connections = max(2, math.ceil(rate * PACE_MS / 1000))
+    url = f"http://{LOOPBACK}:{scenario.port}/"
+    run_wrk(url, WrkSettings(2, connections, 1.0, BENCH_HOST, scenario.headers), script)
+    pids = scenario.serving_pids()
+    before = sched_totals(pids)
+    settings = WrkSettings(2, connections, seconds, BENCH_HOST, scenario.headers)
+    result = run_wrk(url, settings, script)
+    spent = sched_totals(pids) - before
+    requests = max(result.requests, 1)
+    return TailRun(
+        label,
+        result.requests_per_second,
+        result.latency_p50_ms,
+        result.latency_p99_ms,
+        spent.cpu_ns / requests / 1000,
+        spent.wait_ns / requests / 1000,
+        spent.involuntary / requests,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, help="req/s (default: half of (b)'s maximum)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    started: list[ManagedProcess] = []
+    with tempfile.TemporaryDirectory(prefix="authgate-tail-") as name:
+        tmp = Path(name)
+        try:
+            upstream = start_upstream(args.workers, tmp)
+            started.extend(upstream.processes)
+            setup = AuthgateSetup("session", SESSION_POLICY)
+            gate = start_authgate_scenario("b", "(b)", args.workers, tmp, upstream.port, setup)
+            started.extend(gate.processes)
+            floor = start_floor_proxy(args.workers, tmp, upstream.port)
+            started.extend(floor.processes)
+            rate = args.rate
+            if rate is None:
+                done = tmp / "done.lua"
+                done.write_text(WRK_DONE_SCRIPT, encoding="utf-8")
+                url = f"http://{LOOPBACK}:{gate.port}/"
+                top = run_wrk(url, WrkSettings(2, 64, 5, BENCH_HOST, gate.headers), done)
+                rate = top.requests_per_second / 2
+                print(f"(b) maximum {top.requests_per_second:.0f} req/s; half: {rate:.0f}")
+            script = paced_script(tmp, rate / 2)  # per wrk thread
+            for number in range(1, args.rounds + 1):
+                print(f"round {number}/{args.rounds}, fixed rate {rate:.0f} req/s")
+                for label, scenario in (("direct", upstream), ("floor", floor), ("(b)", gate)):
+                    run = fixed_rate_run(label, scenario, rate, args.seconds, script)
+                    print("  " + run.line(), flush=True)
+        finally:
+            stop_all(started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
