@@ -82,9 +82,45 @@ class SigningError(AuthgateError):
 
 
 def _public_jwk(public_key: ec.EllipticCurvePublicKey) -> Jwk:
-    """The RFC 7517 members of an EC public key (kty, crv, x, y), as PyJWT renders them."""
+    """The RFC 7517 members of an EC public key (kty, crv, x, y), as PyJWT renders them,
+    each coordinate at its full length."""
     rendered = ECAlgorithm.to_jwk(public_key, as_dict=True)
-    return {name: str(rendered[name]) for name in ("kty", "crv", "x", "y")}
+    return _full_coordinates({name: str(rendered[name]) for name in ("kty", "crv", "x", "y")})
+
+
+# RFC 7518 §6.2.1.2: a P-256 coordinate is always 32 bytes, leading zero bytes included;
+# strict JOSE libraries refuse a shorter one. PyJWT before 2.10 left the zero bytes out
+# (one key in 128 has a coordinate below 2**248), and keys stored then keep that form:
+# their kid is the thumbprint of it.
+_COORDINATE_BYTES = 32
+
+
+def _coordinate_bytes(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _coordinate(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _full_coordinates(jwk: Jwk) -> Jwk:
+    """`jwk` with x and y at 32 bytes (a key stored by an older PyJWT may lack zeros)."""
+    return {
+        name: _coordinate(_coordinate_bytes(value).rjust(_COORDINATE_BYTES, b"\0"))
+        if name in ("x", "y")
+        else value
+        for name, value in jwk.items()
+    }
+
+
+def _short_coordinates(jwk: Jwk) -> Jwk:
+    """`jwk` as PyJWT before 2.10 rendered it: x and y without their leading zero bytes."""
+    return {
+        name: _coordinate(_coordinate_bytes(value).lstrip(b"\0") or b"\0")
+        if name in ("x", "y")
+        else value
+        for name, value in jwk.items()
+    }
 
 
 def _thumbprint(jwk: Jwk) -> str:
@@ -132,7 +168,9 @@ def _open_private_key(key: SigningKey, box: SecretBox) -> ec.EllipticCurvePrivat
         private.curve, ec.SECP256R1
     ):
         raise SigningError(f"JWT signing key {key.kid} is not a P-256 key")
-    if _thumbprint(_public_jwk(private.public_key())) != key.kid:
+    jwk = _public_jwk(private.public_key())
+    # A key made under PyJWT before 2.10 was named by the thumbprint of its short form.
+    if key.kid not in (_thumbprint(jwk), _thumbprint(_short_coordinates(jwk))):
         raise SigningError(f"JWT signing key {key.kid}: private key does not match its kid")
     return private
 
@@ -164,7 +202,7 @@ def _next_switch(keys: Sequence[SigningKey], now: float) -> float:
 
 def _published_jwk(key: SigningKey) -> Jwk:
     stored = json.loads(key.public_jwk)
-    jwk = {name: str(stored[name]) for name in ("kty", "crv", "x", "y")}
+    jwk = _full_coordinates({name: str(stored[name]) for name in ("kty", "crv", "x", "y")})
     jwk.update(kid=key.kid, alg=key.algorithm, use="sig")
     return jwk
 

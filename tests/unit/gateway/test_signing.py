@@ -7,14 +7,18 @@ real SQLite/PostgreSQL stores are exercised in tests/integration/test_signing_st
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import jwt
 import jwt.utils
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import gateway.runtime as runtime_module
 from gateway.secretbox import SecretBox, SecretBoxError
@@ -215,13 +219,67 @@ async def test_the_jwks_publishes_only_public_ec_members(signer: JwtSigner) -> N
 
 def test_every_published_coordinate_has_its_full_32_bytes(box: SecretBox) -> None:
     # RFC 7518 §6.2.1.2: x and y are the full length of the curve's coordinates, leading
-    # zero bytes included, and strict JOSE libraries refuse a shorter one. About one key
-    # in 170 has a coordinate below 2**248; PyJWT before 2.10 rendered it short, and an
-    # upstream could then verify no token that key signed.
+    # zero bytes included, and strict JOSE libraries refuse a shorter one. One key in 128
+    # has a coordinate below 2**248; PyJWT before 2.10 rendered it short, and an upstream
+    # could then verify no token that key signed.
     for _ in range(2000):
         jwk = json.loads(new_signing_key(box, now=0.0).public_jwk)
         for name in ("x", "y"):
             assert len(jwt.utils.base64url_decode(jwk[name])) == 32
+
+
+def _short(number: int) -> str:
+    """A coordinate as PyJWT before 2.10 wrote it: no leading zero bytes."""
+    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    return jwt.utils.base64url_encode(raw).decode()
+
+
+async def test_a_key_stored_with_a_short_coordinate_still_signs_and_is_published_whole(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    # What an install that made its key under PyJWT 2.8 holds: the JWK with a short
+    # coordinate, and the kid that is its thumbprint. After the upgrade the key must
+    # still open (or the gateway would not start) and be published at full length.
+    while True:
+        private = ec.generate_private_key(ec.SECP256R1())
+        numbers = private.public_key().public_numbers()
+        if min(numbers.x, numbers.y) < 2**248:
+            break
+    stored = {"crv": "P-256", "kty": "EC", "x": _short(numbers.x), "y": _short(numbers.y)}
+    canonical = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
+    kid = jwt.utils.base64url_encode(hashlib.sha256(canonical).digest()).decode()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key = SigningKey(
+        kid=kid,
+        private_pem_encrypted=box.encrypt(pem, KEY_PURPOSE),
+        public_jwk=json.dumps(stored, sort_keys=True),
+        created=0.0,
+        retired=None,
+        algorithm="ES256",
+    )
+    await store.add(key)
+    signer = JwtSigner(store, box, issuer=ISSUER, lifetime=300, overlap=DAY, now=clock)
+    await signer.start()
+    clock.now = time.time()
+    token = sign(signer)
+    assert kid_of(token) == kid
+    (published,) = signer.jwks()["keys"]
+    assert published["kid"] == kid
+    for name in ("x", "y"):
+        assert len(jwt.utils.base64url_decode(published[name])) == 32
+    assert verify(token, signer.jwks())["sub"] == "alice"
+
+
+async def test_a_key_whose_kid_names_another_key_is_refused(
+    store: FakeKeyStore, box: SecretBox, clock: Clock
+) -> None:
+    mine, other = new_signing_key(box, now=0.0), new_signing_key(box, now=0.0)
+    await store.add(replace(mine, kid=other.kid))
+    signer = JwtSigner(store, box, issuer=ISSUER, lifetime=300, overlap=DAY, now=clock)
+    with pytest.raises(SigningError, match="does not match its kid"):
+        await signer.start()
 
 
 async def test_the_kid_is_the_rfc7638_thumbprint_of_the_public_key(signer: JwtSigner) -> None:
