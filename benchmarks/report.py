@@ -226,11 +226,41 @@ def _version(argv: list[str]) -> str:
     return text[0] if text else "unknown"
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git(*args: str) -> str:
+    repo = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        ["git", "-C", repo, *args], capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
+
+
+def _commit() -> str:
+    """The checkout's commit, with "+changes" when tracked files differ from it."""
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        changes = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+changes" if changes else head
+
+
 def machine(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
     import aiohttp
 
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "commit": _commit(),
         # Other work on the machine skews every figure; this says how busy it was.
         "load_average_at_start": load_at_start,
         "kernel": platform.release(),

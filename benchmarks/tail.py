@@ -16,6 +16,8 @@ request costs, the busier the machine at a given rate, and the longer those wait
 
     python -m benchmarks.tail [--rate 16000] [--rounds 3] [--seconds 10] [--workers 2]
 
+Writes `benchmarks/results/tail-<UTC>.json` (every run, the machine, the commit).
+
 Needs wrk and nginx; reads /proc/<pid>/task/<tid>/schedstat (Linux, schedstats on).
 """
 
@@ -29,9 +31,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import report
 from benchmarks._harness import (
     LOOPBACK,
     WRK_DONE_SCRIPT,
+    BenchmarkError,
     ManagedProcess,
     WrkSettings,
     run_wrk,
@@ -48,14 +52,23 @@ from benchmarks.scenarios import (
 )
 from benchmarks.suite import PACE_MS, paced_script
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
 
 @dataclass(frozen=True)
 class SchedTotals:
-    """What the scheduler counted for a set of threads, so far."""
+    """What the scheduler counted for a set of threads."""
 
     cpu_ns: int = 0  # time on a CPU
     wait_ns: int = 0  # time runnable, waiting for a CPU
     involuntary: int = 0  # context switches the scheduler forced
+
+    def __add__(self, other: SchedTotals) -> SchedTotals:
+        return SchedTotals(
+            self.cpu_ns + other.cpu_ns,
+            self.wait_ns + other.wait_ns,
+            self.involuntary + other.involuntary,
+        )
 
     def __sub__(self, other: SchedTotals) -> SchedTotals:
         return SchedTotals(
@@ -79,9 +92,13 @@ def parse_involuntary(status: str) -> int:
     raise ValueError("no nonvoluntary_ctxt_switches line")
 
 
-def sched_totals(pids: Iterable[int], proc: Path = Path("/proc")) -> SchedTotals:
-    """The sum over every thread of the processes (a thread gone meanwhile is skipped)."""
-    cpu = wait = involuntary = 0
+Snapshot = dict[tuple[int, str], SchedTotals]
+
+
+def snapshot(pids: Iterable[int], proc: Path = Path("/proc")) -> Snapshot:
+    """Every thread of the processes, by (pid, tid); threads gone meanwhile are left out.
+    BenchmarkError when none could be read (no /proc, or a kernel without schedstats)."""
+    found: Snapshot = {}
     for pid in pids:
         try:
             tids = os.listdir(proc / str(pid) / "task")
@@ -94,8 +111,19 @@ def sched_totals(pids: Iterable[int], proc: Path = Path("/proc")) -> SchedTotals
                 forced = parse_involuntary((task / "status").read_text())
             except (OSError, ValueError):
                 continue
-            cpu, wait, involuntary = cpu + on_cpu, wait + waiting, involuntary + forced
-    return SchedTotals(cpu, wait, involuntary)
+            found[(pid, tid)] = SchedTotals(on_cpu, waiting, forced)
+    if not found:
+        raise BenchmarkError("no thread's schedstat could be read (is this Linux with /proc?)")
+    return found
+
+
+def spent(before: Snapshot, after: Snapshot) -> SchedTotals:
+    """What the threads alive at the end spent between the two snapshots (one that began
+    meanwhile counts from zero; one that ended is left out, its share unseen)."""
+    total = SchedTotals()
+    for thread, now in after.items():
+        total = total + (now - before.get(thread, SchedTotals()))
+    return total
 
 
 @dataclass(frozen=True)
@@ -123,19 +151,19 @@ def fixed_rate_run(
     url = f"http://{LOOPBACK}:{scenario.port}/"
     run_wrk(url, WrkSettings(2, connections, 1.0, BENCH_HOST, scenario.headers), script)
     pids = scenario.serving_pids()
-    before = sched_totals(pids)
+    before = snapshot(pids)
     settings = WrkSettings(2, connections, seconds, BENCH_HOST, scenario.headers)
     result = run_wrk(url, settings, script)
-    spent = sched_totals(pids) - before
+    used = spent(before, snapshot(pids))
     requests = max(result.requests, 1)
     return TailRun(
         label,
         result.requests_per_second,
         result.latency_p50_ms,
         result.latency_p99_ms,
-        spent.cpu_ns / requests / 1000,
-        spent.wait_ns / requests / 1000,
-        spent.involuntary / requests,
+        used.cpu_ns / requests / 1000,
+        used.wait_ns / requests / 1000,
+        used.involuntary / requests,
     )
 
 
@@ -145,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()
+    rounds: list[list[TailRun]] = []
     started: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory(prefix="authgate-tail-") as name:
         tmp = Path(name)
@@ -168,11 +199,21 @@ def main(argv: list[str] | None = None) -> int:
             script = paced_script(tmp, rate / 2)  # per wrk thread
             for number in range(1, args.rounds + 1):
                 print(f"round {number}/{args.rounds}, fixed rate {rate:.0f} req/s")
+                rounds.append([])
                 for label, scenario in (("direct", upstream), ("floor", floor), ("(b)", gate)):
                     run = fixed_rate_run(label, scenario, rate, args.seconds, script)
+                    rounds[-1].append(run)
                     print("  " + run.line(), flush=True)
         finally:
             stop_all(started)
+    document = {
+        "benchmark": "tail",
+        "machine": report.machine(load_at_start),
+        "options": {"rate": rate, "seconds": args.seconds, "workers": args.workers},
+        "rounds": rounds,
+    }
+    path = report.write_json(args.output / f"tail-{report.stamp()}.json", document)
+    print(f"results: {path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""benchmarks.tail: what it reads of the scheduler, from a real /proc and a made one."""
+"""benchmarks.tail: what it reads of the scheduler, from a made /proc and a real one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.tail import SchedTotals, parse_involuntary, parse_schedstat, sched_totals
+from benchmarks._harness import BenchmarkError
+from benchmarks.tail import SchedTotals, parse_involuntary, parse_schedstat, snapshot, spent
 
 
 def test_schedstat_gives_time_on_cpu_and_time_waiting() -> None:
@@ -22,23 +23,44 @@ def test_status_gives_the_involuntary_switches() -> None:
         parse_involuntary("Name:\tpython\n")
 
 
-def test_totals_sum_every_thread_and_skip_what_is_unreadable(tmp_path: Path) -> None:
-    for pid, tid, stat, forced in (("1", "1", "100 10 1", 2), ("1", "5", "50 5 1", 1)):
-        task = tmp_path / pid / "task" / tid
-        task.mkdir(parents=True)
-        (task / "schedstat").write_text(stat)
-        (task / "status").write_text(f"nonvoluntary_ctxt_switches:\t{forced}\n")
+def _thread(proc: Path, pid: int, tid: int, on_cpu: int, waiting: int, forced: int) -> Path:
+    task = proc / str(pid) / "task" / str(tid)
+    task.mkdir(parents=True, exist_ok=True)
+    (task / "schedstat").write_text(f"{on_cpu} {waiting} 1\n")
+    (task / "status").write_text(f"nonvoluntary_ctxt_switches:\t{forced}\n")
+    return task
+
+
+def test_a_snapshot_holds_every_readable_thread(tmp_path: Path) -> None:
+    _thread(tmp_path, 1, 1, 100, 10, 2)
+    _thread(tmp_path, 1, 5, 50, 5, 1)
     (tmp_path / "1" / "task" / "9").mkdir()  # a thread that ended while it was read
-    assert sched_totals([1, 2], tmp_path) == SchedTotals(150, 15, 3)
+    taken = snapshot([1, 2], tmp_path)  # pid 2: gone
+    assert taken == {(1, "1"): SchedTotals(100, 10, 2), (1, "5"): SchedTotals(50, 5, 1)}
+
+
+def test_what_was_spent_counts_only_threads_alive_at_the_end(tmp_path: Path) -> None:
+    _thread(tmp_path, 1, 1, 100, 10, 2)
+    ending = _thread(tmp_path, 1, 5, 50, 5, 1)
+    before = snapshot([1], tmp_path)
+    _thread(tmp_path, 1, 1, 300, 40, 5)
+    for name in ("schedstat", "status"):
+        (ending / name).unlink()
+    _thread(tmp_path, 1, 7, 20, 2, 1)  # began meanwhile
+    # Thread 5's share is unseen (never a negative figure); thread 7 counts from zero.
+    assert spent(before, snapshot([1], tmp_path)) == SchedTotals(220, 32, 4)
+
+
+def test_no_readable_thread_is_an_error_not_zeros(tmp_path: Path) -> None:
+    with pytest.raises(BenchmarkError):
+        snapshot([1], tmp_path)
 
 
 def test_this_process_is_seen_spending_cpu() -> None:
     if not Path(f"/proc/{os.getpid()}/task").is_dir():
         pytest.skip("no /proc")
-    before = sched_totals([os.getpid()])
-    started = time.process_time()
-    while time.process_time() - started < 0.05:  # 50 ms of CPU in this thread
+    before = snapshot([os.getpid()])
+    started = time.thread_time()
+    while time.thread_time() - started < 0.05:  # 50 ms of CPU in this thread
         pass
-    spent = sched_totals([os.getpid()]) - before
-    assert spent.cpu_ns >= 40_000_000
-    assert spent.wait_ns >= 0 and spent.involuntary >= 0
+    assert spent(before, snapshot([os.getpid()])).cpu_ns >= 40_000_000
