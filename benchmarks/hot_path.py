@@ -16,7 +16,7 @@ no frame of its own: its time lands on whatever line allocated.
     python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--varied]
                                   [--browser] [--perf]
 
-`--browser` sends the headers a browser sends with a page (Chrome's, 13 of them, and
+`--browser` sends the headers a browser sends with a page (Chrome's, 14 of them, and
 three more cookies beside the session's) instead of wrk's two: the per-header work of
 reading, checking and forwarding a request counts as it does on real traffic.
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--browser",
         action="store_true",
-        help="send a browser's headers (13, and more cookies) instead of wrk's two",
+        help="send a browser's headers (14, and more cookies) instead of wrk's two",
     )
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     parser.add_argument(

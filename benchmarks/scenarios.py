@@ -297,9 +297,15 @@ BROWSER_HEADERS = (
 BROWSER_COOKIES = "_ga=GA1.1.1234567890.1764900000; theme=dark; consent=analytics%3Dno"
 
 
+# A session cookie for proxies that need none, so that every proxy reads the same bytes.
+PLACEHOLDER_SESSION = f"Cookie: {COOKIE_NAME}={'x' * 43}"
+
+
 def browser_headers(headers: tuple[str, ...]) -> tuple[str, ...]:
-    """`headers` (the session cookie) as a browser sends them, with its other headers."""
-    cookies = [h for h in headers if h.startswith("Cookie: ")]
+    """`headers` (the session cookie, or a placeholder of its size when there is none) as
+    a browser sends them: with the 14 other fields of BROWSER_HEADERS and three more
+    cookies, 16 fields in all with Host."""
+    cookies = [h for h in headers if h.startswith("Cookie: ")] or [PLACEHOLDER_SESSION]
     others = [h for h in headers if not h.startswith("Cookie: ")]
     cookie = f"Cookie: {BROWSER_COOKIES}" + "".join(f"; {c[8:]}" for c in cookies)
     return (*BROWSER_HEADERS, *others, cookie)

@@ -325,7 +325,7 @@ def varied_requests(session: Scenario) -> Scenario:
 
 def browser_requests(scenario: Scenario, key: str, label: str) -> Scenario:
     """`scenario`'s server, every request a new one with the headers a browser sends
-    (13 more fields, three more cookies): the per-field work counts as on real traffic."""
+    (14 more fields, three more cookies): the per-field work counts as on real traffic."""
     return replace(
         scenario,
         key=key,
