@@ -78,8 +78,6 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline (rest)", ("(gateway/pipeline.py",)),
 )
 LOOP = "event loop (uvloop, C)"
-
-
 ORDER = [name for name, _ in STAGES] + ["aiohttp server", LOOP]
 
 

@@ -217,23 +217,31 @@ def summarise(scenario: Scenario, rounds: list[tuple[WrkResult, float]]) -> Scen
     )
 
 
+def fixed_rate_load(
+    scenario: Scenario, rate: float, duration: float, folder: Path, threads: int
+) -> tuple[int, Callable[[], WrkResult]]:
+    """`scenario` at a steady `rate` req/s (open loop), from a pool of connections large
+    enough that each is idle about PACE_MS between its requests, warmed up for a second:
+    the connections, and the measured run, to be called."""
+    connections = max(threads, math.ceil(rate * PACE_MS / 1000))
+    script = paced_script(folder, max(rate, 1.0) / threads)
+    url = f"http://{LOOPBACK}:{scenario.port}/"
+    run_wrk(url, WrkSettings(threads, connections, 1.0, BENCH_HOST, scenario.headers), script)
+    settings = WrkSettings(threads, connections, duration, BENCH_HOST, scenario.headers)
+    return connections, lambda: run_wrk(url, settings, script)
+
+
 def paced(
     scenario: Scenario, rate: float, options: LoadOptions, folder: Path, threads: int
 ) -> PacedResult:
-    """`scenario` at a steady `rate` req/s (open loop), from a pool of connections large
-    enough that each is idle about PACE_MS between its requests."""
-    connections = max(threads, math.ceil(rate * PACE_MS / 1000))
-    pace_ms = PACE_MS
-    script = paced_script(folder, max(rate, 1.0) / threads)
-    url = f"http://{LOOPBACK}:{scenario.port}/"
-    settings = WrkSettings(threads, connections, options.duration, BENCH_HOST, scenario.headers)
-    run_wrk(url, WrkSettings(threads, connections, 1.0, BENCH_HOST, scenario.headers), script)
-    result = run_wrk(url, settings, script)
+    """`scenario` at a steady `rate` req/s (fixed_rate_load), measured once."""
+    connections, measure = fixed_rate_load(scenario, rate, options.duration, folder, threads)
+    result = measure()
     return PacedResult(
         key=scenario.key,
         target_rate=rate,
         connections=connections,
-        pace_ms=pace_ms,
+        pace_ms=PACE_MS,
         achieved_rate=result.requests_per_second,
         latency_p50_ms=result.latency_p50_ms,
         latency_p99_ms=result.latency_p99_ms,

@@ -24,7 +24,6 @@ Needs wrk and nginx; reads /proc/<pid>/task/<tid>/schedstat (Linux, schedstats o
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -50,7 +49,7 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
-from benchmarks.suite import PACE_MS, paced_script
+from benchmarks.suite import fixed_rate_load
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -145,15 +144,14 @@ class TailRun:
 
 
 def fixed_rate_run(
-    label: str, scenario: Scenario, rate: float, seconds: float, script: Path
+    label: str, scenario: Scenario, rate: float, seconds: float, folder: Path
 ) -> TailRun:
-    connections = max(2, math.ceil(rate * PACE_MS / 1000))
-    url = f"http://{LOOPBACK}:{scenario.port}/"
-    run_wrk(url, WrkSettings(2, connections, 1.0, BENCH_HOST, scenario.headers), script)
+    """One measured run at `rate`, as the suite's (two wrk threads), with what the
+    scheduler counted for the serving processes meanwhile."""
+    _, measure = fixed_rate_load(scenario, rate, seconds, folder, threads=2)
     pids = scenario.serving_pids()
     before = snapshot(pids)
-    settings = WrkSettings(2, connections, seconds, BENCH_HOST, scenario.headers)
-    result = run_wrk(url, settings, script)
+    result = measure()
     used = spent(before, snapshot(pids))
     requests = max(result.requests, 1)
     return TailRun(
@@ -196,12 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                 top = run_wrk(url, WrkSettings(2, 64, 5, BENCH_HOST, gate.headers), done)
                 rate = top.requests_per_second / 2
                 print(f"(b) maximum {top.requests_per_second:.0f} req/s; half: {rate:.0f}")
-            script = paced_script(tmp, rate / 2)  # per wrk thread
             for number in range(1, args.rounds + 1):
                 print(f"round {number}/{args.rounds}, fixed rate {rate:.0f} req/s")
                 rounds.append([])
                 for label, scenario in (("direct", upstream), ("floor", floor), ("(b)", gate)):
-                    run = fixed_rate_run(label, scenario, rate, args.seconds, script)
+                    run = fixed_rate_run(label, scenario, rate, args.seconds, tmp)
                     rounds[-1].append(run)
                     print("  " + run.line(), flush=True)
         finally:
