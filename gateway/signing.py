@@ -95,32 +95,23 @@ def _public_jwk(public_key: ec.EllipticCurvePublicKey) -> Jwk:
 _COORDINATE_BYTES = 32
 
 
-def _coordinate_bytes(value: str) -> bytes:
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-
-
-def _coordinate(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def _refit_coordinates(jwk: Jwk, fit: Callable[[bytes], bytes]) -> Jwk:
+    """`jwk` with x and y (base64url) decoded, passed through `fit`, encoded again."""
+    out = dict(jwk)
+    for name in ("x", "y"):
+        raw = base64.urlsafe_b64decode(jwk[name] + "=" * (-len(jwk[name]) % 4))
+        out[name] = base64.urlsafe_b64encode(fit(raw)).rstrip(b"=").decode()
+    return out
 
 
 def _full_coordinates(jwk: Jwk) -> Jwk:
     """`jwk` with x and y at 32 bytes (a key stored by an older PyJWT may lack zeros)."""
-    return {
-        name: _coordinate(_coordinate_bytes(value).rjust(_COORDINATE_BYTES, b"\0"))
-        if name in ("x", "y")
-        else value
-        for name, value in jwk.items()
-    }
+    return _refit_coordinates(jwk, lambda raw: raw.rjust(_COORDINATE_BYTES, b"\0"))
 
 
 def _short_coordinates(jwk: Jwk) -> Jwk:
     """`jwk` as PyJWT before 2.10 rendered it: x and y without their leading zero bytes."""
-    return {
-        name: _coordinate(_coordinate_bytes(value).lstrip(b"\0") or b"\0")
-        if name in ("x", "y")
-        else value
-        for name, value in jwk.items()
-    }
+    return _refit_coordinates(jwk, lambda raw: raw.lstrip(b"\0") or b"\0")
 
 
 def _thumbprint(jwk: Jwk) -> str:
