@@ -9,6 +9,7 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
+from gateway.forwarding import BODILESS_STATUSES
 from gateway.proxy import UpstreamError
 from gateway.upstream_client import has_control
 
@@ -44,8 +45,7 @@ def response_head(
     phrase = reason if reason is not None else _PHRASES.get(status, "")
     lines = [f"HTTP/1.1 {status} {phrase}"]
     lines.extend(f"{name}: {value}" for name, value in headers.items())
-    empty = status in (204, 304) or 100 <= status < 200
-    if not empty:
+    if status not in BODILESS_STATUSES:
         if length is None:
             lines.append("Transfer-Encoding: chunked")
         else:

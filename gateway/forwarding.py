@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+# Answers that never have a body, whatever their headers say (RFC 9110 §15.2, §15.3.5,
+# §15.4.5): interim ones, 204 and 304. (A HEAD request's answer has none either.)
+BODILESS_STATUSES = frozenset((*range(100, 200), 204, 304))
+
 # Hop-by-hop: meaningful only for one connection, never forwarded (RFC 9110 §7.6.1,
 # plus the historic Proxy-Connection and Keep-Alive). Upgrade is re-added by the
 # WebSocket path itself when a route allows it.

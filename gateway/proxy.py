@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import RouteConfig
-from gateway.forwarding import RESPONSE_HOP_BY_HOP, dropped_names, union
+from gateway.forwarding import BODILESS_STATUSES, RESPONSE_HOP_BY_HOP, dropped_names, union
 from gateway.request_log import note_streamed, note_upstream
 from gateway.request_view import RequestView
 from gateway.upstream_client import (
@@ -347,7 +347,7 @@ def answer_head(upstream: UpstreamResponse, method: str) -> AnswerHead:
         reason=upstream.reason or None,
         headers=headers,
         length=length,
-        no_body=method == "HEAD" or status in (204, 304),
+        no_body=method == "HEAD" or status in BODILESS_STATUSES,
     )
 
 

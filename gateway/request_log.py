@@ -18,6 +18,7 @@ import time
 from typing import Any, Protocol
 
 from gateway.config.model import Config, RouteConfig, TenantConfig
+from gateway.forwarding import BODILESS_STATUSES
 from gateway.metrics import NONE, Metrics
 from policies import Decision
 
@@ -132,12 +133,9 @@ def body_bytes(record: RequestRecord, response: Sent | None) -> int:
     count, which includes the head and the chunk framing."""
     if record.streamed_bytes is not None:
         return record.streamed_bytes
-    if response is None or record.method == "HEAD" or response.status in _NO_BODY:
+    if response is None or record.method == "HEAD" or response.status in BODILESS_STATUSES:
         return 0
     return response.content_length or 0
-
-
-_NO_BODY = frozenset((*range(100, 200), 204, 304))
 
 
 class RequestIdFilter(logging.Filter):
