@@ -9,12 +9,20 @@ processes during each run:
   cpu      CPU time per request (user + system, every thread of every worker)
   wait     time spent runnable but not running (waiting for a CPU), per request
   preempt  involuntary context switches per request (the scheduler took the CPU away)
+  steal    the share of the machine's CPU time the hypervisor took for others (from
+           /proc/stat; a virtual machine that does not report it reads 0)
+
+With `--hiccups`, a meter on each CPU at real-time priority (benchmarks.hiccup) also
+counts the stalls of a whole CPU during each run, and how long the longest was: what
+no process in the guest can cause or avoid, and what a p99 cannot be shorter than when
+such stalls touch more than 1 % of requests.
 
 On a machine whose few CPUs are shared by the load generator, the upstream and the
 proxy, a request's tail is mostly time spent waiting for a CPU: the more CPU each
 request costs, the busier the machine at a given rate, and the longer those waits.
 
     python -m benchmarks.tail [--rate 16000] [--rounds 3] [--seconds 10] [--workers 2]
+                              [--hiccups]
 
 Writes `benchmarks/results/tail-<UTC>.json` (every run, the machine, the commit).
 
@@ -24,8 +32,10 @@ Needs wrk and nginx; reads /proc/<pid>/task/<tid>/schedstat (Linux, schedstats o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +49,7 @@ from benchmarks._harness import (
     WrkSettings,
     run_wrk,
 )
+from benchmarks.hiccup import HiccupMeters, Hiccups
 from benchmarks.scenarios import (
     BENCH_HOST,
     SESSION_POLICY,
@@ -125,6 +136,20 @@ def spent(before: Snapshot, after: Snapshot) -> SchedTotals:
     return total
 
 
+def parse_steal(stat: str) -> int:
+    """/proc/stat: the steal time of all CPUs together, in clock ticks."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            # user nice system idle iowait irq softirq steal ...; older kernels stop early
+            return int(fields[8]) if len(fields) > 8 else 0
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def steal_seconds(proc: Path = Path("/proc")) -> float:
+    return parse_steal((proc / "stat").read_text()) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class TailRun:
     label: str
@@ -134,26 +159,34 @@ class TailRun:
     cpu_us: float  # per request
     wait_us: float  # per request
     preempt: float  # per request
+    steal_pct: float  # of all CPUs' time during the run
+    hiccups: Hiccups | None = None
 
     def line(self) -> str:
-        return (
+        text = (
             f"{self.label:<8} {self.rate:8.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 "
             f"{self.p99_ms:6.2f} ms  cpu {self.cpu_us:5.1f} µs  wait {self.wait_us:5.1f} µs"
-            f"  preempt {self.preempt:5.3f}"
+            f"  preempt {self.preempt:5.3f}  steal {self.steal_pct:4.1f} %"
         )
+        return text if self.hiccups is None else f"{text}\n{'':10}{self.hiccups.line()}"
 
 
 def fixed_rate_run(
-    label: str, scenario: Scenario, rate: float, seconds: float, folder: Path
+    label: str, scenario: Scenario, rate: float, seconds: float, folder: Path, hiccups: bool
 ) -> TailRun:
     """One measured run at `rate`, as the suite's (two wrk threads), with what the
-    scheduler counted for the serving processes meanwhile."""
+    scheduler counted for the serving processes meanwhile, the machine's steal time and,
+    if asked, the stalls the hiccup meters saw."""
     _, measure = fixed_rate_load(scenario, rate, seconds, folder, threads=2)
     pids = scenario.serving_pids()
-    before = snapshot(pids)
-    result = measure()
-    used = spent(before, snapshot(pids))
+    meters = HiccupMeters()
+    with meters if hiccups else contextlib.nullcontext():
+        before, stolen, began = snapshot(pids), steal_seconds(), time.monotonic()
+        result = measure()
+        used, elapsed = spent(before, snapshot(pids)), time.monotonic() - began
+        stolen = steal_seconds() - stolen
     requests = max(result.requests, 1)
+    cpus = len(os.sched_getaffinity(0))
     return TailRun(
         label,
         result.requests_per_second,
@@ -162,6 +195,8 @@ def fixed_rate_run(
         used.cpu_ns / requests / 1000,
         used.wait_ns / requests / 1000,
         used.involuntary / requests,
+        100 * stolen / (elapsed * cpus),
+        meters.seen,
     )
 
 
@@ -172,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--hiccups", action="store_true", help="count whole-CPU stalls (benchmarks.hiccup)"
+    )
     args = parser.parse_args(argv)
     load_at_start = os.getloadavg()
     rounds: list[list[TailRun]] = []
@@ -198,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {number}/{args.rounds}, fixed rate {rate:.0f} req/s")
                 rounds.append([])
                 for label, scenario in (("direct", upstream), ("floor", floor), ("(b)", gate)):
-                    run = fixed_rate_run(label, scenario, rate, args.seconds, tmp)
+                    run = fixed_rate_run(label, scenario, rate, args.seconds, tmp, args.hiccups)
                     rounds[-1].append(run)
                     print("  " + run.line(), flush=True)
         finally:
@@ -206,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "benchmark": "tail",
         "machine": report.machine(load_at_start),
-        "options": {"rate": rate, "seconds": args.seconds, "workers": args.workers},
+        "options": {
+            "rate": rate,
+            "seconds": args.seconds,
+            "workers": args.workers,
+            "hiccups": args.hiccups,
+        },
         "rounds": rounds,
     }
     path = report.write_json(args.output / f"tail-{report.stamp()}.json", document)

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks._harness import BenchmarkError
-from benchmarks.tail import SchedTotals, parse_involuntary, parse_schedstat, snapshot, spent
+from benchmarks.tail import (
+    SchedTotals,
+    parse_involuntary,
+    parse_schedstat,
+    parse_steal,
+    snapshot,
+    spent,
+)
 
 
 def test_schedstat_gives_time_on_cpu_and_time_waiting() -> None:
@@ -64,3 +71,15 @@ def test_this_process_is_seen_spending_cpu() -> None:
     while time.thread_time() - started < 0.05:  # 50 ms of CPU in this thread
         pass
     assert spent(before, snapshot([os.getpid()])).cpu_ns >= 40_000_000
+
+
+def test_steal_is_the_eighth_figure_of_the_all_cpus_line() -> None:
+    stat = (
+        "cpu  8246 0 1239 19514 317 0 118 641 0 0\n"
+        "cpu0 4000 0 600 9000 100 0 50 300 0 0\n"
+        "intr 12345\n"
+    )
+    assert parse_steal(stat) == 641
+    assert parse_steal("cpu  1 2 3 4 5 6 7\n") == 0  # a kernel that counts no steal
+    with pytest.raises(ValueError):
+        parse_steal("intr 1\n")
