@@ -15,17 +15,17 @@ answer (never longer than USER_FALLBACK_SECONDS, and dropped on revocation).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from gateway.config.model import SessionsConfig, TenantConfig
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.logs import Occasional
+from gateway.single_flight import SingleFlight, read_ahead_due
 from gateway.stores import (
     REVOCATIONS,
     EventBus,
@@ -59,11 +59,6 @@ class ActiveSession:
     def owes_second_factor(self) -> bool:
         """True until `elevate` (which writes fresh data) after an unusual sign-in."""
         return any(key == STEP_UP for key, _ in self.record.data)
-
-
-def _retrieve(future: asyncio.Future[ActiveSession | None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def fingerprint(id_hash: str) -> str:
@@ -122,7 +117,11 @@ class SessionManager(RevocationFollower):
         self._cache: OrderedDict[str, tuple[float, ActiveSession]] = OrderedDict()
         # cookie value -> its SHA-256 (a hash per request was 2 % of a worker's time).
         self._hashes: dict[str, str] = {}
-        self._inflight: dict[tuple[str, str, int], asyncio.Future[ActiveSession | None]] = {}
+        # One store round trip per session at a time: requests arriving while it is under
+        # way wait for its answer. Without this, a busy session whose cache entry ends (or
+        # whose minute for a write comes) sends every request in flight to the store at
+        # once — the stalls of hundreds of ms seen under load.
+        self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight()
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -174,17 +173,15 @@ class SessionManager(RevocationFollower):
         if cached is not None and cached[0] > mono:
             active = cached[1]
             self._cache.move_to_end(id_hash)
+            if read_ahead_due(cached[0], mono, self.config.cache_ttl):
+                # Read again while the entry still serves: a busy session's requests then
+                # never all wait for the store at the entry's end.
+                self._inflight.start(self._read_key(id_hash), lambda: self._read(id_hash))
         else:
-            # Keyed by the epoch too: a request arriving after a revocation message does
-            # not wait for (and trust) a read begun before it; it reads again.
-            epoch = self._epoch
-            found = await self._once(("fetch", id_hash, epoch), lambda: self._fetch(id_hash))
+            found = await self._inflight.join(self._read_key(id_hash), lambda: self._read(id_hash))
             if found is None:
-                self._cache.pop(id_hash, None)
                 return None
             active = found
-            if epoch == self._epoch:  # no revocation arrived while it was read
-                self._remember(id_hash, mono + self.config.cache_ttl, active)
         if active.record.tenant != tenant:
             return None  # a session of one tenant is worthless on another's domains
         now = self.now()
@@ -197,7 +194,7 @@ class SessionManager(RevocationFollower):
             await self.store.revoke(id_hash)
             return None
         if touch and now - record.last_seen >= TOUCH_INTERVAL:
-            return await self._once(
+            return await self._inflight.join(
                 ("touch", id_hash, self._epoch), lambda: self._touch(active, now)
             )
         return active
@@ -233,22 +230,21 @@ class SessionManager(RevocationFollower):
 
         return still_valid
 
-    async def _once(
-        self, key: tuple[str, str, int], work: Callable[[], Awaitable[ActiveSession | None]]
-    ) -> ActiveSession | None:
-        """One store round trip per session at a time: requests arriving while it is
-        under way wait for its answer. Without this, a busy session whose cache entry
-        ends (or whose minute for a write comes) sends every request in flight to the
-        store at once — the stalls of hundreds of ms seen under load."""
-        pending = self._inflight.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(work())
-            # A failure nobody awaits any more (all callers gone) is still retrieved.
-            pending.add_done_callback(_retrieve)
-            self._inflight[key] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(key, None))
-        # Shielded: a caller that goes away does not cancel the others' answer.
-        return await asyncio.shield(pending)
+    def _read_key(self, id_hash: str) -> tuple[str, str, int]:
+        # Keyed by the epoch too: a request arriving after a revocation message does not
+        # wait for (and trust) a read begun before it; it reads again.
+        return ("read", id_hash, self._epoch)
+
+    async def _read(self, id_hash: str) -> ActiveSession | None:
+        """The session from the store, cached until cache_ttl after the read began
+        unless a revocation arrived meanwhile (the read may predate it)."""
+        began, epoch = self._monotonic(), self._epoch
+        found = await self._fetch(id_hash)
+        if found is None:
+            self._cache.pop(id_hash, None)
+        elif epoch == self._epoch:
+            self._remember(id_hash, began + self.config.cache_ttl, found)
+        return found
 
     def _remember(self, id_hash: str, until: float, active: ActiveSession) -> None:
         limit = self.config.cache_size

@@ -3,14 +3,17 @@ rolling refresh, write rate, tenant binding and rotation."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
+from gateway.errors import StoreUnavailable
 from gateway.sessions import TOUCH_INTERVAL, SessionManager
 from gateway.stores import Stores, User, new_id, open_stores
+from gateway.stores.ids import hash_session_id
 from tests.slow_stores import GatedUsers
 
 DAY = 86400.0
@@ -195,8 +198,6 @@ async def test_a_tenant_with_its_own_lifetimes_gets_them_and_others_keep_the_def
 async def test_concurrent_requests_share_one_store_read_and_one_write(
     stores: Stores, clock: Clock
 ) -> None:
-    import asyncio
-
     class Counting:
         """The real store, counting reads and writes."""
 
@@ -242,8 +243,6 @@ async def test_a_read_under_way_when_this_process_revokes_is_not_cached(
 ) -> None:
     # The revoking process must not wait for its own message to come back (the SQL bus
     # polls; publishing may fail): a read begun before its revoke is not cached.
-    import asyncio
-
     users = GatedUsers(stores.users, once=True)
     sessions = SessionManager(
         stores.sessions,
@@ -261,3 +260,112 @@ async def test_a_read_under_way_when_this_process_revokes_is_not_cached(
     users.gate.set()
     await reading  # begun before the revocation: answered as it was read
     assert await sessions.load(sid, "acme") is None
+
+
+class _GatedReads:
+    """The real session store, whose reads wait at `gate` (or fail) while armed."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.armed = False
+        self.failing = False
+        self.reads = 0
+        self.gate = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def get(self, id_hash: str) -> object:
+        self.reads += 1
+        if self.failing:
+            raise StoreUnavailable("the session store is down")
+        if self.armed:
+            await self.gate.wait()
+        return await self.inner.get(id_hash)  # type: ignore[attr-defined]
+
+
+async def _cached_session(stores: Stores, clock: Clock) -> tuple[SessionManager, _GatedReads, str]:
+    """A manager over a store whose reads can be held or failed, and a session it has
+    just read (cached for cache_ttl, 2 s)."""
+    gated = _GatedReads(stores.sessions)
+    sessions = SessionManager(
+        gated,  # type: ignore[arg-type]
+        stores.users,
+        stores.events,
+        SessionsConfig(cache_ttl=2.0),
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "acme") is not None
+    return sessions, gated, sid
+
+
+async def _settle(sessions: SessionManager) -> None:
+    """Until no store read of `sessions` is under way (a read ahead runs on its own;
+    SQLite answers from a thread, so a few loop turns are not enough)."""
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if not sessions._inflight:
+            return
+    raise AssertionError("a store read never ended")
+
+
+async def test_a_busy_session_is_read_again_before_its_cache_entry_ends_without_waiting(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, gated, sid = await _cached_session(stores, clock)
+    reads = gated.reads
+    clock.advance(1.0)  # half of cache_ttl left: served from the cache, nothing read
+    assert await sessions.load(sid, "acme") is not None
+    assert gated.reads == reads
+    gated.armed = True  # the store is slow from now on
+    clock.advance(0.6)  # in the last quarter: served at once, and one read begins
+    found = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(20)))
+    assert all(active is not None for active in found)
+    assert gated.reads == reads + 1
+    gated.gate.set()
+    await _settle(sessions)
+    clock.advance(0.6)  # past the first entry's end: the read ahead renewed it
+    assert await sessions.load(sid, "acme") is not None
+    assert gated.reads == reads + 1
+
+
+async def test_a_read_ahead_that_finds_the_session_gone_drops_it_at_once(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, _, sid = await _cached_session(stores, clock)
+    # Deleted in the store with no message on the bus (another process, a lost event).
+    assert await stores.sessions.revoke(hash_session_id(sid))
+    clock.advance(1.6)
+    # This request is inside the cache bound; the read it starts finds nothing...
+    assert await sessions.load(sid, "acme") is not None
+    await _settle(sessions)
+    # ...and the entry is gone before its end.
+    assert await sessions.load(sid, "acme") is None
+
+
+async def test_a_read_ahead_under_way_when_this_process_revokes_is_not_cached(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, gated, sid = await _cached_session(stores, clock)
+    gated.armed = True
+    clock.advance(1.6)
+    assert await sessions.load(sid, "acme") is not None  # read ahead begins, held at gate
+    assert await sessions.revoke(sid)
+    gated.gate.set()  # the read ahead may have found the session before the revoke
+    await _settle(sessions)
+    assert await sessions.load(sid, "acme") is None
+
+
+async def test_a_failing_read_ahead_never_stretches_the_cache_bound(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, gated, sid = await _cached_session(stores, clock)
+    gated.failing = True
+    clock.advance(1.6)
+    assert await sessions.load(sid, "acme") is not None  # within the bound
+    await _settle(sessions)
+    clock.advance(0.5)  # the entry's end: what the store says now, an outage
+    with pytest.raises(StoreUnavailable):
+        await sessions.load(sid, "acme")
