@@ -22,6 +22,7 @@ from gateway.pipeline import NOBODY, Identity
 from gateway.request_view import RequestView
 from gateway.sessions import RESYNC, ActiveSession, RevocationFollower, SessionManager
 from gateway.signing import JwtSigner
+from gateway.single_flight import SingleFlight, read_ahead_due
 from gateway.stores import ApiKeyStore, EventBus, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
 from policies import Principal
@@ -56,6 +57,7 @@ class Identifier(RevocationFollower):
         signer: JwtSigner | None,
         *,
         now: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cookie_name = config.sessions.cookie_name
         self.sessions = sessions
@@ -63,11 +65,14 @@ class Identifier(RevocationFollower):
         self.apikeys = apikeys
         self.signer = signer
         self.now = now
+        self._monotonic = monotonic
         self._default_names = PRESETS["default"]
         self._names: dict[RouteConfig, HeaderNames] = {
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
+        # One store read per key at a time (a busy key's requests share it).
+        self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight()
         self._marked: dict[str, float] = {}  # key id → when its last use is next written
         self._marking: set[asyncio.Task[None]] = set()
         self._built: dict[
@@ -188,7 +193,7 @@ class Identifier(RevocationFollower):
         """Record when a key was last used (what `authgate apikey list` shows), at most
         once per key every few minutes per process, off the request's path: a store
         that cannot take it costs the request nothing."""
-        mono = time.monotonic()
+        mono = self._monotonic()
         if mono < self._marked.get(key_id, -1e18):
             return
         if len(self._marked) > 10_000:
@@ -206,11 +211,21 @@ class Identifier(RevocationFollower):
 
     async def _key_holder(self, key: str) -> _KeyHolder | None:
         key_hash = hash_api_key(key)
-        mono = time.monotonic()
+        mono = self._monotonic()
         cached = self._key_cache.get(key_hash)
+        # Keyed by the epoch too: a request arriving after a revocation message does not
+        # wait for (and trust) a read begun before it; it reads again.
+        flight = (key_hash, self._epoch)
         if cached is not None and cached[0] > mono:
+            if read_ahead_due(cached[0], mono, _API_KEY_CACHE_SECONDS):
+                self._key_reads.start(flight, lambda: self._read_key(key_hash))
             return cached[1]
-        epoch = self._epoch
+        return await self._key_reads.join(flight, lambda: self._read_key(key_hash))
+
+    async def _read_key(self, key_hash: str) -> _KeyHolder | None:
+        """Who holds the key, from the store; cached from when the read began unless a
+        revocation arrived meanwhile (the read may predate it)."""
+        began, epoch = self._monotonic(), self._epoch
         record = await self.apikeys.get_by_hash(key_hash)
         holder: _KeyHolder | None = None
         if record is not None and not record.revoked:
@@ -221,7 +236,7 @@ class Identifier(RevocationFollower):
             return holder  # a revocation arrived while it was read: not cached
         if len(self._key_cache) > 10_000:
             self._key_cache.clear()
-        self._key_cache[key_hash] = (mono + _API_KEY_CACHE_SECONDS, holder)
+        self._key_cache[key_hash] = (began + _API_KEY_CACHE_SECONDS, holder)
         return holder
 
     def _names_for(self, route: RouteConfig | None) -> HeaderNames:

@@ -257,3 +257,89 @@ async def test_a_keys_last_use_is_recorded_at_most_every_few_minutes(
     await identify(with_key(key), tenant, None)  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     assert await last_used() == first  # not written again within the interval
+
+
+class _CountedKeys:
+    """The real API-key store, counting reads, each a round trip long."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def get_by_hash(self, key_hash: str) -> object:
+        self.reads += 1
+        await asyncio.sleep(0.01)
+        return await self.inner.get_by_hash(key_hash)  # type: ignore[attr-defined]
+
+
+def _counted(config: Config, stores: Stores, clock: Clock) -> tuple[Identifier, _CountedKeys]:
+    keys = _CountedKeys(stores.apikeys)
+    sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+    identify = Identifier(
+        config,
+        sessions,
+        stores.users,
+        keys,  # type: ignore[arg-type]
+        None,
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    return identify, keys
+
+
+async def _reads_done(identify: Identifier) -> None:
+    for _ in range(500):  # SQLite answers from a thread: wait for the read itself
+        await asyncio.sleep(0.01)
+        if not identify._key_reads:
+            return
+    raise AssertionError("a key read never ended")
+
+
+async def _known(identify: Identifier, config: Config, key: str) -> bool:
+    """Whether a request bearing `key` is identified as the key's holder."""
+    found = await identify(with_key(key), config.tenants[0], None)  # type: ignore[arg-type]
+    return found.principal is not None
+
+
+async def test_a_busy_keys_requests_share_one_store_read(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    key, _ = await bot_with_key(stores)
+    identify, keys = _counted(config, stores, clock)
+    assert all(await asyncio.gather(*(_known(identify, config, key) for _ in range(50))))
+    assert keys.reads == 1
+
+
+async def test_a_busy_key_is_read_again_before_its_cache_entry_ends(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    key, _ = await bot_with_key(stores)
+    identify, keys = _counted(config, stores, clock)
+    lifetime = identify_module._API_KEY_CACHE_SECONDS
+    assert await _known(identify, config, key)
+    clock.mono += lifetime * 0.5
+    assert await _known(identify, config, key)
+    assert keys.reads == 1  # half its life left: from the cache alone
+    clock.mono += lifetime * 0.3
+    assert all(await asyncio.gather(*(_known(identify, config, key) for _ in range(20))))
+    await _reads_done(identify)  # served at once, while one read renewed the entry
+    assert keys.reads == 2
+    clock.mono += lifetime * 0.3  # past the first entry's end
+    assert await _known(identify, config, key)
+    assert keys.reads == 2
+
+
+async def test_a_key_read_ahead_that_finds_it_revoked_ends_it_before_its_cache_entry(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    key, record = await bot_with_key(stores)
+    identify, _ = _counted(config, stores, clock)
+    assert await _known(identify, config, key)
+    await stores.apikeys.revoke(record.id)  # no message on the bus
+    clock.mono += identify_module._API_KEY_CACHE_SECONDS * 0.8
+    assert await _known(identify, config, key)  # within the bound; a read begins
+    await _reads_done(identify)
+    assert not await _known(identify, config, key)
