@@ -22,7 +22,7 @@ from gateway.pipeline import NOBODY, Identity
 from gateway.request_view import RequestView
 from gateway.sessions import RESYNC, ActiveSession, RevocationFollower, SessionManager
 from gateway.signing import JwtSigner
-from gateway.single_flight import SingleFlight, read_ahead_due
+from gateway.single_flight import SingleFlight, read_ahead_from
 from gateway.stores import ApiKeyStore, EventBus, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
 from policies import Principal
@@ -217,7 +217,7 @@ class Identifier(RevocationFollower):
         # wait for (and trust) a read begun before it; it reads again.
         flight = (key_hash, self._epoch)
         if cached is not None and cached[0] > mono:
-            if read_ahead_due(cached[0], mono, _API_KEY_CACHE_SECONDS):
+            if mono > read_ahead_from(cached[0], _API_KEY_CACHE_SECONDS):
                 self._key_reads.start(flight, lambda: self._read_key(key_hash))
             return cached[1]
         return await self._key_reads.join(flight, lambda: self._read_key(key_hash))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from gateway.config.model import SessionsConfig, TenantConfig
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.logs import Occasional
-from gateway.single_flight import SingleFlight, read_ahead_due
+from gateway.single_flight import SingleFlight, read_ahead_from
 from gateway.stores import (
     REVOCATIONS,
     EventBus,
@@ -173,10 +173,8 @@ class SessionManager(RevocationFollower):
         if cached is not None and cached[0] > mono:
             active = cached[1]
             self._cache.move_to_end(id_hash)
-            if read_ahead_due(cached[0], mono, self.config.cache_ttl):
-                # Read again while the entry still serves: a busy session's requests then
-                # never all wait for the store at the entry's end.
-                self._inflight.start(self._read_key(id_hash), lambda: self._read(id_hash))
+            if mono > read_ahead_from(cached[0], self.config.cache_ttl):
+                self._read_ahead(id_hash)
         else:
             found = await self._inflight.join(self._read_key(id_hash), lambda: self._read(id_hash))
             if found is None:
@@ -221,14 +219,29 @@ class SessionManager(RevocationFollower):
         # Its end as `load` judges it: expired, or idled out (a touch the store refused
         # leaves the old `last_seen` cached).
         until, ends = entry[0], min(active.record.expires, self._idle_end(active.record))
+        # Requests served on a reused decision do not call `load`: they read ahead too.
+        ahead, read_ahead = read_ahead_from(until, self.config.cache_ttl), self._read_ahead
 
         # The session's end on the clock `load` judges it by, not converted to the
         # monotonic one: the two may drift apart (NTP slews, the store's clock is read
         # again), and a reused decision must end when a fresh one would.
         def still_valid() -> bool:
-            return cache.get(id_hash) is entry and monotonic() < until and now() < ends
+            if cache.get(id_hash) is not entry:
+                return False
+            mono = monotonic()
+            if mono >= until or now() >= ends:
+                return False
+            if mono > ahead:
+                read_ahead(id_hash)
+            return True
 
         return still_valid
+
+    def _read_ahead(self, id_hash: str) -> None:
+        """Read the session again while its cache entry still serves (one read at a
+        time): a busy session's requests then never all wait for the store at the
+        entry's end."""
+        self._inflight.start(self._read_key(id_hash), lambda: self._read(id_hash))
 
     def _read_key(self, id_hash: str) -> tuple[str, str, int]:
         # Keyed by the epoch too: a request arriving after a revocation message does not

@@ -5,7 +5,7 @@ load. When a busy entry ends, every request in flight would ask the store at onc
 herd); `SingleFlight` makes the first caller's read everyone's. And all of them would
 wait for that read: every lifetime of the entry, everything it serves stalls for one
 store round trip (2-20 ms measured for a SQLite read in a loaded worker, the p99 of a
-busy session). `read_ahead_due` says when an entry that still serves should be read
+busy session). `read_ahead_from` says when an entry that still serves should be read
 again in the background, so that nobody waits.
 
 Reading ahead never stretches a cache's bound: the entry serves until its own end, and
@@ -25,10 +25,10 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-def read_ahead_due(until: float, now: float, lifetime: float) -> bool:
-    """Whether an entry that serves until `until`, of `lifetime` in all, is in its last
-    READ_AHEAD part at `now`."""
-    return until - now < lifetime * READ_AHEAD
+def read_ahead_from(until: float, lifetime: float) -> float:
+    """When an entry that serves until `until`, of `lifetime` in all, enters its last
+    READ_AHEAD part: from then on, a use of it reads it again."""
+    return until - lifetime * READ_AHEAD
 
 
 class SingleFlight(Generic[K, V]):

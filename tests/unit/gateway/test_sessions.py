@@ -369,3 +369,28 @@ async def test_a_failing_read_ahead_never_stretches_the_cache_bound(
     clock.advance(0.5)  # the entry's end: what the store says now, an outage
     with pytest.raises(StoreUnavailable):
         await sessions.load(sid, "acme")
+
+
+async def test_a_reused_decision_reads_ahead_and_ends_when_the_entry_is_renewed(
+    stores: Stores, clock: Clock
+) -> None:
+    # Requests served on a reused decision never call `load`: its lease reads ahead.
+    sessions, gated, sid = await _cached_session(stores, clock)
+    active = await sessions.load(sid, "acme")
+    assert active is not None
+    still_valid = sessions.lease(active)
+    assert still_valid is not None
+    reads = gated.reads
+    clock.advance(1.0)
+    assert still_valid() and gated.reads == reads  # half its life left: nothing read
+    gated.armed = True
+    clock.advance(0.6)
+    assert still_valid()  # in the last quarter: still good, and a read begins
+    assert still_valid()
+    await asyncio.sleep(0)
+    assert gated.reads == reads + 1
+    gated.gate.set()
+    await _settle(sessions)
+    assert not still_valid()  # the entry was renewed: decide again...
+    assert await sessions.load(sid, "acme") is not None  # ...on it, without waiting
+    assert gated.reads == reads + 1
