@@ -221,6 +221,7 @@ class ReusedExchange:
         self._sent: Sent | None = None  # written, not yet taken by the client
         self._settled = False  # nothing left for a stop to wait for
         upstream.listener = self.step
+        upstream.known_answers = server.plans.answers
         # No timer of its own (one per request cost ~5 % of a reused request's CPU):
         # the fast server's sweep calls check_time every second.
 
@@ -283,7 +284,9 @@ class ReusedExchange:
                 self._detach(close=True)
                 self._page(exc.status, exc.reason)
                 return
-            whole = upstream.one_read
+            # Remembered only when the connection stays open: a known answer is then taken
+            # without parsing (upstream_client), as the keep-alive answer it was.
+            whole = upstream.one_read if upstream.keep_alive else None
             self._detach(close=False)
             response.finish()
             if whole is not None and "Date" in answer.headers:

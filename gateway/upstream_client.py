@@ -19,7 +19,7 @@ import collections
 import logging
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -130,6 +130,11 @@ class _Connection(asyncio.Protocol):
         # The whole answer, when it came in one read and nothing else did (reuse.py
         # relays an answer it has seen before without reading it again).
         self.one_read: bytes | None = None
+        # Set by reuse.py for one exchange: answers whose very bytes, read from the start
+        # of a message, were parsed before into one whole final keep-alive answer. The
+        # same bytes again are taken as that without parsing them (llhttp ends where it
+        # began, at the start of a message, either way).
+        self.known_answers: Container[bytes] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -163,6 +168,12 @@ class _Connection(asyncio.Protocol):
             return
         first = not self.started
         self.started = True
+        if first and self.known_answers is not None and data in self.known_answers:
+            self.head_done = self.complete = True
+            self.one_read = data
+            self._wake()
+            self._tell()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

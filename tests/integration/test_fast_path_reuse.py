@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import json
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import httptools
 import pytest
 
 from benchmarks.revocation import add_user, build_config, logout, new_session
+from gateway import upstream_client
 from gateway.extensions import default_extensions
 from gateway.server import GatewayServer
 from gateway.sessions import TOUCH_INTERVAL
@@ -504,6 +506,46 @@ async def test_an_answer_seen_before_is_relayed_as_it_was_and_a_changed_one_anew
     # and what was remembered is what deciding afresh makes of those bytes
     decided = await ask(gateway.address, raw, source="127.0.0.2")
     assert (await ask(gateway.address, raw)).raw == decided.raw
+
+
+async def test_an_answer_seen_before_is_taken_without_parsing_it_and_the_connection_pooled(
+    start_gateway: StartGateway, scripted: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[bytes] = []
+
+    class Counting(httptools.HttpResponseParser):  # type: ignore[misc]
+        def feed_data(self, data: bytes) -> None:
+            parsed.append(data)
+            super().feed_data(data)
+
+    # The upstream client's parsers only (the test's own client parses answers too).
+    counted = types.SimpleNamespace(**{**vars(httptools), "HttpResponseParser": Counting})
+    monkeypatch.setattr(upstream_client, "httptools", counted)
+    scripted.more = DATED
+    gateway, raw = await planned(start_gateway, scripted)
+    first = await ask(gateway.address, raw)  # on the plan; its answer remembered
+    assert len(parsed) == 2, "premise: the upstream connection's reads are counted"
+    again = [await ask(gateway.address, raw) for _ in range(5)]
+    assert all(answer.raw == first.raw for answer in again)
+    assert len(parsed) == 2, "a known answer was parsed again"
+    assert scripted.connections == 1, "the connection was not pooled after a known answer"
+    # The parser is where it was, at the start of a message: a new answer reads right.
+    scripted.body = b'{"ok": nope}'
+    changed = await ask(gateway.address, raw)
+    assert changed.status == 200 and changed.body == b'{"ok": nope}'
+    assert len(parsed) == 3 and scripted.connections == 1
+    assert await gateway.reused() == 7
+
+
+async def test_an_answer_that_closes_its_connection_is_never_remembered(
+    start_gateway: StartGateway, scripted: ScriptedUpstream
+) -> None:
+    scripted.more = DATED + b"Connection: close\r\n"
+    gateway, raw = await planned(start_gateway, scripted)
+    answers = [await ask(gateway.address, raw) for _ in range(3)]
+    assert all(a.status == 200 and a.body == b'{"ok": true}' for a in answers)
+    assert gateway.server._fast.plans.answers == {}  # type: ignore[union-attr]
+    assert scripted.connections == 4  # each answer ended its connection
 
 
 async def test_an_answer_without_a_date_is_never_remembered(
