@@ -8,8 +8,11 @@ stack:
 
     canonicalise → tenant → session → decide → headers → JWT → forward
 
-plus `metrics` (the request observer), `aiohttp server` (aiohttp's request handler
-and response writing) and the event loop's own C code (uvloop: epoll and socket I/O,
+plus `fast path` (the fast server's connections), `reused exchange` (a request sent on
+a decision made before, gateway/reuse.py), `upstream client` (gateway's own, with
+llhttp: sending the head, reading the answer), `metrics` (the request observer),
+`aiohttp server` (aiohttp's request handler and response writing, and whatever else
+no stage names) and the event loop's own C code (uvloop: epoll and socket I/O,
 seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC has
 no frame of its own: its time lands on whatever line allocated.
 
@@ -73,6 +76,8 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("canonicalise", ("(gateway/canonical.py",)),
     ("forward", ("(gateway/proxy.py", "(gateway/forwarding.py", "(aiohttp/client")),
     ("fast path", ("(gateway/fast_path.py",)),
+    ("reused exchange", ("(gateway/reuse.py",)),
+    ("upstream client", ("(gateway/upstream_client.py",)),
     ("metrics", ("(gateway/metrics.py", "(gateway/request_log.py")),
     ("identify (rest)", ("__call__ (gateway/identify.py",)),
     ("pipeline (rest)", ("(gateway/pipeline.py",)),

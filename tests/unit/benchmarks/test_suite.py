@@ -244,6 +244,15 @@ def test_samples_go_to_the_innermost_pipeline_stage() -> None:
     assert stage_of(frames[:4]) == "headers"
     assert stage_of(frames[:1]) == "event loop (uvloop, C)"
     assert stage_of(["Thread._bootstrap (threading.py:1002)", "x (y.py:1)"]) is None
+    reused = [
+        "Runner.run (asyncio/runners.py:118)",
+        "_Connection.data_received (gateway/upstream_client.py:181)",
+        "ReusedExchange._step (gateway/reuse.py:261)",
+        "FastConnection.write (gateway/fast_path.py:362)",
+    ]
+    assert stage_of(reused) == "fast path"
+    assert stage_of(reused[:3]) == "reused exchange"
+    assert stage_of(reused[:2]) == "upstream client"
 
 
 def test_attribution_counts_raw_py_spy_lines() -> None:
