@@ -186,7 +186,7 @@ def fixed_rate_run(
         used, elapsed = spent(before, snapshot(pids)), time.monotonic() - began
         stolen = steal_seconds() - stolen
     requests = max(result.requests, 1)
-    cpus = len(os.sched_getaffinity(0))
+    cpus = os.cpu_count() or 1  # /proc/stat's cpu line sums every CPU, not only ours
     return TailRun(
         label,
         result.requests_per_second,

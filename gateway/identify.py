@@ -73,6 +73,8 @@ class Identifier(RevocationFollower):
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
         # One store read per key at a time (a busy key's requests share it).
         self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight()
+        # key hash → the cache entry a read ahead was begun for (one per entry)
+        self._key_read_ahead_for: dict[str, tuple[float, _KeyHolder | None]] = {}
         self._marked: dict[str, float] = {}  # key id → when its last use is next written
         self._marking: set[asyncio.Task[None]] = set()
         self._built: dict[
@@ -217,7 +219,15 @@ class Identifier(RevocationFollower):
         # wait for (and trust) a read begun before it; it reads again.
         flight = (key_hash, self._epoch)
         if cached is not None and cached[0] > mono:
-            if mono > read_ahead_from(cached[0], _API_KEY_CACHE_SECONDS):
+            # Read again while the entry serves; once per entry (a failing read is not
+            # tried again on every request: the entry's end meets the outage).
+            if (
+                mono > read_ahead_from(cached[0], _API_KEY_CACHE_SECONDS)
+                and self._key_read_ahead_for.get(key_hash) is not cached
+            ):
+                if len(self._key_read_ahead_for) > 10_000:
+                    self._key_read_ahead_for.clear()
+                self._key_read_ahead_for[key_hash] = cached
                 self._key_reads.start(flight, lambda: self._read_key(key_hash))
             return cached[1]
         return await self._key_reads.join(flight, lambda: self._read_key(key_hash))
@@ -232,6 +242,8 @@ class Identifier(RevocationFollower):
             user = await self.users.get(record.user_id)
             if user is not None and not user.disabled:
                 holder = _KeyHolder(user, record.id, record.expires)
+        if holder is None:
+            self._key_cache.pop(key_hash, None)  # gone or revoked: ended at once
         if epoch != self._epoch:
             return holder  # a revocation arrived while it was read: not cached
         if len(self._key_cache) > 10_000:

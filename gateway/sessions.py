@@ -122,6 +122,8 @@ class SessionManager(RevocationFollower):
         # whose minute for a write comes) sends every request in flight to the store at
         # once — the stalls of hundreds of ms seen under load.
         self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight()
+        # id_hash → the cache entry a read ahead was begun for (one per entry)
+        self._read_ahead_for: dict[str, tuple[float, ActiveSession]] = {}
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -170,11 +172,11 @@ class SessionManager(RevocationFollower):
             self._hashes[session_id] = id_hash
         cached = self._cache.get(id_hash)
         mono = self._monotonic()
+        ahead_from = math.inf  # when to read the entry again, if it served this
         if cached is not None and cached[0] > mono:
             active = cached[1]
             self._cache.move_to_end(id_hash)
-            if mono > read_ahead_from(cached[0], self.config.cache_ttl):
-                self._read_ahead(id_hash)
+            ahead_from = read_ahead_from(cached[0], self.config.cache_ttl)
         else:
             found = await self._inflight.join(self._read_key(id_hash), lambda: self._read(id_hash))
             if found is None:
@@ -195,6 +197,8 @@ class SessionManager(RevocationFollower):
             return await self._inflight.join(
                 ("touch", id_hash, self._epoch), lambda: self._touch(active, now)
             )
+        if mono > ahead_from:
+            self._read_ahead(id_hash, cached)
         return active
 
     def _idle_end(self, record: SessionRecord) -> float:
@@ -232,15 +236,21 @@ class SessionManager(RevocationFollower):
             if mono >= until or now() >= ends:
                 return False
             if mono > ahead:
-                read_ahead(id_hash)
+                read_ahead(id_hash, entry)
             return True
 
         return still_valid
 
-    def _read_ahead(self, id_hash: str) -> None:
-        """Read the session again while its cache entry still serves (one read at a
-        time): a busy session's requests then never all wait for the store at the
-        entry's end."""
+    def _read_ahead(self, id_hash: str, entry: tuple[float, ActiveSession] | None) -> None:
+        """Read the session again while its cache `entry` still serves: a busy
+        session's requests then never all wait for the store at the entry's end. Once
+        per entry: a read that fails (the store is down) is not tried again on every
+        request; the entry's end meets the outage, as it would have."""
+        if entry is None or self._read_ahead_for.get(id_hash) is entry:
+            return
+        if len(self._read_ahead_for) >= max(self.config.cache_size, 1):
+            self._read_ahead_for.clear()
+        self._read_ahead_for[id_hash] = entry
         self._inflight.start(self._read_key(id_hash), lambda: self._read(id_hash))
 
     def _read_key(self, id_hash: str) -> tuple[str, str, int]:
@@ -305,6 +315,7 @@ class SessionManager(RevocationFollower):
         if now - record.created >= self.config.refresh_after:
             # Rolling refresh: an active session keeps its full lifetime.
             expires = max(expires, now + self._lifetime(record.tenant, record.remember))
+        epoch = self._epoch
         try:
             touched = await self.store.touch(active.id_hash, now, expires)
         except StoreFull:
@@ -320,9 +331,12 @@ class SessionManager(RevocationFollower):
         updated = ActiveSession(
             active.id_hash, replace(record, last_seen=now, expires=expires), active.user
         )
-        if active.id_hash in self._cache:
-            until, _ = self._cache[active.id_hash]
-            self._cache[active.id_hash] = (until, updated)
+        # Only into the entry `active` came from, and only if no revocation or change
+        # arrived meanwhile: a fresher read (after a user's change, or a read ahead) may
+        # have replaced it, and must not be overwritten with the older user.
+        entry = self._cache.get(active.id_hash)
+        if entry is not None and entry[1] is active and epoch == self._epoch:
+            self._cache[active.id_hash] = (entry[0], updated)
         return updated
 
     def _lifetime(self, tenant: str, remember: bool) -> float:

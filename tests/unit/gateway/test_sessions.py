@@ -4,6 +4,7 @@ rolling refresh, write rate, tenant binding and rotation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -271,6 +272,7 @@ class _GatedReads:
         self.failing = False
         self.reads = 0
         self.gate = asyncio.Event()
+        self.held = asyncio.Event()  # a read is held at the gate
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -279,9 +281,18 @@ class _GatedReads:
         self.reads += 1
         if self.failing:
             raise StoreUnavailable("the session store is down")
+        # Read, then held: what a held read returns is what the store said before.
+        found = await self.inner.get(id_hash)  # type: ignore[attr-defined]
+        if self.armed:
+            self.held.set()
+            await self.gate.wait()
+        return found
+
+    async def touch(self, *args: object) -> object:
+        done = await self.inner.touch(*args)  # type: ignore[attr-defined]
         if self.armed:
             await self.gate.wait()
-        return await self.inner.get(id_hash)  # type: ignore[attr-defined]
+        return done
 
 
 async def _cached_session(stores: Stores, clock: Clock) -> tuple[SessionManager, _GatedReads, str]:
@@ -351,7 +362,8 @@ async def test_a_read_ahead_under_way_when_this_process_revokes_is_not_cached(
     sessions, gated, sid = await _cached_session(stores, clock)
     gated.armed = True
     clock.advance(1.6)
-    assert await sessions.load(sid, "acme") is not None  # read ahead begins, held at gate
+    assert await sessions.load(sid, "acme") is not None  # a read ahead begins...
+    await asyncio.wait_for(gated.held.wait(), 5)  # ...finds the session, and is held
     assert await sessions.revoke(sid)
     gated.gate.set()  # the read ahead may have found the session before the revoke
     await _settle(sessions)
@@ -394,3 +406,75 @@ async def test_a_reused_decision_reads_ahead_and_ends_when_the_entry_is_renewed(
     assert not still_valid()  # the entry was renewed: decide again...
     assert await sessions.load(sid, "acme") is not None  # ...on it, without waiting
     assert gated.reads == reads + 1
+
+
+async def test_a_read_ahead_renews_the_entry_from_when_it_began(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, gated, sid = await _cached_session(stores, clock)
+    gated.armed = True
+    clock.advance(1.6)
+    assert await sessions.load(sid, "acme") is not None  # a read ahead is started...
+    await asyncio.sleep(0)  # ...and begins, at 1.6
+    clock.advance(0.3)  # the store is slow: the read ends at 1.9
+    gated.gate.set()
+    await _settle(sessions)
+    # At 3.7 the entry has ended (read begun at 1.6, cache_ttl 2 s), though less than
+    # 2 s have passed since the read ended: this request waits for the store.
+    clock.advance(1.8)
+    gated.gate = asyncio.Event()
+    loading = asyncio.ensure_future(sessions.load(sid, "acme"))
+    await asyncio.sleep(0.05)
+    assert not loading.done(), "the entry outlived cache_ttl from its read's start"
+    gated.gate.set()
+    assert await loading is not None
+
+
+async def test_a_failing_read_ahead_is_tried_once_per_entry(stores: Stores, clock: Clock) -> None:
+    sessions, gated, sid = await _cached_session(stores, clock)
+    gated.failing = True
+    clock.advance(1.6)
+    for _ in range(20):  # the store is down: each request is served from the cache...
+        assert await sessions.load(sid, "acme") is not None
+        await _settle(sessions)
+    reads = gated.reads
+    assert reads >= 1
+    clock.advance(0.1)
+    assert await sessions.load(sid, "acme") is not None
+    await _settle(sessions)
+    assert gated.reads == reads, "a failed read ahead was tried again on every request"
+
+
+async def test_a_touch_never_puts_back_a_user_older_than_a_change(
+    stores: Stores, clock: Clock
+) -> None:
+    # The users file takes a group away while a session's minute write is under way:
+    # the change's message drops the session, the next request reads the user afresh,
+    # and the write that ends after it must not put the older user back in the cache.
+    gated = _GatedReads(stores.sessions)
+    sessions = SessionManager(
+        gated,  # type: ignore[arg-type]
+        stores.users,
+        stores.events,
+        SessionsConfig(cache_ttl=3600.0),
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    user = dataclasses.replace(await make_user(stores), groups=("admins",))
+    await stores.users.update(user)
+    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    assert (await sessions.load(sid, "acme")).user.groups == ("admins",)  # type: ignore[union-attr]
+    clock.advance(TOUCH_INTERVAL + 1)
+    gated.armed = True
+    touching = asyncio.ensure_future(sessions.load(sid, "acme"))  # the write, held
+    while not sessions._inflight:
+        await asyncio.sleep(0.01)
+    await stores.users.update(dataclasses.replace(user, groups=()))
+    await sessions._received(f"user:acme:{user.id}")
+    gated.armed = False
+    fresh = await sessions.load(sid, "acme")
+    assert fresh is not None and fresh.user.groups == ()
+    gated.gate.set()
+    await touching
+    again = await sessions.load(sid, "acme")
+    assert again is not None and again.user.groups == (), "the touch put the old user back"
