@@ -53,9 +53,12 @@ async def make_user(stores: Stores, tenant: str = "acme") -> User:
     return user
 
 
-def manager(stores: Stores, clock: Clock, **settings: float) -> SessionManager:
+def manager(
+    stores: Stores, clock: Clock, store: object = None, **settings: float
+) -> SessionManager:
+    """A manager on the injected clock, over `store` (default: the real session store)."""
     return SessionManager(
-        stores.sessions,
+        store or stores.sessions,  # type: ignore[arg-type]
         stores.users,
         stores.events,
         SessionsConfig(**settings),  # type: ignore[arg-type]
@@ -299,14 +302,7 @@ async def _cached_session(stores: Stores, clock: Clock) -> tuple[SessionManager,
     """A manager over a store whose reads can be held or failed, and a session it has
     just read (cached for cache_ttl, 2 s)."""
     gated = _GatedReads(stores.sessions)
-    sessions = SessionManager(
-        gated,  # type: ignore[arg-type]
-        stores.users,
-        stores.events,
-        SessionsConfig(cache_ttl=2.0),
-        now=lambda: clock.now,
-        monotonic=lambda: clock.mono,
-    )
+    sessions = manager(stores, clock, gated, cache_ttl=2.0)
     sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
     assert await sessions.load(sid, "acme") is not None
     return sessions, gated, sid
@@ -452,14 +448,7 @@ async def test_a_touch_never_puts_back_a_user_older_than_a_change(
     # the change's message drops the session, the next request reads the user afresh,
     # and the write that ends after it must not put the older user back in the cache.
     gated = _GatedReads(stores.sessions)
-    sessions = SessionManager(
-        gated,  # type: ignore[arg-type]
-        stores.users,
-        stores.events,
-        SessionsConfig(cache_ttl=3600.0),
-        now=lambda: clock.now,
-        monotonic=lambda: clock.mono,
-    )
+    sessions = manager(stores, clock, gated, cache_ttl=3600.0)
     user = dataclasses.replace(await make_user(stores), groups=("admins",))
     await stores.users.update(user)
     sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
