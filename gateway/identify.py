@@ -22,7 +22,7 @@ from gateway.pipeline import NOBODY, Identity
 from gateway.request_view import RequestView
 from gateway.sessions import RESYNC, ActiveSession, RevocationFollower, SessionManager
 from gateway.signing import JwtSigner
-from gateway.single_flight import SingleFlight, read_ahead_from
+from gateway.single_flight import OncePerEntry, SingleFlight, read_ahead_from
 from gateway.stores import ApiKeyStore, EventBus, User, UserStore
 from gateway.stores.ids import hash_api_key, looks_like_api_key
 from policies import Principal
@@ -73,8 +73,7 @@ class Identifier(RevocationFollower):
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
         # One store read per key at a time (a busy key's requests share it).
         self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight()
-        # key hash → the cache entry a read ahead was begun for (one per entry)
-        self._key_read_ahead_for: dict[str, tuple[float, _KeyHolder | None]] = {}
+        self._key_read_ahead_for: OncePerEntry[str] = OncePerEntry(10_000)
         self._marked: dict[str, float] = {}  # key id → when its last use is next written
         self._marking: set[asyncio.Task[None]] = set()
         self._built: dict[
@@ -215,22 +214,18 @@ class Identifier(RevocationFollower):
         key_hash = hash_api_key(key)
         mono = self._monotonic()
         cached = self._key_cache.get(key_hash)
+        if cached is not None and cached[0] > mono:
+            # Read again while the entry serves (once per entry).
+            due = mono > read_ahead_from(cached[0], _API_KEY_CACHE_SECONDS)
+            if due and self._key_read_ahead_for.first(key_hash, cached):
+                self._key_reads.start(self._flight(key_hash), lambda: self._read_key(key_hash))
+            return cached[1]
+        return await self._key_reads.join(self._flight(key_hash), lambda: self._read_key(key_hash))
+
+    def _flight(self, key_hash: str) -> tuple[str, int]:
         # Keyed by the epoch too: a request arriving after a revocation message does not
         # wait for (and trust) a read begun before it; it reads again.
-        flight = (key_hash, self._epoch)
-        if cached is not None and cached[0] > mono:
-            # Read again while the entry serves; once per entry (a failing read is not
-            # tried again on every request: the entry's end meets the outage).
-            if (
-                mono > read_ahead_from(cached[0], _API_KEY_CACHE_SECONDS)
-                and self._key_read_ahead_for.get(key_hash) is not cached
-            ):
-                if len(self._key_read_ahead_for) > 10_000:
-                    self._key_read_ahead_for.clear()
-                self._key_read_ahead_for[key_hash] = cached
-                self._key_reads.start(flight, lambda: self._read_key(key_hash))
-            return cached[1]
-        return await self._key_reads.join(flight, lambda: self._read_key(key_hash))
+        return (key_hash, self._epoch)
 
     async def _read_key(self, key_hash: str) -> _KeyHolder | None:
         """Who holds the key, from the store; cached from when the read began unless a

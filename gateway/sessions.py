@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from gateway.config.model import SessionsConfig, TenantConfig
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.logs import Occasional
-from gateway.single_flight import SingleFlight, read_ahead_from
+from gateway.single_flight import OncePerEntry, SingleFlight, read_ahead_from
 from gateway.stores import (
     REVOCATIONS,
     EventBus,
@@ -122,8 +122,7 @@ class SessionManager(RevocationFollower):
         # whose minute for a write comes) sends every request in flight to the store at
         # once — the stalls of hundreds of ms seen under load.
         self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight()
-        # id_hash → the cache entry a read ahead was begun for (one per entry)
-        self._read_ahead_for: dict[str, tuple[float, ActiveSession]] = {}
+        self._read_ahead_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -246,11 +245,8 @@ class SessionManager(RevocationFollower):
         session's requests then never all wait for the store at the entry's end. Once
         per entry: a read that fails (the store is down) is not tried again on every
         request; the entry's end meets the outage, as it would have."""
-        if entry is None or self._read_ahead_for.get(id_hash) is entry:
+        if entry is None or not self._read_ahead_for.first(id_hash, entry):
             return
-        if len(self._read_ahead_for) >= max(self.config.cache_size, 1):
-            self._read_ahead_for.clear()
-        self._read_ahead_for[id_hash] = entry
         self._inflight.start(self._read_key(id_hash), lambda: self._read(id_hash))
 
     def _read_key(self, id_hash: str) -> tuple[str, str, int]:

@@ -31,6 +31,26 @@ def read_ahead_from(until: float, lifetime: float) -> float:
     return until - lifetime * READ_AHEAD
 
 
+class OncePerEntry(Generic[K]):
+    """Which cache entries a read ahead was begun for: one per entry, so that a read that
+    fails (the store is down) is not begun again on every request the entry serves; its
+    end meets the outage instead. Forgets everything when it holds `limit` keys."""
+
+    def __init__(self, limit: int) -> None:
+        self._begun: dict[K, object] = {}
+        self._limit = max(limit, 1)
+
+    def first(self, key: K, entry: object) -> bool:
+        """Whether no read ahead was begun yet for `entry` (the cache's value for `key`,
+        compared by identity); from now on one was."""
+        if self._begun.get(key) is entry:
+            return False
+        if len(self._begun) >= self._limit:
+            self._begun.clear()
+        self._begun[key] = entry
+        return True
+
+
 class SingleFlight(Generic[K, V]):
     """At most one `work` per key under way; callers arriving meanwhile share its
     outcome."""

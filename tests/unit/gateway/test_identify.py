@@ -15,6 +15,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway import identify as identify_module
 from gateway.config.model import Config, SessionsConfig, TenantConfig
+from gateway.errors import StoreUnavailable
 from gateway.identify import Identifier, split_cookie
 from gateway.pipeline import RequestIds
 from gateway.sessions import SessionManager
@@ -265,12 +266,15 @@ class _CountedKeys:
     def __init__(self, inner: object) -> None:
         self.inner = inner
         self.reads = 0
+        self.failing = False
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
     async def get_by_hash(self, key_hash: str) -> object:
         self.reads += 1
+        if self.failing:
+            raise StoreUnavailable("the database is down")
         await asyncio.sleep(0.01)
         return await self.inner.get_by_hash(key_hash)  # type: ignore[attr-defined]
 
@@ -343,3 +347,17 @@ async def test_a_key_read_ahead_that_finds_it_revoked_ends_it_before_its_cache_e
     assert await _known(identify, config, key)  # within the bound; a read begins
     await _reads_done(identify)
     assert not await _known(identify, config, key)
+
+
+async def test_a_failing_key_read_ahead_is_tried_once_per_entry(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    key, _ = await bot_with_key(stores)
+    identify, keys = _counted(config, stores, clock)
+    assert await _known(identify, config, key)
+    keys.failing = True
+    clock.mono += identify_module._API_KEY_CACHE_SECONDS * 0.8
+    for _ in range(10):  # served from the cache while the store is down...
+        assert await _known(identify, config, key)
+        await _reads_done(identify)
+    assert keys.reads == 2  # ...and asked once in all
