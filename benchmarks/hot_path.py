@@ -17,7 +17,13 @@ seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC h
 no frame of its own: its time lands on whatever line allocated.
 
     python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--varied]
-                                  [--browser] [--perf]
+                                  [--browser] [--perf] [--rate 12000]
+
+`--rate` loads the worker at a fixed rate (open loop, the suite's pacing: a pool of
+connections each idle about PACE_MS between requests) instead of as fast as it goes.
+That is where the suite's added p99 is measured, and a worker there meets its requests
+one at a time, so what each costs differs from the closed loop, where they come in
+batches.
 
 `--browser` sends the headers a browser sends with a page (Chrome's, 14 of them, and
 three more cookies beside the session's) instead of wrk's two: the per-header work of
@@ -48,6 +54,8 @@ from benchmarks._harness import (
     BenchmarkError,
     ManagedProcess,
     WrkSettings,
+    cpu_seconds,
+    parse_wrk_output,
     run_wrk,
     wrk_command,
 )
@@ -63,7 +71,7 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
-from benchmarks.suite import VARIED_PATHS_LUA
+from benchmarks.suite import PACE_MS, VARIED_PATHS_LUA, paced_script
 
 # (stage, substrings of a py-spy frame "function (file:line)"); the innermost frame
 # that matches any stage decides, so JWT signing inside `_add_identity` is "JWT".
@@ -194,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="send a browser's headers (14, and more cookies) instead of wrk's two",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="req/s at a fixed rate (open loop) instead of closed loop; --connections is"
+        " then the rate's pool",
+    )
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     parser.add_argument(
         "--perf",
@@ -228,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(
                         ["taskset", "-pc", str(cpus[0]), str(pid)], check=True, capture_output=True
                     )
-            script = tmp / "done.lua"
             lua = VARIED_PATHS_LUA if args.varied else ""
-            script.write_text(lua + WRK_DONE_SCRIPT, encoding="utf-8")
+            if args.rate:
+                paced = paced_script(tmp, args.rate)
+                script = tmp / "paced.lua"
+                script.write_text(lua + paced.read_text(encoding="utf-8"), encoding="utf-8")
+                args.connections = max(1, round(args.rate * PACE_MS / 1000))
+            else:
+                script = tmp / "done.lua"
+                script.write_text(lua + WRK_DONE_SCRIPT, encoding="utf-8")
             url = f"http://{LOOPBACK}:{gate.port}/"
             headers = browser_headers(gate.headers) if args.browser else gate.headers
             settings = WrkSettings(1, args.connections, 2, BENCH_HOST, headers)
@@ -244,8 +264,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.perf:
                 shares, cpu = perf_shares(worker, args.seconds, tmp)
                 out, _ = load.communicate(timeout=args.seconds + 60)
-                from benchmarks._harness import parse_wrk_output
-
                 loaded = parse_wrk_output(out)
                 rate = loaded.requests_per_second
                 errors = loaded.socket_errors + loaded.non_2xx_3xx
@@ -259,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{group:<28} {share:5.1f}%  {per_request:6.1f}")
                 return 0
             raw = args.output or tmp / "profile.txt"
+            cpu_before = cpu_seconds([worker])
             spy = subprocess.run(
                 [
                     os.path.join(os.path.dirname(sys.executable), "py-spy"),
@@ -278,16 +297,17 @@ def main(argv: list[str] | None = None) -> int:
                 text=True,
                 check=False,
             )
+            cpu = cpu_seconds([worker]) - cpu_before
             out, _ = load.communicate(timeout=args.seconds + 60)
             if spy.returncode != 0:
                 raise BenchmarkError(f"py-spy failed: {spy.stderr.strip()}")
-            from benchmarks._harness import parse_wrk_output
-
             result = parse_wrk_output(out)
+            per_request = cpu / (result.requests_per_second * args.seconds) * 1e6
             print(
                 f"wrk -t1 -c{args.connections}: {result.requests_per_second:.0f} req/s, "
-                f"p50 {result.latency_p50_ms:.2f} ms, errors "
-                f"{result.socket_errors + result.non_2xx_3xx} (one worker"
+                f"p50 {result.latency_p50_ms:.2f} ms, p99 {result.latency_p99_ms:.2f} ms, "
+                f"errors {result.socket_errors + result.non_2xx_3xx}; worker CPU "
+                f"{per_request:.1f} µs a request (one worker"
                 f"{', pinned' if pin else ''}, py-spy attached)"
             )
             breakdown = attribute(raw.read_text(encoding="utf-8").splitlines())

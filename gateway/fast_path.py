@@ -304,12 +304,16 @@ class FastConnection(asyncio.Protocol):
 
     def answered(self) -> None:
         """The request is answered: read the next one, or close when told to."""
-        if isinstance(self.serving, ReusedExchange):
-            self.serving.taken()  # recorded now, and a stop waits no longer
-        self.serving = None
-        self._chunks.clear()
-        self._buffered = 0
-        self._reset()
+        serving = self.serving
+        if isinstance(serving, ReusedExchange):
+            serving.taken()  # recorded now, and a stop waits no longer
+            # Nothing to reset: its bytes were never kept nor parsed (data_received).
+            self.serving = None
+        else:
+            self.serving = None
+            self._chunks.clear()
+            self._buffered = 0
+            self._reset()
         self.idle_since = self.server.loop.time()
         if self.transport is None or self.transport.is_closing():
             return

@@ -123,20 +123,21 @@ class BufferedHistogram:
 
 
 class BufferedCounter:
-    """A counter child's increments, summed locally until `flush`."""
+    """A counter child's increments, summed locally until `flush`. The hottest paths
+    add to `count` themselves (a method call costs more than the addition)."""
 
-    __slots__ = ("_child", "_count")
+    __slots__ = ("_child", "count")
 
     def __init__(self, child: Any) -> None:
         self._child = child
-        self._count = 0
+        self.count = 0
 
     def inc(self, amount: int = 1) -> None:
-        self._count += amount
+        self.count += amount
 
     def flush(self) -> None:
-        if self._count:
-            count, self._count = self._count, 0
+        if self.count:
+            count, self.count = self.count, 0
             self._child.inc(count)
 
 
@@ -163,7 +164,7 @@ class RouteMetrics:
             child = BufferedCounter(self._requests.labels(*self._labels, decision, str(status)))
             self._buffered.append(child)
             by_status[status] = child
-        child.inc()
+        child.count += 1
 
 
 class Metrics:

@@ -229,26 +229,26 @@ class ReusedExchange:
 
     def step(self) -> None:
         """The answer moved on (or failed): act when there is something to do."""
-        self._guarded(self._step)
-
-    def _guarded(self, act: Callable[[], None]) -> None:
         try:
-            act()
+            self._step()
         except Exception:
-            # After the request went upstream nothing is sent twice: cut, as the fast
-            # path does when its answer breaks off (recorded once).
-            log.exception(
-                "unhandled error on the fast path", extra={"request_id": self.record.request_id}
-            )
-            try:
-                self._detach(close=True)
-                self.conn.abort()
-                if not self._ended:
-                    self._end(cut_by_error())
-            except Exception:  # (recording it failed too: the connection is cut anyway)
-                log.exception("unhandled error cutting a reused exchange")
-                self._ended = True
-                self.settle()
+            self._broke()
+
+    def _broke(self) -> None:
+        # After the request went upstream nothing is sent twice: cut, as the fast path
+        # does when its answer breaks off (recorded once).
+        log.exception(
+            "unhandled error on the fast path", extra={"request_id": self.record.request_id}
+        )
+        try:
+            self._detach(close=True)
+            self.conn.abort()
+            if not self._ended:
+                self._end(cut_by_error())
+        except Exception:  # (recording it failed too: the connection is cut anyway)
+            log.exception("unhandled error cutting a reused exchange")
+            self._ended = True
+            self.settle()
 
     def _step(self) -> None:
         upstream = self.upstream
@@ -308,16 +308,20 @@ class ReusedExchange:
 
     def _relay_known(self, upstream: _Connection, client: bytes, status: int, length: int) -> None:
         """An answer whose very bytes were relayed before: the same client bytes, as the
-        rewrite (answer_head, response_head) made them then and would make them now."""
-        upstream.take_body()  # read to its end: the connection may be pooled
-        self._detach(close=False)
+        rewrite (answer_head, response_head) made them then and would make them now.
+        (Never fed to llhttp, so it holds no body chunks: it is read to its end.)"""
+        self.upstream = None  # (_detach, not closing)
+        upstream.listener = None
         upstream.release()
         self._write(client, Sent(status, length))
 
     def check_time(self) -> None:
         """Called every second: a 504 once the upstream has sent nothing for the read
         timeout (so up to a second later than it, the granularity of the sweep)."""
-        self._guarded(self._time_out)
+        try:
+            self._time_out()
+        except Exception:
+            self._broke()
 
     def _time_out(self) -> None:
         upstream = self.upstream
@@ -361,12 +365,12 @@ class ReusedExchange:
 
     def _write(self, data: bytes, sent: Sent) -> None:
         conn = self.conn
-        try:
-            conn.write(data)
-        except ConnectionResetError:
+        transport = conn.transport  # (conn.write, without raising for a client gone)
+        if transport is None or transport.is_closing():
             conn.abort()
             self._end(None)
             return
+        transport.write(data)
         self._end(sent)
 
     def _end(self, sent: Sent | None) -> None:
@@ -398,9 +402,11 @@ class ReusedExchange:
         if sent is not None:
             server = self.server
             server.pipeline.observer.record(self.record, sent)
-            server.served.inc()
-            server.reused.inc()
-        self.settle()
+            server.served.count += 1
+            server.reused.count += 1
+        self._settled = True  # (settle)
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
 
     def settle(self) -> None:
         """Nothing left to wait for: answered and taken, cut short, or its task done."""

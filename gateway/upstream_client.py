@@ -98,7 +98,6 @@ class _Connection(asyncio.Protocol):
         self._counted = False  # told the watch it opened, and not yet that it closed
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        self._last_progress = 0.0  # the last byte read, or request body byte sent
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._write_ready: asyncio.Future[None] | None = None
@@ -108,11 +107,18 @@ class _Connection(asyncio.Protocol):
         # Told of every step of the answer instead of a waiting coroutine (the fast
         # path's reused decisions drive an exchange from callbacks, with no task).
         self.listener: Callable[[], None] | None = None
-        self._reset_exchange(head_only=False)
+        self.start(head_only=False)
 
     # -- the exchange -------------------------------------------------------------
 
-    def _reset_exchange(self, *, head_only: bool) -> None:
+    def start(self, *, head_only: bool) -> None:
+        """Ready for the next exchange. The parser is reused: a connection is only
+        reused after a complete answer, where llhttp starts afresh (HEAD answers, which
+        it cannot frame, end theirs)."""
+        self._last_progress = self._loop.time()  # the last byte read, or body byte sent
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
         self.head_only = head_only
         self._woken = False
         self.started = False  # a byte of the answer has arrived
@@ -176,8 +182,12 @@ class _Connection(asyncio.Protocol):
         ):
             self.head_done = self.complete = True
             self.one_read = data
-            self._wake()
-            self._tell()
+            # Never fed to llhttp, so nothing to wait for before telling (_wake, _tell).
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            elif self.listener is not None:
+                self.listener()
             return
         try:
             self._parser.feed_data(data)
@@ -452,15 +462,6 @@ class _Connection(asyncio.Protocol):
             and not self.transport.is_closing()
         )
 
-    def start(self, *, head_only: bool) -> None:
-        # The parser is reused: a connection is only reused after a complete answer,
-        # where llhttp starts afresh (HEAD answers, which it cannot frame, end theirs).
-        self._reset_exchange(head_only=head_only)
-        self._last_progress = self._loop.time()
-        if self._paused_reading and self.transport is not None:
-            self._paused_reading = False
-            self.transport.resume_reading()
-
     def close(self) -> None:
         self.keep_alive = False
         if self.transport is not None:
@@ -675,7 +676,9 @@ class UpstreamClient:
             return None
         self._busy.add(conn)
         conn.start(head_only=False)
-        conn.write(head)
+        # (conn.write without its checks: a reusable connection has not failed and its
+        # transport is open.)
+        cast(asyncio.Transport, conn.transport).write(head)
         return conn
 
     async def request(
