@@ -78,6 +78,7 @@ class Plan:
         "target",
         "tenant",
         "until",
+        "upstreams",
     )
 
     def __init__(
@@ -94,6 +95,8 @@ class Plan:
         self.head_before, self.head_after = head  # the upstream head, around the id
         self.given_id = given_id  # a trusted proxy's X-Request-Id, else None
         self.target = target
+        # The worker's upstream client, looked up once (its pool keeps the one it made).
+        self.upstreams = target.pool.client
         self.host = record.host
         self.path = record.path
         self.tenant: TenantConfig | None = record.tenant
@@ -130,11 +133,11 @@ class Plans:
         self.by_key: dict[PlanKey, Plan] = {}
         self.generation = 0  # moves on at every clear: a decision made across one is not kept
         self._bytes = 0  # held by the plans, roughly: keys and heads, twice over
-        # The client's bytes for an upstream answer's bytes, with its status and body
-        # length (see remember_answer).
-        self.answers: dict[bytes, tuple[bytes, int, int]] = {}
+        # The client's bytes for an upstream answer's bytes, with what the access log and
+        # metrics read of it (one Sent for every time it is relayed: it is never changed).
+        self.answers: dict[bytes, tuple[bytes, Sent]] = {}
 
-    def remember_answer(self, upstream: bytes, client: bytes, status: int, length: int) -> None:
+    def remember_answer(self, upstream: bytes, client: bytes, sent: Sent) -> None:
         """`client` is what an upstream answer of exactly these bytes becomes: the same
         bytes again are relayed as that, without reading them again. Only for answers
         the rewrite turns into the same bytes whenever it runs: ones that bring their own
@@ -143,7 +146,7 @@ class Plans:
             return
         if len(self.answers) >= _ANSWERS_LIMIT:
             self.answers.clear()
-        self.answers[upstream] = (client, status, length)
+        self.answers[upstream] = (client, sent)
 
     def keep(self, key: PlanKey, plan: Plan, generation: int) -> None:
         if generation != self.generation:
@@ -289,9 +292,10 @@ class ReusedExchange:
             whole = upstream.one_read if upstream.keep_alive else None
             self._detach(close=False)
             response.finish()
+            sent = Sent(answer.status, len(body))
             if whole is not None and "Date" in answer.headers:
-                self.server.plans.remember_answer(whole, head + body, answer.status, len(body))
-            self._write(head + body, Sent(answer.status, len(body)))
+                self.server.plans.remember_answer(whole, head + body, sent)
+            self._write(head + body, sent)
             return
         if upstream.failure is not None:
             answer_begun = self._answer is not None
@@ -306,14 +310,14 @@ class ReusedExchange:
             else:
                 self._page(502, "the upstream could not be reached")
 
-    def _relay_known(self, upstream: _Connection, client: bytes, status: int, length: int) -> None:
+    def _relay_known(self, upstream: _Connection, client: bytes, sent: Sent) -> None:
         """An answer whose very bytes were relayed before: the same client bytes, as the
         rewrite (answer_head, response_head) made them then and would make them now.
         (Never fed to llhttp, so it holds no body chunks: it is read to its end.)"""
         self.upstream = None  # (_detach, not closing)
         upstream.listener = None
         upstream.release()
-        self._write(client, Sent(status, length))
+        self._write(client, sent)
 
     def check_time(self) -> None:
         """Called every second: a 504 once the upstream has sent nothing for the read

@@ -608,7 +608,9 @@ class UpstreamClient:
 
     def keep(self, conn: _Connection) -> None:
         self._busy.discard(conn)
-        idle = self._idle.setdefault(conn.origin, [])
+        idle = self._idle.get(conn.origin)
+        if idle is None:  # (not setdefault: that would make a list every time)
+            idle = self._idle[conn.origin] = []
         if len(idle) >= self.max_idle_per_origin:
             conn.close()
             return
@@ -678,7 +680,9 @@ class UpstreamClient:
         conn.start(head_only=False)
         # (conn.write without its checks: a reusable connection has not failed and its
         # transport is open.)
-        cast(asyncio.Transport, conn.transport).write(head)
+        transport = conn.transport
+        assert transport is not None
+        transport.write(head)
         return conn
 
     async def request(

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gateway import reuse
+from gateway.answer_bytes import Sent
 from gateway.pipeline import always
 from gateway.request_log import RequestRecord
 from gateway.reuse import Plan, Plans, split_head
 
 
 def plan(until: float = 10.0, head: bytes = b"h" * 100) -> Plan:
-    target: Any = object()
+    target: Any = SimpleNamespace(pool=SimpleNamespace(client=object()))
     request: Any = object()
     return Plan(request, (head, b""), None, target, RequestRecord("i", "GET", 0.0), until, always)
 
@@ -92,12 +94,13 @@ def test_remembered_answers_are_small_bounded_and_forgotten_with_the_plans(
 ) -> None:
     monkeypatch.setattr(reuse, "_ANSWERS_LIMIT", 2)
     plans = Plans()
-    plans.remember_answer(b"u" * (reuse.MAX_REMEMBERED_ANSWER + 1), b"c", 200, 1)
+    ok, missing, other = Sent(200, 1), Sent(404, 2), Sent(200, 3)
+    plans.remember_answer(b"u" * (reuse.MAX_REMEMBERED_ANSWER + 1), b"c", ok)
     assert plans.answers == {}
-    plans.remember_answer(b"u1", b"c1", 200, 1)
-    plans.remember_answer(b"u2", b"c2", 404, 2)
-    assert plans.answers == {b"u1": (b"c1", 200, 1), b"u2": (b"c2", 404, 2)}
-    plans.remember_answer(b"u3", b"c3", 200, 3)
-    assert plans.answers == {b"u3": (b"c3", 200, 3)}
+    plans.remember_answer(b"u1", b"c1", ok)
+    plans.remember_answer(b"u2", b"c2", missing)
+    assert plans.answers == {b"u1": (b"c1", ok), b"u2": (b"c2", missing)}
+    plans.remember_answer(b"u3", b"c3", other)
+    assert plans.answers == {b"u3": (b"c3", other)}
     plans.clear()
     assert plans.answers == {}
