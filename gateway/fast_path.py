@@ -676,7 +676,7 @@ class FastServer:
             return
         request_id = plan.given_id or next_request_id()
         record = plan.record(request_id, time.perf_counter())
-        head = plan.head_before + request_id.encode() + plan.head_after
+        head = b"".join((plan.head_before, request_id.encode(), plan.head_after))
         upstream = plan.upstreams.begin(plan.target.address, head)
         if upstream is None:  # no idle connection: one is made, in a task
             conn.serving = self.loop.create_task(self.reused_in_task(conn, plan, record, head))

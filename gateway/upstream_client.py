@@ -107,6 +107,7 @@ class _Connection(asyncio.Protocol):
         # Told of every step of the answer instead of a waiting coroutine (the fast
         # path's reused decisions drive an exchange from callbacks, with no task).
         self.listener: Callable[[], None] | None = None
+        self._fed = True  # (so that start sets every field below)
         self.start(head_only=False)
 
     # -- the exchange -------------------------------------------------------------
@@ -124,6 +125,20 @@ class _Connection(asyncio.Protocol):
         self.started = False  # a byte of the answer has arrived
         self.head_done = False
         self.complete = False
+        # The whole answer, when it came in one read and nothing else did (reuse.py
+        # relays an answer it has seen before without reading it again).
+        self.one_read: bytes | None = None
+        # Set by reuse.py for one exchange: answers whose very bytes, read from the start
+        # of a message, were parsed before into one whole final keep-alive answer. The
+        # same bytes again are taken as that without parsing them (llhttp ends where it
+        # began, at the start of a message, either way).
+        self.known_answers: Container[bytes] | None = None
+        if not self._fed:
+            # The last answer was a known one, never parsed: the fields below, which only
+            # llhttp's callbacks change, are still as the last start set them. (Only a
+            # reusable connection is started again: kept alive, no failure, no body.)
+            return
+        self._fed = False
         self.keep_alive = True
         self.status = 0
         self.reason = b""
@@ -133,14 +148,6 @@ class _Connection(asyncio.Protocol):
         self._interims = 0
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        # The whole answer, when it came in one read and nothing else did (reuse.py
-        # relays an answer it has seen before without reading it again).
-        self.one_read: bytes | None = None
-        # Set by reuse.py for one exchange: answers whose very bytes, read from the start
-        # of a message, were parsed before into one whole final keep-alive answer. The
-        # same bytes again are taken as that without parsing them (llhttp ends where it
-        # began, at the start of a message, either way).
-        self.known_answers: Container[bytes] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -189,6 +196,7 @@ class _Connection(asyncio.Protocol):
             elif self.listener is not None:
                 self.listener()
             return
+        self._fed = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -529,12 +529,20 @@ async def test_an_answer_seen_before_is_taken_without_parsing_it_and_the_connect
     assert all(answer.raw == first.raw for answer in again)
     assert len(parsed) == 2, "a known answer was parsed again"
     assert scripted.connections == 1, "the connection was not pooled after a known answer"
-    # The parser is where it was, at the start of a message: a new answer reads right.
+    # The parser is where it was, at the start of a message, and the connection's record
+    # of an answer as its last parse left it: a new answer reads right, and reads as
+    # deciding afresh reads it (no header or reason of an earlier answer kept).
     scripted.body = b'{"ok": nope}'
+    scripted.more = DATED + b"X-Changed: 1\r\n"
     changed = await ask(gateway.address, raw)
     assert changed.status == 200 and changed.body == b'{"ok": nope}'
+    assert changed.header(b"X-Changed") == b"1"
     assert len(parsed) == 3 and scripted.connections == 1
     assert await gateway.reused() == 7
+    # the changed answer remembered, relayed once more from memory, then decided afresh
+    assert (await ask(gateway.address, raw)).raw == changed.raw
+    assert (await ask(gateway.address, raw, source="127.0.0.2")).raw == changed.raw
+    assert len(parsed) == 4, "an answer after a known one was not parsed"
 
 
 async def test_an_answer_that_closes_its_connection_is_never_remembered(
