@@ -4,6 +4,7 @@ path (`gateway/fast_path.py`) and its reused decisions (`gateway/reuse.py`)."""
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import NamedTuple
 
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
@@ -16,18 +17,16 @@ from gateway.upstream_client import has_control
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
-class Sent:
-    """What the access log and metrics read of an answer the fast path wrote."""
+class Sent(NamedTuple):
+    """What the access log and metrics read of an answer the fast path wrote. Never
+    changed once made: a remembered answer's one Sent stands for every relay of it."""
 
-    __slots__ = ("content_length", "cut", "status")
-
-    def __init__(self, status: int, length: int | None, *, cut: bool = False) -> None:
-        self.status = status
-        self.content_length = length  # a streamed answer's bytes are noted as they go
-        # The connection was cut short after the request went upstream: recorded with
-        # the status the client got (or 500), as aiohttp's server records it, but the
-        # connection is not read on.
-        self.cut = cut
+    status: int
+    content_length: int | None  # a streamed answer's bytes are noted as they go
+    # The connection was cut short after the request went upstream: recorded with the
+    # status the client got (or 500), as aiohttp's server records it, but the
+    # connection is not read on.
+    cut: bool = False
 
 
 def cut_by_error() -> Sent:

@@ -133,13 +133,13 @@ class _Connection(asyncio.Protocol):
         # same bytes again are taken as that without parsing them (llhttp ends where it
         # began, at the start of a message, either way).
         self.known_answers: Container[bytes] | None = None
+        self.keep_alive = True  # (also changed by close and failures, not only by llhttp)
         if not self._fed:
             # The last answer was a known one, never parsed: the fields below, which only
             # llhttp's callbacks change, are still as the last start set them. (Only a
-            # reusable connection is started again: kept alive, no failure, no body.)
+            # reusable connection is started again: no failure, no body left.)
             return
         self._fed = False
-        self.keep_alive = True
         self.status = 0
         self.reason = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []

@@ -543,6 +543,7 @@ async def test_an_answer_seen_before_is_taken_without_parsing_it_and_the_connect
     assert (await ask(gateway.address, raw)).raw == changed.raw
     assert (await ask(gateway.address, raw, source="127.0.0.2")).raw == changed.raw
     assert len(parsed) == 4, "an answer after a known one was not parsed"
+    assert scripted.connections == 1, "premise: every answer came on the one connection"
 
 
 async def test_an_answer_that_closes_its_connection_is_never_remembered(
