@@ -123,6 +123,15 @@ class SessionManager(RevocationFollower):
         # once — the stalls of hundreds of ms seen under load.
         self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight()
         self._read_ahead_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
+        # The minute's write of a session served from its cache entry is made behind the
+        # request, once per entry (a store that fails is not asked on every request).
+        self._touched_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
+        self._touch_failed = Occasional(
+            log,
+            "could not write a session's last use: it is served from the cache until its"
+            " entry ends, then read again",
+            clock=monotonic,
+        )
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -172,7 +181,8 @@ class SessionManager(RevocationFollower):
         cached = self._cache.get(id_hash)
         mono = self._monotonic()
         ahead_from = math.inf  # when to read the entry again, if it served this
-        if cached is not None and cached[0] > mono:
+        from_cache = cached is not None and cached[0] > mono
+        if cached is not None and from_cache:
             active = cached[1]
             self._cache.move_to_end(id_hash)
             ahead_from = read_ahead_from(cached[0], self.config.cache_ttl)
@@ -193,9 +203,14 @@ class SessionManager(RevocationFollower):
             await self.store.revoke(id_hash)
             return None
         if touch and now - record.last_seen >= TOUCH_INTERVAL:
-            return await self._inflight.join(
-                ("touch", id_hash, self._epoch), lambda: self._touch(active, now)
-            )
+            key = ("touch", id_hash, self._epoch)
+            if cached is None or not from_cache:  # just read from the store: waited for
+                return await self._inflight.join(key, lambda: self._touch(active, now))
+            # Served from its cache entry, within the cache's bound like any cached
+            # request: the write is not waited for. It drops the entry when the session
+            # is gone from the store, and updates it when written.
+            if self._touched_for.first(id_hash, cached):
+                self._inflight.start(key, lambda: self._touch_behind(active, now))
         if mono > ahead_from:
             self._read_ahead(id_hash, cached)
         return active
@@ -334,6 +349,15 @@ class SessionManager(RevocationFollower):
         if entry is not None and entry[1] is active and epoch == self._epoch:
             self._cache[active.id_hash] = (entry[0], updated)
         return updated
+
+    async def _touch_behind(self, active: ActiveSession, now: float) -> ActiveSession | None:
+        """`_touch`, when no request waits for it: a failure is said (occasionally), and
+        still raised to a request that joins it having read the session itself."""
+        try:
+            return await self._touch(active, now)
+        except Exception:
+            self._touch_failed.note()
+            raise
 
     def _lifetime(self, tenant: str, remember: bool) -> float:
         settings = self.settings(tenant)

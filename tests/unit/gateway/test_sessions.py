@@ -274,6 +274,8 @@ class _GatedReads:
         self.armed = False
         self.failing = False
         self.reads = 0
+        self.touches = 0
+        self.touch_failing = False
         self.gate = asyncio.Event()
         self.held = asyncio.Event()  # a read is held at the gate
 
@@ -292,6 +294,9 @@ class _GatedReads:
         return found
 
     async def touch(self, *args: object) -> object:
+        self.touches += 1
+        if self.touch_failing:
+            raise StoreUnavailable("the session store is down")
         done = await self.inner.touch(*args)  # type: ignore[attr-defined]
         if self.armed:
             await self.gate.wait()
@@ -467,3 +472,78 @@ async def test_a_touch_never_puts_back_a_user_older_than_a_change(
     await touching
     again = await sessions.load(sid, "acme")
     assert again is not None and again.user.groups == (), "the touch put the old user back"
+
+
+# --- the minute's write (touch) of a session served from its cache entry ----------------
+
+
+async def _busy_session(
+    stores: Stores, clock: Clock, cache_ttl: float = 3600.0
+) -> tuple[SessionManager, _GatedReads, str]:
+    """A session read into the cache, and a minute later: its write is due."""
+    gated = _GatedReads(stores.sessions)
+    sessions = manager(stores, clock, gated, cache_ttl=cache_ttl)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "acme") is not None
+    clock.advance(TOUCH_INTERVAL + 1)
+    return sessions, gated, sid
+
+
+async def test_a_busy_sessions_minute_write_is_not_waited_for(stores: Stores, clock: Clock) -> None:
+    sessions, gated, sid = await _busy_session(stores, clock)
+    gated.armed = True  # the write is held
+    loads = asyncio.gather(*(sessions.load(sid, "acme") for _ in range(20)))
+    found = await asyncio.wait_for(loads, 2)  # served from the cache, not after the write
+    assert all(active is not None for active in found)
+    assert gated.touches == 1
+    gated.gate.set()
+    await _settle(sessions)
+    # written, and the cache entry holds what was written
+    stored = await stores.sessions.get(hash_session_id(sid))
+    assert stored is not None and stored.last_seen == clock.now
+    again = await sessions.load(sid, "acme")
+    assert again is not None and again.record.last_seen == clock.now
+    assert gated.touches == 1
+
+
+async def test_a_failing_minute_write_is_tried_once_per_entry_and_never_stretches_the_bound(
+    stores: Stores, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sessions, gated, sid = await _busy_session(stores, clock, cache_ttl=120.0)
+    gated.touch_failing = True
+    for _ in range(20):  # the store refuses the write: served within the cache's bound
+        assert await sessions.load(sid, "acme") is not None
+        await _settle(sessions)
+    assert gated.touches == 1, "a failed write was tried again on every request"
+    assert any("could not write a session's last use" in r.getMessage() for r in caplog.records)
+    gated.failing = True  # and reads too: an outage
+    clock.advance(120)  # the entry's end: what the store says now
+    with pytest.raises(StoreUnavailable):
+        await sessions.load(sid, "acme")
+
+
+async def test_a_minute_write_that_finds_the_session_gone_drops_it(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, _, sid = await _busy_session(stores, clock)
+    # Deleted in the store with no message on the bus (another process, a lost event).
+    assert await stores.sessions.revoke(hash_session_id(sid))
+    # This request is inside the cache's bound; the write it starts finds nothing...
+    assert await sessions.load(sid, "acme") is not None
+    await _settle(sessions)
+    # ...and the entry is gone long before its end.
+    assert await sessions.load(sid, "acme") is None
+
+
+async def test_a_minute_write_after_a_store_read_is_waited_for_and_fails_closed(
+    stores: Stores, clock: Clock
+) -> None:
+    # Without a cache entry to serve from (cache_ttl 0: every request reads), the request
+    # that reads the session waits for its write, and a store that refuses it is a 503.
+    sessions, gated, sid = await _busy_session(stores, clock, cache_ttl=0.0)
+    gated.touch_failing = True
+    with pytest.raises(StoreUnavailable):
+        await sessions.load(sid, "acme")
+    gated.touch_failing = False
+    active = await sessions.load(sid, "acme")
+    assert active is not None and active.record.last_seen == clock.now
