@@ -343,20 +343,6 @@ async def test_a_busy_session_is_read_again_before_its_cache_entry_ends_without_
     assert gated.reads == reads + 1
 
 
-async def test_a_read_ahead_that_finds_the_session_gone_drops_it_at_once(
-    stores: Stores, clock: Clock
-) -> None:
-    sessions, _, sid = await _cached_session(stores, clock)
-    # Deleted in the store with no message on the bus (another process, a lost event).
-    assert await stores.sessions.revoke(hash_session_id(sid))
-    clock.advance(1.6)
-    # This request is inside the cache bound; the read it starts finds nothing...
-    assert await sessions.load(sid, "acme") is not None
-    await _settle(sessions)
-    # ...and the entry is gone before its end.
-    assert await sessions.load(sid, "acme") is None
-
-
 async def test_a_read_ahead_under_way_when_this_process_revokes_is_not_cached(
     stores: Stores, clock: Clock
 ) -> None:
@@ -522,16 +508,21 @@ async def test_a_failing_minute_write_is_tried_once_per_entry_and_never_stretche
         await sessions.load(sid, "acme")
 
 
-async def test_a_minute_write_that_finds_the_session_gone_drops_it(
-    stores: Stores, clock: Clock
+@pytest.mark.parametrize("behind", ["read ahead", "minute write"])
+async def test_a_store_call_behind_a_request_that_finds_the_session_gone_drops_it_at_once(
+    stores: Stores, clock: Clock, behind: str
 ) -> None:
-    sessions, _, sid = await _busy_session(stores, clock)
+    if behind == "read ahead":  # in the last quarter of its entry, the session is read
+        sessions, _, sid = await _cached_session(stores, clock)
+        clock.advance(1.6)
+    else:  # a minute after it was read, the session is written
+        sessions, _, sid = await _busy_session(stores, clock)
     # Deleted in the store with no message on the bus (another process, a lost event).
     assert await stores.sessions.revoke(hash_session_id(sid))
-    # This request is inside the cache's bound; the write it starts finds nothing...
+    # This request is inside the cache's bound; the store call it starts finds nothing...
     assert await sessions.load(sid, "acme") is not None
     await _settle(sessions)
-    # ...and the entry is gone long before its end.
+    # ...and the entry is gone before its end.
     assert await sessions.load(sid, "acme") is None
 
 
