@@ -124,12 +124,13 @@ class SessionManager(RevocationFollower):
         self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight()
         self._read_ahead_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
         # The minute's write of a session served from its cache entry is made behind the
-        # request, once per entry (a store that fails is not asked on every request).
-        self._touched_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
+        # request, unless the last such write failed: then requests wait for their
+        # writes again, and fail with the store (a 503), until one succeeds.
+        self._writes_failing = False
         self._touch_failed = Occasional(
             log,
-            "could not write a session's last use: it is served from the cache until its"
-            " entry ends, then read again",
+            "could not write a session's last use: requests wait for that write again,"
+            " and fail while the store refuses it",
             clock=monotonic,
         )
         # user id → (loaded at, user): the fallback while the database is down
@@ -204,13 +205,14 @@ class SessionManager(RevocationFollower):
             return None
         if touch and now - record.last_seen >= TOUCH_INTERVAL:
             key = ("touch", id_hash, self._epoch)
-            if cached is None or not from_cache:  # just read from the store: waited for
+            if cached is None or not from_cache or self._writes_failing:
+                # Just read from the store, or its writes fail: waited for, as a read is.
                 return await self._inflight.join(key, lambda: self._touch(active, now))
             # Served from its cache entry, within the cache's bound like any cached
-            # request: the write is not waited for. It drops the entry when the session
-            # is gone from the store, and updates it when written.
-            if self._touched_for.first(id_hash, cached):
-                self._inflight.start(key, lambda: self._touch_behind(active, now))
+            # request: the write is not waited for (one at a time per session). It drops
+            # the entry when the session is gone from the store, and updates it when
+            # written; if the entry changed meanwhile, the next request writes again.
+            self._inflight.start(key, lambda: self._touch_behind(active, now))
         if mono > ahead_from:
             self._read_ahead(id_hash, cached)
         return active
@@ -329,6 +331,7 @@ class SessionManager(RevocationFollower):
         epoch = self._epoch
         try:
             touched = await self.store.touch(active.id_hash, now, expires)
+            self._writes_failing = False  # the store answered
         except StoreFull:
             # Only the write that extends the session is refused; the session itself was
             # just read (or is cached within its bound), and a revocation is a deletion,
@@ -351,11 +354,12 @@ class SessionManager(RevocationFollower):
         return updated
 
     async def _touch_behind(self, active: ActiveSession, now: float) -> ActiveSession | None:
-        """`_touch`, when no request waits for it: a failure is said (occasionally), and
-        still raised to a request that joins it having read the session itself."""
+        """`_touch`, when no request waits for it. A failure is said (occasionally) and
+        makes the next writes waited for; it is still raised to a request that joins."""
         try:
             return await self._touch(active, now)
         except Exception:
+            self._writes_failing = True
             self._touch_failed.note()
             raise
 
