@@ -304,13 +304,12 @@ class FastConnection(asyncio.Protocol):
 
     def answered(self) -> None:
         """The request is answered: read the next one, or close when told to."""
-        serving = self.serving
+        serving, self.serving = self.serving, None
         if isinstance(serving, ReusedExchange):
-            serving.taken()  # recorded now, and a stop waits no longer
-            # Nothing to reset: its bytes were never kept nor parsed (data_received).
-            self.serving = None
+            # Recorded now, and a stop waits no longer. Nothing to reset: its bytes
+            # were never kept nor parsed (data_received).
+            serving.taken()
         else:
-            self.serving = None
             self._chunks.clear()
             self._buffered = 0
             self._reset()

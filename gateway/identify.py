@@ -30,6 +30,7 @@ from policies import Principal
 log = logging.getLogger("authgate.identify")
 
 _API_KEY_CACHE_SECONDS = 5.0
+_KEY_CACHE_SIZE = 10_000  # API keys held in the cache (and read ahead of) per process
 _MARK_USED_SECONDS = 300.0  # a key's last use is written at most this often per process
 
 _STRIP_COOKIE = frozenset({"cookie"})
@@ -73,7 +74,7 @@ class Identifier(RevocationFollower):
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
         # One store read per key at a time (a busy key's requests share it).
         self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight()
-        self._key_read_ahead_for: OncePerEntry[str] = OncePerEntry(10_000)
+        self._key_read_ahead_for: OncePerEntry[str] = OncePerEntry(_KEY_CACHE_SIZE)
         self._marked: dict[str, float] = {}  # key id → when its last use is next written
         self._marking: set[asyncio.Task[None]] = set()
         self._built: dict[
@@ -241,7 +242,7 @@ class Identifier(RevocationFollower):
             self._key_cache.pop(key_hash, None)  # gone or revoked: ended at once
         if epoch != self._epoch:
             return holder  # a revocation arrived while it was read: not cached
-        if len(self._key_cache) > 10_000:
+        if len(self._key_cache) > _KEY_CACHE_SIZE:
             self._key_cache.clear()
         self._key_cache[key_hash] = (began + _API_KEY_CACHE_SECONDS, holder)
         return holder

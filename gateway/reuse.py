@@ -314,8 +314,7 @@ class ReusedExchange:
         """An answer whose very bytes were relayed before: the same client bytes, as the
         rewrite (answer_head, response_head) made them then and would make them now.
         (Never fed to llhttp, so it holds no body chunks: it is read to its end.)"""
-        self.upstream = None  # (_detach, not closing)
-        upstream.listener = None
+        self._detach(close=False)
         upstream.release()
         self._write(client, sent)
 
@@ -369,12 +368,12 @@ class ReusedExchange:
 
     def _write(self, data: bytes, sent: Sent) -> None:
         conn = self.conn
-        transport = conn.transport  # (conn.write, without raising for a client gone)
-        if transport is None or transport.is_closing():
+        try:
+            conn.write(data)
+        except ConnectionResetError:
             conn.abort()
             self._end(None)
             return
-        transport.write(data)
         self._end(sent)
 
     def _end(self, sent: Sent | None) -> None:
@@ -408,9 +407,7 @@ class ReusedExchange:
             server.pipeline.observer.record(self.record, sent)
             server.served.count += 1
             server.reused.count += 1
-        self._settled = True  # (settle)
-        if self._finished is not None and not self._finished.done():
-            self._finished.set_result(None)
+        self.settle()
 
     def settle(self) -> None:
         """Nothing left to wait for: answered and taken, cut short, or its task done."""

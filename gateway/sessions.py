@@ -182,8 +182,9 @@ class SessionManager(RevocationFollower):
         cached = self._cache.get(id_hash)
         mono = self._monotonic()
         ahead_from = math.inf  # when to read the entry again, if it served this
-        from_cache = cached is not None and cached[0] > mono
-        if cached is not None and from_cache:
+        from_cache = False
+        if cached is not None and cached[0] > mono:
+            from_cache = True
             active = cached[1]
             self._cache.move_to_end(id_hash)
             ahead_from = read_ahead_from(cached[0], self.config.cache_ttl)
@@ -205,7 +206,7 @@ class SessionManager(RevocationFollower):
             return None
         if touch and now - record.last_seen >= TOUCH_INTERVAL:
             key = ("touch", id_hash, self._epoch)
-            if cached is None or not from_cache or self._writes_failing:
+            if not from_cache or self._writes_failing:
                 # Just read from the store, or its writes fail: waited for, as a read is.
                 return await self._inflight.join(key, lambda: self._touch(active, now))
             # Served from its cache entry, within the cache's bound like any cached

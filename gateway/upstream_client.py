@@ -686,11 +686,7 @@ class UpstreamClient:
             return None
         self._busy.add(conn)
         conn.start(head_only=False)
-        # (conn.write without its checks: a reusable connection has not failed and its
-        # transport is open.)
-        transport = conn.transport
-        assert transport is not None
-        transport.write(head)
+        conn.write(head)
         return conn
 
     async def request(
