@@ -319,8 +319,10 @@ class FastConnection(asyncio.Protocol):
         if self.server.stopping:
             self.transport.close()
             return
-        early, self._early, self._early_size = self._early, [], 0
         self.transport.resume_reading()
+        if not self._early:  # (the usual case: no list is made for nothing)
+            return
+        early, self._early, self._early_size = self._early, [], 0
         for data in early:
             protocol = cast(asyncio.Protocol, self.transport.get_protocol())
             if protocol is not self:  # handed over meanwhile: the rest is aiohttp's

@@ -53,15 +53,25 @@ class RequestRecord:
         "upstream_seconds",
     )
 
-    def __init__(self, request_id: str, method: str, started: float) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        method: str,
+        started: float,
+        host: str | None = None,
+        path: str | None = None,
+        tenant: TenantConfig | None = None,
+        route: RouteConfig | None = None,
+        decision: Decision | None = None,
+    ) -> None:
         self.request_id = request_id
         self.method = method
         self.started = started
-        self.host: str | None = None
-        self.path: str | None = None
-        self.tenant: TenantConfig | None = None
-        self.route: RouteConfig | None = None
-        self.decision: Decision | None = None
+        self.host = host
+        self.path = path
+        self.tenant = tenant
+        self.route = route
+        self.decision = decision
         self.decide_seconds: float | None = None
         self.upstream_seconds: float | None = None
         self.streamed_bytes: int | None = None

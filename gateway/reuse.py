@@ -107,13 +107,9 @@ class Plan:
 
     def record(self, request_id: str, started: float) -> RequestRecord:
         """The access log's and the metrics' record of one request served on it."""
-        record = RequestRecord(request_id, "GET", started)
-        record.host = self.host
-        record.path = self.path
-        record.tenant = self.tenant
-        record.route = self.route
-        record.decision = self.decision
-        return record
+        return RequestRecord(
+            request_id, "GET", started, self.host, self.path, self.tenant, self.route, self.decision
+        )
 
 
 def split_head(head: bytes, request_id: str) -> tuple[bytes, bytes] | None:
@@ -231,9 +227,41 @@ class ReusedExchange:
     # -- driven by the upstream connection ----------------------------------------
 
     def step(self) -> None:
-        """The answer moved on (or failed): act when there is something to do."""
+        """The answer moved on (or failed): act when there is something to do. (One
+        method, not a guard around another: it runs on every reused request.)"""
         try:
-            self._step()
+            upstream = self.upstream
+            if upstream is None:
+                return
+            if upstream.head_done and self._answer is None:
+                self.record.upstream_seconds = time.perf_counter() - self.sent_at
+                if upstream.one_read is not None:
+                    known = self.server.plans.answers.get(upstream.one_read)
+                    if known is not None:
+                        # Its very bytes were relayed before: the same client bytes, as
+                        # the rewrite (answer_head, response_head) made them then and
+                        # would make them now. Never fed to llhttp, it holds no body
+                        # chunks: it was read to its end.
+                        self._detach(close=False)
+                        upstream.release()
+                        self._write(*known)
+                        return
+                response = UpstreamResponse(upstream, self.plan.target.read_timeout, None)
+                try:
+                    answer = answer_head(response, "GET")
+                except UpstreamError as exc:
+                    self._detach(close=True)
+                    self._page(exc.status, exc.reason)
+                    return
+                self._answer = (response, answer)
+                if not answer.small:
+                    # Streamed: the fast path's coroutine relays it, with back-pressure.
+                    self._hand_to_task(response)
+                    return
+            if self._answer is not None and upstream.complete:
+                self._relay_whole(upstream, *self._answer)
+            elif upstream.failure is not None:
+                self._failed(upstream)
         except Exception:
             self._broke()
 
@@ -253,70 +281,42 @@ class ReusedExchange:
             self._ended = True
             self.settle()
 
-    def _step(self) -> None:
-        upstream = self.upstream
-        if upstream is None:
-            return
-        if upstream.head_done and self._answer is None:
-            self.record.upstream_seconds = time.perf_counter() - self.sent_at
-            if upstream.one_read is not None:
-                known = self.server.plans.answers.get(upstream.one_read)
-                if known is not None:
-                    self._relay_known(upstream, *known)
-                    return
-            response = UpstreamResponse(upstream, self.plan.target.read_timeout, None)
-            try:
-                answer = answer_head(response, "GET")
-            except UpstreamError as exc:
-                self._detach(close=True)
-                self._page(exc.status, exc.reason)
-                return
-            self._answer = (response, answer)
-            if not answer.small:
-                # Streamed: the fast path's coroutine relays it, with back-pressure.
-                self._hand_to_task(response)
-                return
-        if self._answer is not None and upstream.complete:
-            # Whole, even if the upstream then sent bytes out of turn (the connection is
-            # closed, not pooled, as on the fast path).
-            response, answer = self._answer
-            body = response.take_body()
-            try:
-                head = response_head(answer.status, answer.reason, answer.headers, len(body))
-            except UpstreamError as exc:  # a head that cannot be written safely: a 502
-                self._detach(close=True)
-                self._page(exc.status, exc.reason)
-                return
-            # Remembered only when the connection stays open: a known answer is then taken
-            # without parsing (upstream_client), as the keep-alive answer it was.
-            whole = upstream.one_read if upstream.keep_alive else None
-            self._detach(close=False)
-            response.finish()
-            sent = Sent(answer.status, len(body))
-            if whole is not None and "Date" in answer.headers:
-                self.server.plans.remember_answer(whole, head + body, sent)
-            self._write(head + body, sent)
-            return
-        if upstream.failure is not None:
-            answer_begun = self._answer is not None
-            again = upstream.closed_before_answering()
+    def _relay_whole(
+        self, upstream: _Connection, response: UpstreamResponse, answer: AnswerHead
+    ) -> None:
+        """A small answer, read whole: rewritten and relayed, and remembered when the
+        connection stays open."""
+        # Whole, even if the upstream then sent bytes out of turn (the connection is
+        # closed, not pooled, as on the fast path).
+        body = response.take_body()
+        try:
+            head = response_head(answer.status, answer.reason, answer.headers, len(body))
+        except UpstreamError as exc:  # a head that cannot be written safely: a 502
             self._detach(close=True)
-            if again:
-                # Closed while idle: sent again on a fresh connection (a GET does
-                # nothing twice), as the full path and the fast path do.
-                self._hand_to_task(self.head)
-            elif answer_begun:
-                self._page(502, "the upstream broke off its answer")
-            else:
-                self._page(502, "the upstream could not be reached")
-
-    def _relay_known(self, upstream: _Connection, client: bytes, sent: Sent) -> None:
-        """An answer whose very bytes were relayed before: the same client bytes, as the
-        rewrite (answer_head, response_head) made them then and would make them now.
-        (Never fed to llhttp, so it holds no body chunks: it is read to its end.)"""
+            self._page(exc.status, exc.reason)
+            return
+        # Remembered only when the connection stays open: a known answer is then taken
+        # without parsing (upstream_client), as the keep-alive answer it was.
+        whole = upstream.one_read if upstream.keep_alive else None
         self._detach(close=False)
-        upstream.release()
-        self._write(client, sent)
+        response.finish()
+        sent = Sent(answer.status, len(body))
+        if whole is not None and "Date" in answer.headers:
+            self.server.plans.remember_answer(whole, head + body, sent)
+        self._write(head + body, sent)
+
+    def _failed(self, upstream: _Connection) -> None:
+        answer_begun = self._answer is not None
+        again = upstream.closed_before_answering()
+        self._detach(close=True)
+        if again:
+            # Closed while idle: sent again on a fresh connection (a GET does
+            # nothing twice), as the full path and the fast path do.
+            self._hand_to_task(self.head)
+        elif answer_begun:
+            self._page(502, "the upstream broke off its answer")
+        else:
+            self._page(502, "the upstream could not be reached")
 
     def check_time(self) -> None:
         """Called every second: a 504 once the upstream has sent nothing for the read

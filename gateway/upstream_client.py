@@ -20,8 +20,7 @@ import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Container, Iterable
-from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import httptools
 from aiohttp import StreamReader
@@ -55,9 +54,10 @@ class _Disconnected(UpstreamUnreachable):
     """The connection closed before a byte of the answer came (maybe safe to retry)."""
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where to connect: one keep-alive pool per origin."""
+class Origin(NamedTuple):
+    """Where to connect: one keep-alive pool per origin. A tuple, not a dataclass: it
+    keys the idle pools on every pooled request, and a tuple hashes in C (a frozen
+    dataclass's `__hash__` is Python, called twice a request)."""
 
     host: str
     port: int
