@@ -179,8 +179,7 @@ class SharedClock:
             try:
                 await self.sample()
             except Exception as exc:
-                self._unread.note()
-                log.debug("could not read the %s server's clock: %s", self.reference, exc)
+                self._unread.note(exc)
             self._jumped.clear()  # what requests saw during the reading, it answered
             if jumped:
                 # Until a reading ends the disagreement every request sees it again: a

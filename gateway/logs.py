@@ -145,11 +145,22 @@ class Occasional:
         self._count = 0
         self._next = float("-inf")
 
-    def note(self) -> None:
+    def note(self, cause: BaseException | None = None) -> None:
+        """Count one more; say so when the period is over. `cause`: the error behind
+        this time, named in what is said (its type, and its message cut short)."""
         self._count += 1
         now = self._clock()
         if now < self._next:
             return
-        self._logger.warning("%s (%d time(s) since last said)", self._message, self._count)
+        if cause is None:
+            self._logger.warning("%s (%d time(s) since last said)", self._message, self._count)
+        else:
+            self._logger.warning(
+                "%s (%d time(s) since last said; the last: %s: %.200s)",
+                self._message,
+                self._count,
+                type(cause).__name__,
+                str(cause),
+            )
         self._count = 0
         self._next = now + self._every

@@ -359,9 +359,9 @@ class SessionManager(RevocationFollower):
         makes the next writes waited for; it is still raised to a request that joins."""
         try:
             return await self._touch(active, now)
-        except Exception:
+        except Exception as exc:
             self._writes_failing = True
-            self._touch_failed.note()
+            self._touch_failed.note(exc)
             raise
 
     def _lifetime(self, tenant: str, remember: bool) -> float:

@@ -51,3 +51,21 @@ def test_an_occasional_warning_is_said_once_a_period_with_how_often_it_came(
         "store full (1 time(s) since last said)",
         "store full (4 time(s) since last said)",
     ]
+
+
+def test_an_occasional_warning_names_its_last_cause_cut_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    warning = Occasional(logging.getLogger("test.occasional"), "write failed", 60, lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.occasional"):
+        warning.note(ConnectionError("refused"))
+        now[0] = 30
+        warning.note(TimeoutError("not this one"))  # within the period: counted, not said
+        now[0] = 61
+        warning.note(RuntimeError("x" * 500))
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "write failed (1 time(s) since last said; the last: ConnectionError: refused)",
+        f"write failed (2 time(s) since last said; the last: RuntimeError: {'x' * 200})",
+    ]
