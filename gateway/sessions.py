@@ -47,7 +47,7 @@ USER_FALLBACK_SECONDS = 3600.0  # how stale a remembered user may be during a da
 RESYNC = "resync"  # event kind: the bus may have lost messages, forget every cached session
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per cached session: no per-instance __dict__
 class ActiveSession:
     """A live session with its user, as the pipeline needs it."""
 
@@ -317,6 +317,11 @@ class SessionManager(RevocationFollower):
         if user is None:
             self._known_users.pop(user_id, None)
         elif max(self.config.cache_size, 0):
+            known = self._known_users.get(user_id)
+            if known is not None and known[1] == user:
+                # Unchanged: the one object already held, so that the cached sessions of
+                # one user share it (a user with many sessions is held once, not each time).
+                user = known[1]
             self._known_users[user_id] = (self._monotonic(), user)
             self._known_users.move_to_end(user_id)
             while len(self._known_users) > self.config.cache_size:

@@ -249,7 +249,7 @@ class _KeySet:
     switch_at: float  # from then on another key may be the one to sign with
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per cached token: no per-instance __dict__
 class _CachedToken:
     token: str
     kid: str

@@ -67,7 +67,9 @@ def normalize_username(username: str) -> str:
 # --- users -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# Slots (no per-instance __dict__): each process caches up to sessions.cache_size of
+# these and of SessionRecord (gateway/sessions.py), 10,000 by default.
+@dataclass(frozen=True, slots=True)
 class User:
     id: str
     tenant: str
@@ -107,7 +109,7 @@ class UserStore(Protocol):
 # --- sessions ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (slots: see User)
 class SessionRecord:
     """A session as stored: keyed by the SHA-256 of the cookie value, never the value."""
 

@@ -157,6 +157,23 @@ async def test_log_out_everywhere_reaches_cached_sessions(stores: Stores, clock:
     assert await sessions.load(second, "acme") is None
 
 
+async def test_cached_sessions_of_one_user_share_one_user_until_it_changes(
+    stores: Stores, clock: Clock
+) -> None:
+    # Memory: a cache of 10,000 sessions of 1,000 people holds 1,000 users, not 10,000.
+    sessions = manager(stores, clock, cache_ttl=60.0)
+    user = await make_user(stores)
+    sids = [(await sessions.create(user, ("pwd",), ip=None, user_agent=None))[0] for _ in range(3)]
+    loaded = [await sessions.load(sid, "acme") for sid in sids[:2]]
+    assert loaded[0] is not None and loaded[1] is not None
+    assert loaded[0].user is loaded[1].user
+    changed = dataclasses.replace(user, groups=("staff",), updated=1.0)
+    await stores.users.update(changed)
+    third = await sessions.load(sids[2], "acme")  # read afresh: the change, not the old one
+    assert third is not None and third.user == changed
+    assert third.user is not loaded[0].user
+
+
 @pytest.mark.parametrize("cookie", ["", "short", "x" * 500])
 async def test_malformed_cookies_are_nobody(stores: Stores, clock: Clock, cookie: str) -> None:
     assert await manager(stores, clock).load(cookie, "acme") is None
