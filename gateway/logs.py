@@ -147,7 +147,8 @@ class Occasional:
 
     def note(self, cause: BaseException | None = None) -> None:
         """Count one more; say so when the period is over. `cause`: the error behind
-        this time, named in what is said (its type, and its message cut short)."""
+        this time, named by its class only (a driver's, when it is wrapped): enough to
+        tell a refused write from a dead store, and no message that might hold data."""
         self._count += 1
         now = self._clock()
         if now < self._next:
@@ -156,11 +157,10 @@ class Occasional:
             self._logger.warning("%s (%d time(s) since last said)", self._message, self._count)
         else:
             self._logger.warning(
-                "%s (%d time(s) since last said; the last: %s: %.200s)",
+                "%s (%d time(s) since last said; the last: %s)",
                 self._message,
                 self._count,
-                type(cause).__name__,
-                str(cause),
+                type(cause.__cause__ or cause).__name__,
             )
         self._count = 0
         self._next = now + self._every

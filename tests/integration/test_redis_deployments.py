@@ -5,6 +5,7 @@ counters and revocation events behave as on a single server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -89,7 +90,7 @@ async def test_sessions_live_rotate_and_die_across_slots(handle: RedisHandle) ->
     assert await store.get(first.id_hash) == first
     assert await store.touch(first.id_hash, first.last_seen + 5, first.expires + 5)
     rotated = _record()
-    rotated = SessionRecord(**{**rotated.__dict__, "user_id": "u1"})
+    rotated = dataclasses.replace(rotated, user_id="u1")
     assert await store.rotate(first.id_hash, rotated)
     assert await store.get(first.id_hash) is None
     assert not await store.rotate(first.id_hash, _record()), "a gone session cannot rotate"
