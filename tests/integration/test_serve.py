@@ -544,6 +544,73 @@ asyncio.run(run_worker(load_config(config_file), [slow_start], reload_asked=relo
 """
 
 
+# As a forked worker finds itself: the supervisor's SIGTERM handler (which only tells the
+# supervisor's loop) came with the fork. `parent`: the supervisor's pid as the fork saw it.
+WORKER_STOPPED_WHILE_STARTING = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from gateway.config import load_config
+from gateway.supervisor import _worker_main
+
+config_file, starting, parent = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+def never_done_starting(server):
+    async def hold():
+        starting.touch()
+        await asyncio.sleep(60)
+    server.hooks.startup.append(hold)
+
+_worker_main(load_config(config_file), [never_done_starting], {}, parent or os.getppid(), None)
+"""
+
+
+def _start_stopped_worker(
+    tmp_path: Path, upstream: int, parent: int
+) -> tuple[subprocess.Popen[bytes], Path]:
+    config = write_config(tmp_path, free_port(), upstream)
+    (tmp_path / "policy.yaml").write_text(POLICY_OPEN)
+    starting = tmp_path / "starting"
+    argv = [sys.executable, "-c", WORKER_STOPPED_WHILE_STARTING, str(config), str(starting)]
+    process = subprocess.Popen(
+        [*argv, str(parent)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    return process, starting
+
+
+def test_a_sigterm_sent_while_a_worker_starts_ends_it(tmp_path: Path, plain_upstream: int) -> None:
+    """Until a worker serves, a stop (the supervisor's, or the parent-death signal) ends
+    it: the handler it inherited would swallow it and leave it running alone."""
+    process, starting = _start_stopped_worker(tmp_path, plain_upstream, 0)
+    try:
+        deadline = time.monotonic() + 20
+        while not starting.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert starting.exists(), drain_output(process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_worker_whose_supervisor_is_already_gone_stops_before_serving(
+    tmp_path: Path, plain_upstream: int
+) -> None:
+    # The supervisor died between the fork and the death signal's request: the kernel
+    # will never send it, so the worker stops itself.
+    gone = 2**22 + 1  # above pid_max's default: no process, certainly not the parent
+    process, starting = _start_stopped_worker(tmp_path, plain_upstream, gone)
+    try:
+        assert process.wait(timeout=20) == -signal.SIGTERM, drain_output(process)
+        assert not starting.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def same_size(text: str, size: int = 160) -> str:
     return text + "#" * (size - len(text)) + "\n"
 
