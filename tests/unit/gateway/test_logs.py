@@ -35,40 +35,49 @@ def test_json_lines_carry_extra_fields() -> None:
     assert LoggingConfig().format == "json"
 
 
-def test_an_occasional_warning_is_said_once_a_period_with_how_often_it_came(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def _occasional_said(
+    caplog: pytest.LogCaptureFixture, notes: list[tuple[float, BaseException | None]]
+) -> list[str]:
+    """What an Occasional (60 s period) said, noted at each (second, cause)."""
     now = [0.0]
     warning = Occasional(logging.getLogger("test.occasional"), "store full", 60, lambda: now[0])
     with caplog.at_level(logging.WARNING, logger="test.occasional"):
-        for second in (0, 1, 2, 59):
+        for second, cause in notes:
             now[0] = second
-            warning.note()
-        now[0] = 61
-        warning.note()
-    said = [r.getMessage() for r in caplog.records]
+            warning.note(cause)
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_an_occasional_warning_is_said_once_a_period_with_how_often_it_came(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    said = _occasional_said(caplog, [(0, None), (1, None), (2, None), (59, None), (61, None)])
     assert said == [
         "store full (1 time(s) since last said)",
         "store full (4 time(s) since last said)",
     ]
 
 
+def _wrapped() -> RuntimeError:
+    """A store's error wrapping the driver's, whose message holds what must not be logged."""
+    try:
+        raise RuntimeError("the store is down") from OSError("secret-key-in-message")
+    except RuntimeError as exc:
+        return exc
+
+
 def test_an_occasional_warning_names_its_last_cause_by_class_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    now = [0.0]
-    warning = Occasional(logging.getLogger("test.occasional"), "write failed", 60, lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="test.occasional"):
-        warning.note(ConnectionError("refused by 10.0.0.7"))
-        now[0] = 30
-        warning.note(TimeoutError("not this one"))  # within the period: counted, not said
-        now[0] = 61
-        try:  # a store's error wrapping the driver's: the driver's class is named
-            raise RuntimeError("the store is down") from OSError("secret-key-in-message")
-        except RuntimeError as exc:
-            warning.note(exc)
-    said = [r.getMessage() for r in caplog.records]
+    said = _occasional_said(
+        caplog,
+        [
+            (0, ConnectionError("refused by 10.0.0.7")),
+            (30, TimeoutError("not this one")),  # within the period: counted, not said
+            (61, _wrapped()),  # the driver's class is named
+        ],
+    )
     assert said == [
-        "write failed (1 time(s) since last said; the last: ConnectionError)",
-        "write failed (2 time(s) since last said; the last: OSError)",
+        "store full (1 time(s) since last said; the last: ConnectionError)",
+        "store full (2 time(s) since last said; the last: OSError)",
     ]
