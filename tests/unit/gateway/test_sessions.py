@@ -174,6 +174,13 @@ async def test_cached_sessions_of_one_user_share_one_user_until_it_changes(
     assert third.user is not loaded[0].user
 
 
+def test_every_field_of_a_user_counts_in_its_equality() -> None:
+    # Cached sessions share a user read again only when it equals the one held
+    # (SessionManager._user): a field left out of equality would keep the old object
+    # after that field changed.
+    assert all(field.compare for field in dataclasses.fields(User))
+
+
 @pytest.mark.parametrize("cookie", ["", "short", "x" * 500])
 async def test_malformed_cookies_are_nobody(stores: Stores, clock: Clock, cookie: str) -> None:
     assert await manager(stores, clock).load(cookie, "acme") is None
