@@ -622,6 +622,9 @@ class FastServer:
         still_valid = allowed.reusable
         if head is None or record is None or still_valid is None or len(raw) > MAX_PLANNED:
             return
+        key = (conn.remote, conn.secure, raw)
+        if not self.plans.seen_before(key):  # kept only for bytes that come again
+            return
         parts = split_head(head, request_id)
         if parts is None:
             return
@@ -634,7 +637,7 @@ class FastServer:
             self.loop.time() + PLAN_SECONDS,
             still_valid,
         )
-        self.plans.keep((conn.remote, conn.secure, raw), plan, generation)
+        self.plans.keep(key, plan, generation)
 
     async def _answer(
         self,

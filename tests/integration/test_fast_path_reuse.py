@@ -29,6 +29,7 @@ import pytest
 from benchmarks.revocation import add_user, build_config, logout, new_session
 from gateway import upstream_client
 from gateway.extensions import default_extensions
+from gateway.reuse import PlanKey, Plans
 from gateway.server import GatewayServer
 from gateway.sessions import TOUCH_INTERVAL
 from gateway.stores import User
@@ -53,6 +54,18 @@ rules:
 """
 REUSED = "authgate_fast_path_reused_decisions_total"
 HOST = b"app.test"
+
+
+@pytest.fixture(autouse=True)
+def keep_at_first_sighting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about what a kept decision does, not about when one is kept:
+    here every decision is kept at once. The rule itself (kept when the same bytes are
+    decided a second time) is tested in test_fast_path_sightings.py, without this."""
+
+    def always(self: Plans, key: PlanKey) -> bool:
+        return True
+
+    monkeypatch.setattr(Plans, "seen_before", always)
 
 
 @dataclass
