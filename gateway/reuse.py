@@ -19,7 +19,8 @@ else a decision rests on is bounded:
   its idle limit are exact: the lease ends with them, on the session's clock.
 
 Which decisions are kept: only those whose bytes come a second time (from the same peer,
-since the record of first sightings was last cleared). A request unlike any before it,
+since the record of sightings was last cleared: when full, at a reload, when the tenants
+change). A request unlike any before it,
 much of real traffic, costs no plan that nobody would use: keeping one for every such
 request cost about 11 % of its CPU: two thirds for holding thousands of short-lived
 plans (the garbage collector walks them; a full table is dropped at once), a third for

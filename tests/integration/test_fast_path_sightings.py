@@ -32,6 +32,19 @@ async def test_a_decision_is_kept_when_its_bytes_come_a_second_time(
     assert await gateway.reused() == 3
 
 
+async def test_the_same_bytes_from_another_peer_are_a_first_sighting(
+    start_gateway: StartGateway, upstream: Any
+) -> None:
+    gateway: Gateway = await start_gateway(str(upstream.make_url("")))
+    plans = gateway.server._fast.plans  # type: ignore[union-attr]
+    raw = request(b"/public/a")
+    assert (await ask(gateway.address, raw)).status == 200
+    assert (await ask(gateway.address, raw, source="127.0.0.2")).status == 200
+    assert not plans.by_key, "each peer has decided these bytes once"
+    assert (await ask(gateway.address, raw, source="127.0.0.2")).status == 200
+    assert [key[0] for key in plans.by_key] == ["127.0.0.2"]
+
+
 async def test_requests_unlike_any_before_them_keep_no_plan(
     start_gateway: StartGateway, upstream: Any
 ) -> None:
