@@ -622,10 +622,8 @@ class FastServer:
         still_valid = allowed.reusable
         if head is None or record is None or still_valid is None or len(raw) > MAX_PLANNED:
             return
-        if generation != self.plans.generation:  # decided across a reload: not kept, nor seen
-            return
         key = (conn.remote, conn.secure, raw)
-        if not self.plans.seen_before(key):  # kept only for bytes that come again
+        if not self.plans.seen_before(key, generation):  # kept only for bytes that come again
             return
         parts = split_head(head, request_id)
         if parts is None:

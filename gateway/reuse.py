@@ -20,11 +20,11 @@ else a decision rests on is bounded:
 
 Which decisions are kept: only those whose bytes come a second time (from the same peer,
 since the record of sightings was last cleared: when full, at a reload, when the tenants
-change). A request unlike any before it,
-much of real traffic, costs no plan that nobody would use: keeping one for every such
-request cost about 11 % of its CPU: two thirds for holding thousands of short-lived
-plans (the garbage collector walks them; a full table is dropped at once), a third for
-building them. So the same bytes are decided twice, then reused.
+change). A request unlike any before it, much of real traffic, costs no plan that nobody
+would use: keeping one for every such request cost about 11 % of its CPU: two thirds for
+holding thousands of short-lived plans (the garbage collector walks them; a full table
+is dropped at once), a third for building them. So the same bytes are decided twice,
+then reused.
 
 What is reused is the upstream request head (with a fresh request id) and what the
 access log and metrics say of the decision; the answer is read and written afresh
@@ -145,10 +145,13 @@ class Plans:
         self.answers: dict[bytes, tuple[bytes, Sent]] = {}
         self._seen: set[int] = set()  # hashes of keys decided since the last clear
 
-    def seen_before(self, key: PlanKey) -> bool:
+    def seen_before(self, key: PlanKey, generation: int) -> bool:
         """Whether `key` was decided before (since the record was last cleared); it is
-        recorded now either way. Two keys with one hash only make a plan early: a plan
-        is still found by its whole key."""
+        recorded now either way, unless it was decided across a clear (`generation`):
+        then it is neither kept nor seen. Two keys with one hash only make a plan
+        early: a plan is still found by its whole key."""
+        if generation != self.generation:
+            return False
         mark = hash(key)
         if mark in self._seen:
             return True

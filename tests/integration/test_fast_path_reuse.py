@@ -62,7 +62,7 @@ def keep_at_first_sighting(monkeypatch: pytest.MonkeyPatch) -> None:
     here every decision is kept at once. The rule itself (kept when the same bytes are
     decided a second time) is tested in test_fast_path_sightings.py, without this."""
 
-    def always(self: Plans, key: PlanKey) -> bool:
+    def always(self: Plans, key: PlanKey, generation: int) -> bool:
         return True
 
     monkeypatch.setattr(Plans, "seen_before", always)

@@ -72,6 +72,18 @@ def test_a_decision_made_across_a_clear_is_not_kept() -> None:
     assert list(plans.by_key) == [("p", False, b"c")]
 
 
+def test_a_key_is_seen_from_its_second_decision_and_not_across_a_clear() -> None:
+    plans = Plans()
+    key = ("p", False, b"GET / HTTP/1.1")
+    assert not plans.seen_before(key, plans.generation)  # the first decision
+    assert plans.seen_before(key, plans.generation)  # the second: kept
+    generation = plans.generation  # a request begins deciding …
+    plans.clear()  # … a reload comes, and forgets what was seen …
+    assert not plans.seen_before(key, generation)  # … its decision is neither kept …
+    assert not plans.seen_before(key, plans.generation)  # … nor recorded as seen
+    assert plans.seen_before(key, plans.generation)
+
+
 def test_a_plan_replaced_or_discarded_gives_its_bytes_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
