@@ -41,14 +41,13 @@ from aiohttp.http_parser import SINGLETON_HEADERS, HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from gateway.answer_bytes import Sent, cut_by_error, response_head
+from gateway.answer_bytes import Sent, cut_by_error, relayed_head, response_head
 from gateway.canonical import peer_is_trusted
 from gateway.config.model import ListenAddress, TenantConfig
 from gateway.pipeline import Allowed, Pipeline, next_request_id
 from gateway.proxy import (
     UpstreamError,
     UpstreamTarget,
-    answer_head,
     exchange,
     read_whole,
     upstream_request_headers,
@@ -719,15 +718,13 @@ class FastServer:
         was written, the connection is cut, and the answer recorded with the status the
         client got and the bytes it got, as on aiohttp's server."""
         async with upstream:
-            answer = answer_head(upstream, "GET")
+            answer = relayed_head(upstream, "GET")
             if answer.small:
                 body = await read_whole(upstream)
-                conn.write(
-                    response_head(answer.status, answer.reason, answer.headers, len(body)) + body
-                )
+                conn.write(answer.head(len(body)) + body)
                 await conn.drain()
                 return Sent(answer.status, len(body))
-            conn.write(response_head(answer.status, answer.reason, answer.headers, answer.length))
+            conn.write(answer.head(answer.length))
             chunked = answer.length is None and not answer.no_body
             written = 0
             try:

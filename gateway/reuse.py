@@ -41,9 +41,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.answer_bytes import Sent, cut_by_error, response_head
+from gateway.answer_bytes import RelayedHead, Sent, cut_by_error, relayed_head
 from gateway.config.model import RouteConfig, TenantConfig
-from gateway.proxy import AnswerHead, UpstreamError, UpstreamTarget, answer_head
+from gateway.proxy import UpstreamError, UpstreamTarget
 from gateway.request_log import RequestRecord
 from gateway.upstream_client import ONE_READ_KEPT, UpstreamResponse, _Connection
 from policies import Decision
@@ -242,7 +242,7 @@ class ReusedExchange:
         self.record = record
         self.upstream: _Connection | None = upstream
         self.sent_at = time.perf_counter()
-        self._answer: tuple[UpstreamResponse, AnswerHead] | None = None
+        self._answer: tuple[UpstreamResponse, RelayedHead] | None = None
         self._finished: asyncio.Future[None] | None = None
         self._ended = False  # written or cut short (or handed to a task, which records it)
         self._sent: Sent | None = None  # written, not yet taken by the client
@@ -267,16 +267,16 @@ class ReusedExchange:
                     known = self.server.plans.answers.get(upstream.one_read)
                     if known is not None:
                         # Its very bytes were relayed before: the same client bytes, as
-                        # the rewrite (answer_head, response_head) made them then and
-                        # would make them now. Never fed to llhttp, it holds no body
-                        # chunks: it was read to its end.
+                        # the rewrite (relayed_head) made them then and would make them
+                        # now. Never fed to llhttp, it holds no body chunks: it was read
+                        # to its end.
                         self._detach(close=False)
                         upstream.release()
                         self._write(*known)
                         return
                 response = UpstreamResponse(upstream, self.plan.target.read_timeout, None)
                 try:
-                    answer = answer_head(response, "GET")
+                    answer = relayed_head(response, "GET")
                 except UpstreamError as exc:
                     self._detach(close=True)
                     self._page(exc.status, exc.reason)
@@ -310,26 +310,21 @@ class ReusedExchange:
             self.settle()
 
     def _relay_whole(
-        self, upstream: _Connection, response: UpstreamResponse, answer: AnswerHead
+        self, upstream: _Connection, response: UpstreamResponse, answer: RelayedHead
     ) -> None:
         """A small answer, read whole: rewritten and relayed, and remembered when the
         connection stays open."""
         # Whole, even if the upstream then sent bytes out of turn (the connection is
         # closed, not pooled, as on the fast path).
         body = response.take_body()
-        try:
-            head = response_head(answer.status, answer.reason, answer.headers, len(body))
-        except UpstreamError as exc:  # a head that cannot be written safely: a 502
-            self._detach(close=True)
-            self._page(exc.status, exc.reason)
-            return
+        head = answer.head(len(body))  # (checked when it was read: relayed_head)
         # Remembered only when the connection stays open: a known answer is then taken
         # without parsing (upstream_client), as the keep-alive answer it was.
         whole = upstream.one_read if upstream.keep_alive else None
         self._detach(close=False)
         response.finish()
         sent = Sent(answer.status, len(body))
-        if whole is not None and "Date" in answer.headers:
+        if whole is not None and answer.dated:
             self.server.plans.remember_answer(whole, head + body, sent)
         self._write(head + body, sent)
 
