@@ -7,9 +7,9 @@ Paths are absolute (resolved against the config file's folder by the loader).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -164,6 +164,15 @@ class RouteConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     jwt: bool = True
+    # A route keys dicts on every request (its upstream, its identity headers' names, a
+    # session's identity built for it): the hash of its ten fields is made once.
+    _hash: ClassVar[int]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(astuple(self)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
