@@ -115,7 +115,7 @@ class Identifier(RevocationFollower):
         if not session_id:
             return NOBODY
         active = await self.sessions.load(session_id, tenant.id)
-        headers = CIMultiDict[str]()
+        headers: CIMultiDict[str] = CIMultiDict()
         if other_cookies:
             headers["Cookie"] = other_cookies
         if active is None:
@@ -157,7 +157,7 @@ class Identifier(RevocationFollower):
             auth_time=record.auth_time,
             session_id=active.id_hash,
         )
-        plain = CIMultiDict[str]()
+        plain: CIMultiDict[str] = CIMultiDict()
         self._add_plain_identity(plain, user, route)
         items = tuple(plain.items())
         if len(self._built) >= _BUILT_LIMIT:
@@ -186,7 +186,7 @@ class Identifier(RevocationFollower):
             amr=("apikey",),
             auth_time=now,  # the key is presented afresh with every request
         )
-        headers = CIMultiDict[str]()
+        headers: CIMultiDict[str] = CIMultiDict()
         self._add_plain_identity(headers, user, route)
         self._add_jwt(headers, user, ("apikey",), route, tenant, None)
         return Identity(principal=principal, upstream_headers=headers, strip_headers=strip)
