@@ -48,6 +48,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.cluster import PRIMARY
 
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.replica_wait import REPLICA_WAIT_MS, note_unconfirmed
@@ -690,6 +691,18 @@ def _deletions(outcomes: Sequence[Any]) -> int:
     return sum(int(n) for n in outcomes)
 
 
+def _redirected_to(cluster: RedisCluster, redirect: redis.exceptions.AskError) -> ClusterNode:
+    """The node a MOVED or ASK names. One the client has not met, a master added to the
+    cluster since the client mapped it, joins the client's nodes, as redis-py adds one
+    when its own commands are redirected there (`NodesManager.move_slot`)."""
+    node = cluster.get_node(host=redirect.host, port=redirect.port)
+    if node is None:
+        manager = cluster.nodes_manager
+        node = ClusterNode(redirect.host, redirect.port, PRIMARY, **manager.connection_kwargs)
+        manager.set_nodes(manager.nodes_cache, {node.name: node})
+    return node
+
+
 def _node_of(cluster: RedisCluster, key: str) -> Any:
     try:
         node = cluster.get_node_from_key(key)
@@ -705,7 +718,7 @@ class _ClusterRound:
     over one connection of that master's node, all masters at once, each master's
     exchange a store call of its own (its deadline, and its master's breaker). What a
     round could not finish is in `again`: the node to ask next for each key, and whether
-    with ASKING (None: a redirection to a node the client does not know).
+    with ASKING.
 
     A key sent again after a lost connection gets a write of its own before the WAIT (a
     marker in its slot, gone after a second): a DEL that finds nothing writes nothing,
@@ -723,7 +736,7 @@ class _ClusterRound:
         self._resend = resend
         self.deleted = 0
         self.acked: list[Any] = []  # the WAIT replies of masters that deleted something
-        self.again: dict[str, tuple[Any | None, bool]] = {}
+        self.again: dict[str, tuple[Any, bool]] = {}
         self.lost: BaseException | None = None  # a connection that broke, if one did
         self.migrating = False  # a TRYAGAIN: a slot's keys are being moved right now
 
@@ -799,7 +812,7 @@ class _ClusterRound:
                 self.again[key] = (node, asking)
                 self.migrating = True
             elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
-                moved_to = cluster.get_node(host=outcome.host, port=outcome.port)
+                moved_to = _redirected_to(cluster, outcome)
                 self.again[key] = (moved_to, not isinstance(outcome, redis.exceptions.MovedError))
             elif isinstance(outcome, Exception) and _is_outage(outcome):
                 self.lost = outcome  # deleted or not, nobody knows: again, there
@@ -891,9 +904,6 @@ class _Revoking(_Guarded):
             self._check_acked(rounds.acked)
             if not rounds.again:
                 return count
-            for key, (where, _) in rounds.again.items():
-                if where is None:  # MOVED or ASK to a node the client does not know
-                    raise StoreUnavailable(f"redis: a redirection of {key!r} names an unknown node")
             todo = rounds.again
             if rounds.lost is not None:
                 lost = rounds.lost

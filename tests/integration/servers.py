@@ -178,6 +178,7 @@ class RedisCluster:
     a failover, is what the nodes say (`owner`, `masters`), not the order of `nodes`."""
 
     nodes: list[RedisServer]
+    node_timeout_ms: int = 2000
 
     @property
     def url(self) -> str:
@@ -232,6 +233,23 @@ class RedisCluster:
         _wait(promoted, f"a failover of slot {slot} away from {old_port}", timeout)
         return self.owner(slot)
 
+    def join_master(self) -> RedisServer:
+        """A new master with no slots, met by every node (what `redis-cli --cluster
+        add-node` does): a node that clients which mapped the cluster before do not know."""
+        node = _start_cluster_node(self.node_timeout_ms)
+        self.nodes.append(node)
+        redis_cli(self.nodes[0].port, "cluster", "meet", "127.0.0.1", str(node.port))
+        everyone = len(self.nodes)
+        _wait(
+            lambda: all(
+                f"cluster_known_nodes:{everyone}" in redis_cli(n.port, "cluster", "info")
+                for n in self.nodes
+            ),
+            f"every node to know the new node {node.port}",
+        )
+        _wait(lambda: _cluster_ok(self.nodes), f"the new node {node.port} to see the slots served")
+        return node
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop(kill=True)
@@ -245,13 +263,10 @@ def start_cluster(
     before this returns). A master is flagged failing after `node_timeout_ms`; then its
     replica is elected within a second or so."""
     nodes: list[RedisServer] = []
-    cluster = RedisCluster(nodes)
+    cluster = RedisCluster(nodes, node_timeout_ms)
     try:
         for _ in range(masters * (1 + replicas)):
-            directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-", dir=_SCRATCH))
-            options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            options += ["--cluster-node-timeout", str(node_timeout_ms), *_QUICK_SYNC]
-            nodes.append(RedisServer(directory, spare_port(bus=True), tuple(options)).start())
+            nodes.append(_start_cluster_node(node_timeout_ms))
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         redis_cli(
             nodes[0].port,
@@ -271,6 +286,13 @@ def start_cluster(
         cluster.stop()
         raise
     return cluster
+
+
+def _start_cluster_node(node_timeout_ms: int) -> RedisServer:
+    directory = Path(tempfile.mkdtemp(prefix="authgate-cluster-", dir=_SCRATCH))
+    options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    options += ["--cluster-node-timeout", str(node_timeout_ms), *_QUICK_SYNC]
+    return RedisServer(directory, spare_port(bus=True), tuple(options)).start()
 
 
 def _cluster_ok(nodes: Sequence[RedisServer]) -> bool:

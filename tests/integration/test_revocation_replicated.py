@@ -96,6 +96,11 @@ def on(server: RedisServer, session: SessionRecord) -> bool:
             return False  # a Cluster node that does not serve the session's slot
 
 
+def in_slot(server: RedisServer, slot: int) -> list[str]:
+    """The keys `server` holds in `slot`, whether it serves the slot yet or imports it."""
+    return redis_cli(server.port, "cluster", "getkeysinslot", str(slot), "100").split()
+
+
 async def wait_for(server: RedisServer, session: SessionRecord) -> None:
     """Until the replica has the session (creations are not waited for)."""
     for _ in range(100):
@@ -406,9 +411,17 @@ async def test_cluster_single_use_codes_wait_on_their_master_and_one_taker_wins(
         cluster.stop()
 
 
-def move_slot(cluster: RedisCluster, slot: int, source: RedisServer, target: RedisServer) -> None:
+def move_slot(
+    cluster: RedisCluster,
+    slot: int,
+    source: RedisServer,
+    target: RedisServer,
+    *,
+    finish: bool = True,
+) -> None:
     """Reshard `slot`, with its keys, from `source` to `target` (what `redis-cli --cluster
-    reshard` does), behind the back of a client that mapped the slots before."""
+    reshard` does), behind the back of a client that mapped the slots before. Not
+    `finish`ed: the keys are moved but the slot still migrating (`source` answers ASK)."""
     source_id = redis_cli(source.port, "cluster", "myid").strip()
     target_id = redis_cli(target.port, "cluster", "myid").strip()
     redis_cli(target.port, "cluster", "setslot", str(slot), "importing", source_id)
@@ -417,6 +430,8 @@ def move_slot(cluster: RedisCluster, slot: int, source: RedisServer, target: Red
     if keys:
         migrate = ("migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys")
         redis_cli(source.port, *migrate, *keys)
+    if not finish:
+        return
     for node in cluster.masters():
         redis_cli(node.port, "cluster", "setslot", str(slot), "node", target_id)
     for _ in range(100):
@@ -452,6 +467,33 @@ async def test_cluster_waits_on_the_master_a_moved_slot_sent_the_deletion_to(
             await answered_only_after_the_replica(everywhere)
         assert await asyncio.wait_for(everywhere, 2) == 1
         assert not on(replica, session)
+    finally:
+        await stores.close()
+        cluster.stop()
+
+
+@pytest.mark.parametrize("finish", [True, False], ids=["moved", "asked"])
+async def test_cluster_a_slot_moved_to_a_node_added_since_is_revoked_there(
+    tmp_path: Path, finish: bool
+) -> None:
+    """The cluster grew after the client mapped it, and the session's slot moved (or is
+    moving) to the new master: the DEL's MOVED (ASK) names a node the client has never
+    met. The revocation follows it there (it was a 503 before), as redis-py's own
+    redirections do."""
+    cluster = start_cluster(3, replicas=1)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        session = record("u8")
+        await stores.sessions.create(session)  # the client has the slots mapped now
+        slot = slot_of(session)
+        source = cluster.owner(slot)
+        added = cluster.join_master()
+        move_slot(cluster, slot, source, added, finish=finish)
+        assert in_slot(added, slot) == [key(session)] and not in_slot(source, slot)
+        # No replica behind the new master: its WAIT counts none, and is reported.
+        assert await stores.sessions.revoke_user("acme", "u8") == 1
+        assert not in_slot(added, slot)
+        assert await stores.sessions.get(session.id_hash) is None
     finally:
         await stores.close()
         cluster.stop()
