@@ -89,6 +89,25 @@ _FIELD_KINDS = {name: True for name in _SINGLETONS} | {name: False for name in _
 _KNOWN_NAMES = {
     str(name).lower().encode(): str(name) for name in vars(hdrs).values() if isinstance(name, istr)
 }
+# A field's name as it came: its lowercase, its kind (_FIELD_KINDS) and how aiohttp's
+# parser spells it. Made once per name (a browser sends the same few on every request);
+# names come from clients, so at most _NAMES_LIMIT are kept.
+_NAMES_SEEN: dict[bytes, tuple[bytes, bool | None, str]] = {}
+_NAMES_LIMIT = 1024
+
+
+def _name_seen(name: bytes) -> tuple[bytes, bool | None, str]:
+    lower = name.lower()
+    seen = (
+        lower,
+        _FIELD_KINDS.get(lower),
+        _KNOWN_NAMES.get(lower) or name.decode("utf-8", "surrogateescape"),
+    )
+    if len(_NAMES_SEEN) < _NAMES_LIMIT:
+        _NAMES_SEEN[name] = seen
+    return seen
+
+
 # More than this many header fields, or head bytes arrived without a whole request:
 # the full server decides (and enforces its own limits, with its own 4xx).
 _MAX_FIELDS = 100
@@ -240,8 +259,8 @@ class FastConnection(asyncio.Protocol):
             self._plain = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        kind = _FIELD_KINDS.get(lower)
+        seen = _NAMES_SEEN.get(name)
+        lower, kind, spelled = _name_seen(name) if seen is None else seen
         if kind is not None:
             if not kind:
                 self._plain = False
@@ -253,12 +272,7 @@ class FastConnection(asyncio.Protocol):
         if len(name) + len(value) > self._max_field or b"\x00" in value:
             self._plain = False
         # llhttp leaves the blanks after a value on it; aiohttp strips them (RFC 9110 §5.5)
-        self._fields.append(
-            (
-                _KNOWN_NAMES.get(lower) or name.decode("utf-8", "surrogateescape"),
-                value.rstrip(b" \t").decode("utf-8", "surrogateescape"),
-            )
-        )
+        self._fields.append((spelled, value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         # Read here: llhttp forgets them once the message is complete.
