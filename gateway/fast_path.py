@@ -91,9 +91,12 @@ _KNOWN_NAMES = {
 }
 # A field's name as it came: its lowercase, its kind (_FIELD_KINDS) and how aiohttp's
 # parser spells it. Made once per name (a browser sends the same few on every request);
-# names come from clients, so at most _NAMES_LIMIT are kept.
+# names come from clients, so at most _NAMES_LIMIT are kept, none longer than
+# _NAME_KEPT_BYTES (llhttp hands over a name of any length whole: 1,024 names of 64 KB
+# would hold 190 MB).
 _NAMES_SEEN: dict[bytes, tuple[bytes, bool | None, str]] = {}
 _NAMES_LIMIT = 1024
+_NAME_KEPT_BYTES = 64
 
 
 def _name_seen(name: bytes) -> tuple[bytes, bool | None, str]:
@@ -103,7 +106,7 @@ def _name_seen(name: bytes) -> tuple[bytes, bool | None, str]:
         _FIELD_KINDS.get(lower),
         _KNOWN_NAMES.get(lower) or name.decode("utf-8", "surrogateescape"),
     )
-    if len(_NAMES_SEEN) < _NAMES_LIMIT:
+    if len(_NAMES_SEEN) < _NAMES_LIMIT and len(name) <= _NAME_KEPT_BYTES:
         _NAMES_SEEN[name] = seen
     return seen
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -164,15 +164,19 @@ class RouteConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     jwt: bool = True
-    # A route keys dicts on every request (its upstream, its identity headers' names, a
-    # session's identity built for it): the hash of its ten fields is made once.
-    _hash: ClassVar[int]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(astuple(self)))
 
     def __hash__(self) -> int:
-        return self._hash
+        # A route keys dicts on every request (its upstream, its identity headers' names,
+        # a session's identity built for it): the hash of its ten fields is made once.
+        found: int | None = self.__dict__.get("_hash")
+        if found is None:
+            found = hash(astuple(self))
+            object.__setattr__(self, "_hash", found)
+        return found
+
+    def __getstate__(self) -> dict[str, object]:
+        # Not pickled: another process hashes strings with another seed.
+        return {name: value for name, value in self.__dict__.items() if name != "_hash"}
 
 
 @dataclass(frozen=True)

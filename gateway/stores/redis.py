@@ -691,14 +691,19 @@ def _deletions(outcomes: Sequence[Any]) -> int:
     return sum(int(n) for n in outcomes)
 
 
-def _redirected_to(cluster: RedisCluster, redirect: redis.exceptions.AskError) -> ClusterNode:
-    """The node a MOVED or ASK names. One the client has not met, a master added to the
-    cluster since the client mapped it, joins the client's nodes, as redis-py adds one
-    when its own commands are redirected there (`NodesManager.move_slot`)."""
-    node = cluster.get_node(host=redirect.host, port=redirect.port)
+def _redirected_to(
+    cluster: RedisCluster, redirect: redis.exceptions.AskError, origin: ClusterNode
+) -> ClusterNode:
+    """The node a MOVED or ASK from `origin` names. One the client has not met, a master
+    added to the cluster since the client mapped it, joins the client's nodes, as
+    redis-py adds one when its own commands are MOVED there (`NodesManager.move_slot`).
+    A redirection with a port alone (`MOVED 3999 :6381`, from a node whose endpoint is
+    unknown) means `origin`'s host, as redis-py reads it."""
+    host = redirect.host or origin.host
+    node = cluster.get_node(host=host, port=redirect.port)
     if node is None:
         manager = cluster.nodes_manager
-        node = ClusterNode(redirect.host, redirect.port, PRIMARY, **manager.connection_kwargs)
+        node = ClusterNode(host, redirect.port, PRIMARY, **manager.connection_kwargs)
         manager.set_nodes(manager.nodes_cache, {node.name: node})
     return node
 
@@ -812,7 +817,7 @@ class _ClusterRound:
                 self.again[key] = (node, asking)
                 self.migrating = True
             elif isinstance(outcome, redis.exceptions.AskError):  # MovedError too
-                moved_to = _redirected_to(cluster, outcome)
+                moved_to = _redirected_to(cluster, outcome, node)
                 self.again[key] = (moved_to, not isinstance(outcome, redis.exceptions.MovedError))
             elif isinstance(outcome, Exception) and _is_outage(outcome):
                 self.lost = outcome  # deleted or not, nobody knows: again, there

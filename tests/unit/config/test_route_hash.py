@@ -4,6 +4,9 @@ and equal routes are one key."""
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from dataclasses import fields, replace
 
 from gateway.config.model import RouteConfig
@@ -40,3 +43,21 @@ def test_equal_routes_are_one_key() -> None:
     assert again == BASE and again is not BASE
     assert {BASE: 1}[again] == 1
     assert replace(replace(BASE, jwt=False), jwt=True) in {BASE: 1}
+
+
+def test_a_route_unpickled_where_strings_hash_otherwise_is_found() -> None:
+    hash(BASE)  # made here, with this process's seed
+    check = (
+        "import pickle, sys\n"
+        "from gateway.config.model import RouteConfig\n"
+        "route = pickle.loads(sys.stdin.buffer.read())\n"
+        "fresh = RouteConfig(host='app.example.com', upstream='http://127.0.0.1:9000')\n"
+        "assert {fresh: 1}.get(route) == 1 and hash(route) == hash(fresh)\n"
+    )
+    for seed in ("1", "2"):
+        subprocess.run(
+            [sys.executable, "-c", check],
+            input=pickle.dumps(BASE),
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+        )

@@ -28,3 +28,13 @@ def test_a_name_reads_the_same_seen_or_not_and_past_the_limit(
     monkeypatch.setattr(fast_path, "_NAMES_SEEN", full)
     assert fast_path._name_seen(name) == reading
     assert name not in full and len(full) == fast_path._NAMES_LIMIT
+
+
+def test_a_long_name_is_read_but_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[bytes, tuple[bytes, bool | None, str]] = {}
+    monkeypatch.setattr(fast_path, "_NAMES_SEEN", seen)
+    longest = b"X" * fast_path._NAME_KEPT_BYTES
+    too_long = longest + b"Y"
+    assert fast_path._name_seen(too_long) == (too_long.lower(), None, too_long.decode())
+    assert fast_path._name_seen(longest) == (longest.lower(), None, longest.decode())
+    assert list(seen) == [longest]
