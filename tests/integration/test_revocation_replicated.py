@@ -19,7 +19,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +411,23 @@ async def test_cluster_single_use_codes_wait_on_their_master_and_one_taker_wins(
         cluster.stop()
 
 
+@asynccontextmanager
+async def mapped_session(
+    tmp_path: Path, user: str
+) -> AsyncIterator[tuple[RedisCluster, Stores, SessionRecord]]:
+    """Three masters with a replica each, stores on them waiting for one replica, and a
+    session of `user` created through them: the client has the slots mapped now."""
+    cluster = start_cluster(3, replicas=1)
+    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
+    try:
+        session = record(user)
+        await stores.sessions.create(session)
+        yield cluster, stores, session
+    finally:
+        await stores.close()
+        cluster.stop()
+
+
 def move_slot(
     cluster: RedisCluster,
     slot: int,
@@ -449,11 +466,7 @@ async def test_cluster_waits_on_the_master_a_moved_slot_sent_the_deletion_to(
 ) -> None:
     """The client mapped the slots before a reshard: the DEL is redirected (MOVED) to
     the new owner, so a WAIT sent to the old owner counts nothing of it."""
-    cluster = start_cluster(3, replicas=1)
-    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
-    try:
-        session = record("u7")
-        await stores.sessions.create(session)  # the client has the slots mapped now
+    async with mapped_session(tmp_path, "u7") as (cluster, stores, session):
         slot = slot_of(session)
         source = cluster.owner(slot)
         target = next(m for m in cluster.masters() if m.port != source.port)
@@ -467,9 +480,6 @@ async def test_cluster_waits_on_the_master_a_moved_slot_sent_the_deletion_to(
             await answered_only_after_the_replica(everywhere)
         assert await asyncio.wait_for(everywhere, 2) == 1
         assert not on(replica, session)
-    finally:
-        await stores.close()
-        cluster.stop()
 
 
 @pytest.mark.parametrize("finish", [True, False], ids=["moved", "asked"])
@@ -480,11 +490,7 @@ async def test_cluster_a_slot_moved_to_a_node_added_since_is_revoked_there(
     moving) to the new master: the DEL's MOVED (ASK) names a node the client has never
     met. The revocation follows it there (it was a 503 before), as redis-py's own
     redirections do."""
-    cluster = start_cluster(3, replicas=1)
-    stores = await opened(tmp_path, cluster.url + "?wait_replicas=1")
-    try:
-        session = record("u8")
-        await stores.sessions.create(session)  # the client has the slots mapped now
+    async with mapped_session(tmp_path, "u8") as (cluster, stores, session):
         slot = slot_of(session)
         source = cluster.owner(slot)
         added = cluster.join_master()
@@ -494,9 +500,6 @@ async def test_cluster_a_slot_moved_to_a_node_added_since_is_revoked_there(
         assert await stores.sessions.revoke_user("acme", "u8") == 1
         assert not in_slot(added, slot)
         assert await stores.sessions.get(session.id_hash) is None
-    finally:
-        await stores.close()
-        cluster.stop()
 
 
 async def test_cluster_a_master_lost_while_waiting_is_no_revocation_done(
