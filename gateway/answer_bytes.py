@@ -148,8 +148,9 @@ def _names_more(connection: list[bytes]) -> bool:
 
 
 def _relayed_as_text(upstream: UpstreamResponse, method: str) -> RelayedHead:
-    """A head with bytes beyond ASCII: through `answer_head`, which leaves out a value
-    that is not UTF-8 (and refuses the answer when that value protects the page)."""
+    """A head with bytes beyond ASCII, or whose `Connection` names more: through
+    `answer_head`, which drops what `Connection` names and leaves out a value that is
+    not UTF-8 (refusing the answer when that value protects the page)."""
     answer = answer_head(upstream, method)
     headers = answer.headers
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
