@@ -44,7 +44,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from gateway.answer_bytes import Sent, cut_by_error, relayed_head, response_head
 from gateway.canonical import peer_is_trusted
 from gateway.config.model import ListenAddress, TenantConfig
-from gateway.pipeline import Allowed, Pipeline, next_request_id
+from gateway.pipeline import Allowed, HeadersOnly, Pipeline, next_request_id
 from gateway.proxy import (
     UpstreamError,
     UpstreamTarget,
@@ -561,10 +561,13 @@ class FastServer:
         sent: Sent | None = None
         handing_over = False
         try:
+            page: web.Response | None = None
             try:
                 outcome = await pipeline.resolve(
                     request, peer, peer_trusted, request_id, final=False
                 )
+                if isinstance(outcome, HeadersOnly):  # (a forward-auth check)
+                    page = await outcome.answer(request)
             except Exception as exc:
                 # A bad request, a store that cannot answer, a bug: the pipeline's own
                 # answer, given here (handed over, the store would be asked twice).
@@ -587,6 +590,8 @@ class FastServer:
                         request_id,
                         self._forward(conn, head, outcome),
                     )
+                elif page is not None:
+                    sent = await self._write_page(conn, page)
                 else:
                     handing_over = True
         except ConnectionResetError:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from gateway.canonical import canonical_host, canonical_path, split_target
 from gateway.errors import BadRequest
+from gateway.request_view import RequestView
 
 _METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -57,7 +57,7 @@ _FORWARDED = ("X-Forwarded-Uri", "X-Forwarded-Method", "X-Forwarded-Host", "X-Fo
 _UNSAFE_URL = re.compile(r"[\x00-\x20\x7f#]")
 
 
-def original_request(request: BaseRequest, path_parameters: str) -> OriginalRequest:
+def original_request(request: RequestView, path_parameters: str) -> OriginalRequest:
     """Read X-Original-URL/-Method (nginx), else X-Forwarded-Proto/-Host/-Uri/-Method
     (Traefik, Caddy): one family, each header once, or 400."""
     headers = request.headers

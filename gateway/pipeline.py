@@ -138,6 +138,20 @@ class Allowed(NamedTuple):
 Answer = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 
+class HeadersOnly:
+    """An answer that reads nothing of a request but what deciding reads (its line, its
+    headers, its peer): a forward-auth check. The fast path gives it itself, instead of
+    handing the request to aiohttp's server to be read and resolved a second time."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Callable[[RequestView], Awaitable[web.Response]]) -> None:
+        self.answer = answer
+
+    def __call__(self, request: BaseRequest) -> Awaitable[web.Response]:
+        return self.answer(request)
+
+
 # Acts on LOGIN / SECOND_FACTOR / REAUTH / DENY; the identity layer installs the
 # interstitial redirects. The default answers 401/403 as the policy issue specifies.
 # Its last argument is the original URL in canonical form (the return address).
@@ -355,8 +369,8 @@ class Pipeline:
         # forward-auth answer on any host (probes and proxies use addresses).
         suffix = self.reserved.suffix_of(path)
         if suffix == "/verify":
-            return partial(
-                self._forward_auth, peer_trusted=peer_trusted, ip=ip, request_id=request_id
+            return HeadersOnly(
+                partial(self._forward_auth, peer_trusted=peer_trusted, ip=ip, request_id=request_id)
             )
         tenant = self.tenants.tenant_for_host(host)
         if suffix is not None:
@@ -505,8 +519,8 @@ class Pipeline:
         return identity, decision
 
     async def _forward_auth(
-        self, request: BaseRequest, *, peer_trusted: bool, ip: IPAddress | None, request_id: str
-    ) -> web.StreamResponse:
+        self, request: RequestView, *, peer_trusted: bool, ip: IPAddress | None, request_id: str
+    ) -> web.Response:
         if not peer_trusted:
             return self.error(
                 request,

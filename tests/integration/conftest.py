@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -11,9 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from gateway.config.model import Config, ListenAddress, RouteConfig, ServerConfig, TenantConfig
+from gateway.pipeline import Identity
+from gateway.request_view import RequestView
 from gateway.server import Extension, GatewayServer
+from policies import Principal
 from tests.integration.upstream_app import upstream_app
 
 BYPASS_ALL = """
@@ -124,3 +129,19 @@ def app_url(base: str, path: str) -> str:
 
 async def noop(request: web.Request) -> web.Response:
     return web.Response()
+
+
+async def user_from_cookie(
+    request: RequestView, tenant: TenantConfig, route: RouteConfig | None
+) -> Identity:
+    """A stand-in for the session layer, reading what it reads (the Cookie header; the
+    fast path's requests have nothing else): the cookie `test_user` names the user."""
+    cookies = (part.strip().partition("=") for part in request.headers.get("Cookie", "").split(";"))
+    user = next((value for name, _, value in cookies if name == "test_user"), "")
+    if not user:
+        return Identity(principal=None)
+    headers: CIMultiDict[str] = CIMultiDict(
+        {"Remote-User": user, "Remote-Email": f"{user}@acme.test", "Remote-Groups": "staff,dev"}
+    )
+    principal = Principal(user=user, amr=("pwd",), auth_time=time.time())
+    return Identity(principal=principal, upstream_headers=headers)

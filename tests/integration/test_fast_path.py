@@ -35,7 +35,7 @@ from gateway.errors import StoreUnavailable
 from gateway.fast_path import LENIENT_HEADS
 from gateway.pipeline import Identity
 from gateway.server import GatewayServer
-from tests.integration.conftest import make_config
+from tests.integration.conftest import make_config, user_from_cookie
 from tests.integration.upstream_app import RELEASE
 
 # Production runs on uvloop (gateway/runtime's policy), the other tests on asyncio's
@@ -577,6 +577,14 @@ CASES: list[tuple[str, list[bytes], bool]] = [
         True,
     ),
     ("not HTTP at all", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"], False),
+    (
+        "forward-auth from a peer that is not a trusted proxy",
+        [
+            b"GET /.authgate/verify HTTP/1.1\r\nHost: app.test\r\n"
+            b"X-Original-URL: https://app.test/echo/a\r\n\r\n"
+        ],
+        True,
+    ),
 ]
 
 
@@ -601,6 +609,109 @@ async def test_every_case_is_answered_alike_on_both_paths(
         assert (again.answers, again.closed) == (full.answers, full.closed)
     if not served_fast:  # (that it is reused where it can be: the generated requests)
         assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") == 0
+
+
+@pytest.fixture
+async def trusted_pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pair]:
+    """As `pair`, behind a trusted proxy (forward-auth), with a session layer that
+    signs in by a cookie."""
+    servers: list[GatewayServer] = []
+    url = str(upstream.make_url(""))
+    addresses = []
+    for name, fast_path in (("full", False), ("fast", True)):
+        (tmp_path / name).mkdir()
+        config = make_config(
+            tmp_path / name,
+            url,
+            policy=POLICY,
+            trusted_proxies=("127.0.0.0/8",),
+            fast_path=fast_path,
+        )
+        server = GatewayServer(config)
+        server.hooks.identify = user_from_cookie
+        await server.start()
+        servers.append(server)
+        host, port = server.addresses[0]
+        addresses.append(f"{host}:{port}")
+    yield Pair(*addresses)
+    for server in servers:
+        await server.stop()
+
+
+VERIFY = b"GET /.authgate/verify HTTP/1.1\r\nHost: authgate.internal\r\n"
+# (name, what is sent): every one answered by the fast path itself
+FORWARD_AUTH_CASES: list[tuple[str, list[bytes]]] = [
+    ("nginx, a public page", [VERIFY + b"X-Original-URL: https://app.test/echo/a\r\n\r\n"]),
+    (
+        "nginx, signed in",
+        [
+            VERIFY + b"X-Original-URL: https://app.test/private/x?q=1\r\n"
+            b"X-Original-Method: POST\r\nCookie: a=b; test_user=alice\r\n\r\n"
+        ],
+    ),
+    ("nginx, not signed in", [VERIFY + b"X-Original-URL: https://app.test/private/x\r\n\r\n"]),
+    ("nginx, denied", [VERIFY + b"X-Original-URL: https://app.test/admin/x\r\n\r\n"]),
+    ("nginx, unknown host", [VERIFY + b"X-Original-URL: https://other.test/echo\r\n\r\n"]),
+    (
+        "nginx, a path that leaves its segment",
+        [VERIFY + b"X-Original-URL: https://app.test/echo/%2e%2e/private/x\r\n\r\n"],
+    ),
+    (
+        "traefik, a browser not signed in",
+        [
+            VERIFY + b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: app.test\r\n"
+            b"X-Forwarded-Uri: /private/page?a=1\r\nX-Forwarded-Method: GET\r\n"
+            b"Accept: text/html\r\n\r\n"
+        ],
+    ),
+    (
+        "traefik, an API client not signed in",
+        [
+            VERIFY + b"X-Forwarded-Host: app.test\r\nX-Forwarded-Uri: /private/page\r\n"
+            b"Accept: application/json\r\n\r\n"
+        ],
+    ),
+    (
+        "a description given twice",
+        [
+            VERIFY + b"X-Original-URL: https://app.test/echo\r\n"
+            b"X-Original-URL: https://app.test/admin\r\n\r\n"
+        ],
+    ),
+    (
+        "two descriptions mixed",
+        [VERIFY + b"X-Original-URL: https://app.test/echo\r\nX-Forwarded-Uri: /admin\r\n\r\n"],
+    ),
+    ("no description", [VERIFY + b"\r\n"]),
+    (
+        "the proxy's request id",
+        [VERIFY + b"X-Request-Id: proxy-7\r\nX-Original-URL: https://app.test/echo\r\n\r\n"],
+    ),
+    (
+        "two on one connection",
+        [
+            VERIFY + b"X-Original-URL: https://app.test/private/x\r\nCookie: test_user=bob\r\n\r\n",
+            WAIT,
+            VERIFY + b"X-Original-URL: https://app.test/private/x\r\n\r\n",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "sent", [c[1] for c in FORWARD_AUTH_CASES], ids=[c[0] for c in FORWARD_AUTH_CASES]
+)
+async def test_forward_auth_is_answered_by_the_fast_path_as_by_aiohttp(
+    trusted_pair: Pair, sent: list[bytes]
+) -> None:
+    before = await fast_path_counts(trusted_pair)
+    full, fast = await both(trusted_pair, sent)
+    assert fast.answers == full.answers
+    assert fast.closed == full.closed
+    after = await fast_path_counts(trusted_pair)
+    requests = sum(piece.count(b" HTTP/") for piece in sent)
+    assert after["served"] - before["served"] == requests
+    assert after["handed_over"] - before["handed_over"] == 1  # the metrics request
 
 
 async def test_heads_an_old_httptools_would_forward_are_refused_on_both_paths(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from gateway.config.model import RouteConfig, TenantConfig
-from gateway.pipeline import Identity
 from gateway.reserved import ReservedRequest
 from gateway.server import GatewayServer
-from policies import Principal
-from tests.integration.conftest import StartGateway, make_config
+from tests.integration.conftest import StartGateway, make_config, user_from_cookie
 from tests.unit.deploy.tools import (
     NGINX_SNIPPETS,
     free_port,
@@ -52,29 +48,13 @@ API = {"Host": HOST, "Accept": "application/json"}
 SIGNED_IN_COOKIE = "test_user=alice"
 
 
-async def cookie_identity(
-    request: web.BaseRequest, tenant: TenantConfig, route: RouteConfig | None
-) -> Identity:
-    """A stand-in for the session layer: the cookie `test_user` names the user."""
-    user = request.cookies.get("test_user")
-    if not user:
-        return Identity(principal=None)
-    headers: CIMultiDict[str] = CIMultiDict(
-        {"Remote-User": user, "Remote-Email": f"{user}@acme.test", "Remote-Groups": "staff,dev"}
-    )
-    principal = Principal(user=user, amr=("pwd",), auth_time=time.time())
-    return Identity(principal=principal, upstream_headers=headers)
-
-
 async def login_page(req: ReservedRequest) -> web.StreamResponse:
     return web.Response(text="authgate login page", content_type="text/html")
 
 
 def signed_in_by_cookie(server: GatewayServer) -> None:
-    server.hooks.identify = cookie_identity
+    server.hooks.identify = user_from_cookie
     server.reserved.add("/login", login_page)
-
-
 
 
 @dataclass(frozen=True)
@@ -100,8 +80,6 @@ def nginx_http_block(port: int, authgate: str, app: str) -> str:
         }}
     }}
 """
-
-
 
 
 @pytest.fixture
