@@ -14,8 +14,10 @@ Everything else — a reserved path, a refusal or a challenge, a body, a WebSock
 head llhttp refuses, pipelined requests — is handed over, unanswered, with every byte of
 it, to aiohttp's `RequestHandler`, which serves that connection from then on exactly as
 without the fast path (and decides that request again). So the fast path forwards only
-what `resolve` allowed, and every refusal and challenge is the full server's. What it
-answers itself are the pipeline's own error pages, encoded here: `Pipeline.failure`'s
+what `resolve` allowed, and every refusal and challenge is the full server's. One
+reserved path is answered here: a forward-auth check (`HeadersOnly`), which reads
+nothing but the request's line, headers and peer. Besides, it answers the pipeline's
+own error pages, encoded here: `Pipeline.failure`'s
 when deciding raised (400 for a path canonicalisation refuses, 503 for a store that
 cannot answer, 500 otherwise; handed over, the store would be asked twice), and
 `Pipeline.error`'s when the upstream failed or the request could not be forwarded
@@ -138,8 +140,8 @@ class FastRequest:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         # The pipeline notes the decided context for the challenge hook; a fast request
-        # never meets one (a request not allowed is handed over and decided again), so
-        # there is nothing to keep.
+        # never meets one (a request not allowed is handed over and decided again; a
+        # forward-auth check answers without the hook), so there is nothing to keep.
         pass
 
 
@@ -561,13 +563,14 @@ class FastServer:
         sent: Sent | None = None
         handing_over = False
         try:
-            page: web.Response | None = None
+            answered: tuple[bytes, Sent] | None = None
             try:
                 outcome = await pipeline.resolve(
                     request, peer, peer_trusted, request_id, final=False
                 )
                 if isinstance(outcome, HeadersOnly):  # (a forward-auth check)
-                    page = await outcome.answer(request)
+                    # Encoded here: a page that cannot be written is the pipeline's 500.
+                    answered = self.page_bytes(await outcome.answer(request))
             except Exception as exc:
                 # A bad request, a store that cannot answer, a bug: the pipeline's own
                 # answer, given here (handed over, the store would be asked twice).
@@ -590,8 +593,8 @@ class FastServer:
                         request_id,
                         self._forward(conn, head, outcome),
                     )
-                elif page is not None:
-                    sent = await self._write_page(conn, page)
+                elif answered is not None:
+                    sent = await self._write(conn, *answered)
                 else:
                     handing_over = True
         except ConnectionResetError:
@@ -770,15 +773,26 @@ class FastServer:
             return Sent(answer.status, answer.length)
 
     def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
-        """One of the pipeline's own pages (an error), encoded as aiohttp would."""
-        body = page.body if isinstance(page.body, bytes) else b""
+        """One of the pipeline's own pages (an error, a forward-auth answer), encoded as
+        aiohttp would. ValueError for what this does not write as aiohttp would (cookies,
+        a body that is not bytes, chunks, compression), or a header that cannot be
+        written safely (UpstreamError, a ValueError): never a page that differs."""
+        body = page.body
+        if page.cookies or page.chunked or page.compression:
+            raise ValueError("a page with cookies, chunks or compression")
+        if body is None:
+            body = b""
+        elif not isinstance(body, bytes):
+            raise ValueError("a page whose body is not bytes")
         headers = CIMultiDict(page.headers)
         headers.popall("Content-Length", None)
         data = response_head(page.status, page.reason, headers, len(body)) + body
         return data, Sent(page.status, len(body))
 
     async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
-        data, sent = self.page_bytes(page)
+        return await self._write(conn, *self.page_bytes(page))
+
+    async def _write(self, conn: FastConnection, data: bytes, sent: Sent) -> Sent:
         conn.write(data)
         await conn.drain()
         return sent

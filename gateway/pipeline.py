@@ -352,8 +352,9 @@ class Pipeline:
     ) -> Allowed | Answer:
         """Canonicalize, find the tenant and route, decide: either where an allowed
         request goes and what goes with it, or how to answer it instead. Not `final`:
-        an answer will not be given here but the request resolved again by the full
-        server (the fast path hands it over), so it is not counted now."""
+        an answer (other than `HeadersOnly`, which counts when it runs) will not be
+        given here but the request resolved again by the full server (the fast path
+        hands it over), so it is not counted now."""
         # canonicalize
         host_header = request.headers.get("Host")
         if not host_header:

@@ -30,10 +30,11 @@ import pytest
 import uvloop
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import Config
+from gateway.config.model import Config, RouteConfig, TenantConfig
 from gateway.errors import StoreUnavailable
 from gateway.fast_path import LENIENT_HEADS
 from gateway.pipeline import Identity
+from gateway.request_view import RequestView
 from gateway.server import GatewayServer
 from tests.integration.conftest import make_config, user_from_cookie
 from tests.integration.upstream_app import RELEASE
@@ -611,6 +612,17 @@ async def test_every_case_is_answered_alike_on_both_paths(
         assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") == 0
 
 
+async def user_or_a_bad_name(
+    request: RequestView, tenant: TenantConfig, route: RouteConfig | None
+) -> Identity:
+    """`user_from_cookie`, and the user `ctl` has a name no header can carry."""
+    identity = await user_from_cookie(request, tenant, route)
+    if identity.principal is not None and identity.principal.user == "ctl":
+        assert identity.upstream_headers is not None
+        identity.upstream_headers["Remote-Name"] = "Ana\x1b"
+    return identity
+
+
 @pytest.fixture
 async def trusted_pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pair]:
     """As `pair`, behind a trusted proxy (forward-auth), with a session layer that
@@ -628,7 +640,7 @@ async def trusted_pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pa
             fast_path=fast_path,
         )
         server = GatewayServer(config)
-        server.hooks.identify = user_from_cookie
+        server.hooks.identify = user_or_a_bad_name
         await server.start()
         servers.append(server)
         host, port = server.addresses[0]
@@ -712,6 +724,20 @@ async def test_forward_auth_is_answered_by_the_fast_path_as_by_aiohttp(
     requests = sum(piece.count(b" HTTP/") for piece in sent)
     assert after["served"] - before["served"] == requests
     assert after["handed_over"] - before["handed_over"] == 1  # the metrics request
+
+
+async def test_a_forward_auth_answer_that_cannot_be_written_is_the_pipelines_500(
+    trusted_pair: Pair,
+) -> None:
+    """aiohttp's server refuses to write a header with a control character and closes
+    the connection; the fast path answers the pipeline's 500 page, fails closed all the
+    same, and serves the connection on (it used to leave it hanging)."""
+    bad = VERIFY + b"X-Original-URL: https://app.test/private/x\r\nCookie: test_user=ctl\r\n\r\n"
+    good = VERIFY + b"X-Original-URL: https://app.test/private/x\r\nCookie: test_user=bob\r\n\r\n"
+    full, fast = await both(trusted_pair, [bad, WAIT, good])
+    assert full.answers == [] and full.closed
+    assert [answer.split(b"\n", 1)[0] for answer in fast.answers] == [b"500", b"200"]
+    assert b"Ana" not in fast.answers[0]
 
 
 async def test_heads_an_old_httptools_would_forward_are_refused_on_both_paths(
