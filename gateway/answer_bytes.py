@@ -16,9 +16,10 @@ from gateway.upstream_client import UpstreamResponse, has_control
 
 _PHRASES = {status.value: status.phrase for status in HTTPStatus}
 _DROPPED = frozenset(name.encode("ascii") for name in RESPONSE_HOP_BY_HOP)
-# Whether a `Connection` value names more than `_DROPPED` (bounded: values come from
-# upstreams).
+# Whether a `Connection` value names more than `_DROPPED`: at most 256 values kept, none
+# longer than 128 bytes (values come from upstreams, and a head may be large).
 _NAMES_MORE: dict[bytes, bool] = {}
+_NAMES_MORE_KEPT_BYTES = 128
 _UNSAFE_HEAD = "the upstream's answer head cannot be forwarded safely"
 
 
@@ -142,7 +143,7 @@ def _names_more(connection: list[bytes]) -> bool:
     if found is None:
         tokens = tokens_of([key.decode("latin-1")])
         found = not tokens <= RESPONSE_HOP_BY_HOP
-        if len(_NAMES_MORE) < 256:
+        if len(_NAMES_MORE) < 256 and len(key) <= _NAMES_MORE_KEPT_BYTES:
             _NAMES_MORE[key] = found
     return found
 

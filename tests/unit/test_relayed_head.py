@@ -216,3 +216,16 @@ def test_random_heads_are_written_alike() -> None:
             method,
             length,
         )
+
+
+def test_a_long_connection_value_is_read_but_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept: dict[bytes, bool] = {}
+    monkeypatch.setattr(answer_bytes, "_NAMES_MORE", kept)
+    long_value = b"keep-alive, " + b"x" * answer_bytes._NAMES_MORE_KEPT_BYTES
+    headers = [(b"Connection", long_value), (b"X" * answer_bytes._NAMES_MORE_KEPT_BYTES, b"1")]
+    response = _response(200, b"OK", headers)
+    assert _one_pass(response, "GET", 1) == _text_way(response, "GET", 1)
+    assert kept == {}
+    response = _response(200, b"OK", [(b"Connection", b"keep-alive")])
+    assert _one_pass(response, "GET", 1) == _text_way(response, "GET", 1)
+    assert kept == {b"keep-alive": False}
