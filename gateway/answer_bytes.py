@@ -153,7 +153,18 @@ def _relayed_as_text(upstream: UpstreamResponse, method: str) -> RelayedHead:
     `answer_head`, which drops what `Connection` names and leaves out a value that is
     not UTF-8 (refusing the answer when that value protects the page)."""
     answer = answer_head(upstream, method)
-    headers = answer.headers
+    return _from_text(answer.status, answer.reason, answer.headers, answer.length, answer.no_body)
+
+
+def _from_text(
+    status: int,
+    reason: str | None,
+    headers: CIMultiDict[str],
+    length: int | None,
+    no_body: bool,
+) -> RelayedHead:
+    """End-to-end headers as text, encoded and checked (UpstreamError, 502, for any
+    that cannot be written safely)."""
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     try:
         encoded = lines.encode("utf-8")
@@ -162,11 +173,11 @@ def _relayed_as_text(upstream: UpstreamResponse, method: str) -> RelayedHead:
     if has_control(encoded, len(headers) - 1):
         raise UpstreamError(502, _UNSAFE_HEAD)
     return RelayedHead(
-        status=answer.status,
-        phrase=answer.reason if answer.reason is not None else _PHRASES.get(answer.status, ""),
+        status=status,
+        phrase=reason if reason is not None else _PHRASES.get(status, ""),
         lines=encoded,
-        length=answer.length,
-        no_body=answer.no_body,
+        length=length,
+        no_body=no_body,
         typed="Content-Type" in headers,
         dated="Date" in headers,
         named="Server" in headers,
@@ -176,26 +187,9 @@ def _relayed_as_text(upstream: UpstreamResponse, method: str) -> RelayedHead:
 def response_head(
     status: int, reason: str | None, headers: CIMultiDict[str], length: int | None
 ) -> bytes:
-    """The status line and headers as aiohttp's server writes them for a proxied answer
-    (the same Content-Type default, Date and Server), so that a client cannot tell the
-    two paths apart. `length`: a Content-Length, else a body in chunks."""
-    phrase = reason if reason is not None else _PHRASES.get(status, "")
-    lines = [f"HTTP/1.1 {status} {phrase}"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    if status not in BODILESS_STATUSES:
-        if length is None:
-            lines.append("Transfer-Encoding: chunked")
-        else:
-            lines.append(f"Content-Length: {length}")
-        if length != 0 and "Content-Type" not in headers:
-            lines.append("Content-Type: application/octet-stream")
-    elif status == 304 and length is not None:
-        lines.append(f"Content-Length: {length}")
-    if "Date" not in headers:
-        lines.append(f"Date: {rfc822_formatted_time()}")
-    if "Server" not in headers:
-        lines.append(f"Server: {SERVER_SOFTWARE}")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-    if has_control(head, len(lines)):
-        raise UpstreamError(502, "the upstream's answer head cannot be forwarded safely")
-    return head
+    """The status line and headers as aiohttp's server writes them for one of our own
+    pages, with the framing a relayed answer gets (`RelayedHead.head`: the same
+    Content-Type default, Date and Server), so that a client cannot tell the two paths
+    apart. `length`: a Content-Length, else a body in chunks."""
+    no_body = status in BODILESS_STATUSES
+    return _from_text(status, reason, headers, length, no_body).head(length)
