@@ -23,6 +23,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httptools
@@ -30,10 +31,10 @@ import pytest
 import uvloop
 from aiohttp.test_utils import TestServer
 
-from gateway.config.model import Config, RouteConfig, TenantConfig
+from gateway.config.model import RouteConfig, TenantConfig
 from gateway.errors import StoreUnavailable
 from gateway.fast_path import LENIENT_HEADS
-from gateway.pipeline import Identity
+from gateway.pipeline import Identify, Identity
 from gateway.request_view import RequestView
 from gateway.server import GatewayServer
 from tests.integration.conftest import make_config, user_from_cookie
@@ -84,25 +85,37 @@ class Pair:
     fast: str
 
 
+@contextlib.asynccontextmanager
+async def started_pair(
+    tmp_path: Path, upstream: TestServer, identify: Identify | None = None, **config: Any
+) -> AsyncIterator[Pair]:
+    """Two gateways on one config (`make_config`'s options) but for the fast path, with
+    `identify` as their session layer when given."""
+    servers: list[GatewayServer] = []
+    url = str(upstream.make_url(""))
+    addresses = []
+    try:
+        for name, fast_path in (("full", False), ("fast", True)):
+            (tmp_path / name).mkdir()
+            server = GatewayServer(
+                make_config(tmp_path / name, url, policy=POLICY, fast_path=fast_path, **config)
+            )
+            if identify is not None:
+                server.hooks.identify = identify
+            await server.start()
+            servers.append(server)
+            host, port = server.addresses[0]
+            addresses.append(f"{host}:{port}")
+        yield Pair(*addresses)
+    finally:
+        for server in servers:
+            await server.stop()
+
+
 @pytest.fixture
 async def pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pair]:
-    servers: list[GatewayServer] = []
-
-    async def start(config: Config) -> str:
-        server = GatewayServer(config)
-        await server.start()
-        servers.append(server)
-        host, port = server.addresses[0]
-        return f"{host}:{port}"
-
-    url = str(upstream.make_url(""))
-    (tmp_path / "full").mkdir()
-    (tmp_path / "fast").mkdir()
-    full = await start(make_config(tmp_path / "full", url, policy=POLICY, fast_path=False))
-    fast = await start(make_config(tmp_path / "fast", url, policy=POLICY, fast_path=True))
-    yield Pair(full, fast)
-    for server in servers:
-        await server.stop()
+    async with started_pair(tmp_path, upstream) as started:
+        yield started
 
 
 @dataclass
@@ -589,17 +602,25 @@ CASES: list[tuple[str, list[bytes], bool]] = [
 ]
 
 
+async def answered_alike(
+    pair: Pair, sent: list[bytes]
+) -> tuple[dict[str, float], Heard, dict[str, float]]:
+    """`sent` to both gateways, whose answers (and whether they closed) must be equal:
+    the fast one's counts before, what the full one answered, the counts after."""
+    before = await fast_path_counts(pair)
+    full, fast = await both(pair, sent)
+    assert fast.answers == full.answers
+    assert fast.closed == full.closed
+    return before, full, await fast_path_counts(pair)
+
+
 @pytest.mark.parametrize(
     ("sent", "served_fast"), [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES]
 )
 async def test_every_case_is_answered_alike_on_both_paths(
     pair: Pair, sent: list[bytes], served_fast: bool
 ) -> None:
-    before = await fast_path_counts(pair)
-    full, fast = await both(pair, sent)
-    assert fast.answers == full.answers
-    assert fast.closed == full.closed
-    after = await fast_path_counts(pair)
+    before, full, after = await answered_alike(pair, sent)
     # The metrics request itself is handed over: it is on a reserved path.
     served = after["served"] - before["served"]
     assert (served > 0) == served_fast
@@ -627,27 +648,11 @@ async def user_or_a_bad_name(
 async def trusted_pair(tmp_path: Path, upstream: TestServer) -> AsyncIterator[Pair]:
     """As `pair`, behind a trusted proxy (forward-auth), with a session layer that
     signs in by a cookie."""
-    servers: list[GatewayServer] = []
-    url = str(upstream.make_url(""))
-    addresses = []
-    for name, fast_path in (("full", False), ("fast", True)):
-        (tmp_path / name).mkdir()
-        config = make_config(
-            tmp_path / name,
-            url,
-            policy=POLICY,
-            trusted_proxies=("127.0.0.0/8",),
-            fast_path=fast_path,
-        )
-        server = GatewayServer(config)
-        server.hooks.identify = user_or_a_bad_name
-        await server.start()
-        servers.append(server)
-        host, port = server.addresses[0]
-        addresses.append(f"{host}:{port}")
-    yield Pair(*addresses)
-    for server in servers:
-        await server.stop()
+    trusted = ("127.0.0.0/8",)
+    async with started_pair(
+        tmp_path, upstream, user_or_a_bad_name, trusted_proxies=trusted
+    ) as started:
+        yield started
 
 
 VERIFY = b"GET /.authgate/verify HTTP/1.1\r\nHost: authgate.internal\r\n"
@@ -716,11 +721,7 @@ FORWARD_AUTH_CASES: list[tuple[str, list[bytes]]] = [
 async def test_forward_auth_is_answered_by_the_fast_path_as_by_aiohttp(
     trusted_pair: Pair, sent: list[bytes]
 ) -> None:
-    before = await fast_path_counts(trusted_pair)
-    full, fast = await both(trusted_pair, sent)
-    assert fast.answers == full.answers
-    assert fast.closed == full.closed
-    after = await fast_path_counts(trusted_pair)
+    before, _, after = await answered_alike(trusted_pair, sent)
     requests = sum(piece.count(b" HTTP/") for piece in sent)
     assert after["served"] - before["served"] == requests
     assert after["handed_over"] - before["handed_over"] == 1  # the metrics request

@@ -1,6 +1,6 @@
 """The fast path's one-pass rewrite of an upstream's answer head (`relayed_head`)
-writes, refuses and frames exactly what the text way does (`answer_head`, then
-`response_head`), which the full server's path keeps using."""
+writes, refuses and frames exactly what the text way does (`answer_head`, which the
+full server's path uses, then `response_head`, which writes our own pages)."""
 
 from __future__ import annotations
 
