@@ -184,12 +184,19 @@ def _from_text(
     )
 
 
+def page_head(
+    status: int, reason: str | None, headers: CIMultiDict[str], length: int | None
+) -> RelayedHead:
+    """One of our own pages' heads, encoded and checked, framed as a relayed answer is
+    (`RelayedHead.head`: the same Content-Type default, Date and Server), so that a
+    client cannot tell the two paths apart. `length`: a Content-Length, else a body in
+    chunks."""
+    return _from_text(status, reason, headers, length, status in BODILESS_STATUSES)
+
+
 def response_head(
     status: int, reason: str | None, headers: CIMultiDict[str], length: int | None
 ) -> bytes:
     """The status line and headers as aiohttp's server writes them for one of our own
-    pages, with the framing a relayed answer gets (`RelayedHead.head`: the same
-    Content-Type default, Date and Server), so that a client cannot tell the two paths
-    apart. `length`: a Content-Length, else a body in chunks."""
-    no_body = status in BODILESS_STATUSES
-    return _from_text(status, reason, headers, length, no_body).head(length)
+    pages (`page_head`), with today's Date."""
+    return page_head(status, reason, headers, length).head(length)

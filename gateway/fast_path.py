@@ -43,7 +43,7 @@ from aiohttp.http_parser import SINGLETON_HEADERS, HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from gateway.answer_bytes import Sent, cut_by_error, relayed_head, response_head
+from gateway.answer_bytes import RelayedHead, Sent, cut_by_error, page_head, relayed_head
 from gateway.canonical import peer_is_trusted
 from gateway.config.model import ListenAddress, TenantConfig
 from gateway.pipeline import Allowed, HeadersOnly, Pipeline, next_request_id
@@ -58,10 +58,14 @@ from gateway.request_log import RequestRecord, current, note_streamed
 from gateway.reuse import (
     MAX_PLANNED,
     PLAN_SECONDS,
+    Decided,
+    GivenAgain,
+    KeptAnswer,
     Plan,
     PlanKey,
     Plans,
     ReusedExchange,
+    ServedAgain,
     split_head,
 )
 from gateway.upstream_client import UpstreamResponse, UpstreamUnreachable, encode_head
@@ -157,10 +161,10 @@ class FastConnection(asyncio.Protocol):
         self._max_field = server.max_field
         self._chunks: list[bytes] = []  # every byte since the last answered request
         self._buffered = 0
-        # The request being served: a task, or a reused decision's exchange.
-        self.serving: asyncio.Task[None] | ReusedExchange | None = None
+        # The request being served: a task, or one served on a decision made before.
+        self.serving: asyncio.Task[None] | ServedAgain | None = None
         self._answer_pending = False  # answered, but the client has not taken it yet
-        self._plans: dict[PlanKey, Plan] | None = None  # the worker's, when it reuses
+        self._plans: dict[PlanKey, Decided] | None = None  # the worker's, when it reuses
         self.idle_since = server.loop.time()
         self._paused = False  # the transport's write buffer is over its high mark
         self._write_ready: asyncio.Future[None] | None = None  # made by drain() alone
@@ -323,7 +327,7 @@ class FastConnection(asyncio.Protocol):
     def answered(self) -> None:
         """The request is answered: read the next one, or close when told to."""
         serving, self.serving = self.serving, None
-        if isinstance(serving, ReusedExchange):
+        if isinstance(serving, ServedAgain):
             # Recorded now, and a stop waits no longer. Nothing to reset: its bytes
             # were never kept nor parsed (data_received).
             serving.taken()
@@ -505,7 +509,7 @@ class FastServer:
                 if serving is None:
                     if conn.idle_since <= horizon and conn.transport is not None:
                         conn.transport.close()
-                elif isinstance(serving, ReusedExchange):
+                elif isinstance(serving, ServedAgain):
                     serving.check_time()  # its read timeout (it has no timer of its own)
             except Exception:
                 log.exception("unhandled error sweeping a fast-path connection")
@@ -563,23 +567,25 @@ class FastServer:
         sent: Sent | None = None
         handing_over = False
         try:
-            answered: tuple[bytes, Sent] | None = None
+            answered: tuple[RelayedHead, bytes] | None = None
+            reusable: Callable[[], bool] | None = None
             try:
                 outcome = await pipeline.resolve(
                     request, peer, peer_trusted, request_id, final=False
                 )
                 if isinstance(outcome, HeadersOnly):  # (a forward-auth check)
+                    page, reusable = await outcome.check(request)
                     # Encoded here: a page that cannot be written is the pipeline's 500.
-                    answered = self.page_bytes(await outcome.answer(request))
+                    answered = self.page_parts(page)
             except Exception as exc:
                 # A bad request, a store that cannot answer, a bug: the pipeline's own
                 # answer, given here (handed over, the store would be asked twice).
                 sent = await self._write_page(conn, pipeline.failure(request, exc, request_id))
             else:
+                given = peer_trusted and request.headers.get("X-Request-Id") == request_id
                 if isinstance(outcome, Allowed):
                     head = self._head(request, outcome)
                     if outcome.reusable is not None and self.reusing:
-                        given = peer_trusted and request.headers.get("X-Request-Id") == request_id
                         try:
                             self._plan(
                                 conn, request, raw, outcome, head, request_id, given, generation
@@ -594,7 +600,14 @@ class FastServer:
                         self._forward(conn, head, outcome),
                     )
                 elif answered is not None:
-                    sent = await self._write(conn, *answered)
+                    if reusable is not None and self.reusing:
+                        try:
+                            self._keep(conn, raw, answered, reusable, request_id, given, generation)
+                        except Exception:  # (as a plan: never the answer's end)
+                            log.exception("could not keep an answer for reuse")
+                    relayed, body = answered
+                    data = relayed.head(len(body)) + body
+                    sent = await self._write(conn, data, Sent(relayed.status, len(body)))
                 else:
                     handing_over = True
         except ConnectionResetError:
@@ -663,6 +676,38 @@ class FastServer:
         )
         self.plans.keep(key, plan, generation)
 
+    def _keep(
+        self,
+        conn: FastConnection,
+        raw: bytes,
+        answered: tuple[RelayedHead, bytes],
+        still_valid: Callable[[], bool],
+        request_id: str,
+        given: bool,
+        generation: int,
+    ) -> None:
+        """Keep a forward-auth check's answer for the same bytes from the same peer, as
+        a plan is kept (gateway/reuse.py). Never one that names its request id."""
+        record = current()
+        relayed, body = answered
+        if record is None or len(raw) > MAX_PLANNED:
+            return
+        marker = request_id.encode()
+        if marker in relayed.lines or marker in body:
+            return
+        key = (conn.remote, conn.secure, raw)
+        if not self.plans.seen_before(key, generation):  # kept only for bytes that come again
+            return
+        kept = KeptAnswer(
+            relayed,
+            body,
+            request_id if given else None,
+            record,
+            self.loop.time() + PLAN_SECONDS,
+            still_valid,
+        )
+        self.plans.keep(key, kept, generation)
+
     async def _answer(
         self,
         conn: FastConnection,
@@ -697,13 +742,20 @@ class FastServer:
 
     # -- reused decisions (gateway/reuse.py) --------------------------------------
 
-    def reuse(self, conn: FastConnection, plan: Plan) -> None:
-        """Forward the request a plan was made for, on its decision."""
+    def reuse(self, conn: FastConnection, decided: Decided) -> None:
+        """Serve the request a decision was made for, on that decision: forward it
+        (a plan), or give the answer kept for it (a forward-auth check)."""
         if self.stopping:  # not begun, so not answered: the client may retry
             conn.abort()
             return
-        request_id = plan.given_id or next_request_id()
-        record = plan.record(request_id, time.perf_counter())
+        request_id = decided.given_id or next_request_id()
+        record = decided.record(request_id, time.perf_counter())
+        if isinstance(decided, KeptAnswer):
+            given = GivenAgain(self, conn, record)
+            conn.serving = given
+            given.give(decided)
+            return
+        plan = cast(Plan, decided)
         head = b"".join((plan.head_before, request_id.encode(), plan.head_after))
         upstream = plan.upstreams.begin(plan.target.address, head)
         if upstream is None:  # no idle connection: one is made, in a task
@@ -772,11 +824,12 @@ class FastServer:
             await conn.drain()
             return Sent(answer.status, answer.length)
 
-    def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
-        """One of the pipeline's own pages (an error, a forward-auth answer), encoded as
-        aiohttp would. ValueError for what this does not write as aiohttp would (cookies,
-        a body that is not bytes, chunks, compression), or a header that cannot be
-        written safely (UpstreamError, a ValueError): never a page that differs."""
+    def page_parts(self, page: web.Response) -> tuple[RelayedHead, bytes]:
+        """One of the pipeline's own pages (an error, a forward-auth answer): its head,
+        checked, and its body, to be written as aiohttp would. ValueError for what this
+        does not write as aiohttp would (cookies, a body that is not bytes, chunks,
+        compression), or a header that cannot be written safely (UpstreamError, a
+        ValueError): never a page that differs."""
         body = page.body
         if page.cookies or page.chunked or page.compression:
             raise ValueError("a page with cookies, chunks or compression")
@@ -786,8 +839,12 @@ class FastServer:
             raise ValueError("a page whose body is not bytes")
         headers = CIMultiDict(page.headers)
         headers.popall("Content-Length", None)
-        data = response_head(page.status, page.reason, headers, len(body)) + body
-        return data, Sent(page.status, len(body))
+        return page_head(page.status, page.reason, headers, len(body)), body
+
+    def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
+        """A page's bytes as aiohttp would write them now (`page_parts`)."""
+        head, body = self.page_parts(page)
+        return head.head(len(body)) + body, Sent(page.status, len(body))
 
     async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
         return await self._write(conn, *self.page_bytes(page))

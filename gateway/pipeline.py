@@ -138,18 +138,27 @@ class Allowed(NamedTuple):
 Answer = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 
+class Checked(NamedTuple):
+    """A forward-auth check's answer, and what it rests on: while `reusable` says yes,
+    the same request bytes from the same peer would be answered the same (None: not to
+    be reused)."""
+
+    page: web.Response
+    reusable: Callable[[], bool] | None = None
+
+
 class HeadersOnly:
     """An answer that reads nothing of a request but what deciding reads (its line, its
     headers, its peer): a forward-auth check. The fast path gives it itself, instead of
     handing the request to aiohttp's server to be read and resolved a second time."""
 
-    __slots__ = ("answer",)
+    __slots__ = ("check",)
 
-    def __init__(self, answer: Callable[[RequestView], Awaitable[web.Response]]) -> None:
-        self.answer = answer
+    def __init__(self, check: Callable[[RequestView], Awaitable[Checked]]) -> None:
+        self.check = check
 
-    def __call__(self, request: BaseRequest) -> Awaitable[web.Response]:
-        return self.answer(request)
+    async def __call__(self, request: BaseRequest) -> web.Response:
+        return (await self.check(request)).page
 
 
 # Acts on LOGIN / SECOND_FACTOR / REAUTH / DENY; the identity layer installs the
@@ -521,19 +530,23 @@ class Pipeline:
 
     async def _forward_auth(
         self, request: RequestView, *, peer_trusted: bool, ip: IPAddress | None, request_id: str
-    ) -> web.Response:
+    ) -> Checked:
         if not peer_trusted:
-            return self.error(
-                request,
-                403,
-                None,
-                "forward-auth callers must be listed in server.trusted_proxies",
-                request_id,
+            return Checked(
+                self.error(
+                    request,
+                    403,
+                    None,
+                    "forward-auth callers must be listed in server.trusted_proxies",
+                    request_id,
+                )
             )
         original = original_request(request, self._path_parameters)
         tenant = self.tenants.tenant_for_host(original.host)
         if tenant is None:
-            return self.error(request, 403, None, "this host is not served here", request_id)
+            return Checked(
+                self.error(request, 403, None, "this host is not served here", request_id)
+            )
         route = self.tenants.route_for(tenant, original.host, original.path)
         identity, decision = await self._decide(
             request, tenant, route, original.host, original.path, original.method, ip
@@ -547,18 +560,21 @@ class Pipeline:
                 for name, value in (identity.upstream_headers or {}).items()
                 if name.lower() != "cookie"
             )
-            return web.Response(status=200, headers=headers)
+            return Checked(web.Response(status=200, headers=headers), identity.still_valid)
         if decision.action is Action.DENY:
-            return self.error(request, 403, tenant, "access denied by policy", request_id)
+            return Checked(self.error(request, 403, tenant, "access denied by policy", request_id))
         if original.redirect_capable and not wants_json(request):
-            return login_redirect(original, self.reserved.prefix)
-        return self.error(
-            request,
-            401,
-            tenant,
-            "authentication required",
-            request_id,
-            headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
+            # Made of the request's bytes alone: as reusable as a pass for that identity.
+            return Checked(login_redirect(original, self.reserved.prefix), identity.still_valid)
+        return Checked(
+            self.error(
+                request,
+                401,
+                tenant,
+                "authentication required",
+                request_id,
+                headers={"WWW-Authenticate": 'Bearer realm="authgate"'},
+            )
         )
 
     def _proto(self, request: RequestView, peer_trusted: bool) -> str:

@@ -73,41 +73,21 @@ MAX_REMEMBERED_ANSWER = ONE_READ_KEPT
 PlanKey = tuple[str | None, bool, bytes]
 
 
-class Plan:
-    """A decision made for some request bytes, ready to be forwarded again."""
+class Decided:
+    """A decision made for some request bytes, and what the access log and metrics read
+    of it: the same bytes from the same peer are served on it while `still_valid` says
+    yes, until `until`."""
 
-    __slots__ = (
-        "decision",
-        "given_id",
-        "head_after",
-        "head_before",
-        "host",
-        "path",
-        "request",
-        "route",
-        "still_valid",
-        "target",
-        "tenant",
-        "until",
-        "upstreams",
-    )
+    __slots__ = ("decision", "given_id", "host", "path", "route", "still_valid", "tenant", "until")
 
     def __init__(
         self,
-        request: FastRequest,
-        head: tuple[bytes, bytes],
         given_id: str | None,
-        target: UpstreamTarget,
         record: RequestRecord,
         until: float,
         still_valid: Callable[[], bool],
     ) -> None:
-        self.request = request  # what error pages are negotiated on (same bytes)
-        self.head_before, self.head_after = head  # the upstream head, around the id
         self.given_id = given_id  # a trusted proxy's X-Request-Id, else None
-        self.target = target
-        # The worker's upstream client, looked up once (its pool keeps the one it made).
-        self.upstreams = target.pool.client
         self.host = record.host
         self.path = record.path
         self.tenant: TenantConfig | None = record.tenant
@@ -121,6 +101,66 @@ class Plan:
         return RequestRecord(
             request_id, "GET", started, self.host, self.path, self.tenant, self.route, self.decision
         )
+
+    def size(self) -> int:
+        """Bytes it holds, roughly (twice over: what it keeps, and what that was made of)."""
+        raise NotImplementedError
+
+
+class Plan(Decided):
+    """An allowed request's decision, ready to be forwarded again."""
+
+    __slots__ = ("head_after", "head_before", "request", "target", "upstreams")
+
+    def __init__(
+        self,
+        request: FastRequest,
+        head: tuple[bytes, bytes],
+        given_id: str | None,
+        target: UpstreamTarget,
+        record: RequestRecord,
+        until: float,
+        still_valid: Callable[[], bool],
+    ) -> None:
+        super().__init__(given_id, record, until, still_valid)
+        self.request = request  # what error pages are negotiated on (same bytes)
+        self.head_before, self.head_after = head  # the upstream head, around the id
+        self.target = target
+        # The worker's upstream client, looked up once (its pool keeps the one it made).
+        self.upstreams = target.pool.client
+
+    def size(self) -> int:
+        # The head, and the parsed request the plan keeps for error pages.
+        return 2 * (len(self.head_before) + len(self.head_after))
+
+
+class KeptAnswer(Decided):
+    """A forward-auth check's answer (a pass, or the way to sign in), given again as it
+    was but for its Date. Never one that names its request id (the pipeline's error
+    pages do): the caller checks."""
+
+    __slots__ = ("body", "head", "sent")
+
+    def __init__(
+        self,
+        head: RelayedHead,
+        body: bytes,
+        given_id: str | None,
+        record: RequestRecord,
+        until: float,
+        still_valid: Callable[[], bool],
+    ) -> None:
+        super().__init__(given_id, record, until, still_valid)
+        self.head = head
+        self.body = body
+        self.sent = Sent(head.status, len(body))
+
+    def answer(self) -> bytes:
+        """Its bytes now: the Date is the current second's, as any answer's."""
+        return self.head.head(len(self.body)) + self.body
+
+    def size(self) -> int:
+        return 2 * (len(self.head.lines) + len(self.body))
 
 
 def split_head(head: bytes, request_id: str) -> tuple[bytes, bytes] | None:
@@ -137,7 +177,7 @@ class Plans:
     """One worker's plans, by (peer address, TLS, request bytes)."""
 
     def __init__(self) -> None:
-        self.by_key: dict[PlanKey, Plan] = {}
+        self.by_key: dict[PlanKey, Decided] = {}
         self.generation = 0  # moves on at every clear: a decision made across one is not kept
         self._bytes = 0  # held by the plans, roughly: keys and heads, twice over
         # The client's bytes for an upstream answer's bytes, with what the access log and
@@ -171,7 +211,7 @@ class Plans:
             self.answers.clear()
         self.answers[upstream] = (client, sent)
 
-    def keep(self, key: PlanKey, plan: Plan, generation: int) -> None:
+    def keep(self, key: PlanKey, plan: Decided, generation: int) -> None:
         if generation != self.generation:
             return
         self.discard(key)  # (two connections deciding the same bytes at once)
@@ -201,30 +241,117 @@ class Plans:
         self._seen.clear()
 
 
-def _size(key: PlanKey, plan: Plan) -> int:
-    # The key, the head, and the parsed request the plan keeps for error pages.
-    return 2 * (len(key[2]) + len(plan.head_before) + len(plan.head_after))
+def _size(key: PlanKey, decided: Decided) -> int:
+    return 2 * len(key[2]) + decided.size()
 
 
-class ReusedExchange:
+class ServedAgain:
+    """A request served on a decision made before: the fast connection's `serving`
+    while it lasts. Written, it is recorded and counted once the client has taken it
+    (`taken`); `cancel` when the client goes away; `finished` for a stop."""
+
+    __slots__ = ("_ended", "_finished", "_sent", "_settled", "conn", "record", "server")
+
+    def __init__(self, server: FastServer, conn: FastConnection, record: RequestRecord) -> None:
+        self.server = server
+        self.conn = conn
+        self.record = record
+        self._finished: asyncio.Future[None] | None = None
+        self._ended = False  # written or cut short (or handed to a task, which records it)
+        self._sent: Sent | None = None  # written, not yet taken by the client
+        self._settled = False  # nothing left for a stop to wait for
+
+    def check_time(self) -> None:
+        """Called every second by the fast server's sweep (nothing to time by default)."""
+
+    def _write(self, data: bytes, sent: Sent) -> None:
+        conn = self.conn
+        try:
+            conn.write(data)
+        except ConnectionResetError:
+            conn.abort()
+            self._end(None)
+            return
+        self._end(sent)
+
+    def _end(self, sent: Sent | None) -> None:
+        """Cut short (None: the client went away, recorded as a 499; or `cut`: recorded
+        as it says), or written: recorded and counted once the client has taken it
+        (`taken`), and the connection read on."""
+        self._ended = True
+        conn = self.conn
+        if sent is None or sent.cut:
+            self.server.pipeline.observer.record(self.record, sent)
+            conn.serving = None
+            self.settle()
+            return
+        self._sent = sent
+        try:
+            conn.answered_once_taken()
+        except Exception:
+            # Reading on (the bytes sent meanwhile) failed: that is no longer this
+            # request's to record; the connection is cut.
+            log.exception("unhandled error reading on after a reused decision")
+            conn.serving = None
+            conn.abort()
+            self.settle()
+
+    def taken(self) -> None:
+        """The client has taken the answer (the fast connection reads on): recorded
+        and counted as the fast path records an answer it drained."""
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            server = self.server
+            server.pipeline.observer.record(self.record, sent)
+            server.served.count += 1
+            server.reused.count += 1
+        self.settle()
+
+    def settle(self) -> None:
+        """Nothing left to wait for: answered and taken, cut short, or its task done."""
+        self._settled = True
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def cancel(self) -> None:
+        """The client went away: so does its request (499), as on the fast path."""
+        if self._ended:
+            # Written but not taken (cut short: a 499, as on the fast path), or handed
+            # to a task (which is cancelled itself and settles this when done).
+            if self._sent is not None:
+                self._sent = None
+                self.server.pipeline.observer.record(self.record, None)
+                self.settle()
+            return
+        self._stop()
+        self._end(None)
+
+    def _stop(self) -> None:
+        """Stop what is still under way (the client went away before its answer)."""
+
+    def finished(self) -> asyncio.Future[None]:
+        """Done once answered and taken, cut short, or its task done (for a stop)."""
+        if self._finished is None:
+            self._finished = self.server.loop.create_future()
+            if self._settled:
+                self._finished.set_result(None)
+        return self._finished
+
+
+class GivenAgain(ServedAgain):
+    """A forward-auth check answered with the answer kept for its bytes: written at once."""
+
+    __slots__ = ()
+
+    def give(self, kept: KeptAnswer) -> None:
+        self._write(kept.answer(), kept.sent)
+
+
+class ReusedExchange(ServedAgain):
     """One request forwarded on a plan over an idle upstream connection, driven by the
-    connection's listener and a read timer. The fast connection's `serving` while it
-    lasts (`cancel` when the client goes away)."""
+    connection's listener and a read timer."""
 
-    __slots__ = (
-        "_answer",
-        "_ended",
-        "_finished",
-        "_sent",
-        "_settled",
-        "conn",
-        "head",
-        "plan",
-        "record",
-        "sent_at",
-        "server",
-        "upstream",
-    )
+    __slots__ = ("_answer", "head", "plan", "sent_at", "upstream")
 
     def __init__(
         self,
@@ -235,18 +362,12 @@ class ReusedExchange:
         head: bytes,
         upstream: _Connection,
     ) -> None:
-        self.server = server
+        super().__init__(server, conn, record)
         self.head = head
-        self.conn = conn
         self.plan = plan
-        self.record = record
         self.upstream: _Connection | None = upstream
         self.sent_at = time.perf_counter()
         self._answer: tuple[UpstreamResponse, RelayedHead] | None = None
-        self._finished: asyncio.Future[None] | None = None
-        self._ended = False  # written or cut short (or handed to a task, which records it)
-        self._sent: Sent | None = None  # written, not yet taken by the client
-        self._settled = False  # nothing left for a stop to wait for
         upstream.listener = self.step
         upstream.known_answers = server.plans.answers
         # No timer of its own (one per request cost ~5 % of a reused request's CPU):
@@ -389,74 +510,7 @@ class ReusedExchange:
         data, sent = self.server.page_bytes(page)
         self._write(data, sent)
 
-    def _write(self, data: bytes, sent: Sent) -> None:
-        conn = self.conn
-        try:
-            conn.write(data)
-        except ConnectionResetError:
-            conn.abort()
-            self._end(None)
-            return
-        self._end(sent)
-
-    def _end(self, sent: Sent | None) -> None:
-        """Cut short (None: the client went away, recorded as a 499; or `cut`: recorded
-        as it says), or written: recorded and counted once the client has taken it
-        (`taken`), and the connection read on."""
-        self._ended = True
-        conn = self.conn
-        if sent is None or sent.cut:
-            self.server.pipeline.observer.record(self.record, sent)
-            conn.serving = None
-            self.settle()
-            return
-        self._sent = sent
-        try:
-            conn.answered_once_taken()
-        except Exception:
-            # Reading on (the bytes sent meanwhile) failed: that is no longer this
-            # request's to record; the connection is cut.
-            log.exception("unhandled error reading on after a reused decision")
-            conn.serving = None
-            conn.abort()
-            self.settle()
-
-    def taken(self) -> None:
-        """The client has taken the answer (the fast connection reads on): recorded
-        and counted as the fast path records an answer it drained."""
-        sent, self._sent = self._sent, None
-        if sent is not None:
-            server = self.server
-            server.pipeline.observer.record(self.record, sent)
-            server.served.count += 1
-            server.reused.count += 1
-        self.settle()
-
-    def settle(self) -> None:
-        """Nothing left to wait for: answered and taken, cut short, or its task done."""
-        self._settled = True
-        if self._finished is not None and not self._finished.done():
-            self._finished.set_result(None)
-
     # -- the fast connection's `serving` ------------------------------------------
 
-    def cancel(self) -> None:
-        """The client went away: so does its request (499), as on the fast path."""
-        if self._ended:
-            # Written but not taken (cut short: a 499, as on the fast path), or handed
-            # to a task (which is cancelled itself and settles this when done).
-            if self._sent is not None:
-                self._sent = None
-                self.server.pipeline.observer.record(self.record, None)
-                self.settle()
-            return
+    def _stop(self) -> None:
         self._detach(close=True)
-        self._end(None)
-
-    def finished(self) -> asyncio.Future[None]:
-        """Done once answered and taken, cut short, or its task done (for a stop)."""
-        if self._finished is None:
-            self._finished = self.server.loop.create_future()
-            if self._settled:
-                self._finished.set_result(None)
-        return self._finished

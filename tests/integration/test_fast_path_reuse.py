@@ -19,6 +19,7 @@ import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,12 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
     running: list[GatewayServer] = []
 
-    async def start(upstream_url: str, cache_ttl: float = 2.0, **route: Any) -> Gateway:
+    async def start(
+        upstream_url: str,
+        cache_ttl: float = 2.0,
+        trusted_proxies: tuple[str, ...] = (),
+        **route: Any,
+    ) -> Gateway:
         folder = tmp_path / f"gateway{len(running)}"
         folder.mkdir()
         config = build_config(
@@ -167,7 +173,11 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
         routes = tuple(dataclasses.replace(r, **route) for r in tenant.routes)
         config = dataclasses.replace(
             config,
-            server=dataclasses.replace(config.server, fast_path=True),
+            server=dataclasses.replace(
+                config.server,
+                fast_path=True,
+                trusted_proxies=tuple(ip_network(net) for net in trusted_proxies),
+            ),
             tenants=(dataclasses.replace(tenant, routes=routes),),
         )
         user = await add_user(config, "alice")
