@@ -155,6 +155,9 @@ def checks(load: LoadResults) -> list[Check]:
         ratio_check(results, "floor", "nginx", "Python floor / nginx proxy", None),
         ratio_check(results, "session", "floor", "(b) / Python floor", None),
         ratio_check(results, "forward_auth", "nginx", "(d) forward-auth / nginx proxy", None),
+        ratio_check(
+            results, "forward_auth_varied", "nginx", "(d) no request repeated / nginx", None
+        ),
     ]
     if "session" in results and "minimal" in results and results["session"].cpu_us_per_request:
         value = results["minimal"].cpu_us_per_request / results["session"].cpu_us_per_request

@@ -16,6 +16,7 @@ Scenarios (all against the same nginx upstream answering `200 ok`):
   session_aiohttp  (b) with server.fast_path: false (every request on aiohttp's server)
   session_fast, redis_fast  (b) and (c) tuned: server.cpu_affinity: auto
   forward_auth  (d) wrk → nginx auth_request → authgate /.authgate/verify; → upstream
+  forward_auth_varied (d), every request with a query of its own (no answer given again)
 """
 
 from __future__ import annotations
@@ -321,14 +322,10 @@ def _starters(
     ]
 
 
-def varied_requests(session: Scenario) -> Scenario:
-    """(b)'s gateway, every request a new one: what deciding costs when nothing repeats."""
-    return replace(
-        session,
-        key="session_varied",
-        label="authgate (b), no request repeated",
-        lua=VARIED_PATHS_LUA,
-    )
+def varied_requests(scenario: Scenario, key: str, label: str) -> Scenario:
+    """`scenario`'s server, every request a new one: what deciding costs when nothing
+    repeats (no decision reused, no forward-auth answer given again)."""
+    return replace(scenario, key=key, label=label, lua=VARIED_PATHS_LUA)
 
 
 def browser_requests(scenario: Scenario, key: str, label: str) -> Scenario:
@@ -369,9 +366,13 @@ def run_load(options: LoadOptions, log: Callable[[str], None]) -> LoadResults:
                 started.extend(scenario.processes)
                 scenarios.append(scenario)
                 if key == "session":
-                    scenarios.append(varied_requests(scenario))
+                    label = "authgate (b), no request repeated"
+                    scenarios.append(varied_requests(scenario, "session_varied", label))
                     label = "authgate (b), a browser's requests, none repeated"
                     scenarios.append(browser_requests(scenario, "session_browser", label))
+                elif key == "forward_auth":
+                    label = "authgate (d), no request repeated"
+                    scenarios.append(varied_requests(scenario, "forward_auth_varied", label))
                 elif key == "minimal":
                     label = "minimal proxy, a browser's requests"
                     scenarios.append(browser_requests(scenario, "minimal_browser", label))
