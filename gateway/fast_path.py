@@ -25,7 +25,8 @@ safely (502, 504, 500; the request is never sent twice).
 
 An allowed request's decision is kept for a moment: the same bytes from the same peer,
 arriving again, are forwarded on it without being parsed or decided
-(`gateway/reuse.py`).
+(`gateway/reuse.py`). So is a forward-auth check's pass or way to sign in: the same
+check again is given that answer, with the current Date.
 """
 
 from __future__ import annotations
@@ -229,12 +230,13 @@ class FastConnection(asyncio.Protocol):
             return
         if not self._chunks and self._plans is not None:
             # At the start of a request: bytes that were one whole plain request, from
-            # this peer, decided moments ago, are forwarded on that decision.
+            # this peer, decided moments ago, are served on that decision (forwarded,
+            # or a forward-auth check given its kept answer).
             key = (self.remote, self.secure, data)
-            plan = self._plans.get(key)
-            if plan is not None:
-                if self.server.loop.time() < plan.until and plan.still_valid():
-                    self.server.reuse(self, plan)
+            decided = self._plans.get(key)
+            if decided is not None:
+                if self.server.loop.time() < decided.until and decided.still_valid():
+                    self.server.reuse(self, decided)
                     return
                 self.server.plans.discard(key)
         self._chunks.append(data)

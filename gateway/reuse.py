@@ -31,6 +31,11 @@ access log and metrics say of the decision; the answer is read and written afres
 each time, as on the fast path (small answers from callbacks; anything streamed, an
 upstream that closed an idle connection, or no idle connection to send on, through the
 fast path's own coroutine).
+
+A forward-auth check's answer is kept the same way (`KeptAnswer`): its bytes, from the
+same proxy, under the same bounds, are given the same answer again with the current
+Date (`GivenAgain`). Only a pass and the way to sign in are kept, and never an answer
+that names its request id: both are made of the check's bytes and its identity alone.
 """
 
 from __future__ import annotations
@@ -320,6 +325,8 @@ class ServedAgain:
             # to a task (which is cancelled itself and settles this when done).
             if self._sent is not None:
                 self._sent = None
+                if self.conn.serving is self:
+                    self.conn.serving = None
                 self.server.pipeline.observer.record(self.record, None)
                 self.settle()
             return

@@ -68,3 +68,25 @@ async def test_a_reload_forgets_what_was_seen(start_gateway: StartGateway, upstr
     assert not plans.by_key, "seen before the reload only: decided afresh, not kept"
     assert (await ask(gateway.address, raw)).status == 200
     assert len(plans.by_key) == 1
+
+
+async def test_a_forward_auth_answer_is_kept_when_its_check_comes_a_second_time(
+    start_gateway: StartGateway, upstream: Any
+) -> None:
+    gateway: Gateway = await start_gateway(
+        str(upstream.make_url("")), trusted_proxies=("127.0.0.0/8",)
+    )
+    plans = gateway.server._fast.plans  # type: ignore[union-attr]
+    raw = (
+        b"GET /.authgate/verify HTTP/1.1\r\nHost: authgate.internal\r\n"
+        b"X-Original-URL: https://app.test/members/a\r\n"
+        b"Cookie: authgate_session=" + (await gateway.session()).encode() + b"\r\n\r\n"
+    )
+    assert (await ask(gateway.address, raw)).status == 200
+    assert not plans.by_key, "decided once: not kept"
+    assert (await ask(gateway.address, raw)).status == 200
+    assert len(plans.by_key) == 1, "decided a second time: kept"
+    assert await gateway.reused() == 0
+    for _ in range(3):
+        assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() == 3

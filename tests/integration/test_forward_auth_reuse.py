@@ -18,9 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from benchmarks.revocation import logout
 from gateway import fast_path
+from gateway.fast_path import FastRequest
 from tests.integration.test_fast_path import split_answers
 from tests.integration.test_fast_path_reuse import (
     POLICY,
@@ -206,12 +208,83 @@ async def test_other_bytes_are_decided_afresh(gateway: Gateway) -> None:
     assert await gateway.reused() == before
 
 
-async def test_a_kept_answer_lives_a_second_at_most(
+async def test_a_kept_answer_lives_its_time_at_most(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fast_path, "PLAN_SECONDS", 0.0)
-    assert {a.status for a in await asked(gateway, nginx_check(b"/public/a"), 3)} == {200}
+    monkeypatch.setattr(fast_path, "PLAN_SECONDS", 0.3)
+    raw = nginx_check(b"/public/a")
+    assert {a.status for a in await asked(gateway, raw, 2)} == {200}
+    assert await gateway.reused() == 1, "premise: kept"
+    await asyncio.sleep(0.4)
+    assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() == 1, "past its time: decided afresh"
+    assert (await ask(gateway.address, raw)).status == 200
+    assert await gateway.reused() == 2, "and kept again"
+
+
+async def test_a_big_check_is_decided_every_time(gateway: Gateway) -> None:
+    raw = nginx_check(b"/public/a", None, b"X-Big-1: " + b"b" * 4500, b"X-Big-2: " + b"b" * 4500)
+    assert {a.status for a in await asked(gateway, raw, 3)} == {200}
     assert await gateway.reused() == 0
+
+
+async def test_an_unknown_session_is_sent_to_sign_in_afresh_every_time(gateway: Gateway) -> None:
+    """A cookie that names no session rests on no lease: its way to sign in is never kept
+    (the session may exist a moment later, in another worker's store read)."""
+    raw = traefik_check(b"/members/a", b"Cookie: authgate_session=" + b"x" * 43)
+    assert {a.status for a in await asked(gateway, raw, 3)} == {302}
+    assert await gateway.reused() == 0
+
+
+async def test_without_a_session_cache_a_pass_is_never_kept(
+    start_gateway: StartGateway, upstream: Any
+) -> None:
+    gateway = await start_gateway(
+        str(upstream.make_url("")), cache_ttl=0.0, trusted_proxies=("127.0.0.0/8",)
+    )
+    raw = nginx_check(b"/members/a", await gateway.session())
+    assert {a.status for a in await asked(gateway, raw, 3)} == {200}
+    assert await gateway.reused() == 0
+    nobody = traefik_check(b"/members/a")  # no credential: nothing to rest on, kept
+    assert {a.status for a in await asked(gateway, nobody, 3)} == {302}
+    assert await gateway.reused() == 2
+
+
+def fast_request(raw: bytes, remote: str = "127.0.0.1") -> FastRequest:
+    """`raw` as the fast path hands it to the pipeline."""
+    head = raw.decode().split("\r\n")
+    fields = [tuple(line.split(": ", 1)) for line in head[1:] if line]
+    target = head[0].split(" ")[1]
+    return FastRequest("GET", target, CIMultiDictProxy(CIMultiDict(fields)), remote, False)
+
+
+async def test_a_refusal_rests_on_nothing(gateway: Gateway) -> None:
+    """What `_keep` is offered: a refusal is never offered for keeping, whether or not
+    its page names its request id (which alone would keep it out)."""
+    pipeline = gateway.server._fast.pipeline  # type: ignore[union-attr]
+    cookie = await gateway.session()
+    refused = {
+        "not signed in, nginx (401)": (nginx_check(b"/members/a"), True),
+        "an API client (401)": (
+            traefik_check(b"/members/a").replace(b"text/html", b"application/json"),
+            True,
+        ),
+        "denied by policy (403)": (nginx_check(b"/staff/a", cookie), True),
+        "an unknown host (403)": (CHECK + b"X-Original-URL: https://else.test/\r\n\r\n", True),
+        "not a trusted proxy (403)": (nginx_check(b"/members/a", cookie), False),
+    }
+    for name, (raw, trusted) in refused.items():
+        page, reusable = await pipeline._forward_auth(
+            fast_request(raw), peer_trusted=trusted, ip=None, request_id="r"
+        )
+        assert page.status in (401, 403), name
+        assert reusable is None, name
+    for raw in (nginx_check(b"/members/a", cookie), traefik_check(b"/members/a")):
+        page, reusable = await pipeline._forward_auth(
+            fast_request(raw), peer_trusted=True, ip=None, request_id="r"
+        )
+        assert page.status in (200, 302)
+        assert reusable is not None and reusable()
 
 
 async def test_a_check_given_again_is_logged_and_counted_as_one_decided(
