@@ -26,6 +26,7 @@ from types import FrameType
 
 from gateway.config.model import Config
 from gateway.cpu_affinity import describe, pin
+from gateway.cpu_quota import quota_cpus, workers_for
 from gateway.logs import flush_logging
 from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
 from gateway.policy_sets import compile_tenant_policies, policy_files
@@ -266,4 +267,10 @@ class Supervisor:
 
 
 def default_worker_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """One worker per CPU the process may run on, within its cgroups' CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = quota_cpus()
+    workers = workers_for(cpus or 1, quota)
+    if quota is not None and workers < (cpus or 1):
+        log.info("%d workers: the cgroup's CPU quota allows %.2f of %d CPUs", workers, quota, cpus)
+    return workers

@@ -649,3 +649,68 @@ def test_a_sighup_sent_while_a_worker_starts_is_obeyed_once_it_has_started(
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=15)
+
+
+@pytest.fixture
+def one_cpu_cgroup(tmp_path: Path) -> Iterator[Path]:
+    """A real cgroup allowed one CPU's time a second (v2 `cpu.max`, or v1's CFS quota),
+    removed afterwards. Skipped where this process may not make one (not root, no cpu
+    controller): the file-level cases are in tests/unit/gateway/test_cpu_quota.py."""
+    unified = Path("/sys/fs/cgroup")
+    name = f"authgate-test-{os.getpid()}"
+    if (unified / "cgroup.controllers").exists():
+        group, limit = unified / name, ("cpu.max", "100000 100000")
+    else:
+        group, limit = unified / "cpu" / name, ("cpu.cfs_quota_us", "100000")
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup here: {exc}")
+    try:
+        try:
+            (group / limit[0]).write_text(limit[1])
+        except OSError as exc:
+            pytest.skip(f"cannot limit a cgroup's CPU here: {exc}")
+        yield group
+    finally:
+        deadline = time.monotonic() + 10
+        while True:  # empty once the processes in it are reaped
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def test_workers_auto_keep_within_the_cgroups_cpu_quota(
+    tmp_path: Path, plain_upstream: int, one_cpu_cgroup: Path
+) -> None:
+    """In a container limited to one CPU's time on a bigger machine, `workers: auto`
+    starts one worker, not one per CPU the kernel lets it run on."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: the quota would not change the count")
+    port = free_port()
+    config = write_config(tmp_path, port, plain_upstream)
+
+    def join_the_cgroup() -> None:
+        (one_cpu_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        preexec_fn=join_the_cgroup,
+    )
+    try:
+        wait_until_up(port, process)
+        wait_until_workers_listen(port, process.pid, 1)
+        assert get(port, "/open/x") == (200, "upstream saw /open/x")
+        assert len(worker_pids(process.pid)) == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert "with 1 worker(s)" in drain_output(process)
+    finally:
+        stop_serving(process)
