@@ -17,7 +17,7 @@ seen by py-spy as time with no Python frame above `Runner.run`). The cyclic GC h
 no frame of its own: its time lands on whatever line allocated.
 
     python -m benchmarks.hot_path [--seconds 15] [--redis] [--no-fast-path] [--varied]
-                                  [--browser] [--perf] [--rate 12000]
+                                  [--browser] [--perf] [--rate 12000] [--forward-auth]
 
 `--rate` loads the worker at a fixed rate (open loop, the suite's pacing: a pool of
 connections each idle about PACE_MS between requests) instead of as fast as it goes.
@@ -28,6 +28,11 @@ batches.
 `--browser` sends the headers a browser sends with a page (Chrome's, 14 of them, and
 three more cookies beside the session's) instead of wrk's two: the per-header work of
 reading, checking and forwarding a request counts as it does on real traffic.
+
+`--forward-auth` asks the worker's `/.authgate/verify` about (b)'s route instead, as
+nginx `auth_request` does (`X-Original-URL`, from a trusted proxy), so wrk stands in for
+nginx: a check of (d) without nginx's share; with `--varied`, every check about a URL
+of its own (nothing kept: each decided).
 
 `--perf` samples with Linux perf (Debian's `linux-perf`, as root) instead of py-spy and
 reports CPU by binary: the interpreter, the kernel, uvloop, llhttp, multidict, libc.
@@ -73,6 +78,24 @@ from benchmarks.scenarios import (
 )
 from benchmarks.suite import PACE_MS, VARIED_PATHS_LUA, paced_script
 
+# `--forward-auth --varied`: each check about a URL of its own, with wrk's other headers
+# (the session cookie) kept.
+VARIED_CHECKS_LUA = f"""\
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+local sent = 0
+function request()
+  sent = sent + 1
+  local headers = {{}}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["X-Original-URL"] = "https://{BENCH_HOST}/?t=" .. thread_id .. "&n=" .. sent
+  return wrk.format(nil, nil, headers)
+end
+"""
+
 # (stage, substrings of a py-spy frame "function (file:line)"); the innermost frame
 # that matches any stage decides, so JWT signing inside `_add_identity` is "JWT".
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -86,6 +109,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fast path", ("(gateway/fast_path.py",)),
     ("reused exchange", ("(gateway/reuse.py",)),
     ("upstream client", ("(gateway/upstream_client.py",)),
+    ("forward-auth", ("(gateway/forward_auth.py", "_forward_auth (gateway/pipeline.py")),
     ("metrics", ("(gateway/metrics.py", "(gateway/request_log.py")),
     ("identify (rest)", ("__call__ (gateway/identify.py",)),
     ("pipeline (rest)", ("(gateway/pipeline.py",)),
@@ -208,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         help="req/s at a fixed rate (open loop) instead of closed loop; --connections is"
         " then the rate's pool",
     )
+    parser.add_argument(
+        "--forward-auth",
+        action="store_true",
+        help="forward-auth checks about (b)'s route, as nginx auth_request sends them",
+    )
     parser.add_argument("--output", type=Path, help="keep py-spy's raw profile here")
     parser.add_argument(
         "--perf",
@@ -230,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 else AuthgateSetup("session", SESSION_POLICY)
             )
             setup = replace(setup, fast_path=not args.no_fast_path)
+            if args.forward_auth:
+                setup = replace(setup, trusted_proxies=(f"{LOOPBACK}/32",))
             gate = start_authgate_scenario("b", "authgate (b)", 1, tmp, upstream.port, setup)
             started.extend(gate.processes)
             worker = gate.serving_pids()[0]
@@ -242,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(
                         ["taskset", "-pc", str(cpus[0]), str(pid)], check=True, capture_output=True
                     )
-            lua = VARIED_PATHS_LUA if args.varied else ""
+            lua = ""
+            if args.varied:
+                lua = VARIED_CHECKS_LUA if args.forward_auth else VARIED_PATHS_LUA
             if args.rate:
                 paced = paced_script(tmp, args.rate)
                 script = tmp / "paced.lua"
@@ -253,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                 script.write_text(lua + WRK_DONE_SCRIPT, encoding="utf-8")
             url = f"http://{LOOPBACK}:{gate.port}/"
             headers = browser_headers(gate.headers) if args.browser else gate.headers
+            if args.forward_auth:
+                url = f"http://{LOOPBACK}:{gate.port}/.authgate/verify"
+                headers = (*headers, f"X-Original-URL: https://{BENCH_HOST}/")
             settings = WrkSettings(1, args.connections, 2, BENCH_HOST, headers)
             run_wrk(url, settings, script)  # warm-up
             settings = WrkSettings(1, args.connections, args.seconds + 4, BENCH_HOST, headers)
