@@ -76,17 +76,13 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
-from benchmarks.suite import PACE_MS, VARIED_PATHS_LUA, paced_script
+from benchmarks.suite import NUMBERED_LUA, PACE_MS, VARIED_PATHS_LUA, paced_script
 
 # `--forward-auth --varied`: each check about a URL of its own, with wrk's other headers
 # (the session cookie) kept.
-VARIED_CHECKS_LUA = f"""\
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("thread_id", threads)
-end
-local sent = 0
+VARIED_CHECKS_LUA = (
+    NUMBERED_LUA
+    + f"""\
 function request()
   sent = sent + 1
   local headers = {{}}
@@ -95,6 +91,7 @@ function request()
   return wrk.format(nil, nil, headers)
 end
 """
+)
 
 # (stage, substrings of a py-spy frame "function (file:line)"); the innermost frame
 # that matches any stage decides, so JWT signing inside `_add_identity` is "JWT".

@@ -157,20 +157,26 @@ end
     return path
 
 
-# Every request unlike any before it (a query of its own): nothing is reused, each is
-# decided afresh. Lua states are per wrk thread, so each thread numbers its own.
-VARIED_PATHS_LUA = """\
+# wrk Lua before a `request` that makes every request unlike any before it: Lua states
+# are per wrk thread, so each thread numbers its own (`thread_id`, `sent`).
+NUMBERED_LUA = """\
 local threads = 0
 function setup(thread)
   threads = threads + 1
   thread:set("thread_id", threads)
 end
 local sent = 0
+"""
+# Every request with a query of its own: nothing is reused, each is decided afresh.
+VARIED_PATHS_LUA = (
+    NUMBERED_LUA
+    + """\
 function request()
   sent = sent + 1
   return wrk.format(nil, "/?t=" .. thread_id .. "&n=" .. sent)
 end
 """
+)
 
 
 def scenario_script(scenario: Scenario, script: Path) -> Path:
