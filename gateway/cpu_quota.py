@@ -41,7 +41,7 @@ def quota_cpus(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> flo
             limits += _along(root, path, _v2_limit)
         elif "cpu" in controllers.split(","):
             mount = root / controllers
-            if not mount.is_dir():
+            if not _is_dir(mount):
                 mount = root / "cpu"
             limits += _along(mount, path, _v1_limit)
     return min(limits, default=None)
@@ -58,10 +58,11 @@ def workers_for(cpus: int, quota: float | None) -> int:
 def _along(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
     """The limits in the cgroup at `path` under `mount` and each one above it."""
     limits = []
-    relative = PurePosixPath(path.strip() or "/").relative_to("/")
+    # (Anchored here: a path that does not start with "/" is read from the mount too.)
+    relative = PurePosixPath("/" + path.strip().lstrip("/")).relative_to("/")
     for step in (relative, *relative.parents):
         folder = mount / step
-        if ".." in step.parts or not folder.is_dir():
+        if ".." in step.parts or not _is_dir(folder):
             continue
         limit = read(folder)
         if limit is not None:
@@ -93,6 +94,13 @@ def _ratio(quota: str, period: str) -> float | None:
     if quota_us <= 0 or period_us <= 0:
         return None
     return quota_us / period_us
+
+
+def _is_dir(folder: Path) -> bool:
+    try:
+        return folder.is_dir()
+    except OSError:  # (is_dir itself lets a permission error through)
+        return False
 
 
 def _read(file: Path) -> str:

@@ -113,6 +113,30 @@ def test_what_cannot_be_read_counts_as_no_limit(tmp_path: Path) -> None:
     assert quota_cpus(proc, root) is None
 
 
+def test_a_path_without_its_leading_slash_is_read_from_the_mount(tmp_path: Path) -> None:
+    proc, root = tree(tmp_path, "0::job\n", {"job/cpu.max": "200000 100000"})
+    assert quota_cpus(proc, root) == 2.0
+    proc.write_text("1:cpu:job\n")
+    assert quota_cpus(proc, root) is None  # no v1 files here, and nothing raised
+
+
+def test_a_folder_that_cannot_be_looked_into_counts_as_no_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Path.is_dir` lets a permission error through (a folder of another user's; as
+    root, which these tests may run as, nothing is refused, so the refusal is made)."""
+    proc, root = tree(tmp_path, "0::/locked/job\n", {"locked/job/cpu.max": "50000 100000"})
+    looked_into = Path.is_dir
+
+    def refused_under_locked(folder: Path) -> bool:
+        if "locked" in folder.parts:
+            raise PermissionError(13, "Permission denied", str(folder))
+        return looked_into(folder)
+
+    monkeypatch.setattr(Path, "is_dir", refused_under_locked)
+    assert quota_cpus(proc, root) is None
+
+
 def test_a_path_that_climbs_out_of_the_mount_is_not_followed(tmp_path: Path) -> None:
     proc, root = tree(tmp_path, "0::/../outside\n", {"cpu.max": "max 100000"})
     (tmp_path / "outside").mkdir()
