@@ -10,7 +10,7 @@ forward-auth decides on exactly what the proxy in front will forward.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -24,9 +24,9 @@ _METHODS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class OriginalRequest:
-    """The request the proxy in front is asking about, canonicalised."""
+class OriginalRequest(NamedTuple):
+    """The request the proxy in front is asking about, canonicalised. (A tuple: made on
+    every check, at a third of a frozen dataclass's cost.)"""
 
     proto: str
     host_header: str  # as the client sent it (validated)
@@ -53,6 +53,7 @@ class OriginalRequest:
 # beside them would choose what is decided on while the proxy forwards something else.
 _ORIGINAL = ("X-Original-URL", "X-Original-Method")
 _FORWARDED = ("X-Forwarded-Uri", "X-Forwarded-Method", "X-Forwarded-Host", "X-Forwarded-Proto")
+_FAMILIES = (*_ORIGINAL, *_FORWARDED)
 # Anything urlsplit would quietly drop or cut (a fragment, tabs, controls): refused.
 _UNSAFE_URL = re.compile(r"[\x00-\x20\x7f#]")
 
@@ -61,11 +62,12 @@ def original_request(request: RequestView, path_parameters: str) -> OriginalRequ
     """Read X-Original-URL/-Method (nginx), else X-Forwarded-Proto/-Host/-Uri/-Method
     (Traefik, Caddy): one family, each header once, or 400."""
     headers = request.headers
-    for name in (*_ORIGINAL, *_FORWARDED):
-        if len(headers.getall(name, ())) > 1:
+    present = [name for name in _FAMILIES if name in headers]  # (most checks send one)
+    for name in present:
+        if len(headers.getall(name)) > 1:
             raise BadRequest(f"forward-auth: {name} more than once")
-    nginx_style = any(name in headers for name in _ORIGINAL)
-    if nginx_style and any(name in headers for name in ("X-Forwarded-Uri", "X-Forwarded-Method")):
+    nginx_style = "X-Original-URL" in present or "X-Original-Method" in present
+    if nginx_style and ("X-Forwarded-Uri" in present or "X-Forwarded-Method" in present):
         raise BadRequest("forward-auth: X-Original-* and X-Forwarded-Uri/-Method together")
     method = (
         headers.get("X-Original-Method" if nginx_style else "X-Forwarded-Method") or "GET"

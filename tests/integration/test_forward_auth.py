@@ -118,6 +118,30 @@ async def test_a_mixed_or_repeated_description_of_the_request_is_400(
 
 
 @pytest.mark.parametrize(
+    "described",
+    [
+        [
+            ("X-Original-URL", "https://app.test/public/x"),
+            ("X-Original-URL", "https://app.test/members/secret"),
+        ],
+        [
+            ("X-Original-URL", "https://app.test/public/x"),
+            ("X-Original-Method", "GET"),
+            ("X-Original-Method", "DELETE"),
+        ],
+        [*TRAEFIK, ("X-Forwarded-Host", "other.test")],
+        [*TRAEFIK, ("X-Forwarded-Proto", "http")],
+    ],
+    ids=["two URLs", "two methods", "two hosts", "two protos"],
+)
+async def test_any_part_of_either_description_twice_is_400(
+    trusted_gateway: str, described: list[tuple[str, str]]
+) -> None:
+    assert (await verify(trusted_gateway, described[:-1])).status in (200, 401)
+    assert (await verify(trusted_gateway, described)).status == 400
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://app.test/public/x#/../../members/secret",  # urlsplit would drop it
