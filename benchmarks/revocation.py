@@ -25,7 +25,7 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -216,17 +216,25 @@ async def logout(client: aiohttp.ClientSession, base: str, cookie: str) -> float
     return sent
 
 
+Probe = Callable[[aiohttp.ClientSession, str, str], Awaitable[int]]
+
+
 async def trial(
-    client: aiohttp.ClientSession, a: GatewayServer, b: GatewayServer, user: User
+    client: aiohttp.ClientSession,
+    a: GatewayServer,
+    b: GatewayServer,
+    user: User,
+    probe: Probe = status,
 ) -> tuple[float, list[tuple[float, int]]]:
-    """Latency of one revocation, and B's answers (seconds after the logout, status)."""
+    """Latency of one revocation, and B's answers to `probe` (seconds after the logout,
+    status)."""
     cookie = await new_session(a, user)
-    if await status(client, base_url(b), cookie) != 200:
+    if await probe(client, base_url(b), cookie) != 200:
         raise RuntimeError("instance B does not accept a fresh session")
     sent = await logout(client, base_url(a), cookie)
     answers: list[tuple[float, int]] = []
     while True:
-        code = await status(client, base_url(b), cookie)
+        code = await probe(client, base_url(b), cookie)
         elapsed = time.perf_counter() - sent
         answers.append((elapsed, code))
         if code != 200:

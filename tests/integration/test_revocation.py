@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from ipaddress import ip_network
 from pathlib import Path
 
 import aiohttp
@@ -48,5 +49,50 @@ async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
                 assert latency <= bound
                 assert answers[-1][1] == 401, "B refuses (JSON client: 401), never errors"
             if fast_path and bus == "sql":  # (over Redis the event beats the probes)
+                reused = "authgate_fast_path_reused_decisions_total"
+                assert await metric(base_url(b).removeprefix("http://"), reused) > 0
+
+
+async def forward_auth_check(client: aiohttp.ClientSession, base: str, cookie: str) -> int:
+    """nginx `auth_request`'s check about /members/x with the session's cookie."""
+    headers = {
+        "Host": "authgate.internal",
+        "X-Original-URL": "http://app.test/members/x",
+        "Cookie": f"authgate_session={cookie}",
+    }
+    async with client.get(base + "/.authgate/verify", headers=headers) as resp:
+        await resp.read()
+        return resp.status
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("bus", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
+async def test_no_forward_auth_check_passes_on_another_instance_after_the_bound(
+    bus: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """As above for the checks a proxy in front sends: B gives kept answers to the same
+    check's bytes (gateway/reuse.py), and they must not outlast the revocation."""
+    postgres = request.getfixturevalue("postgres_clean")
+    if bus == "redis":
+        request.getfixturevalue("redis_run_prefix")
+    session_store = REDIS_URL if bus == "redis" else "storage"
+    bound = CACHE_TTL + (0.0 if bus == "redis" else POLL_INTERVAL) + SLACK
+    async with upstream() as upstream_url:
+        config = build_config(tmp_path, upstream_url, postgres, session_store, CACHE_TTL)
+        config = dataclasses.replace(
+            config,
+            server=dataclasses.replace(
+                config.server, fast_path=True, trusted_proxies=(ip_network("127.0.0.1/32"),)
+            ),
+        )
+        user = await add_user(config, f"alice-{secrets.token_hex(3)}")
+        async with instances(config) as (a, b), aiohttp.ClientSession() as client:
+            for _ in range(3):
+                latency, answers = await trial(client, a, b, user, forward_auth_check)
+                passed_late = [(t, code) for t, code in answers if code == 200 and t > bound]
+                assert passed_late == []
+                assert latency <= bound
+                assert answers[-1][1] == 401, "B refuses, never errors"
+            if bus == "sql":  # (over Redis the event beats the probes)
                 reused = "authgate_fast_path_reused_decisions_total"
                 assert await metric(base_url(b).removeprefix("http://"), reused) > 0
