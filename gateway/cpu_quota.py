@@ -8,42 +8,41 @@ and together they run into the quota and are throttled for whole periods (100 ms
 default), which is the tail latency the gateway is built to avoid. As Go's
 `automaxprocs` does, the count is the quota rounded down, and at least one.
 
-Read from the cgroup file system (v2 `cpu.max`, v1 `cpu.cfs_quota_us` and
-`cpu.cfs_period_us`), at the process's own cgroup and each one above it up to the
-mount's root: the smallest limit along the way holds. In a container the mount's root
-is usually the container's own cgroup, and the path `/proc/self/cgroup` names may not
-exist under it; the root is read all the same. Anything unreadable or malformed counts
-as no limit: this sets a default and must never stop a start.
+Where: `/proc/self/mountinfo` says where the cgroup file systems are mounted (cgroup
+v2, and the v1 hierarchy with the `cpu` controller) and which cgroup each mount's root
+is; `/proc/self/cgroup` says the process's cgroup in each. The limit is read (v2
+`cpu.max`; v1 `cpu.cfs_quota_us` over `cpu.cfs_period_us`) in the process's cgroup and
+in each one above it up to the mount's root: the smallest holds. A process whose cgroup
+is not under the mount's root (a container without a cgroup namespace sees the host's
+path) reads the mount's root, which is then its container's cgroup, as the JVM does.
+Anything unreadable or malformed counts as no limit: this sets a default and must
+never stop a start.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+PROC_MOUNTINFO = Path("/proc/self/mountinfo")
 PROC_CGROUP = Path("/proc/self/cgroup")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+Limit = Callable[[Path], "float | None"]
 
 
-def quota_cpus(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> float | None:
+def quota_cpus(mountinfo: Path = PROC_MOUNTINFO, cgroup: Path = PROC_CGROUP) -> float | None:
     """CPU time a second the process's cgroups allow it (1.5: one and a half CPUs), or
     None when nothing limits it or it cannot be told."""
-    try:
-        lines = proc_cgroup.read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
+    memberships = dict(_memberships(_lines(cgroup)))
     limits: list[float] = []
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            limits += _along(root, path, _v2_limit)
-        elif "cpu" in controllers.split(","):
-            mount = root / controllers
-            if not _is_dir(mount):
-                mount = root / "cpu"
-            limits += _along(mount, path, _v1_limit)
+    for fstype, root, mount_point, options in _mounts(_lines(mountinfo)):
+        if fstype == "cgroup2" and "" in memberships:
+            limits += _along(mount_point, root, memberships[""], _v2_limit)
+        elif fstype == "cgroup" and "cpu" in options:
+            path = next((p for c, p in memberships.items() if "cpu" in c.split(",")), None)
+            if path is not None:
+                limits += _along(mount_point, root, path, _v1_limit)
     return min(limits, default=None)
 
 
@@ -55,13 +54,60 @@ def workers_for(cpus: int, quota: float | None) -> int:
     return max(1, min(cpus, math.floor(quota)))
 
 
-def _along(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
-    """The limits in the cgroup at `path` under `mount` and each one above it."""
+def _lines(file: Path) -> list[str]:
+    try:
+        return file.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return []
+
+
+def _memberships(lines: list[str]) -> Iterator[tuple[str, str]]:
+    """(controllers, cgroup path) from `/proc/self/cgroup`: "" for v2's controllers."""
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, colon, path = rest.partition(":")
+        if colon and (controllers or hierarchy == "0"):
+            yield controllers, path
+
+
+def _mounts(lines: list[str]) -> Iterator[tuple[str, str, Path, set[str]]]:
+    """(file system type, the cgroup at the mount's root, the mount point, its super
+    options) of each cgroup mount in `/proc/self/mountinfo`."""
+    for line in lines:
+        fields = line.split(" ")
+        try:
+            dash = fields.index("-", 6)
+            root, mount_point = fields[3], fields[4]
+            fstype, super_options = fields[dash + 1], fields[dash + 3]
+        except (ValueError, IndexError):
+            continue
+        if fstype in ("cgroup", "cgroup2"):
+            yield (
+                fstype,
+                _unescape(root),
+                Path(_unescape(mount_point)),
+                set(super_options.split(",")),
+            )
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline and backslash as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def _along(mount_point: Path, root: str, path: str, read: Limit) -> list[float]:
+    """The limits in the cgroup at `path` (seen from the mount, whose root is the cgroup
+    `root`) and in each one above it, up to the mount's root."""
+    cgroup, mounted = PurePosixPath("/" + path.strip().lstrip("/")), PurePosixPath(root)
+    try:
+        relative = cgroup.relative_to(mounted)
+    except ValueError:  # not under the mount's root: the mount's root is all there is
+        relative = PurePosixPath()
     limits = []
-    # (Anchored here: a path that does not start with "/" is read from the mount too.)
-    relative = PurePosixPath("/" + path.strip().lstrip("/")).relative_to("/")
     for step in (relative, *relative.parents):
-        folder = mount / step
+        folder = mount_point / step
         if ".." in step.parts or not _is_dir(folder):
             continue
         limit = read(folder)
@@ -89,11 +135,11 @@ def _v1_limit(folder: Path) -> float | None:
 def _ratio(quota: str, period: str) -> float | None:
     try:
         quota_us, period_us = int(quota), int(period)
-    except ValueError:
+        if quota_us <= 0 or period_us <= 0:
+            return None
+        return quota_us / period_us
+    except (ValueError, OverflowError):
         return None
-    if quota_us <= 0 or period_us <= 0:
-        return None
-    return quota_us / period_us
 
 
 def _is_dir(folder: Path) -> bool:

@@ -268,9 +268,14 @@ class Supervisor:
 
 def default_worker_count() -> int:
     """One worker per CPU the process may run on, within its cgroups' CPU quota."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    quota = quota_cpus()
-    workers = workers_for(cpus or 1, quota)
-    if quota is not None and workers < (cpus or 1):
+    found = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cpus = len(found) if found is not None else os.cpu_count() or 1
+    try:
+        quota = quota_cpus()
+    except Exception:  # a default must never stop a start (cpu_quota reads the kernel's files)
+        log.warning("could not read the cgroup's CPU quota; one worker per CPU", exc_info=True)
+        quota = None
+    workers = workers_for(cpus, quota)
+    if quota is not None and workers < cpus:
         log.info("%d workers: the cgroup's CPU quota allows %.2f of %d CPUs", workers, quota, cpus)
     return workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -653,34 +654,40 @@ def test_a_sighup_sent_while_a_worker_starts_is_obeyed_once_it_has_started(
 
 @pytest.fixture
 def one_cpu_cgroup(tmp_path: Path) -> Iterator[Path]:
-    """A real cgroup allowed one CPU's time a second (v2 `cpu.max`, or v1's CFS quota),
-    removed afterwards. Skipped where this process may not make one (not root, no cpu
-    controller): the file-level cases are in tests/unit/gateway/test_cpu_quota.py."""
+    """A real cgroup allowed one CPU's time a second (v2 `cpu.max`, or v1's CFS quota
+    and period), removed afterwards with anything still in it. Skipped where this
+    process may not make one (not root, no cpu controller): the file-level cases are
+    in tests/unit/gateway/test_cpu_quota.py."""
     unified = Path("/sys/fs/cgroup")
     name = f"authgate-test-{os.getpid()}"
     if (unified / "cgroup.controllers").exists():
-        group, limit = unified / name, ("cpu.max", "100000 100000")
+        group, limits = unified / name, {"cpu.max": "100000 100000"}
     else:
-        group, limit = unified / "cpu" / name, ("cpu.cfs_quota_us", "100000")
+        group = unified / "cpu" / name
+        limits = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
     try:
         group.mkdir()
     except OSError as exc:
         pytest.skip(f"cannot make a cgroup here: {exc}")
     try:
         try:
-            (group / limit[0]).write_text(limit[1])
+            for file, value in limits.items():
+                (group / file).write_text(value)
         except OSError as exc:
             pytest.skip(f"cannot limit a cgroup's CPU here: {exc}")
         yield group
     finally:
         deadline = time.monotonic() + 10
-        while True:  # empty once the processes in it are reaped
+        while True:  # empty once the processes in it are gone
             try:
                 group.rmdir()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise
+                    for pid in (group / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+                    deadline = time.monotonic() + 10
                 time.sleep(0.1)
 
 
@@ -693,22 +700,20 @@ def test_workers_auto_keep_within_the_cgroups_cpu_quota(
         pytest.skip("one CPU: the quota would not change the count")
     port = free_port()
     config = write_config(tmp_path, port, plain_upstream)
-
-    def join_the_cgroup() -> None:
-        (one_cpu_cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
+    # The shell joins the cgroup, then becomes the gateway (so it starts inside it).
+    joined = f'echo $$ > "{one_cpu_cgroup}/cgroup.procs" && exec "$@"'
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+        ["sh", "-c", joined, "sh", sys.executable, "-m", "gateway", "serve", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,
-        preexec_fn=join_the_cgroup,
     )
     try:
         wait_until_up(port, process)
         wait_until_workers_listen(port, process.pid, 1)
         assert get(port, "/open/x") == (200, "upstream saw /open/x")
         assert len(worker_pids(process.pid)) == 1
+        assert str(process.pid) in (one_cpu_cgroup / "cgroup.procs").read_text().split()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
         assert "with 1 worker(s)" in drain_output(process)
