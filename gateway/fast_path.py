@@ -103,6 +103,9 @@ _KNOWN_NAMES = {
 # would hold 190 MB).
 _NAMES_SEEN: dict[bytes, tuple[bytes, bool | None, str]] = {}
 _NAMES_LIMIT = 1024
+# Heads of forward-auth passes kept per worker, by their identity headers (all forgotten
+# when there would be more): about 1.5 KB each with a JWT.
+_PASSES_LIMIT = 1024
 _NAME_KEPT_BYTES = 64
 
 
@@ -464,6 +467,8 @@ class FastServer:
         # begun and ended in a request's own task.
         self.reusing = pipeline.observer.tracer is None
         self.plans = Plans()
+        # Forward-auth passes' heads, by their headers (`page_parts`).
+        self._passes: dict[tuple[str, tuple[tuple[str, str], ...]], RelayedHead] = {}
         self.stopping = False
         self._servers: list[asyncio.Server] = []
         self.late: set[RequestHandler] = set()
@@ -839,9 +844,25 @@ class FastServer:
             body = b""
         elif not isinstance(body, bytes):
             raise ValueError("a page whose body is not bytes")
+        if page.status == 200 and not body:
+            # A forward-auth pass: the same identity headers for every URL a session
+            # checks, so its head is made once per set of them (the Date is written
+            # when it is sent).
+            key = (page.reason, tuple(page.headers.items()))
+            head = self._passes.get(key)
+            if head is None:
+                head = self._page_head(page, body)
+                if len(self._passes) >= _PASSES_LIMIT:
+                    self._passes.clear()
+                self._passes[key] = head
+            return head, body
+        return self._page_head(page, body), body
+
+    @staticmethod
+    def _page_head(page: web.Response, body: bytes) -> RelayedHead:
         headers = CIMultiDict(page.headers)
         headers.popall("Content-Length", None)
-        return page_head(page.status, page.reason, headers, len(body)), body
+        return page_head(page.status, page.reason, headers, len(body))
 
     def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
         """A page's bytes as aiohttp would write them now (`page_parts`)."""

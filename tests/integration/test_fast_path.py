@@ -735,10 +735,28 @@ async def test_a_forward_auth_answer_that_cannot_be_written_is_the_pipelines_500
     same, and serves the connection on (it used to leave it hanging)."""
     bad = VERIFY + b"X-Original-URL: https://app.test/private/x\r\nCookie: test_user=ctl\r\n\r\n"
     good = VERIFY + b"X-Original-URL: https://app.test/private/x\r\nCookie: test_user=bob\r\n\r\n"
-    full, fast = await both(trusted_pair, [bad, WAIT, good])
+    full, fast = await both(trusted_pair, [bad, WAIT, bad, WAIT, good])
     assert full.answers == [] and full.closed
-    assert [answer.split(b"\n", 1)[0] for answer in fast.answers] == [b"500", b"200"]
+    # (the second time too: a pass's head is kept per identity, never a refused one)
+    assert [answer.split(b"\n", 1)[0] for answer in fast.answers] == [b"500", b"500", b"200"]
     assert b"Ana" not in fast.answers[0]
+
+
+async def test_each_identity_passes_with_its_own_headers(trusted_pair: Pair) -> None:
+    """A pass's head is made once per set of identity headers (`page_parts`): checks by
+    two users about URLs of their own, one at a time on one connection, each get their
+    own, as aiohttp's server writes them, from the fast path."""
+    checks = []
+    for number in range(3):
+        for user in (b"alice", b"bob"):
+            url = b"https://app.test/private/%d" % number
+            cookie = b"test_user=" + user
+            checks += [VERIFY + b"X-Original-URL: " + url + b"\r\nCookie: " + cookie + b"\r\n\r\n"]
+            checks += [WAIT]  # as a proxy asks: each answered before the next is sent
+    before, full, after = await answered_alike(trusted_pair, checks)
+    assert after["served"] - before["served"] == 6
+    users = [re.search(rb"Remote-User: (\w+)", answer) for answer in full.answers]
+    assert [found.group(1) for found in users if found] == [b"alice", b"bob"] * 3
 
 
 async def test_heads_an_old_httptools_would_forward_are_refused_on_both_paths(
