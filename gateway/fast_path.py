@@ -103,10 +103,10 @@ _KNOWN_NAMES = {
 # would hold 190 MB).
 _NAMES_SEEN: dict[bytes, tuple[bytes, bool | None, str]] = {}
 _NAMES_LIMIT = 1024
+_NAME_KEPT_BYTES = 64
 # Heads of forward-auth passes kept per worker, by their identity headers (all forgotten
 # when there would be more): about 1.5 KB each with a JWT.
 _PASSES_LIMIT = 1024
-_NAME_KEPT_BYTES = 64
 
 
 def _name_seen(name: bytes) -> tuple[bytes, bool | None, str]:
