@@ -12,7 +12,7 @@ from aiohttp import web
 
 from benchmarks.__main__ import parse_options
 from benchmarks._harness import WRK_DONE_SCRIPT, WrkResult, WrkSettings, run_wrk, wrk_command
-from benchmarks.hot_path import attribute, stage_of
+from benchmarks.hot_path import VARIED_CHECKS_LUA, attribute, stage_of
 from benchmarks.report import checks, table
 from benchmarks.scenarios import (
     SESSION_POLICY,
@@ -124,6 +124,7 @@ async def wrk_against(
     handler: Callable[[web.BaseRequest], Awaitable[web.Response]],
     settings: WrkSettings,
     script: Callable[[int], Path],
+    path: str = "/",
 ) -> WrkResult:
     """wrk with `settings` and the script made for the port, against `handler`."""
     require_tool("wrk")
@@ -133,7 +134,7 @@ async def wrk_against(
     await site.start()
     port = runner.addresses[0][1]
     try:
-        url = f"http://127.0.0.1:{port}/"
+        url = f"http://127.0.0.1:{port}{path}"
         return await asyncio.to_thread(run_wrk, url, settings, script(port))
     finally:
         await runner.cleanup()
@@ -161,6 +162,32 @@ async def test_the_varied_script_sends_no_request_twice(tmp_path: Path) -> None:
     assert len(paths) >= result.requests > 100
     assert len(set(paths)) == len(paths)
     assert {(host, cookie) for _, host, cookie in seen} == {("bench.test", "authgate_session=abc")}
+
+
+async def test_hot_paths_varied_checks_ask_about_a_url_each_with_the_session_cookie(
+    tmp_path: Path,
+) -> None:
+    """`hot_path --forward-auth --varied`: no check is given a kept answer, since each
+    asks about a URL of its own, and each still carries wrk's other headers."""
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(request: web.BaseRequest) -> web.Response:
+        original = request.headers.get("X-Original-URL", "")
+        seen.append((request.path_qs, original, request.headers.get("Cookie", "")))
+        return web.Response(text="ok")
+
+    script = tmp_path / "checks.lua"
+    script.write_text(VARIED_CHECKS_LUA + WRK_DONE_SCRIPT, encoding="utf-8")
+    headers = ("Cookie: authgate_session=abc", "X-Original-URL: https://bench.test/")
+    settings = WrkSettings(2, 4, 1, "bench.test", headers)
+    result = await wrk_against(record, settings, lambda port: script, "/.authgate/verify")
+    originals = [original for _, original, _ in seen]
+    assert len(originals) >= result.requests > 100
+    assert len(set(originals)) == len(originals)
+    assert all(url.startswith("https://bench.test/?t=") for url in originals)
+    assert {(path, cookie) for path, _, cookie in seen} == {
+        ("/.authgate/verify", "authgate_session=abc")
+    }
 
 
 async def test_the_browser_scenario_sends_a_browsers_fields_and_the_session_cookie(
