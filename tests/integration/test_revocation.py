@@ -13,44 +13,22 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from benchmarks.revocation import add_user, base_url, build_config, instances, trial, upstream
+from benchmarks.revocation import (
+    Probe,
+    add_user,
+    base_url,
+    build_config,
+    instances,
+    status,
+    trial,
+    upstream,
+)
 from gateway.stores.sql import POLL_INTERVAL
 from tests.conftest import REDIS_URL
 from tests.integration.test_fast_path import metric
 
 CACHE_TTL = 2.0
 SLACK = 0.3  # one request's time on a loaded CI machine
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("bus", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
-@pytest.mark.parametrize("fast_path", [False, True], ids=["aiohttp", "fast-path"])
-async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
-    bus: str, fast_path: bool, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    postgres = request.getfixturevalue("postgres_clean")
-    if bus == "redis":
-        request.getfixturevalue("redis_run_prefix")
-    session_store = REDIS_URL if bus == "redis" else "storage"
-    bound = CACHE_TTL + (0.0 if bus == "redis" else POLL_INTERVAL) + SLACK
-    async with upstream() as upstream_url:
-        config = build_config(tmp_path, upstream_url, postgres, session_store, CACHE_TTL)
-        # With the fast path, B's answers come from decisions it reuses (the probes are
-        # the same bytes each time): they must not outlast the revocation either.
-        config = dataclasses.replace(
-            config, server=dataclasses.replace(config.server, fast_path=fast_path)
-        )
-        user = await add_user(config, f"alice-{secrets.token_hex(3)}")
-        async with instances(config) as (a, b), aiohttp.ClientSession() as client:
-            for _ in range(3):
-                latency, answers = await trial(client, a, b, user)
-                passed_late = [(t, code) for t, code in answers if code == 200 and t > bound]
-                assert passed_late == []
-                assert latency <= bound
-                assert answers[-1][1] == 401, "B refuses (JSON client: 401), never errors"
-            if fast_path and bus == "sql":  # (over Redis the event beats the probes)
-                reused = "authgate_fast_path_reused_decisions_total"
-                assert await metric(base_url(b).removeprefix("http://"), reused) > 0
 
 
 async def forward_auth_check(client: aiohttp.ClientSession, base: str, cookie: str) -> int:
@@ -65,13 +43,23 @@ async def forward_auth_check(client: aiohttp.ClientSession, base: str, cookie: s
         return resp.status
 
 
+# How B is asked, and whether with the fast path. With it, B's answers come from
+# decisions it reuses, or from the answers it keeps for a proxy's checks (the probes are
+# the same bytes each time): they must not outlast the revocation either.
+PROBES: dict[str, tuple[Probe, bool]] = {
+    "aiohttp": (status, False),
+    "fast-path": (status, True),
+    "forward-auth": (forward_auth_check, True),
+}
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("bus", [pytest.param("redis", marks=pytest.mark.redis), "sql"])
-async def test_no_forward_auth_check_passes_on_another_instance_after_the_bound(
-    bus: str, request: pytest.FixtureRequest, tmp_path: Path
+@pytest.mark.parametrize("asked", list(PROBES))
+async def test_no_request_passes_on_another_instance_after_the_revocation_bound(
+    bus: str, asked: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """As above for the checks a proxy in front sends: B gives kept answers to the same
-    check's bytes (gateway/reuse.py), and they must not outlast the revocation."""
+    probe, fast_path = PROBES[asked]
     postgres = request.getfixturevalue("postgres_clean")
     if bus == "redis":
         request.getfixturevalue("redis_run_prefix")
@@ -79,20 +67,18 @@ async def test_no_forward_auth_check_passes_on_another_instance_after_the_bound(
     bound = CACHE_TTL + (0.0 if bus == "redis" else POLL_INTERVAL) + SLACK
     async with upstream() as upstream_url:
         config = build_config(tmp_path, upstream_url, postgres, session_store, CACHE_TTL)
-        config = dataclasses.replace(
-            config,
-            server=dataclasses.replace(
-                config.server, fast_path=True, trusted_proxies=(ip_network("127.0.0.1/32"),)
-            ),
-        )
+        server = dataclasses.replace(config.server, fast_path=fast_path)
+        if probe is forward_auth_check:  # only a trusted proxy may ask
+            server = dataclasses.replace(server, trusted_proxies=(ip_network("127.0.0.1/32"),))
+        config = dataclasses.replace(config, server=server)
         user = await add_user(config, f"alice-{secrets.token_hex(3)}")
         async with instances(config) as (a, b), aiohttp.ClientSession() as client:
             for _ in range(3):
-                latency, answers = await trial(client, a, b, user, forward_auth_check)
+                latency, answers = await trial(client, a, b, user, probe)
                 passed_late = [(t, code) for t, code in answers if code == 200 and t > bound]
                 assert passed_late == []
                 assert latency <= bound
-                assert answers[-1][1] == 401, "B refuses, never errors"
-            if bus == "sql":  # (over Redis the event beats the probes)
+                assert answers[-1][1] == 401, "B refuses (JSON client: 401), never errors"
+            if fast_path and bus == "sql":  # (over Redis the event beats the probes)
                 reused = "authgate_fast_path_reused_decisions_total"
                 assert await metric(base_url(b).removeprefix("http://"), reused) > 0
