@@ -81,6 +81,11 @@ class RelayedHead(NamedTuple):
         parts.append(b"\r\n")
         return b"".join(parts)
 
+    def whole(self, body: bytes) -> tuple[bytes, Sent]:
+        """The head and all of `body`, as written now (this second's Date), and what
+        the access log and metrics read of it."""
+        return self.head(len(body)) + body, Sent(self.status, len(body))
+
 
 _SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 

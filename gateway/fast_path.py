@@ -613,8 +613,7 @@ class FastServer:
                         except Exception:  # (as a plan: never the answer's end)
                             log.exception("could not keep an answer for reuse")
                     relayed, body = answered
-                    data = relayed.head(len(body)) + body
-                    sent = await self._write(conn, data, Sent(relayed.status, len(body)))
+                    sent = await self._write(conn, *relayed.whole(body))
                 else:
                     handing_over = True
         except ConnectionResetError:
@@ -804,10 +803,10 @@ class FastServer:
         async with upstream:
             answer = relayed_head(upstream, "GET")
             if answer.small:
-                body = await read_whole(upstream)
-                conn.write(answer.head(len(body)) + body)
+                data, sent = answer.whole(await read_whole(upstream))
+                conn.write(data)
                 await conn.drain()
-                return Sent(answer.status, len(body))
+                return sent
             conn.write(answer.head(answer.length))
             chunked = answer.length is None and not answer.no_body
             written = 0
@@ -867,7 +866,7 @@ class FastServer:
     def page_bytes(self, page: web.Response) -> tuple[bytes, Sent]:
         """A page's bytes as aiohttp would write them now (`page_parts`)."""
         head, body = self.page_parts(page)
-        return head.head(len(body)) + body, Sent(page.status, len(body))
+        return head.whole(body)
 
     async def _write_page(self, conn: FastConnection, page: web.Response) -> Sent:
         return await self._write(conn, *self.page_bytes(page))

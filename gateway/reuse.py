@@ -144,7 +144,7 @@ class KeptAnswer(Decided):
     was but for its Date. Never one that names its request id (the pipeline's error
     pages do): the caller checks."""
 
-    __slots__ = ("body", "head", "sent")
+    __slots__ = ("body", "head")
 
     def __init__(
         self,
@@ -158,11 +158,6 @@ class KeptAnswer(Decided):
         super().__init__(given_id, record, until, still_valid)
         self.head = head
         self.body = body
-        self.sent = Sent(head.status, len(body))
-
-    def answer(self) -> bytes:
-        """Its bytes now: the Date is the current second's, as any answer's."""
-        return self.head.head(len(self.body)) + self.body
 
     def size(self) -> int:
         return 2 * (len(self.head.lines) + len(self.body))
@@ -351,7 +346,7 @@ class GivenAgain(ServedAgain):
     __slots__ = ()
 
     def give(self, kept: KeptAnswer) -> None:
-        self._write(kept.answer(), kept.sent)
+        self._write(*kept.head.whole(kept.body))  # (this second's Date)
 
 
 class ReusedExchange(ServedAgain):
@@ -444,17 +439,16 @@ class ReusedExchange(ServedAgain):
         connection stays open."""
         # Whole, even if the upstream then sent bytes out of turn (the connection is
         # closed, not pooled, as on the fast path).
-        body = response.take_body()
-        head = answer.head(len(body))  # (checked when it was read: relayed_head)
+        # (The head was checked when it was read: relayed_head.)
+        data, sent = answer.whole(response.take_body())
         # Remembered only when the connection stays open: a known answer is then taken
         # without parsing (upstream_client), as the keep-alive answer it was.
         whole = upstream.one_read if upstream.keep_alive else None
         self._detach(close=False)
         response.finish()
-        sent = Sent(answer.status, len(body))
         if whole is not None and answer.dated:
-            self.server.plans.remember_answer(whole, head + body, sent)
-        self._write(head + body, sent)
+            self.server.plans.remember_answer(whole, data, sent)
+        self._write(data, sent)
 
     def _failed(self, upstream: _Connection) -> None:
         answer_begun = self._answer is not None
