@@ -25,7 +25,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from gateway.config.model import Config
-from gateway.cpu_affinity import describe, pin
+from gateway.cpu_affinity import available_cpus, describe, pin
 from gateway.cpu_quota import quota_cpus, workers_for
 from gateway.logs import flush_logging
 from gateway.metrics import MULTIPROC_ENV, enable_multiprocess, mark_worker_dead
@@ -268,8 +268,7 @@ class Supervisor:
 
 def default_worker_count() -> int:
     """One worker per CPU the process may run on, within its cgroups' CPU quota."""
-    found = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    cpus = len(found) if found is not None else os.cpu_count() or 1
+    cpus = len(available_cpus()) or os.cpu_count() or 1
     try:
         quota = quota_cpus()
     except Exception:  # a default must never stop a start (cpu_quota reads the kernel's files)

@@ -31,7 +31,8 @@ def register(
         "--workers",
         type=int,
         default=None,
-        help="worker processes (default: server.workers, 'auto' = CPU count)",
+        help="worker processes (default: server.workers; 'auto': one per CPU, within the"
+        " cgroup's CPU quota)",
     )
     parser.set_defaults(func=run)
 
