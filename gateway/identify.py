@@ -72,8 +72,11 @@ class Identifier(RevocationFollower):
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
-        # One store read per key at a time (a busy key's requests share it).
-        self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight()
+        # One store read per key at a time (a busy key's requests share it, within the
+        # cache's bound of its start).
+        self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight(
+            _API_KEY_CACHE_SECONDS, monotonic
+        )
         self._key_read_ahead_for: OncePerEntry[str] = OncePerEntry(_KEY_CACHE_SIZE)
         self._marked: dict[str, float] = {}  # key id → when its last use is next written
         self._marking: set[asyncio.Task[None]] = set()

@@ -120,8 +120,11 @@ class SessionManager(RevocationFollower):
         # One store round trip per session at a time: requests arriving while it is under
         # way wait for its answer. Without this, a busy session whose cache entry ends (or
         # whose minute for a write comes) sends every request in flight to the store at
-        # once — the stalls of hundreds of ms seen under load.
-        self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight()
+        # once — the stalls of hundreds of ms seen under load. Shared only by requests
+        # arriving within cache_ttl of its start: the cache's bound holds for them too.
+        self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight(
+            config.cache_ttl, monotonic
+        )
         self._read_ahead_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
         # The minute's write of a session served from its cache entry is made behind the
         # request, unless the last such write failed: then requests wait for their

@@ -9,12 +9,17 @@ busy session). `read_ahead_from` says when an entry that still serves should be 
 again in the background, so that nobody waits.
 
 Reading ahead never stretches a cache's bound: the entry serves until its own end, and
-the read renews it only from when that read began.
+the read renews it only from when that read began. Nor does sharing a read: a caller
+shares one begun at most the bound ago (`max_age`), else it begins its own. A read that
+hangs in a store could otherwise hand, say, a revoked session to requests arriving long
+after the revocation, when the message that should have ended it was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -52,25 +57,38 @@ class OncePerEntry(Generic[K]):
 
 
 class SingleFlight(Generic[K, V]):
-    """At most one `work` per key under way; callers arriving meanwhile share its
-    outcome."""
+    """At most one `work` per key under way, for callers arriving within `max_age`
+    seconds (on `monotonic`) of its start, who share its outcome. A caller arriving
+    later begins the work afresh, and later callers share that one; the old one still
+    answers those who were waiting for it."""
 
-    def __init__(self) -> None:
-        self._pending: dict[K, asyncio.Future[V]] = {}
+    def __init__(
+        self, max_age: float = math.inf, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._pending: dict[K, tuple[float, asyncio.Future[V]]] = {}
+        self._max_age = max_age
+        self._monotonic = monotonic
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def start(self, key: K, work: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
         """The work under way for `key`, or `work` begun as it (nobody need await it)."""
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(work())
-            # A failure nobody awaits (a read ahead, or all callers gone) is retrieved.
-            pending.add_done_callback(_retrieve)
-            self._pending[key] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        now = self._monotonic()
+        under_way = self._pending.get(key)
+        if under_way is not None and now - under_way[0] <= self._max_age:
+            return under_way[1]
+        pending = asyncio.ensure_future(work())
+        # A failure nobody awaits (a read ahead, or all callers gone) is retrieved.
+        pending.add_done_callback(_retrieve)
+        self._pending[key] = (now, pending)
+        pending.add_done_callback(lambda done: self._forget(key, done))
         return pending
+
+    def _forget(self, key: K, done: asyncio.Future[V]) -> None:
+        under_way = self._pending.get(key)
+        if under_way is not None and under_way[1] is done:  # (not a later one for the key)
+            del self._pending[key]
 
     async def join(self, key: K, work: Callable[[], Awaitable[V]]) -> V:
         """The outcome of the work under way for `key` (begun by `work` if none is).

@@ -233,6 +233,37 @@ async def test_a_key_read_begun_before_its_revocation_message_is_not_cached(
         await identify.stop()
 
 
+async def test_a_key_read_that_hangs_past_the_cache_bound_is_not_shared_with_later_requests(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    # The database hangs in a read that found the key valid, and the revocation's message
+    # is lost (revoked in the store alone). A request arriving more than the key cache's
+    # lifetime after that read began reads for itself, and finds the key revoked.
+    key, record = await bot_with_key(stores)
+    users = GatedUsers(stores.users, armed=True)
+    sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+    identify = Identifier(
+        config,
+        sessions,
+        users,  # type: ignore[arg-type]
+        stores.apikeys,
+        None,
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    tenant = config.tenants[0]
+    first = asyncio.ensure_future(identify(with_key(key), tenant, None))  # type: ignore[arg-type]
+    await asyncio.wait_for(users.entered.wait(), 5)  # the key was read; its user is held
+    assert await stores.apikeys.revoke(record.id)
+    clock.mono += identify_module._API_KEY_CACHE_SECONDS + 0.5
+    later = asyncio.ensure_future(identify(with_key(key), tenant, None))  # type: ignore[arg-type]
+    # Its own read needs no user (the key is revoked): it ends while the first is held.
+    await asyncio.wait([later], timeout=5)
+    users.gate.set()
+    assert (await first).principal is not None  # answered as it was read
+    assert (await later).principal is None, "the later request took the held read's answer"
+
+
 async def test_a_keys_last_use_is_recorded_at_most_every_few_minutes(
     config: Config, stores: Stores, clock: Clock
 ) -> None:

@@ -441,6 +441,32 @@ async def test_a_read_ahead_renews_the_entry_from_when_it_began(
     assert await loading is not None
 
 
+async def test_a_read_that_hangs_past_the_cache_bound_is_not_shared_with_later_requests(
+    stores: Stores, clock: Clock
+) -> None:
+    # The store hangs in a read that found the session alive, and the revocation's message
+    # is lost (the session is revoked in the store alone). A request arriving more than
+    # cache_ttl after that read began must not take its answer: it reads for itself.
+    sessions, gated, sid = await _cached_session(stores, clock)
+    gated.armed = True
+    clock.advance(2.1)  # past the entry's end: the next request reads the store
+    reads = gated.reads
+    first = asyncio.ensure_future(sessions.load(sid, "acme"))
+    await asyncio.wait_for(gated.held.wait(), 5)
+    assert await stores.sessions.revoke(hash_session_id(sid))
+    clock.advance(2.5)  # the held read began longer ago than cache_ttl
+    later = asyncio.ensure_future(sessions.load(sid, "acme"))
+    for _ in range(500):  # its own read, held at the gate too (SQLite answers from a thread)
+        if gated.reads == reads + 2:
+            break
+        await asyncio.sleep(0.01)
+    assert gated.reads == reads + 2, "the later request joined the read begun before the bound"
+    gated.gate.set()
+    assert await first is not None  # answered as it was read: it began within its bound
+    assert await later is None
+    assert await sessions.load(sid, "acme") is None
+
+
 async def test_a_failing_read_ahead_is_tried_once_per_entry(stores: Stores, clock: Clock) -> None:
     sessions, gated, sid = await _cached_session(stores, clock)
     gated.failing = True
