@@ -202,6 +202,7 @@ def table(load: LoadResults, found: Sequence[Check], extras: Sequence[str]) -> s
                     if p.p99_rounds
                     else ""
                 )
+                + _scheduler_seen(p)
             )
     lines.append("")
     for check in found:
@@ -317,3 +318,13 @@ def write_chart(path: Path, load: LoadResults, title: str) -> Path | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _scheduler_seen(paced: PacedResult) -> str:
+    """What the scheduler saw of the serving processes, per request (if it was read)."""
+    if paced.cpu_us is None or paced.wait_us is None or paced.preempt is None:
+        return ""
+    return (
+        f"  cpu {paced.cpu_us:.1f} µs, waiting for a CPU {paced.wait_us:.1f} µs,"
+        f" preempted {paced.preempt:.3f} a request"
+    )

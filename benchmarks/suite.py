@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -60,6 +60,7 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
+from benchmarks.sched import Snapshot, snapshot, spent
 
 MAX_ERROR_SHARE = 0.01  # more failed requests than this: the figures mean nothing
 DIRECT_AT_NGINX_RATE = "direct@nginx"  # direct, paced at half of nginx's maximum
@@ -107,6 +108,13 @@ class PacedResult:
     # added latency is then the median of the per-round differences to the baseline,
     # measured just before in the same round.
     p99_rounds: tuple[float, ...] = ()
+    # What the scheduler saw of the serving processes (all their threads) during the run,
+    # per request: time on a CPU, time runnable but waiting for one, and preemptions.
+    # At a fixed rate on shared cores a request's tail is mostly such waits, and they
+    # grow with what each request costs. None where /proc has no schedstat.
+    cpu_us: float | None = None
+    wait_us: float | None = None
+    preempt: float | None = None
 
 
 @dataclass(frozen=True)
@@ -243,7 +251,12 @@ def paced(
 ) -> PacedResult:
     """`scenario` at a steady `rate` req/s (fixed_rate_load), measured once."""
     connections, measure = fixed_rate_load(scenario, rate, options.duration, folder, threads)
+    pids = scenario.serving_pids()
+    before = _scheduler_seen(pids)
     result = measure()
+    after = _scheduler_seen(pids)
+    used = spent(before, after) if before is not None and after is not None else None
+    requests = max(result.requests, 1)
     return PacedResult(
         key=scenario.key,
         target_rate=rate,
@@ -253,7 +266,19 @@ def paced(
         latency_p50_ms=result.latency_p50_ms,
         latency_p99_ms=result.latency_p99_ms,
         errors=result.socket_errors + result.non_2xx_3xx,
+        cpu_us=None if used is None else used.cpu_ns / requests / 1000,
+        wait_us=None if used is None else used.wait_ns / requests / 1000,
+        preempt=None if used is None else used.involuntary / requests,
     )
+
+
+def _scheduler_seen(pids: list[int]) -> Snapshot | None:
+    """The scheduler's counts for `pids`, or None where they cannot be read (no
+    schedstat): the run is reported without them, not failed."""
+    try:
+        return snapshot(pids)
+    except BenchmarkError:
+        return None
 
 
 def _starters(
@@ -459,4 +484,12 @@ def combine_rounds(rounds: list[PacedResult]) -> PacedResult:
         latency_p99_ms=median(r.latency_p99_ms for r in rounds),
         errors=sum(r.errors for r in rounds),
         p99_rounds=tuple(r.latency_p99_ms for r in rounds),
+        cpu_us=_median_of_known(r.cpu_us for r in rounds),
+        wait_us=_median_of_known(r.wait_us for r in rounds),
+        preempt=_median_of_known(r.preempt for r in rounds),
     )
+
+
+def _median_of_known(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return median(known) if known else None

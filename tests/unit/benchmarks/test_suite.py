@@ -20,14 +20,18 @@ from benchmarks.scenarios import (
     Scenario,
     authgate_config,
     browser_headers,
+    start_upstream,
+    stop_all,
 )
 from benchmarks.suite import (
     VARIED_PATHS_LUA,
+    LoadOptions,
     LoadResults,
     PacedResult,
     ScenarioResult,
     browser_requests,
     combine_rounds,
+    paced,
     paced_script,
     scenario_script,
 )
@@ -100,6 +104,43 @@ def test_fixed_rate_rounds_give_the_median_of_each_rounds_added_latency() -> Non
     assert added.value == 1.0 and added.met is True
     assert "p99 rounds 2.00, 9.50, 4.20" in table(load, [added], [])
     assert combine_rounds(direct[:1]) == direct[0]
+
+
+def test_fixed_rate_rounds_keep_the_median_of_what_the_scheduler_saw() -> None:
+    gate = [
+        replace(
+            PacedResult("session", 500, 10, 20, 480, 1.0, 2.0, 0), cpu_us=c, wait_us=w, preempt=p
+        )
+        for c, w, p in ((20.0, 10.0, 0.2), (30.0, 40.0, 0.5), (25.0, 12.0, 0.1))
+    ]
+    combined = combine_rounds(gate)
+    assert (combined.cpu_us, combined.wait_us, combined.preempt) == (25.0, 12.0, 0.2)
+    load = LoadResults(scenarios=(), paced=(combined,), failures=())
+    line = table(load, [], [])
+    assert "cpu 25.0 µs, waiting for a CPU 12.0 µs, preempted 0.200 a request" in line
+    unread = [PacedResult("session", 500, 10, 20, 480, 1.0, p99, 0) for p99 in (1.0, 2.0)]
+    assert combine_rounds(unread).cpu_us is None
+    assert "waiting for a CPU" not in table(
+        LoadResults(scenarios=(), paced=(combine_rounds(unread),), failures=()), [], []
+    )
+
+
+def test_a_fixed_rate_run_reads_what_the_scheduler_saw_of_the_serving_processes(
+    tmp_path: Path,
+) -> None:
+    # Real nginx serving at a fixed rate: its workers spent CPU on the requests, and
+    # /proc says how much (this machine's kernel keeps schedstats).
+    require_tool("nginx")
+    upstream = start_upstream(1, tmp_path)
+    try:
+        options = LoadOptions(workers=1, threads=1, connections=8, duration=2, warmup=0, rounds=1)
+        run = paced(upstream, 500, options, tmp_path, 1)
+    finally:
+        stop_all(list(upstream.processes))
+    assert run.achieved_rate > 0
+    assert run.cpu_us is not None and run.cpu_us > 0
+    assert run.wait_us is not None and run.wait_us >= 0
+    assert run.preempt is not None and run.preempt >= 0
 
 
 def test_the_fixed_rate_script_spaces_sends_evenly_and_reports_exactly(tmp_path: Path) -> None:

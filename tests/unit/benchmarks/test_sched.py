@@ -1,4 +1,5 @@
-"""benchmarks.tail: what it reads of the scheduler, from a made /proc and a real one."""
+"""benchmarks.sched: what the tail tool and the suite read of the scheduler, from a made
+/proc and a real one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks._harness import BenchmarkError
-from benchmarks.tail import (
+from benchmarks.sched import (
     SchedTotals,
     parse_involuntary,
     parse_schedstat,
