@@ -72,8 +72,8 @@ class Identifier(RevocationFollower):
             route: header_names(route) for tenant in config.tenants for route in tenant.routes
         }
         self._key_cache: dict[str, tuple[float, _KeyHolder | None]] = {}
-        # One store read per key at a time (a busy key's requests share it, within the
-        # cache's bound of its start).
+        # A store read shared by a busy key's requests arriving within the cache's
+        # bound of its start.
         self._key_reads: SingleFlight[tuple[str, int], _KeyHolder | None] = SingleFlight(
             _API_KEY_CACHE_SECONDS, monotonic
         )
@@ -245,9 +245,12 @@ class Identifier(RevocationFollower):
             self._key_cache.pop(key_hash, None)  # gone or revoked: ended at once
         if epoch != self._epoch:
             return holder  # a revocation arrived while it was read: not cached
+        until, current = began + _API_KEY_CACHE_SECONDS, self._key_cache.get(key_hash)
+        if until <= self._monotonic() or (current is not None and current[0] >= until):
+            return holder  # its time is up, or a read begun later is cached already
         if len(self._key_cache) > _KEY_CACHE_SIZE:
             self._key_cache.clear()
-        self._key_cache[key_hash] = (began + _API_KEY_CACHE_SECONDS, holder)
+        self._key_cache[key_hash] = (until, holder)
         return holder
 
     def _names_for(self, route: RouteConfig | None) -> HeaderNames:

@@ -61,6 +61,29 @@ class ActiveSession:
         return any(key == STEP_UP for key, _ in self.record.data)
 
 
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """What the minute's write of a session found: written (its new `last_seen` and
+    expiry), or refused by a full store (`written` False: served as read). A session
+    the write found gone is None instead."""
+
+    written: bool
+    last_seen: float = 0.0
+    expires: float = 0.0
+
+    def onto(self, active: ActiveSession) -> ActiveSession:
+        """`active` as this write left it. Each request sharing a write applies it to
+        the session it read itself, never to the one whoever began the write had read
+        (which may predate the cache's bound: SingleFlight)."""
+        if not self.written:
+            return active
+        record = replace(active.record, last_seen=self.last_seen, expires=self.expires)
+        return ActiveSession(active.id_hash, record, active.user)
+
+
+STORE_FULL = Touched(written=False)
+
+
 def fingerprint(id_hash: str) -> str:
     """A short, non-reversible tag of a session for logs and audit rows (never the id)."""
     return id_hash[:12]
@@ -117,14 +140,17 @@ class SessionManager(RevocationFollower):
         self._cache: OrderedDict[str, tuple[float, ActiveSession]] = OrderedDict()
         # cookie value -> its SHA-256 (a hash per request was 2 % of a worker's time).
         self._hashes: dict[str, str] = {}
-        # One store round trip per session at a time: requests arriving while it is under
-        # way wait for its answer. Without this, a busy session whose cache entry ends (or
-        # whose minute for a write comes) sends every request in flight to the store at
-        # once — the stalls of hundreds of ms seen under load. Shared only by requests
-        # arriving within cache_ttl of its start: the cache's bound holds for them too.
+        # A store read shared by the requests for a session arriving while it is under
+        # way. Without this, a busy session whose cache entry ends sends every request in
+        # flight to the store at once — the stalls of hundreds of ms seen under load.
+        # Shared only by requests arriving within cache_ttl of its start, so that the
+        # cache's bound holds for them too (with cache_ttl 0, each request reads).
         self._inflight: SingleFlight[tuple[str, str, int], ActiveSession | None] = SingleFlight(
             config.cache_ttl, monotonic
         )
+        # Likewise the minute's write, one per session at a time. Sharing it hands out
+        # no session, only what the write did (Touched), so it needs no such bound.
+        self._writes: SingleFlight[tuple[str, str, int], Touched | None] = SingleFlight()
         self._read_ahead_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
         # The minute's write of a session served from its cache entry is made behind the
         # request, unless the last such write failed: then requests wait for their
@@ -211,12 +237,13 @@ class SessionManager(RevocationFollower):
             key = ("touch", id_hash, self._epoch)
             if not from_cache or self._writes_failing:
                 # Just read from the store, or its writes fail: waited for, as a read is.
-                return await self._inflight.join(key, lambda: self._touch(active, now))
+                touched = await self._writes.join(key, lambda: self._touch(active, now))
+                return None if touched is None else touched.onto(active)
             # Served from its cache entry, within the cache's bound like any cached
             # request: the write is not waited for (one at a time per session). It drops
             # the entry when the session is gone from the store, and updates it when
             # written; if the entry changed meanwhile, the next request writes again.
-            self._inflight.start(key, lambda: self._touch_behind(active, now))
+            self._writes.start(key, lambda: self._touch_behind(active, now))
         if mono > ahead_from:
             self._read_ahead(id_hash, cached)
         return active
@@ -283,7 +310,12 @@ class SessionManager(RevocationFollower):
         if found is None:
             self._cache.pop(id_hash, None)
         elif epoch == self._epoch:
-            self._remember(id_hash, began + self.config.cache_ttl, found)
+            until = began + self.config.cache_ttl
+            current = self._cache.get(id_hash)
+            # Not over an entry read since (a read that hung past the bound ends after
+            # one begun later), and not once its own time is up.
+            if until > self._monotonic() and (current is None or current[0] < until):
+                self._remember(id_hash, until, found)
         return found
 
     def _remember(self, id_hash: str, until: float, active: ActiveSession) -> None:
@@ -331,7 +363,9 @@ class SessionManager(RevocationFollower):
                 self._known_users.popitem(last=False)
         return user
 
-    async def _touch(self, active: ActiveSession, now: float) -> ActiveSession | None:
+    async def _touch(self, active: ActiveSession, now: float) -> Touched | None:
+        """Write `active`'s last use (and rolling expiry); None when the store no longer
+        has the session. The cache entry `active` came from is updated."""
         record = active.record
         expires = record.expires
         if now - record.created >= self.config.refresh_after:
@@ -347,22 +381,20 @@ class SessionManager(RevocationFollower):
             # which a full store still makes. Serve it as read: a full Redis then stops
             # new sign-ins, not every user. The next request tries the write again.
             self._full_warning.note()
-            return active
+            return STORE_FULL
         if not touched:
             self._cache.pop(active.id_hash, None)
             return None
-        updated = ActiveSession(
-            active.id_hash, replace(record, last_seen=now, expires=expires), active.user
-        )
+        written = Touched(True, now, expires)
         # Only into the entry `active` came from, and only if no revocation or change
         # arrived meanwhile: a fresher read (after a user's change, or a read ahead) may
         # have replaced it, and must not be overwritten with the older user.
         entry = self._cache.get(active.id_hash)
         if entry is not None and entry[1] is active and epoch == self._epoch:
-            self._cache[active.id_hash] = (entry[0], updated)
-        return updated
+            self._cache[active.id_hash] = (entry[0], written.onto(active))
+        return written
 
-    async def _touch_behind(self, active: ActiveSession, now: float) -> ActiveSession | None:
+    async def _touch_behind(self, active: ActiveSession, now: float) -> Touched | None:
         """`_touch`, when no request waits for it. A failure is said (occasionally) and
         makes the next writes waited for; it is still raised to a request that joins."""
         try:

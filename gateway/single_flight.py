@@ -1,8 +1,10 @@
-"""One store read per key at a time, and reads ahead of a cache entry's end.
+"""Store reads shared by the requests that need them at once, and reads ahead of a
+cache entry's end.
 
 The per-process caches in front of a store (sessions, API keys) meet two hazards under
 load. When a busy entry ends, every request in flight would ask the store at once (a
-herd); `SingleFlight` makes the first caller's read everyone's. And all of them would
+herd); `SingleFlight` makes the first caller's read that of everyone arriving within
+the cache's bound of its start. And all of them would
 wait for that read: every lifetime of the entry, everything it serves stalls for one
 store round trip (2-20 ms measured for a SQLite read in a loaded worker, the p99 of a
 busy session). `read_ahead_from` says when an entry that still serves should be read
@@ -12,7 +14,8 @@ Reading ahead never stretches a cache's bound: the entry serves until its own en
 the read renews it only from when that read began. Nor does sharing a read: a caller
 shares one begun at most the bound ago (`max_age`), else it begins its own. A read that
 hangs in a store could otherwise hand, say, a revoked session to requests arriving long
-after the revocation, when the message that should have ended it was lost.
+after the revocation, when the message that should have ended it was lost. A bound of
+0 (no cache) shares nothing: each request reads for itself.
 """
 
 from __future__ import annotations
@@ -57,20 +60,22 @@ class OncePerEntry(Generic[K]):
 
 
 class SingleFlight(Generic[K, V]):
-    """At most one `work` per key under way, for callers arriving within `max_age`
-    seconds (on `monotonic`) of its start, who share its outcome. A caller arriving
-    later begins the work afresh, and later callers share that one; the old one still
-    answers those who were waiting for it."""
+    """One `work` per key shared by the callers arriving within `max_age` seconds (on
+    `monotonic`) of its start (counted from its start, not from the last caller's
+    arrival). A caller arriving later begins the work afresh, and later callers share
+    that one; the old one still answers those who were waiting for it."""
 
     def __init__(
         self, max_age: float = math.inf, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self._pending: dict[K, tuple[float, asyncio.Future[V]]] = {}
+        self._running: set[asyncio.Future[V]] = set()  # (replaced ones too)
         self._max_age = max_age
         self._monotonic = monotonic
 
     def __len__(self) -> int:
-        return len(self._pending)
+        """How many pieces of work are still running (shared or replaced)."""
+        return len(self._running)
 
     def start(self, key: K, work: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
         """The work under way for `key`, or `work` begun as it (nobody need await it)."""
@@ -82,10 +87,12 @@ class SingleFlight(Generic[K, V]):
         # A failure nobody awaits (a read ahead, or all callers gone) is retrieved.
         pending.add_done_callback(_retrieve)
         self._pending[key] = (now, pending)
+        self._running.add(pending)
         pending.add_done_callback(lambda done: self._forget(key, done))
         return pending
 
     def _forget(self, key: K, done: asyncio.Future[V]) -> None:
+        self._running.discard(done)
         under_way = self._pending.get(key)
         if under_way is not None and under_way[1] is done:  # (not a later one for the key)
             del self._pending[key]

@@ -338,11 +338,11 @@ async def _cached_session(stores: Stores, clock: Clock) -> tuple[SessionManager,
 
 
 async def _settle(sessions: SessionManager) -> None:
-    """Until no store read of `sessions` is under way (a read ahead runs on its own;
-    SQLite answers from a thread, so a few loop turns are not enough)."""
+    """Until no store read or write of `sessions` is under way (a read ahead runs on its
+    own; SQLite answers from a thread, so a few loop turns are not enough)."""
     for _ in range(500):
         await asyncio.sleep(0.01)
-        if not sessions._inflight:
+        if not sessions._inflight and not sessions._writes:
             return
     raise AssertionError("a store read never ended")
 
@@ -454,7 +454,7 @@ async def test_a_read_that_hangs_past_the_cache_bound_is_not_shared_with_later_r
     first = asyncio.ensure_future(sessions.load(sid, "acme"))
     await asyncio.wait_for(gated.held.wait(), 5)
     assert await stores.sessions.revoke(hash_session_id(sid))
-    clock.advance(2.5)  # the held read began longer ago than cache_ttl
+    clock.advance(2.01)  # the held read began just longer ago than cache_ttl (2 s)
     later = asyncio.ensure_future(sessions.load(sid, "acme"))
     for _ in range(500):  # its own read, held at the gate too (SQLite answers from a thread)
         if gated.reads == reads + 2:
@@ -465,6 +465,77 @@ async def test_a_read_that_hangs_past_the_cache_bound_is_not_shared_with_later_r
     assert await first is not None  # answered as it was read: it began within its bound
     assert await later is None
     assert await sessions.load(sid, "acme") is None
+
+
+async def test_a_read_that_ends_after_a_later_one_does_not_replace_its_entry(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions, gated, sid = await _cached_session(stores, clock)
+    gated.armed = True
+    clock.advance(2.1)  # past the entry's end
+    first = asyncio.ensure_future(sessions.load(sid, "acme"))
+    await asyncio.wait_for(gated.held.wait(), 5)  # held, begun at 2.1 s
+    clock.advance(2.1)
+    gated.armed = False
+    assert await sessions.load(sid, "acme") is not None  # its own read, cached to 6.2 s
+    reads = gated.reads
+    gated.gate.set()
+    assert await first is not None  # ends now: its entry would have ended at 4.1 s
+    clock.advance(0.1)
+    assert await sessions.load(sid, "acme") is not None
+    assert gated.reads == reads, "the older read replaced the later one's entry"
+
+
+class _HeldTouches(_GatedReads):
+    """As _GatedReads, and its writes of last use wait at `touch_gate` before writing
+    while held (so a read meanwhile still finds the write due)."""
+
+    def __init__(self, inner: object) -> None:
+        super().__init__(inner)
+        self.hold_touches = False
+        self.touch_gate = asyncio.Event()
+        self.touch_held = asyncio.Event()
+
+    async def touch(self, *args: object) -> object:
+        if self.hold_touches:
+            self.touch_held.set()
+            await self.touch_gate.wait()
+        return await super().touch(*args)
+
+
+async def test_requests_sharing_a_write_each_keep_the_session_they_read(
+    stores: Stores, clock: Clock
+) -> None:
+    # A's read hangs past the cache's bound, then A writes the minute's last use, and that
+    # write hangs too. The user joins a group meanwhile (its event lost). B reads for
+    # itself (A's read is too old to share), sees the group, and shares A's write: B must
+    # keep what it read, not A's older user.
+    gated = _HeldTouches(stores.sessions)
+    sessions = manager(stores, clock, gated, cache_ttl=2.0)
+    user = await make_user(stores)
+    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "acme") is not None
+    clock.advance(TOUCH_INTERVAL + 1)  # the entry has ended and a write is due
+    gated.armed = True
+    gated.hold_touches = True
+    a = asyncio.ensure_future(sessions.load(sid, "acme"))
+    await asyncio.wait_for(gated.held.wait(), 5)  # A's read found no group, and hangs
+    clock.advance(3.0)
+    gated.armed = False
+    gated.gate.set()
+    await asyncio.wait_for(gated.touch_held.wait(), 5)  # A's write hangs
+    await stores.users.update(dataclasses.replace(user, groups=("staff",), updated=1.0))
+    b = asyncio.ensure_future(sessions.load(sid, "acme"))
+    for _ in range(500):  # B reads, then waits for the write under way
+        if gated.reads == 3 and not b.done():
+            break
+        await asyncio.sleep(0.01)
+    gated.touch_gate.set()
+    found_a, found_b = await a, await b
+    assert found_a is not None and found_a.user.groups == ()
+    assert found_b is not None and found_b.user.groups == ("staff",), "B got A's older user"
+    assert found_b.record.last_seen == clock.now  # what the one shared write wrote
+    assert gated.touches == 1
 
 
 async def test_a_failing_read_ahead_is_tried_once_per_entry(stores: Stores, clock: Clock) -> None:
@@ -497,7 +568,7 @@ async def test_a_touch_never_puts_back_a_user_older_than_a_change(
     clock.advance(TOUCH_INTERVAL + 1)
     gated.armed = True
     touching = asyncio.ensure_future(sessions.load(sid, "acme"))  # the write, held
-    while not sessions._inflight:
+    while not sessions._writes:
         await asyncio.sleep(0.01)
     await stores.users.update(dataclasses.replace(user, groups=()))
     await sessions._received(f"user:acme:{user.id}")

@@ -31,6 +31,7 @@ async def test_callers_within_max_age_share_one_piece_of_work() -> None:
     flights: SingleFlight[str, int] = SingleFlight(2.0, lambda: clock[0])
     work = Work()
     first = asyncio.ensure_future(flights.join("k", work))
+    await asyncio.sleep(0)  # begun at 0
     clock[0] = 2.0  # exactly the bound: still shared
     second = asyncio.ensure_future(flights.join("k", work))
     await asyncio.sleep(0)
@@ -59,6 +60,38 @@ async def test_a_caller_after_max_age_begins_afresh_and_later_callers_share_that
     assert await asyncio.gather(fresh, also) == [2, 2]
     assert len(work.begun) == 2
     assert not flights
+
+
+async def test_the_bound_counts_from_the_start_not_from_the_last_caller() -> None:
+    # A steady stream of callers must not keep a hung piece of work shared forever.
+    clock = [0.0]
+    flights: SingleFlight[str, int] = SingleFlight(2.0, lambda: clock[0])
+    work = Work()
+    callers = []
+    for at in (0.0, 1.5, 3.0):
+        clock[0] = at
+        callers.append(asyncio.ensure_future(flights.join("k", work)))
+        await asyncio.sleep(0)
+    assert len(work.begun) == 2
+    assert len(flights) == 2  # both still running: the replaced one is counted too
+    for gate in work.begun:
+        gate.set()
+    assert await asyncio.gather(*callers) == [1, 1, 2]
+    assert not flights
+
+
+async def test_a_bound_of_zero_shares_nothing() -> None:
+    clock = [0.0]
+    flights: SingleFlight[str, int] = SingleFlight(0.0, lambda: clock[0])
+    work = Work()
+    first = asyncio.ensure_future(flights.join("k", work))
+    await asyncio.sleep(0)
+    clock[0] = 0.001
+    second = asyncio.ensure_future(flights.join("k", work))
+    await asyncio.sleep(0)
+    for gate in work.begun:
+        gate.set()
+    assert await asyncio.gather(first, second) == [1, 2]
 
 
 async def test_keys_are_apart_and_a_failure_reaches_every_caller() -> None:
