@@ -184,6 +184,7 @@ class FastConnection(asyncio.Protocol):
         self._url = b""
         self._fields: list[tuple[str, str]] = []
         self._singletons: set[bytes] = set()
+        self._last_name = 0  # the length of the previous field's name
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -282,9 +283,16 @@ class FastConnection(asyncio.Protocol):
                 self._plain = False  # aiohttp refuses it (400): let it
             else:
                 self._singletons.add(lower)
-        # aiohttp's limit, on the field as it came (trailing blanks included)
-        if len(name) + len(value) > self._max_field or b"\x00" in value:
+        # aiohttp's limit, on the field as it came (trailing blanks included); and as
+        # aiohttp 3.14 also counts it when a head comes in one read: a name with the
+        # previous field's name (which it has not let go of yet)
+        if (
+            len(name) + len(value) > self._max_field
+            or self._last_name + len(name) > self._max_field
+            or b"\x00" in value
+        ):
             self._plain = False
+        self._last_name = len(name)
         # llhttp leaves the blanks after a value on it; aiohttp strips them (RFC 9110 §5.5)
         self._fields.append((spelled, value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
 

@@ -538,6 +538,35 @@ CASES: list[tuple[str, list[bytes], bool]] = [
         False,
     ),
     (
+        # aiohttp counts a name with the previous field's name: refused (400), so the
+        # fast path must not forward it (found by a differential fuzzer)
+        "a long name after Host",
+        [b"GET /echo HTTP/1.1\r\nHost: app.test\r\nX-" + b"n" * 8185 + b": v\r\n\r\n"],
+        False,
+    ),
+    (
+        "two long names, together over the limit",
+        [
+            b"GET /echo HTTP/1.1\r\nHost: app.test\r\nP"
+            + b"p" * 3999
+            + b": 1\r\nN"
+            + b"n" * 4190
+            + b": 2\r\n\r\n"
+        ],
+        False,
+    ),
+    (
+        "two long names, together at the limit",
+        [
+            b"GET /echo HTTP/1.1\r\nHost: app.test\r\nP"
+            + b"p" * 3999
+            + b": 1\r\nN"
+            + b"n" * 4189
+            + b": 2\r\n\r\n"
+        ],
+        True,
+    ),
+    (
         "a hundred fields",
         [
             b"GET /echo HTTP/1.1\r\nHost: app.test\r\n"
