@@ -380,6 +380,33 @@ async def test_a_key_read_ahead_that_finds_it_revoked_ends_it_before_its_cache_e
     assert not await _known(identify, config, key)
 
 
+async def test_a_key_read_that_ends_after_a_later_one_does_not_replace_its_entry(
+    config: Config, stores: Stores, clock: Clock
+) -> None:
+    key, _ = await bot_with_key(stores)
+    keys, users = _CountedKeys(stores.apikeys), GatedUsers(stores.users, armed=True)
+    sessions = SessionManager(stores.sessions, stores.users, stores.events, config.sessions)
+    identify = Identifier(
+        config,
+        sessions,
+        users,  # type: ignore[arg-type]
+        keys,  # type: ignore[arg-type]
+        None,
+        now=lambda: clock.now,
+        monotonic=lambda: clock.mono,
+    )
+    first = asyncio.ensure_future(_known(identify, config, key))
+    await asyncio.wait_for(users.entered.wait(), 5)  # held, begun at 0 s
+    clock.mono += identify_module._API_KEY_CACHE_SECONDS + 0.5
+    users.armed = False
+    assert await _known(identify, config, key)  # its own read, cached from 5.5 s on
+    users.gate.set()
+    assert await first  # ends now: its entry would have ended at 5 s
+    clock.mono += 0.1
+    assert await _known(identify, config, key)
+    assert keys.reads == 2, "the older read replaced the later one's entry"
+
+
 async def test_a_failing_key_read_ahead_is_tried_once_per_entry(
     config: Config, stores: Stores, clock: Clock
 ) -> None:
