@@ -252,9 +252,9 @@ def paced(
     """`scenario` at a steady `rate` req/s (fixed_rate_load), measured once."""
     connections, measure = fixed_rate_load(scenario, rate, options.duration, folder, threads)
     pids = scenario.serving_pids()
-    before = _scheduler_seen(pids)
+    before = _scheduler_counts(pids)
     result = measure()
-    after = _scheduler_seen(pids)
+    after = _scheduler_counts(pids)
     used = spent(before, after) if before is not None and after is not None else None
     requests = max(result.requests, 1)
     return PacedResult(
@@ -272,7 +272,7 @@ def paced(
     )
 
 
-def _scheduler_seen(pids: list[int]) -> Snapshot | None:
+def _scheduler_counts(pids: list[int]) -> Snapshot | None:
     """The scheduler's counts for `pids`, or None where they cannot be read (no
     schedstat): the run is reported without them, not failed."""
     try:
