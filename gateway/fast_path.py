@@ -284,8 +284,8 @@ class FastConnection(asyncio.Protocol):
             else:
                 self._singletons.add(lower)
         # aiohttp's limit, on the field as it came (trailing blanks included); and as
-        # aiohttp 3.14 also counts it when a head comes in one read: a name with the
-        # previous field's name (which it has not let go of yet)
+        # aiohttp 3.14 also counts it: a name with the previous field's name, which it
+        # has not let go of yet (unless a read ends inside the new name)
         if (
             len(name) + len(value) > self._max_field
             or self._last_name + len(name) > self._max_field

@@ -245,9 +245,11 @@ class Identifier(RevocationFollower):
             self._key_cache.pop(key_hash, None)  # gone or revoked: ended at once
         if epoch != self._epoch:
             return holder  # a revocation arrived while it was read: not cached
-        until, current = began + _API_KEY_CACHE_SECONDS, self._key_cache.get(key_hash)
-        if until <= self._monotonic() or (current is not None and current[0] >= until):
-            return holder  # its time is up, or a read begun later is cached already
+        until = began + _API_KEY_CACHE_SECONDS
+        if until <= self._monotonic():
+            # Its time is up: a read that hung past the bound (which may end after one
+            # begun later, SingleFlight) would replace a fresher entry.
+            return holder
         if len(self._key_cache) > _KEY_CACHE_SIZE:
             self._key_cache.clear()
         self._key_cache[key_hash] = (until, holder)

@@ -74,10 +74,18 @@ class Touched:
     def onto(self, active: ActiveSession) -> ActiveSession:
         """`active` as this write left it. Each request sharing a write applies it to
         the session it read itself, never to the one whoever began the write had read
-        (which may predate the cache's bound: SingleFlight)."""
-        if not self.written:
+        (which may predate the cache's bound: SingleFlight). Never backwards: another
+        process may have written a later use since."""
+        record = active.record
+        if not self.written or (
+            record.last_seen >= self.last_seen and record.expires >= self.expires
+        ):
             return active
-        record = replace(active.record, last_seen=self.last_seen, expires=self.expires)
+        record = replace(
+            record,
+            last_seen=max(record.last_seen, self.last_seen),
+            expires=max(record.expires, self.expires),
+        )
         return ActiveSession(active.id_hash, record, active.user)
 
 
@@ -149,7 +157,8 @@ class SessionManager(RevocationFollower):
             config.cache_ttl, monotonic
         )
         # Likewise the minute's write, one per session at a time. Sharing it hands out
-        # no session, only what the write did (Touched), so it needs no such bound.
+        # no session, only what the write did (Touched), so it needs no such bound: a
+        # write that hangs is waited for until the store's own timeout ends it.
         self._writes: SingleFlight[tuple[str, str, int], Touched | None] = SingleFlight()
         self._read_ahead_for: OncePerEntry[str] = OncePerEntry(config.cache_size)
         # The minute's write of a session served from its cache entry is made behind the
@@ -238,7 +247,12 @@ class SessionManager(RevocationFollower):
             if not from_cache or self._writes_failing:
                 # Just read from the store, or its writes fail: waited for, as a read is.
                 touched = await self._writes.join(key, lambda: self._touch(active, now))
-                return None if touched is None else touched.onto(active)
+                if touched is None:
+                    return None
+                updated = touched.onto(active)
+                entry = self._cache.get(id_hash)
+                # The cached object itself when it is this very session: its lease holds.
+                return entry[1] if entry is not None and entry[1] == updated else updated
             # Served from its cache entry, within the cache's bound like any cached
             # request: the write is not waited for (one at a time per session). It drops
             # the entry when the session is gone from the store, and updates it when
@@ -311,10 +325,9 @@ class SessionManager(RevocationFollower):
             self._cache.pop(id_hash, None)
         elif epoch == self._epoch:
             until = began + self.config.cache_ttl
-            current = self._cache.get(id_hash)
-            # Not over an entry read since (a read that hung past the bound ends after
-            # one begun later), and not once its own time is up.
-            if until > self._monotonic() and (current is None or current[0] < until):
+            # Not once its time is up: a read that hung past the bound (which may end
+            # after one begun later, SingleFlight) would replace a fresher entry.
+            if until > self._monotonic():
                 self._remember(id_hash, until, found)
         return found
 
@@ -379,19 +392,21 @@ class SessionManager(RevocationFollower):
             # Only the write that extends the session is refused; the session itself was
             # just read (or is cached within its bound), and a revocation is a deletion,
             # which a full store still makes. Serve it as read: a full Redis then stops
-            # new sign-ins, not every user. The next request tries the write again.
+            # new sign-ins, not every user. The next request tries the write again,
+            # behind it: the store answered, so its writes are not failing.
+            self._writes_failing = False
             self._full_warning.note()
             return STORE_FULL
         if not touched:
             self._cache.pop(active.id_hash, None)
             return None
         written = Touched(True, now, expires)
-        # Only into the entry `active` came from, and only if no revocation or change
-        # arrived meanwhile: a fresher read (after a user's change, or a read ahead) may
-        # have replaced it, and must not be overwritten with the older user.
+        # Onto the entry cached now, whichever read made it (a fresher read after a
+        # user's change, or a read ahead, keeps its newer user), unless a revocation or
+        # change arrived meanwhile (it dropped the entry; a read before it may be cached).
         entry = self._cache.get(active.id_hash)
-        if entry is not None and entry[1] is active and epoch == self._epoch:
-            self._cache[active.id_hash] = (entry[0], written.onto(active))
+        if entry is not None and epoch == self._epoch:
+            self._cache[active.id_hash] = (entry[0], written.onto(entry[1]))
         return written
 
     async def _touch_behind(self, active: ActiveSession, now: float) -> Touched | None:

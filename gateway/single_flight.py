@@ -81,7 +81,7 @@ class SingleFlight(Generic[K, V]):
         """The work under way for `key`, or `work` begun as it (nobody need await it)."""
         now = self._monotonic()
         under_way = self._pending.get(key)
-        if under_way is not None and now - under_way[0] <= self._max_age:
+        if under_way is not None and self._max_age > 0 and now - under_way[0] <= self._max_age:
             return under_way[1]
         pending = asyncio.ensure_future(work())
         # A failure nobody awaits (a read ahead, or all callers gone) is retrieved.

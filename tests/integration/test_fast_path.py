@@ -662,6 +662,18 @@ async def test_every_case_is_answered_alike_on_both_paths(
         assert await metric(pair.fast, "authgate_fast_path_reused_decisions_total") == 0
 
 
+async def test_the_previous_name_is_counted_within_one_request_only(pair: Pair) -> None:
+    # A request ending with a long name, then one beginning with a long name, on one
+    # connection: together over the limit, yet each alone is plain, and both are served
+    # (aiohttp forgets the last name at the end of a message too).
+    first = b"GET /echo/a HTTP/1.1\r\nHost: app.test\r\nX-" + b"n" * 5000 + b": v\r\n\r\n"
+    second = b"GET /echo/b HTTP/1.1\r\nY-" + b"n" * 4000 + b": v\r\nHost: app.test\r\n\r\n"
+    before, full, after = await answered_alike(pair, [first, WAIT, second])
+    assert len(full.answers) == 2
+    assert after["served"] - before["served"] == 2
+    assert after["handed_over"] - before["handed_over"] == 1  # (the scrape itself)
+
+
 async def user_or_a_bad_name(
     request: RequestView, tenant: TenantConfig, route: RouteConfig | None
 ) -> Identity:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreFull, StoreUnavailable
 from gateway.sessions import TOUCH_INTERVAL, SessionManager
 from gateway.stores import Stores, User, new_id, open_stores
 from gateway.stores.ids import hash_session_id
@@ -536,6 +536,71 @@ async def test_requests_sharing_a_write_each_keep_the_session_they_read(
     assert found_b is not None and found_b.user.groups == ("staff",), "B got A's older user"
     assert found_b.record.last_seen == clock.now  # what the one shared write wrote
     assert gated.touches == 1
+
+
+async def test_a_write_behind_is_applied_to_the_entry_a_later_read_cached(
+    stores: Stores, clock: Clock
+) -> None:
+    # A cached request begins the minute's write (held) and a read ahead, which caches
+    # the user's change (its event lost). The write, ending after, must keep that newer
+    # user in the cache, and not put back the one the write began from.
+    gated = _HeldTouches(stores.sessions)
+    sessions = manager(stores, clock, gated, cache_ttl=120.0)
+    user = await make_user(stores)
+    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "acme") is not None
+    clock.advance(91.0)  # a write is due, and the entry is in its last quarter
+    await stores.users.update(dataclasses.replace(user, groups=("staff",), updated=1.0))
+    gated.hold_touches = True
+    assert await sessions.load(sid, "acme") is not None  # served; write and read begin
+    await asyncio.wait_for(gated.touch_held.wait(), 5)
+    for _ in range(500):  # the read ahead caches the change
+        entry = sessions._cache.get(hash_session_id(sid))
+        if entry is not None and entry[1].user.groups == ("staff",):
+            break
+        await asyncio.sleep(0.01)
+    gated.touch_gate.set()
+    await _settle(sessions)
+    found = await sessions.load(sid, "acme")
+    assert found is not None and found.user.groups == ("staff",), "the write put back the old user"
+    assert found.record.last_seen == clock.now  # and what it wrote is in the entry
+
+
+async def test_a_request_that_waited_for_the_write_keeps_its_lease(
+    stores: Stores, clock: Clock
+) -> None:
+    sessions = manager(stores, clock, cache_ttl=2.0)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    clock.advance(TOUCH_INTERVAL + 1)  # read from the store, then the write waited for
+    found = await sessions.load(sid, "acme")
+    assert found is not None and found.record.last_seen == clock.now
+    assert sessions.lease(found) is not None, "no decision made on it could be reused"
+
+
+class _FullStore(_GatedReads):
+    """The real session store, refusing writes of last use as a full Redis does."""
+
+    async def touch(self, *args: object) -> object:
+        self.touches += 1
+        raise StoreFull("OOM command not allowed when used memory > 'maxmemory'")
+
+
+async def test_a_full_store_serves_sessions_as_read_and_its_writes_are_not_waited_for(
+    stores: Stores, clock: Clock
+) -> None:
+    full = _FullStore(stores.sessions)
+    sessions = manager(stores, clock, full, cache_ttl=2.0)
+    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    sessions._writes_failing = True  # (an earlier write failed: this one is waited for)
+    clock.advance(TOUCH_INTERVAL + 1)
+    found = await sessions.load(sid, "acme")  # read, and the write waited for: refused
+    assert found is not None and found.record.last_seen == record.last_seen
+    assert full.touches == 1
+    assert not sessions._writes_failing  # the store answered: the next are made behind
+    again = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(5)))
+    assert all(a is not None for a in again)  # from the cache, the write behind them
+    await _settle(sessions)
+    assert full.touches == 2  # one write at a time per session
 
 
 async def test_a_failing_read_ahead_is_tried_once_per_entry(stores: Stores, clock: Clock) -> None:
