@@ -286,13 +286,14 @@ class FastConnection(asyncio.Protocol):
         # aiohttp's limit, on the field as it came (trailing blanks included); and as
         # aiohttp 3.14 also counts it: a name with the previous field's name, which it
         # has not let go of yet (unless a read ends inside the new name)
+        size = len(name)
         if (
-            len(name) + len(value) > self._max_field
-            or self._last_name + len(name) > self._max_field
+            size + len(value) > self._max_field
+            or self._last_name + size > self._max_field
             or b"\x00" in value
         ):
             self._plain = False
-        self._last_name = len(name)
+        self._last_name = size
         # llhttp leaves the blanks after a value on it; aiohttp strips them (RFC 9110 §5.5)
         self._fields.append((spelled, value.rstrip(b" \t").decode("utf-8", "surrogateescape")))
 

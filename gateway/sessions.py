@@ -378,7 +378,8 @@ class SessionManager(RevocationFollower):
 
     async def _touch(self, active: ActiveSession, now: float) -> Touched | None:
         """Write `active`'s last use (and rolling expiry); None when the store no longer
-        has the session. The cache entry `active` came from is updated."""
+        has the session. What it wrote is applied to the session's cache entry, whichever
+        read made it (unless a revocation or change arrived meanwhile)."""
         record = active.record
         expires = record.expires
         if now - record.created >= self.config.refresh_after:

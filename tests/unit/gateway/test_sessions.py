@@ -331,10 +331,19 @@ async def _cached_session(stores: Stores, clock: Clock) -> tuple[SessionManager,
     """A manager over a store whose reads can be held or failed, and a session it has
     just read (cached for cache_ttl, 2 s)."""
     gated = _GatedReads(stores.sessions)
-    sessions = manager(stores, clock, gated, cache_ttl=2.0)
-    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
-    assert await sessions.load(sid, "acme") is not None
+    sessions, sid, _ = await _read_once(stores, clock, gated, 2.0)
     return sessions, gated, sid
+
+
+async def _read_once(
+    stores: Stores, clock: Clock, store: _GatedReads, cache_ttl: float
+) -> tuple[SessionManager, str, User]:
+    """A manager over `store`, and a user's session it has just read (cached)."""
+    sessions = manager(stores, clock, store, cache_ttl=cache_ttl)
+    user = await make_user(stores)
+    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
+    assert await sessions.load(sid, "acme") is not None
+    return sessions, sid, user
 
 
 async def _settle(sessions: SessionManager) -> None:
@@ -511,10 +520,7 @@ async def test_requests_sharing_a_write_each_keep_the_session_they_read(
     # itself (A's read is too old to share), sees the group, and shares A's write: B must
     # keep what it read, not A's older user.
     gated = _HeldTouches(stores.sessions)
-    sessions = manager(stores, clock, gated, cache_ttl=2.0)
-    user = await make_user(stores)
-    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
-    assert await sessions.load(sid, "acme") is not None
+    sessions, sid, user = await _read_once(stores, clock, gated, 2.0)
     clock.advance(TOUCH_INTERVAL + 1)  # the entry has ended and a write is due
     gated.armed = True
     gated.hold_touches = True
@@ -545,10 +551,7 @@ async def test_a_write_behind_is_applied_to_the_entry_a_later_read_cached(
     # the user's change (its event lost). The write, ending after, must keep that newer
     # user in the cache, and not put back the one the write began from.
     gated = _HeldTouches(stores.sessions)
-    sessions = manager(stores, clock, gated, cache_ttl=120.0)
-    user = await make_user(stores)
-    sid, _ = await sessions.create(user, ("pwd",), ip=None, user_agent=None)
-    assert await sessions.load(sid, "acme") is not None
+    sessions, sid, user = await _read_once(stores, clock, gated, 120.0)
     clock.advance(91.0)  # a write is due, and the entry is in its last quarter
     await stores.users.update(dataclasses.replace(user, groups=("staff",), updated=1.0))
     gated.hold_touches = True
