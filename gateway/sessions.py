@@ -45,6 +45,9 @@ TOUCH_INTERVAL = 60.0  # the hot path writes a session at most this often
 STEP_UP = "step_up"  # SessionRecord.data key: a second factor is owed before anything else
 USER_FALLBACK_SECONDS = 3600.0  # how stale a remembered user may be during a database outage
 RESYNC = "resync"  # event kind: the bus may have lost messages, forget every cached session
+# Uses a full store refused to write, remembered per process at least this many (even
+# with the cache off, when every request reads the store and would find a write due).
+_UNWRITTEN_MIN = 1024
 
 
 @dataclass(frozen=True, slots=True)  # one per cached session: no per-instance __dict__
@@ -63,13 +66,14 @@ class ActiveSession:
 
 @dataclass(frozen=True, slots=True)
 class Touched:
-    """What the minute's write of a session found: written (its new `last_seen` and
-    expiry), or refused by a full store (`written` False: served as read). A session
-    the write found gone is None instead."""
+    """What the minute's write of a session did: written (its new `last_seen` and
+    expiry), or refused by a full store (`written` False: the use is noted in this
+    process alone, and the expiry stays). A session the write found gone is None
+    instead."""
 
     written: bool
-    last_seen: float = 0.0
-    expires: float = 0.0
+    last_seen: float
+    expires: float
 
     def onto(self, active: ActiveSession) -> ActiveSession:
         """`active` as this write left it. Each request sharing a write applies it to
@@ -77,9 +81,7 @@ class Touched:
         (which may predate the cache's bound: SingleFlight). Never backwards: another
         process may have written a later use since."""
         record = active.record
-        if not self.written or (
-            record.last_seen >= self.last_seen and record.expires >= self.expires
-        ):
+        if record.last_seen >= self.last_seen and record.expires >= self.expires:
             return active
         record = replace(
             record,
@@ -87,9 +89,6 @@ class Touched:
             expires=max(record.expires, self.expires),
         )
         return ActiveSession(active.id_hash, record, active.user)
-
-
-STORE_FULL = Touched(written=False)
 
 
 def fingerprint(id_hash: str) -> str:
@@ -171,6 +170,10 @@ class SessionManager(RevocationFollower):
             " and fail while the store refuses it",
             clock=monotonic,
         )
+        # id_hash → the last use seen here that a full store refused to write. Read
+        # over the store's `last_seen`, so that a session in use is not idled out (nor
+        # its write tried on every request) while the store cannot write it.
+        self._unwritten: OrderedDict[str, float] = OrderedDict()
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -191,6 +194,7 @@ class SessionManager(RevocationFollower):
         kind, _, rest = message.partition(":")
         if kind == "session":
             self._cache.pop(rest, None)
+            self._unwritten.pop(rest, None)
         elif kind == RESYNC:
             self._cache.clear()
         elif kind == "user":
@@ -343,7 +347,14 @@ class SessionManager(RevocationFollower):
     async def _fetch(self, id_hash: str) -> ActiveSession | None:
         record = await self.store.get(id_hash)
         if record is None:
+            self._unwritten.pop(id_hash, None)
             return None
+        noted = self._unwritten.get(id_hash)
+        if noted is not None:
+            if record.last_seen >= noted:  # written since, here or by another process
+                del self._unwritten[id_hash]
+            else:
+                record = replace(record, last_seen=noted)
         user = await self._user(record.user_id)
         if user is None or user.disabled or user.tenant != record.tenant:
             return None
@@ -392,16 +403,21 @@ class SessionManager(RevocationFollower):
         except StoreFull:
             # Only the write that extends the session is refused; the session itself was
             # just read (or is cached within its bound), and a revocation is a deletion,
-            # which a full store still makes. Serve it as read: a full Redis then stops
-            # new sign-ins, not every user. The next request tries the write again,
-            # behind it: the store answered, so its writes are not failing.
-            self._writes_failing = False
+            # which a full store still makes. Serve it: a full Redis then stops new
+            # sign-ins, not every user. Its use is noted here, so that this process
+            # neither idles it out nor tries the write again for a minute; its expiry
+            # stays (the store ends it then).
+            self._writes_failing = False  # the store answered
             self._full_warning.note()
-            return STORE_FULL
-        if not touched:
-            self._cache.pop(active.id_hash, None)
-            return None
-        written = Touched(True, now, expires)
+            written = Touched(False, now, record.expires)
+            self._note_unwritten(active.id_hash, now)
+        else:
+            if not touched:
+                self._cache.pop(active.id_hash, None)
+                return None
+            written = Touched(True, now, expires)
+            if self._unwritten.get(active.id_hash, math.inf) <= now:
+                del self._unwritten[active.id_hash]  # the store has it now
         # Onto the entry cached now, whichever read made it (a fresher read after a
         # user's change, or a read ahead, keeps its newer user), unless a revocation or
         # change arrived meanwhile (it dropped the entry; a read before it may be cached).
@@ -409,6 +425,14 @@ class SessionManager(RevocationFollower):
         if entry is not None and epoch == self._epoch:
             self._cache[active.id_hash] = (entry[0], written.onto(entry[1]))
         return written
+
+    def _note_unwritten(self, id_hash: str, now: float) -> None:
+        """Remember a use the store refused to write (at most as many as the cache holds,
+        and never fewer than _UNWRITTEN_MIN; the oldest first out)."""
+        self._unwritten[id_hash] = now
+        self._unwritten.move_to_end(id_hash)
+        while len(self._unwritten) > max(self.config.cache_size, _UNWRITTEN_MIN):
+            self._unwritten.popitem(last=False)
 
     async def _touch_behind(self, active: ActiveSession, now: float) -> Touched | None:
         """`_touch`, when no request waits for it. A failure is said (occasionally) and

@@ -96,6 +96,12 @@ async def fill_to_the_limit(admin: aioredis.Redis) -> int:
     raise AssertionError("Redis never refused a write")
 
 
+async def refused_for_memory(admin: aioredis.Redis) -> int:
+    """How many commands Redis has refused for want of memory (OOM errors it replied)."""
+    stats = await admin.info("errorstats")
+    return int(stats.get("errorstat_OOM", {}).get("count", 0))
+
+
 async def keys(admin: aioredis.Redis, pattern: str) -> set[str]:
     return {key async for key in admin.scan_iter(match=PREFIX + pattern, count=1000)}
 
@@ -222,9 +228,13 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
     last_seen = await admin.hget(idle_key, "last_seen")
     assert last_seen is not None
     assert await page(client, base, "/members/x", fresh) == 200
+    refused_before = await refused_for_memory(admin)
     for _ in range(3):
         assert await page(client, base, "/members/x", idle) == 200
     assert await admin.hget(idle_key, "last_seen") == last_seen, "nothing was written"
+    # Its use is noted in the worker: the refused write is not tried on every request
+    # (with cache_ttl 0, each one reads the session, and would find the write due).
+    assert await refused_for_memory(admin) - refused_before == 1
     full = [r for r in caplog.records if "session store is full" in r.getMessage()]
     assert len(full) == 1
 

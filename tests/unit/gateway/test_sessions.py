@@ -581,14 +581,21 @@ async def test_a_request_that_waited_for_the_write_keeps_its_lease(
 
 
 class _FullStore(_GatedReads):
-    """The real session store, refusing writes of last use as a full Redis does."""
+    """The real session store, refusing writes of last use as a full Redis does (while
+    `refusing`)."""
+
+    def __init__(self, inner: object) -> None:
+        super().__init__(inner)
+        self.refusing = True
 
     async def touch(self, *args: object) -> object:
+        if not self.refusing:
+            return await super().touch(*args)
         self.touches += 1
         raise StoreFull("OOM command not allowed when used memory > 'maxmemory'")
 
 
-async def test_a_full_store_serves_sessions_as_read_and_its_writes_are_not_waited_for(
+async def test_a_full_store_serves_sessions_and_its_refused_write_is_not_tried_on_every_request(
     stores: Stores, clock: Clock
 ) -> None:
     full = _FullStore(stores.sessions)
@@ -597,13 +604,74 @@ async def test_a_full_store_serves_sessions_as_read_and_its_writes_are_not_waite
     sessions._writes_failing = True  # (an earlier write failed: this one is waited for)
     clock.advance(TOUCH_INTERVAL + 1)
     found = await sessions.load(sid, "acme")  # read, and the write waited for: refused
-    assert found is not None and found.record.last_seen == record.last_seen
+    assert found is not None and found.record.last_seen == clock.now  # its use, noted here
+    assert found.record.expires == record.expires  # not extended: the store ends it then
     assert full.touches == 1
-    assert not sessions._writes_failing  # the store answered: the next are made behind
-    again = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(5)))
-    assert all(a is not None for a in again)  # from the cache, the write behind them
+    assert not sessions._writes_failing  # the store answered
+    for _ in range(3):  # from the cache, and read again: no write due for a minute
+        again = await asyncio.gather(*(sessions.load(sid, "acme") for _ in range(5)))
+        assert all(a is not None for a in again)
+        await _settle(sessions)
+        clock.advance(2.5)
+    assert full.touches == 1, "the refused write was tried again on every request"
+    clock.advance(TOUCH_INTERVAL)
+    assert await sessions.load(sid, "acme") is not None
     await _settle(sessions)
-    assert full.touches == 2  # one write at a time per session
+    assert full.touches == 2  # a minute later, tried again
+
+
+async def test_a_session_in_use_is_not_idled_out_while_a_full_store_refuses_its_writes(
+    stores: Stores, clock: Clock
+) -> None:
+    full = _FullStore(stores.sessions)
+    sessions = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
+    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    id_hash = hash_session_id(sid)
+    for _ in range(40):  # used every 30 s for 20 minutes: each use reads the store
+        clock.advance(30.0)
+        assert await sessions.load(sid, "acme") is not None, "idled out while in use"
+        await _settle(sessions)
+    stored = await stores.sessions.get(id_hash)
+    assert stored is not None and stored.last_seen == record.last_seen  # nothing written
+    assert full.touches == 20  # once a minute, not once a request
+    # Left unused past the idle timeout (and the minute between writes): idled out.
+    clock.advance(600 + TOUCH_INTERVAL + 1)
+    assert await sessions.load(sid, "acme") is None
+    assert await stores.sessions.get(id_hash) is None  # revoked: a full store still deletes
+
+
+async def test_a_use_noted_while_the_store_is_full_keeps_no_revoked_session(
+    stores: Stores, clock: Clock
+) -> None:
+    full = _FullStore(stores.sessions)
+    sessions = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    clock.advance(TOUCH_INTERVAL + 1)
+    assert await sessions.load(sid, "acme") is not None  # the write refused: use noted
+    await _settle(sessions)
+    assert sessions._unwritten
+    await stores.sessions.revoke(hash_session_id(sid))  # in the store alone (event lost)
+    clock.advance(2.1)  # past the cache's bound
+    assert await sessions.load(sid, "acme") is None
+    assert not sessions._unwritten  # forgotten with the session
+
+
+async def test_a_use_noted_while_the_store_was_full_is_written_once_it_has_room(
+    stores: Stores, clock: Clock
+) -> None:
+    full = _FullStore(stores.sessions)
+    sessions = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    clock.advance(TOUCH_INTERVAL + 1)
+    assert await sessions.load(sid, "acme") is not None
+    await _settle(sessions)
+    full.refusing = False  # memory freed
+    clock.advance(TOUCH_INTERVAL + 1)
+    assert await sessions.load(sid, "acme") is not None
+    await _settle(sessions)
+    stored = await stores.sessions.get(hash_session_id(sid))
+    assert stored is not None and stored.last_seen == clock.now
+    assert not sessions._unwritten  # the store holds the last use again
 
 
 async def test_a_failing_read_ahead_is_tried_once_per_entry(stores: Stores, clock: Clock) -> None:
