@@ -28,6 +28,7 @@ from gateway.logs import Occasional
 from gateway.single_flight import OncePerEntry, SingleFlight, read_ahead_from
 from gateway.stores import (
     REVOCATIONS,
+    SESSION_USED,
     EventBus,
     SessionRecord,
     SessionStore,
@@ -35,6 +36,7 @@ from gateway.stores import (
     User,
     UserStore,
     session_revoked,
+    session_used,
     user_sessions_revoked,
 )
 from gateway.stores.ids import hash_session_id, new_session_id
@@ -45,9 +47,11 @@ TOUCH_INTERVAL = 60.0  # the hot path writes a session at most this often
 STEP_UP = "step_up"  # SessionRecord.data key: a second factor is owed before anything else
 USER_FALLBACK_SECONDS = 3600.0  # how stale a remembered user may be during a database outage
 RESYNC = "resync"  # event kind: the bus may have lost messages, forget every cached session
-# Uses a full store refused to write, remembered per process at least this many (even
-# with the cache off, when every request reads the store and would find a write due).
-_UNWRITTEN_MIN = 1024
+# Uses a full store refused to write (of this process's sessions and, through the
+# revocations channel, every other's), remembered per process: as many as the cache
+# holds, and at least this many (even with the cache off, when every request reads the
+# store and would find a write due).
+_UNWRITTEN_MIN = 4096
 
 
 @dataclass(frozen=True, slots=True)  # one per cached session: no per-instance __dict__
@@ -109,7 +113,8 @@ class RevocationFollower:
         self._subscription = await events.subscribe(REVOCATIONS, self._received)
 
     async def _received(self, message: str) -> None:
-        self._epoch += 1
+        if not message.startswith(SESSION_USED):  # (a use revokes nothing)
+            self._epoch += 1
         await self._on_revocation(message)
 
     async def stop(self) -> None:
@@ -170,10 +175,15 @@ class SessionManager(RevocationFollower):
             " and fail while the store refuses it",
             clock=monotonic,
         )
-        # id_hash → the last use seen here that a full store refused to write. Read
-        # over the store's `last_seen`, so that a session in use is not idled out (nor
-        # its write tried on every request) while the store cannot write it.
+        # id_hash → the last use a full store refused to write, by any process (each
+        # says so on the revocations channel). Read over the store's `last_seen`, so
+        # that a session in use is not idled out, nor its write tried on every request,
+        # while the store cannot write it. Never dropped because the store caught up (a
+        # read that began before that write may end after it): the later of the two counts.
         self._unwritten: OrderedDict[str, float] = OrderedDict()
+        self._use_not_said = Occasional(
+            log, "could not tell the other processes of a session's use", clock=monotonic
+        )
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -195,6 +205,14 @@ class SessionManager(RevocationFollower):
         if kind == "session":
             self._cache.pop(rest, None)
             self._unwritten.pop(rest, None)
+        elif f"{kind}:" == SESSION_USED:
+            id_hash, _, at = rest.rpartition(":")
+            try:
+                used = float(at)
+            except ValueError:
+                return
+            if math.isfinite(used):
+                self._note_use(id_hash, used)
         elif kind == RESYNC:
             self._cache.clear()
         elif kind == "user":
@@ -285,8 +303,8 @@ class SessionManager(RevocationFollower):
         if entry is None or entry[1] is not active:
             return None
         monotonic, now = self._monotonic, self.now
-        # Its end as `load` judges it: expired, or idled out (a touch the store refused
-        # leaves the old `last_seen` cached).
+        # Its end as `load` judges it: expired, or idled out (the last use cached; a
+        # later one, written or noted, replaces the entry).
         until, ends = entry[0], min(active.record.expires, self._idle_end(active.record))
         # Requests served on a reused decision do not call `load`: they read ahead too.
         ahead, read_ahead = read_ahead_from(until, self.config.cache_ttl), self._read_ahead
@@ -350,11 +368,8 @@ class SessionManager(RevocationFollower):
             self._unwritten.pop(id_hash, None)
             return None
         noted = self._unwritten.get(id_hash)
-        if noted is not None:
-            if record.last_seen >= noted:  # written since, here or by another process
-                del self._unwritten[id_hash]
-            else:
-                record = replace(record, last_seen=noted)
+        if noted is not None and noted > record.last_seen:
+            record = replace(record, last_seen=noted)
         user = await self._user(record.user_id)
         if user is None or user.disabled or user.tenant != record.tenant:
             return None
@@ -409,15 +424,13 @@ class SessionManager(RevocationFollower):
             # stays (the store ends it then).
             self._writes_failing = False  # the store answered
             self._full_warning.note()
-            written = Touched(False, now, record.expires)
-            self._note_unwritten(active.id_hash, now)
-        else:
-            if not touched:
-                self._cache.pop(active.id_hash, None)
-                return None
-            written = Touched(True, now, expires)
-            if self._unwritten.get(active.id_hash, math.inf) <= now:
-                del self._unwritten[active.id_hash]  # the store has it now
+            self._note_use(active.id_hash, now)
+            await self._say_use(active.id_hash, now)
+            return Touched(False, now, record.expires)
+        if not touched:
+            self._cache.pop(active.id_hash, None)
+            return None
+        written = Touched(True, now, expires)
         # Onto the entry cached now, whichever read made it (a fresher read after a
         # user's change, or a read ahead, keeps its newer user), unless a revocation or
         # change arrived meanwhile (it dropped the entry; a read before it may be cached).
@@ -426,13 +439,32 @@ class SessionManager(RevocationFollower):
             self._cache[active.id_hash] = (entry[0], written.onto(entry[1]))
         return written
 
-    def _note_unwritten(self, id_hash: str, now: float) -> None:
-        """Remember a use the store refused to write (at most as many as the cache holds,
-        and never fewer than _UNWRITTEN_MIN; the oldest first out)."""
-        self._unwritten[id_hash] = now
-        self._unwritten.move_to_end(id_hash)
-        while len(self._unwritten) > max(self.config.cache_size, _UNWRITTEN_MIN):
-            self._unwritten.popitem(last=False)
+    def _note_use(self, id_hash: str, at: float) -> None:
+        """Remember a use the store refused to write (the oldest noted first out past
+        the bound, _UNWRITTEN_MIN), and move the session's cache entry's last use to it.
+        Only `last_seen` moves: never the expiry, and never a session the store no
+        longer has (a read finds none; a revocation drops the entry and the note)."""
+        unwritten = self._unwritten
+        if at <= unwritten.get(id_hash, -math.inf):
+            return
+        unwritten[id_hash] = at
+        unwritten.move_to_end(id_hash)
+        while len(unwritten) > max(self.config.cache_size, _UNWRITTEN_MIN):
+            unwritten.popitem(last=False)
+        entry = self._cache.get(id_hash)
+        if entry is not None:
+            active = entry[1]
+            used = Touched(False, at, active.record.expires).onto(active)
+            if used is not active:
+                self._cache[id_hash] = (entry[0], used)
+
+    async def _say_use(self, id_hash: str, at: float) -> None:
+        """Tell every process of a use the store refused to write (a full Redis still
+        publishes). Not said, each process judges by what it has seen itself."""
+        try:
+            await self.events.publish(REVOCATIONS, session_used(id_hash, at))
+        except Exception as exc:
+            self._use_not_said.note(exc)
 
     async def _touch_behind(self, active: ActiveSession, now: float) -> Touched | None:
         """`_touch`, when no request waits for it. A failure is said (occasionally) and
@@ -548,6 +580,7 @@ class SessionManager(RevocationFollower):
         self._epoch += 1
         if id_hash is not None:
             self._cache.pop(id_hash, None)
+            self._unwritten.pop(id_hash, None)
         try:
             await self.events.publish(REVOCATIONS, message)
         except Exception:

@@ -22,6 +22,7 @@ from gateway.stores import redis as redis_backend
 from gateway.stores import sqlite as sqlite_backend
 from gateway.stores.base import (
     REVOCATIONS,
+    SESSION_USED,
     AlreadyExists,
     ApiKey,
     ApiKeyStore,
@@ -43,6 +44,7 @@ from gateway.stores.base import (
     new_id,
     normalize_username,
     session_revoked,
+    session_used,
     user_sessions_revoked,
 )
 from gateway.stores.credentials import CredentialStore, SqlCredentialStore
@@ -62,6 +64,7 @@ from gateway.stores.sso_codes import SsoCodeStore
 
 __all__ = [
     "REVOCATIONS",
+    "SESSION_USED",
     "AlreadyExists",
     "ApiKey",
     "ApiKeyStore",
@@ -88,6 +91,7 @@ __all__ = [
     "open_database",
     "open_stores",
     "session_revoked",
+    "session_used",
     "user_sessions_revoked",
 ]
 

@@ -10,6 +10,7 @@ the gateway says at start that bans and counters may silently disappear."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
@@ -26,7 +27,7 @@ from aiohttp.test_utils import TestServer
 from gateway.config.model import Config, RegulationConfig, SessionsConfig
 from gateway.errors import StoreUnavailable
 from gateway.extensions import default_extensions
-from gateway.sessions import TOUCH_INTERVAL
+from gateway.sessions import TOUCH_INTERVAL, SessionManager
 from gateway.stores import SessionRecord, User, open_stores
 from gateway.stores.ids import hash_session_id, new_session_id
 from gateway.stores.redis import RedisRateLimiter, RedisSessionStore
@@ -222,8 +223,8 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
 
     # A session that needs only reads goes on working, and so does one whose
     # once-a-minute write is due: it was just read, and its revocation would be a
-    # deletion, which a full Redis still makes. It is served as read (not refreshed),
-    # and the operator is told once, not at every request.
+    # deletion, which a full Redis still makes. It is served unrefreshed (its use noted
+    # in the worker), and the operator is told once, not at every request.
     idle_key = PREFIX + "s:" + hash_session_id(idle)
     last_seen = await admin.hget(idle_key, "last_seen")
     assert last_seen is not None
@@ -255,6 +256,45 @@ async def test_a_full_redis_refuses_sign_ins_cleanly_keeps_sessions_and_logout_a
     assert resp.status == 303
     signed_in = signing_in.browser.cookies["authgate_session"]
     assert await page(client, base, "/members/x", signed_in) == 200
+
+
+async def test_a_use_a_full_redis_refused_to_write_reaches_every_process(
+    tmp_path: Path, upstream: TestServer, redis_server: RedisServer, admin: aioredis.Redis
+) -> None:
+    # Two processes over one full Redis, each with its own connections and pub/sub. A's
+    # write of a session's last use is refused; B, whose clock is 100 s on (by then the
+    # stored last use is past the idle timeout), must read A's use and serve the session,
+    # not idle it out (which deletes it, a full Redis still deleting).
+    config = configure(tmp_path, upstream, redis_server.url)
+    settings = dataclasses.replace(config.sessions, cache_ttl=2.0, idle_timeout=60.0)
+    user = await create_user(config, f"used-{secrets.token_hex(4)}")
+    stores_a, stores_b = await open_stores(config), await open_stores(config)
+    later = time.time() + 100.0
+    a = SessionManager(stores_a.sessions, stores_a.users, stores_a.events, settings)
+    b = SessionManager(
+        stores_b.sessions, stores_b.users, stores_b.events, settings, now=lambda: later
+    )
+    try:
+        await a.start()
+        await b.start()
+        # Last used 65 s ago: A finds its write due (not yet idled out: 60 + 60 s).
+        session_id = await stored_session(config, user, idle_for=TOUCH_INTERVAL + 5)
+        id_hash = hash_session_id(session_id)
+        await fill_to_the_limit(admin)
+        refused = await refused_for_memory(admin)
+        assert await a.load(session_id, user.tenant) is not None  # its write refused
+        assert await refused_for_memory(admin) == refused + 1
+        for _ in range(300):
+            if id_hash in b._unwritten:
+                break
+            await asyncio.sleep(0.01)
+        assert await b.load(session_id, user.tenant) is not None, "B idled out a session in use"
+        assert await admin.exists(PREFIX + "s:" + id_hash) == 1
+    finally:
+        for manager in (a, b):
+            await manager.stop()
+        await stores_a.close()
+        await stores_b.close()
 
 
 async def test_a_full_redis_leaves_no_half_session_and_no_uncounted_attempt(

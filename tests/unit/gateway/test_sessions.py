@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
 from gateway.errors import StoreFull, StoreUnavailable
-from gateway.sessions import TOUCH_INTERVAL, SessionManager
+from gateway.sessions import _UNWRITTEN_MIN, TOUCH_INTERVAL, SessionManager
 from gateway.stores import Stores, User, new_id, open_stores
 from gateway.stores.ids import hash_session_id
 from tests.slow_stores import GatedUsers
@@ -640,20 +640,44 @@ async def test_a_session_in_use_is_not_idled_out_while_a_full_store_refuses_its_
     assert await stores.sessions.get(id_hash) is None  # revoked: a full store still deletes
 
 
-async def test_a_use_noted_while_the_store_is_full_keeps_no_revoked_session(
+async def test_a_use_noted_while_the_store_is_full_neither_extends_nor_keeps_a_session(
     stores: Stores, clock: Clock
 ) -> None:
     full = _FullStore(stores.sessions)
+    sessions = manager(stores, clock, full, cache_ttl=2.0, lifetime=541.0)
+    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    id_hash = hash_session_id(sid)
+    for _ in range(18):  # in use every 30 s while the store refuses its writes
+        clock.advance(30.0)
+        assert await sessions.load(sid, "acme") is not None
+        await _settle(sessions)
+    # The last use (540 s) was read afresh, its write refused and noted onto the entry.
+    assert sessions._unwritten[id_hash] == clock.now
+    clock.advance(1.1)  # past the expiry the store has, the entry still cached
+    assert record.expires < clock.now
+    assert await sessions.load(sid, "acme") is None, "a noted use extended the session"
+
+
+async def test_a_revoked_session_leaves_no_note_of_its_use(stores: Stores, clock: Clock) -> None:
+    full = _FullStore(stores.sessions)
     sessions = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
-    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
-    clock.advance(TOUCH_INTERVAL + 1)
-    assert await sessions.load(sid, "acme") is not None  # the write refused: use noted
-    await _settle(sessions)
-    assert sessions._unwritten
-    await stores.sessions.revoke(hash_session_id(sid))  # in the store alone (event lost)
-    clock.advance(2.1)  # past the cache's bound
-    assert await sessions.load(sid, "acme") is None
-    assert not sessions._unwritten  # forgotten with the session
+    await sessions.start()
+    try:
+        sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+        clock.advance(TOUCH_INTERVAL + 1)
+        assert await sessions.load(sid, "acme") is not None  # the write refused: use noted
+        await _settle(sessions)
+        assert hash_session_id(sid) in sessions._unwritten
+        # Revoked by another process: a deletion, and its message
+        await manager(stores, clock, full).revoke(sid)
+        for _ in range(300):  # (the SQL bus delivers within its poll)
+            if not sessions._unwritten:
+                break
+            await asyncio.sleep(0.01)
+        assert not sessions._unwritten
+        assert await sessions.load(sid, "acme") is None
+    finally:
+        await sessions.stop()
 
 
 async def test_a_use_noted_while_the_store_was_full_is_written_once_it_has_room(
@@ -671,7 +695,100 @@ async def test_a_use_noted_while_the_store_was_full_is_written_once_it_has_room(
     await _settle(sessions)
     stored = await stores.sessions.get(hash_session_id(sid))
     assert stored is not None and stored.last_seen == clock.now
-    assert not sessions._unwritten  # the store holds the last use again
+
+
+class _HeldFullStore(_FullStore):
+    """A full store whose reads, while `holding`, return what the store held when they
+    ran but end only once `release` is set (and whose writes wait for such a read)."""
+
+    def __init__(self, inner: object) -> None:
+        super().__init__(inner)
+        self.holding = False
+        self.release = asyncio.Event()
+
+    async def get(self, id_hash: str) -> object:
+        found = await self.inner.get(id_hash)  # type: ignore[attr-defined]
+        if self.holding:
+            self.held.set()
+            await self.release.wait()
+        return found
+
+    async def touch(self, *args: object) -> object:
+        if self.holding:  # written only once a held read has the row as it was
+            await self.held.wait()
+        return await super().touch(*args)
+
+
+async def test_a_read_that_ends_after_the_store_caught_up_keeps_the_noted_use(
+    stores: Stores, clock: Clock
+) -> None:
+    # Memory is freed; a read ahead reads the old last use from the store, and ends only
+    # after the write that stores the noted one. What it caches must not idle the
+    # session out (the store's row it read predates the noted use).
+    held = _HeldFullStore(stores.sessions)
+    sessions = manager(stores, clock, held, cache_ttl=2.0, idle_timeout=600.0)
+    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    for _ in range(40):  # in use for 20 minutes while the store is full
+        clock.advance(30.0)
+        assert await sessions.load(sid, "acme") is not None
+        await _settle(sessions)
+    noted = sessions._unwritten[hash_session_id(sid)]
+    held.refusing = False  # memory freed
+    clock.advance(noted + 58.5 - clock.now)  # read afresh, cached for 2 s: no write due yet
+    assert await sessions.load(sid, "acme") is not None
+    await _settle(sessions)
+    held.holding = True
+    clock.advance(1.6)  # the write is due, and the entry in its last quarter: both begin
+    assert await sessions.load(sid, "acme") is not None
+    await asyncio.wait_for(held.held.wait(), 5)  # the read ahead has the old row
+    for _ in range(300):
+        if not sessions._writes:
+            break
+        await asyncio.sleep(0.01)
+    held.holding = False
+    held.release.set()  # it ends after the write
+    await _settle(sessions)
+    clock.advance(0.1)
+    assert await sessions.load(sid, "acme") is not None, "signed out by a read older than its write"
+
+
+async def test_every_process_reads_a_use_another_could_not_write(
+    stores: Stores, clock: Clock
+) -> None:
+    # Two processes (workers, or instances) over one full store: the session is used
+    # through A only. B, which has not seen it in use, must not idle it out (and so
+    # delete it) when a request reaches B.
+    full = _FullStore(stores.sessions)
+    a = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
+    b = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
+    await a.start()
+    await b.start()
+    try:
+        sid, _ = await a.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+        id_hash = hash_session_id(sid)
+        for _ in range(40):  # used through A every 30 s for 20 minutes
+            clock.advance(30.0)
+            assert await a.load(sid, "acme") is not None
+            await _settle(a)
+        for _ in range(300):  # (the SQL bus delivers within its poll)
+            if b._unwritten.get(id_hash) == a._unwritten[id_hash]:
+                break
+            await asyncio.sleep(0.01)
+        assert await b.load(sid, "acme") is not None, "B idled out a session in use"
+        assert await stores.sessions.get(id_hash) is not None
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_the_notes_of_use_are_bounded(stores: Stores, clock: Clock) -> None:
+    sessions = manager(stores, clock, cache_size=10)
+    for number in range(_UNWRITTEN_MIN + 1):
+        sessions._note_use(f"session-{number}", float(number))
+    assert len(sessions._unwritten) == _UNWRITTEN_MIN
+    assert "session-0" not in sessions._unwritten  # the oldest noted went first
+    sessions._note_use("session-1", 0.5)  # an older use than the one noted: kept as was
+    assert sessions._unwritten["session-1"] == 1.0
 
 
 async def test_a_failing_read_ahead_is_tried_once_per_entry(stores: Stores, clock: Clock) -> None:
