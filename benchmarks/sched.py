@@ -1,5 +1,6 @@
 """What the kernel's scheduler saw of a set of processes, from /proc: time on a CPU,
-time waiting for one, and preemptions, per thread; and the machine's steal time.
+time waiting for one, and preemptions, per thread; and the machine's steal and idle
+time.
 Read by `benchmarks.tail` and by the suite's fixed-rate runs (Linux, schedstats on)."""
 
 from __future__ import annotations
@@ -95,3 +96,30 @@ def parse_steal(stat: str) -> int:
 
 def steal_seconds(proc: Path = Path("/proc")) -> float:
     return parse_steal((proc / "stat").read_text()) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_cpu_ticks(stat: str) -> tuple[int, int]:
+    """/proc/stat: the idle time (idle and iowait) of all CPUs together, and all their
+    time, in clock ticks (user nice system idle iowait irq softirq steal; guest time is
+    already in user and nice)."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(field) for field in fields[1:9]]
+            return ticks[3] + ticks[4], sum(ticks)
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def cpu_ticks(proc: Path = Path("/proc")) -> tuple[int, int] | None:
+    """`parse_cpu_ticks` of this machine, or None where /proc/stat cannot be read."""
+    try:
+        return parse_cpu_ticks((proc / "stat").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def idle_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of all CPUs' time that was idle between two `cpu_ticks`, in %."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100 * (after[0] - before[0]) / (after[1] - before[1])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import resource
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -60,7 +61,7 @@ from benchmarks.scenarios import (
     start_upstream,
     stop_all,
 )
-from benchmarks.sched import Snapshot, snapshot, spent
+from benchmarks.sched import Snapshot, cpu_ticks, idle_share, snapshot, spent
 
 MAX_ERROR_SHARE = 0.01  # more failed requests than this: the figures mean nothing
 DIRECT_AT_NGINX_RATE = "direct@nginx"  # direct, paced at half of nginx's maximum
@@ -115,6 +116,11 @@ class PacedResult:
     cpu_us: float | None = None
     wait_us: float | None = None
     preempt: float | None = None
+    # And what the rest of the machine did meanwhile: the share of all CPUs' time left
+    # idle (%), and the load generator's CPU per request (wrk, user and system): at a
+    # fixed rate, what is left to the proxy (and how long it queues) is what these leave.
+    idle_pct: float | None = None
+    load_us: float | None = None
 
 
 @dataclass(frozen=True)
@@ -253,10 +259,13 @@ def paced(
     connections, measure = fixed_rate_load(scenario, rate, options.duration, folder, threads)
     pids = scenario.serving_pids()
     before = _scheduler_counts(pids)
-    result = measure()
+    ticks, load = cpu_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = measure()  # (wrk: the one child waited for meanwhile)
+    load_after, ticks_after = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
     after = _scheduler_counts(pids)
     used = spent(before, after) if before is not None and after is not None else None
     requests = max(result.requests, 1)
+    load_seconds = (load_after.ru_utime - load.ru_utime) + (load_after.ru_stime - load.ru_stime)
     return PacedResult(
         key=scenario.key,
         target_rate=rate,
@@ -269,6 +278,8 @@ def paced(
         cpu_us=None if used is None else used.cpu_ns / requests / 1000,
         wait_us=None if used is None else used.wait_ns / requests / 1000,
         preempt=None if used is None else used.involuntary / requests,
+        idle_pct=idle_share(ticks, ticks_after),
+        load_us=load_seconds / requests * 1e6,
     )
 
 
@@ -487,6 +498,8 @@ def combine_rounds(rounds: list[PacedResult]) -> PacedResult:
         cpu_us=_median_of_known(r.cpu_us for r in rounds),
         wait_us=_median_of_known(r.wait_us for r in rounds),
         preempt=_median_of_known(r.preempt for r in rounds),
+        idle_pct=_median_of_known(r.idle_pct for r in rounds),
+        load_us=_median_of_known(r.load_us for r in rounds),
     )
 
 

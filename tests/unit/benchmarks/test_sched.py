@@ -12,6 +12,8 @@ import pytest
 from benchmarks._harness import BenchmarkError
 from benchmarks.sched import (
     SchedTotals,
+    idle_share,
+    parse_cpu_ticks,
     parse_involuntary,
     parse_schedstat,
     parse_steal,
@@ -84,3 +86,13 @@ def test_steal_is_the_eighth_figure_of_the_all_cpus_line() -> None:
     assert parse_steal("cpu  1 2 3 4 5 6 7\n") == 0  # a kernel that counts no steal
     with pytest.raises(ValueError):
         parse_steal("intr 1\n")
+
+
+def test_idle_time_is_idle_and_iowait_of_all_cpus_over_their_whole_time() -> None:
+    stat = "cpu  100 5 50 800 20 3 12 10 7 0\ncpu0 50 2 25 400 10 1 6 5 3 0\n"
+    assert parse_cpu_ticks(stat) == (820, 1000)  # guest time (7) is already in user
+    assert idle_share((820, 1000), (1270, 2000)) == 45.0
+    assert idle_share(None, (1270, 2000)) is None
+    assert idle_share((820, 1000), (820, 1000)) is None  # no time passed: no share
+    with pytest.raises(ValueError):
+        parse_cpu_ticks("intr 1 2 3\n")

@@ -109,15 +109,26 @@ def test_fixed_rate_rounds_give_the_median_of_each_rounds_added_latency() -> Non
 def test_fixed_rate_rounds_keep_the_median_of_what_the_scheduler_saw() -> None:
     gate = [
         replace(
-            PacedResult("session", 500, 10, 20, 480, 1.0, 2.0, 0), cpu_us=c, wait_us=w, preempt=p
+            PacedResult("session", 500, 10, 20, 480, 1.0, 2.0, 0),
+            cpu_us=c,
+            wait_us=w,
+            preempt=p,
+            idle_pct=i,
+            load_us=u,
         )
-        for c, w, p in ((20.0, 10.0, 0.2), (30.0, 40.0, 0.5), (25.0, 12.0, 0.1))
+        for c, w, p, i, u in (
+            (20.0, 10.0, 0.2, 1.5, 27.0),
+            (30.0, 40.0, 0.5, 0.2, 30.0),
+            (25.0, 12.0, 0.1, 4.0, 26.0),
+        )
     ]
     combined = combine_rounds(gate)
     assert (combined.cpu_us, combined.wait_us, combined.preempt) == (25.0, 12.0, 0.2)
+    assert (combined.idle_pct, combined.load_us) == (1.5, 27.0)
     load = LoadResults(scenarios=(), paced=(combined,), failures=())
     line = table(load, [], [])
     assert "cpu 25.0 µs, waiting for a CPU 12.0 µs, preempted 0.200 a request" in line
+    assert "machine idle 1.5 %, wrk 27.0 µs a request" in line
     unread = [PacedResult("session", 500, 10, 20, 480, 1.0, p99, 0) for p99 in (1.0, 2.0)]
     assert combine_rounds(unread).cpu_us is None
     assert "waiting for a CPU" not in table(
@@ -141,6 +152,9 @@ def test_a_fixed_rate_run_reads_what_the_scheduler_saw_of_the_serving_processes(
     assert run.cpu_us is not None and run.cpu_us > 0
     assert run.wait_us is not None and run.wait_us >= 0
     assert run.preempt is not None and run.preempt >= 0
+    # The rest of the machine: 500 req/s leave most of it idle, and wrk spent CPU on them.
+    assert run.idle_pct is not None and 0 < run.idle_pct <= 100
+    assert run.load_us is not None and run.load_us > 0
 
 
 def test_the_fixed_rate_script_spaces_sends_evenly_and_reports_exactly(tmp_path: Path) -> None:
