@@ -698,25 +698,15 @@ async def test_a_use_noted_while_the_store_was_full_is_written_once_it_has_room(
 
 
 class _HeldFullStore(_FullStore):
-    """A full store whose reads, while `holding`, return what the store held when they
-    ran but end only once `release` is set (and whose writes wait for such a read)."""
-
-    def __init__(self, inner: object) -> None:
-        super().__init__(inner)
-        self.holding = False
-        self.release = asyncio.Event()
-
-    async def get(self, id_hash: str) -> object:
-        found = await self.inner.get(id_hash)  # type: ignore[attr-defined]
-        if self.holding:
-            self.held.set()
-            await self.release.wait()
-        return found
+    """A full store whose reads can be held (`armed`, as _GatedReads), and whose writes,
+    once it has room, are made while a read is held with the row as it was."""
 
     async def touch(self, *args: object) -> object:
-        if self.holding:  # written only once a held read has the row as it was
-            await self.held.wait()
-        return await super().touch(*args)
+        if self.refusing or not self.armed:
+            return await super().touch(*args)
+        await self.held.wait()
+        self.touches += 1
+        return await self.inner.touch(*args)  # type: ignore[attr-defined]
 
 
 async def test_a_read_that_ends_after_the_store_caught_up_keeps_the_noted_use(
@@ -737,7 +727,7 @@ async def test_a_read_that_ends_after_the_store_caught_up_keeps_the_noted_use(
     clock.advance(noted + 58.5 - clock.now)  # read afresh, cached for 2 s: no write due yet
     assert await sessions.load(sid, "acme") is not None
     await _settle(sessions)
-    held.holding = True
+    held.armed = True
     clock.advance(1.6)  # the write is due, and the entry in its last quarter: both begin
     assert await sessions.load(sid, "acme") is not None
     await asyncio.wait_for(held.held.wait(), 5)  # the read ahead has the old row
@@ -745,8 +735,9 @@ async def test_a_read_that_ends_after_the_store_caught_up_keeps_the_noted_use(
         if not sessions._writes:
             break
         await asyncio.sleep(0.01)
-    held.holding = False
-    held.release.set()  # it ends after the write
+    assert not sessions._writes, "the write did not end while the read was held"
+    held.armed = False
+    held.gate.set()  # it ends after the write
     await _settle(sessions)
     clock.advance(0.1)
     assert await sessions.load(sid, "acme") is not None, "signed out by a read older than its write"
