@@ -13,7 +13,7 @@ import pytest
 from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.sessions import _UNWRITTEN_MIN, TOUCH_INTERVAL, SessionManager
-from gateway.stores import Stores, User, new_id, open_stores
+from gateway.stores import SessionRecord, Stores, User, new_id, open_stores
 from gateway.stores.ids import hash_session_id
 from tests.slow_stores import GatedUsers
 
@@ -620,17 +620,32 @@ async def test_a_full_store_serves_sessions_and_its_refused_write_is_not_tried_o
     assert full.touches == 2  # a minute later, tried again
 
 
+async def _used_every_30_s(sessions: SessionManager, clock: Clock, sid: str, uses: int) -> None:
+    """`uses` requests of the session, 30 s apart, each served and let settle."""
+    for _ in range(uses):
+        clock.advance(30.0)
+        assert await sessions.load(sid, "acme") is not None, "refused while in use"
+        await _settle(sessions)
+
+
+async def _in_use_while_full(
+    stores: Stores, clock: Clock, store: _FullStore, uses: int, **settings: float
+) -> tuple[SessionManager, str, SessionRecord]:
+    """A manager over a full `store` (cache_ttl 2 s), and a session of its own used every
+    30 s, `uses` times, since it was created."""
+    sessions = manager(stores, clock, store, cache_ttl=2.0, **settings)
+    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    await _used_every_30_s(sessions, clock, sid, uses)
+    return sessions, sid, record
+
+
 async def test_a_session_in_use_is_not_idled_out_while_a_full_store_refuses_its_writes(
     stores: Stores, clock: Clock
 ) -> None:
     full = _FullStore(stores.sessions)
-    sessions = manager(stores, clock, full, cache_ttl=2.0, idle_timeout=600.0)
-    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    # Used for 20 minutes, each use reading the store (the cache's bound is 2 s).
+    sessions, sid, record = await _in_use_while_full(stores, clock, full, 40, idle_timeout=600.0)
     id_hash = hash_session_id(sid)
-    for _ in range(40):  # used every 30 s for 20 minutes: each use reads the store
-        clock.advance(30.0)
-        assert await sessions.load(sid, "acme") is not None, "idled out while in use"
-        await _settle(sessions)
     stored = await stores.sessions.get(id_hash)
     assert stored is not None and stored.last_seen == record.last_seen  # nothing written
     assert full.touches == 20  # once a minute, not once a request
@@ -644,13 +659,8 @@ async def test_a_use_noted_while_the_store_is_full_neither_extends_nor_keeps_a_s
     stores: Stores, clock: Clock
 ) -> None:
     full = _FullStore(stores.sessions)
-    sessions = manager(stores, clock, full, cache_ttl=2.0, lifetime=541.0)
-    sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
+    sessions, sid, record = await _in_use_while_full(stores, clock, full, 18, lifetime=541.0)
     id_hash = hash_session_id(sid)
-    for _ in range(18):  # in use every 30 s while the store refuses its writes
-        clock.advance(30.0)
-        assert await sessions.load(sid, "acme") is not None
-        await _settle(sessions)
     # The last use (540 s) was read afresh, its write refused and noted onto the entry.
     assert sessions._unwritten[id_hash] == clock.now
     clock.advance(1.1)  # past the expiry the store has, the entry still cached
@@ -716,12 +726,7 @@ async def test_a_read_that_ends_after_the_store_caught_up_keeps_the_noted_use(
     # after the write that stores the noted one. What it caches must not idle the
     # session out (the store's row it read predates the noted use).
     held = _HeldFullStore(stores.sessions)
-    sessions = manager(stores, clock, held, cache_ttl=2.0, idle_timeout=600.0)
-    sid, _ = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
-    for _ in range(40):  # in use for 20 minutes while the store is full
-        clock.advance(30.0)
-        assert await sessions.load(sid, "acme") is not None
-        await _settle(sessions)
+    sessions, sid, _ = await _in_use_while_full(stores, clock, held, 40, idle_timeout=600.0)
     noted = sessions._unwritten[hash_session_id(sid)]
     held.refusing = False  # memory freed
     clock.advance(noted + 58.5 - clock.now)  # read afresh, cached for 2 s: no write due yet
@@ -757,10 +762,7 @@ async def test_every_process_reads_a_use_another_could_not_write(
     try:
         sid, _ = await a.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
         id_hash = hash_session_id(sid)
-        for _ in range(40):  # used through A every 30 s for 20 minutes
-            clock.advance(30.0)
-            assert await a.load(sid, "acme") is not None
-            await _settle(a)
+        await _used_every_30_s(a, clock, sid, 40)  # through A, for 20 minutes
         for _ in range(300):  # (the SQL bus delivers within its poll)
             if b._unwritten.get(id_hash) == a._unwritten[id_hash]:
                 break
