@@ -19,9 +19,11 @@ import signal
 import socket
 import statistics
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -308,6 +310,7 @@ class WrkResult:
     latency_max_ms: float
     socket_errors: int  # connect + read + write + timeout
     non_2xx_3xx: int
+    cpu_seconds: float | None = None  # what wrk itself spent (user + system), when known
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -411,17 +414,32 @@ def wrk_command(url: str, settings: WrkSettings, script: Path | None) -> list[st
 
 
 def run_wrk(url: str, settings: WrkSettings, script: Path | None = None) -> WrkResult:
-    """Run wrk once against `url` and parse what it measured."""
-    completed = subprocess.run(
-        wrk_command(url, settings, script),
-        capture_output=True,
-        text=True,
-        timeout=settings.duration + 60,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise BenchmarkError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()}")
-    return parse_wrk_output(completed.stdout)
+    """Run wrk once against `url` and parse what it measured, with the CPU wrk itself
+    spent (its own resource usage, from wait4: never another child's, which
+    RUSAGE_CHILDREN would count if one were reaped meanwhile)."""
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            wrk_command(url, settings, script), stdout=subprocess.PIPE, stderr=errors
+        )
+        timer = threading.Timer(settings.duration + 60, process.kill)
+        timer.start()
+        try:
+            assert process.stdout is not None
+            with process.stdout:
+                output = process.stdout.read()  # until wrk ends (or is killed)
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            timer.cancel()
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            told = errors.read().decode("utf-8", "replace").strip()
+            raise BenchmarkError(f"wrk failed ({process.returncode}): {told}")
+    result = parse_wrk_output(output.decode("utf-8", "replace"))
+    return replace(result, cpu_seconds=usage.ru_utime + usage.ru_stime)
 
 
 def write_done_script(folder: Path) -> Path:

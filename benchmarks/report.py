@@ -321,13 +321,14 @@ def write_chart(path: Path, load: LoadResults, title: str) -> Path | None:
 
 
 def _scheduler_seen(paced: PacedResult) -> str:
-    """What the scheduler saw of the serving processes, per request (if it was read)."""
-    seen = ""
+    """What the scheduler saw of the serving processes, per request, and what the rest
+    of the machine did meanwhile (each where it was read)."""
+    seen = []
     if paced.cpu_us is not None and paced.wait_us is not None and paced.preempt is not None:
-        seen = (
-            f"  cpu {paced.cpu_us:.1f} µs, waiting for a CPU {paced.wait_us:.1f} µs,"
+        seen.append(
+            f"cpu {paced.cpu_us:.1f} µs, waiting for a CPU {paced.wait_us:.1f} µs,"
             f" preempted {paced.preempt:.3f} a request"
         )
     if paced.idle_pct is not None and paced.load_us is not None:
-        seen += f"; machine idle {paced.idle_pct:.1f} %, wrk {paced.load_us:.1f} µs a request"
-    return seen
+        seen.append(f"machine idle {paced.idle_pct:.1f} %, wrk {paced.load_us:.1f} µs a request")
+    return "  " + "; ".join(seen) if seen else ""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import resource
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -117,7 +116,7 @@ class PacedResult:
     wait_us: float | None = None
     preempt: float | None = None
     # And what the rest of the machine did meanwhile: the share of all CPUs' time left
-    # idle (%), and the load generator's CPU per request (wrk, user and system): at a
+    # idle (%), and the load generator's CPU per request (wrk's own, user and system): at a
     # fixed rate, what is left to the proxy (and how long it queues) is what these leave.
     idle_pct: float | None = None
     load_us: float | None = None
@@ -259,13 +258,12 @@ def paced(
     connections, measure = fixed_rate_load(scenario, rate, options.duration, folder, threads)
     pids = scenario.serving_pids()
     before = _scheduler_counts(pids)
-    ticks, load = cpu_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = measure()  # (wrk: the one child waited for meanwhile)
-    load_after, ticks_after = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
+    ticks = cpu_ticks()
+    result = measure()
+    ticks_after = cpu_ticks()
     after = _scheduler_counts(pids)
     used = spent(before, after) if before is not None and after is not None else None
     requests = max(result.requests, 1)
-    load_seconds = (load_after.ru_utime - load.ru_utime) + (load_after.ru_stime - load.ru_stime)
     return PacedResult(
         key=scenario.key,
         target_rate=rate,
@@ -279,7 +277,7 @@ def paced(
         wait_us=None if used is None else used.wait_ns / requests / 1000,
         preempt=None if used is None else used.involuntary / requests,
         idle_pct=idle_share(ticks, ticks_after),
-        load_us=load_seconds / requests * 1e6,
+        load_us=None if result.cpu_seconds is None else result.cpu_seconds / requests * 1e6,
     )
 
 

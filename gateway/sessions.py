@@ -15,8 +15,10 @@ answer (never longer than USER_FALLBACK_SECONDS, and dropped on revocation).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -52,6 +54,7 @@ RESYNC = "resync"  # event kind: the bus may have lost messages, forget every ca
 # holds, and at least this many (even with the cache off, when every request reads the
 # store and would find a write due).
 _UNWRITTEN_MIN = 4096
+_ID_HASH = re.compile(r"[0-9a-f]{64}")  # a session's id hash (hash_session_id)
 
 
 @dataclass(frozen=True, slots=True)  # one per cached session: no per-instance __dict__
@@ -70,12 +73,10 @@ class ActiveSession:
 
 @dataclass(frozen=True, slots=True)
 class Touched:
-    """What the minute's write of a session did: written (its new `last_seen` and
-    expiry), or refused by a full store (`written` False: the use is noted in this
-    process alone, and the expiry stays). A session the write found gone is None
-    instead."""
+    """What the minute's write of a session moved: its last use and expiry as written,
+    or, refused by a full store, the use noted (and published) with the expiry as it
+    was. A session the write found gone is None instead."""
 
-    written: bool
     last_seen: float
     expires: float
 
@@ -113,7 +114,7 @@ class RevocationFollower:
         self._subscription = await events.subscribe(REVOCATIONS, self._received)
 
     async def _received(self, message: str) -> None:
-        if not message.startswith(SESSION_USED):  # (a use revokes nothing)
+        if message.partition(":")[0] != SESSION_USED:  # (a use revokes nothing)
             self._epoch += 1
         await self._on_revocation(message)
 
@@ -184,6 +185,7 @@ class SessionManager(RevocationFollower):
         self._use_not_said = Occasional(
             log, "could not tell the other processes of a session's use", clock=monotonic
         )
+        self._saying: set[asyncio.Future[None]] = set()  # those uses being published
         # user id → (loaded at, user): the fallback while the database is down
         self._known_users: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._full_warning = Occasional(
@@ -203,16 +205,17 @@ class SessionManager(RevocationFollower):
     async def _on_revocation(self, message: str) -> None:
         kind, _, rest = message.partition(":")
         if kind == "session":
-            self._cache.pop(rest, None)
-            self._unwritten.pop(rest, None)
-        elif f"{kind}:" == SESSION_USED:
+            self._forget_session(rest)
+        elif kind == SESSION_USED:
             id_hash, _, at = rest.rpartition(":")
             try:
                 used = float(at)
             except ValueError:
                 return
-            if math.isfinite(used):
-                self._note_use(id_hash, used)
+            if _ID_HASH.fullmatch(id_hash) and math.isfinite(used):
+                # Never later than now: a use to come would keep a session from idling
+                # out, and its write from being due, for as long as it is ahead.
+                self._note_use(id_hash, min(used, self.now()))
         elif kind == RESYNC:
             self._cache.clear()
         elif kind == "user":
@@ -367,12 +370,13 @@ class SessionManager(RevocationFollower):
         if record is None:
             self._unwritten.pop(id_hash, None)
             return None
-        noted = self._unwritten.get(id_hash)
-        if noted is not None and noted > record.last_seen:
-            record = replace(record, last_seen=noted)
         user = await self._user(record.user_id)
         if user is None or user.disabled or user.tenant != record.tenant:
             return None
+        # Read after the user: a use noted while the user was read counts too.
+        noted = self._unwritten.get(id_hash)
+        if noted is not None and noted > record.last_seen:
+            record = replace(record, last_seen=noted)
         return ActiveSession(id_hash, record, user)
 
     async def _user(self, user_id: str) -> User | None:
@@ -424,13 +428,14 @@ class SessionManager(RevocationFollower):
             # stays (the store ends it then).
             self._writes_failing = False  # the store answered
             self._full_warning.note()
-            self._note_use(active.id_hash, now)
-            await self._say_use(active.id_hash, now)
-            return Touched(False, now, record.expires)
+            if epoch == self._epoch:  # (else it may have been revoked meanwhile)
+                self._note_use(active.id_hash, now)
+                self._say_use(active.id_hash, now)
+            return Touched(now, record.expires)
         if not touched:
             self._cache.pop(active.id_hash, None)
             return None
-        written = Touched(True, now, expires)
+        written = Touched(now, expires)
         # Onto the entry cached now, whichever read made it (a fresher read after a
         # user's change, or a read ahead, keeps its newer user), unless a revocation or
         # change arrived meanwhile (it dropped the entry; a read before it may be cached).
@@ -438,6 +443,11 @@ class SessionManager(RevocationFollower):
         if entry is not None and epoch == self._epoch:
             self._cache[active.id_hash] = (entry[0], written.onto(entry[1]))
         return written
+
+    def _forget_session(self, id_hash: str) -> None:
+        """A revoked session: out of the cache, and its noted use with it."""
+        self._cache.pop(id_hash, None)
+        self._unwritten.pop(id_hash, None)
 
     def _note_use(self, id_hash: str, at: float) -> None:
         """Remember a use the store refused to write (the oldest noted first out past
@@ -454,17 +464,28 @@ class SessionManager(RevocationFollower):
         entry = self._cache.get(id_hash)
         if entry is not None:
             active = entry[1]
-            used = Touched(False, at, active.record.expires).onto(active)
+            used = Touched(at, active.record.expires).onto(active)
             if used is not active:
                 self._cache[id_hash] = (entry[0], used)
 
-    async def _say_use(self, id_hash: str, at: float) -> None:
+    def _say_use(self, id_hash: str, at: float) -> None:
         """Tell every process of a use the store refused to write (a full Redis still
-        publishes). Not said, each process judges by what it has seen itself."""
+        publishes), behind the request: it waits for no publishing. Not said, each
+        process judges by what it has seen itself."""
+        task = asyncio.ensure_future(self._publish_use(id_hash, at))
+        self._saying.add(task)
+        task.add_done_callback(self._saying.discard)
+
+    async def _publish_use(self, id_hash: str, at: float) -> None:
         try:
             await self.events.publish(REVOCATIONS, session_used(id_hash, at))
         except Exception as exc:
             self._use_not_said.note(exc)
+
+    async def stop(self) -> None:
+        for task in list(self._saying):
+            task.cancel()
+        await super().stop()
 
     async def _touch_behind(self, active: ActiveSession, now: float) -> Touched | None:
         """`_touch`, when no request waits for it. A failure is said (occasionally) and
@@ -579,8 +600,7 @@ class SessionManager(RevocationFollower):
         # bus, never if publishing fails): a read begun during the write is not cached.
         self._epoch += 1
         if id_hash is not None:
-            self._cache.pop(id_hash, None)
-            self._unwritten.pop(id_hash, None)
+            self._forget_session(id_hash)
         try:
             await self.events.publish(REVOCATIONS, message)
         except Exception:

@@ -305,12 +305,12 @@ def user_sessions_revoked(tenant: str, user_id: str) -> str:
 
 # Not a revocation: a session's use that a full store refused to write, so that every
 # process reads it over the stored last use (and none idles out a session in use).
-SESSION_USED = "used:"
+SESSION_USED = "used"
 
 
 def session_used(id_hash: str, at: float) -> str:
     """The REVOCATIONS message that tells every process a session was used at `at`."""
-    return f"{SESSION_USED}{id_hash}:{at!r}"
+    return f"{SESSION_USED}:{id_hash}:{at!r}"
 
 
 def api_key_revoked(key_id: str) -> str:

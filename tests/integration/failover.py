@@ -42,6 +42,7 @@ from gateway.config.model import Config
 from gateway.server import GatewayServer
 from gateway.stores import User, session_revoked, user_sessions_revoked
 from gateway.stores.ids import hash_session_id, new_session_id
+from tests.polling import until
 
 CACHE_TTL = 1.0
 SLACK = 0.5  # a reconnection's round trips and one request on a loaded CI machine
@@ -158,19 +159,6 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
         and r.getMessage() in {"unhandled error", "event callback failed"}
     ]
     assert bad == [], [f"{r.name}: {r.getMessage()}" for r in bad]
-
-
-async def until(
-    predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float
-) -> float:
-    """Poll until `predicate` holds; returns when it did (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        held = predicate()
-        if held if isinstance(held, bool) else await held:
-            return time.monotonic()
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(0.05)
 
 
 def serving_again(answers: list[Answer], since: float) -> bool:

@@ -33,7 +33,6 @@ from gateway.stores import redis as redis_store
 from gateway.stores.base import REVOCATIONS, SessionRecord, session_revoked
 from gateway.stores.breaker import CircuitOpen
 from gateway.stores.redis import COMMAND_TIMEOUT
-from tests.integration.failover import until
 from tests.integration.servers import (
     RedisCluster,
     redis_cli,
@@ -42,6 +41,7 @@ from tests.integration.servers import (
     start_sentinel_group,
 )
 from tests.integration.test_revocation_replicated import held, opened
+from tests.polling import until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -33,10 +33,10 @@ from gateway.stores.base import REVOCATIONS, ApiKey, SessionRecord, api_key_revo
 from gateway.stores.credentials import SqlCredentialStore
 from gateway.stores.postgres import PostgresDatabase, migrate, open_postgres
 from gateway.stores.sql import SqlApiKeyStore, SqlKeyStore, SqlSessionStore
-from tests.integration.failover import until
 from tests.integration.servers import PostgresPair, start_postgres_pair, start_redis
 from tests.integration.test_revocation_replicated import record as new_session
 from tests.integration.test_revocation_replicated import unconfirmed_counted
+from tests.polling import until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -10,7 +10,6 @@ the gateway says at start that bans and counters may silently disappear."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import secrets
@@ -35,6 +34,7 @@ from tests.integration.browser import Browser, hidden
 from tests.integration.conftest import StartGateway, make_config
 from tests.integration.servers import RedisServer, redis_cli, start_cluster, start_redis
 from tests.integration.users import CHEAP, PASSWORD, create_user
+from tests.polling import until
 
 pytestmark = pytest.mark.redis
 
@@ -284,10 +284,7 @@ async def test_a_use_a_full_redis_refused_to_write_reaches_every_process(
         refused = await refused_for_memory(admin)
         assert await a.load(session_id, user.tenant) is not None  # its write refused
         assert await refused_for_memory(admin) == refused + 1
-        for _ in range(300):
-            if id_hash in b._unwritten:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: id_hash in b._unwritten, "A's message of the use", 10)
         assert await b.load(session_id, user.tenant) is not None, "B idled out a session in use"
         assert await admin.exists(PREFIX + "s:" + id_hash) == 1
     finally:

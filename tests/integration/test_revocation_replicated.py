@@ -35,7 +35,6 @@ from gateway.stores import Stores, open_stores
 from gateway.stores.base import SessionRecord
 from gateway.stores.redis import REPLICA_WAIT_MS
 from gateway.stores.sso_codes import SsoGrant
-from tests.integration.failover import until
 from tests.integration.relay import Relay
 from tests.integration.servers import (
     RedisCluster,
@@ -47,6 +46,7 @@ from tests.integration.servers import (
     start_sentinel_group,
     wait_until_replica,
 )
+from tests.polling import until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

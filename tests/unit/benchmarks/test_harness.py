@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks._harness import (
     WRK_DONE_SCRIPT,
+    BenchmarkError,
     WrkResult,
     WrkSettings,
     children_of,
@@ -27,10 +28,12 @@ from benchmarks._harness import (
     parse_duration_ms,
     parse_wrk_output,
     peak_rss_bytes,
+    run_wrk,
     start_process,
     wrk_command,
 )
 from benchmarks.proxy import Ratios, ScenarioResult, authgate_config, ratios, table
+from tests.unit.deploy.tools import require_tool
 
 WRK_TEXT_REPORT = """\
 Running 10s test @ http://127.0.0.1:41234/
@@ -120,6 +123,13 @@ def test_wrk_command_sends_the_host_header_and_asks_for_percentiles(tmp_path: Pa
     assert argv[argv.index("-H") + 1] == "Host: bench.test"
     assert argv[argv.index("-s") + 1] == str(script)
     assert argv[-1] == "http://127.0.0.1:9/"
+
+
+def test_wrk_that_fails_says_why() -> None:
+    require_tool("wrk")
+    port = free_port()  # nothing listens there
+    with pytest.raises(BenchmarkError, match=r"wrk failed \(1\): unable to connect"):
+        run_wrk(f"http://127.0.0.1:{port}/", WrkSettings(1, 1, 1.0))
 
 
 def test_free_port_can_be_bound_on_loopback() -> None:

@@ -13,8 +13,9 @@ import pytest
 from gateway.config.model import Config, SessionsConfig, TenantConfig, TenantSessions
 from gateway.errors import StoreFull, StoreUnavailable
 from gateway.sessions import _UNWRITTEN_MIN, TOUCH_INTERVAL, SessionManager
-from gateway.stores import SessionRecord, Stores, User, new_id, open_stores
+from gateway.stores import REVOCATIONS, SessionRecord, Stores, User, new_id, open_stores
 from gateway.stores.ids import hash_session_id
+from tests.polling import until
 from tests.slow_stores import GatedUsers
 
 DAY = 86400.0
@@ -599,7 +600,8 @@ async def test_a_full_store_serves_sessions_and_its_refused_write_is_not_tried_o
     stores: Stores, clock: Clock
 ) -> None:
     full = _FullStore(stores.sessions)
-    sessions = manager(stores, clock, full, cache_ttl=2.0)
+    # (refresh_after 0: the refused write would have extended the session)
+    sessions = manager(stores, clock, full, cache_ttl=2.0, refresh_after=0.0)
     sid, record = await sessions.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
     sessions._writes_failing = True  # (an earlier write failed: this one is waited for)
     clock.advance(TOUCH_INTERVAL + 1)
@@ -659,7 +661,9 @@ async def test_a_use_noted_while_the_store_is_full_neither_extends_nor_keeps_a_s
     stores: Stores, clock: Clock
 ) -> None:
     full = _FullStore(stores.sessions)
-    sessions, sid, record = await _in_use_while_full(stores, clock, full, 18, lifetime=541.0)
+    sessions, sid, record = await _in_use_while_full(
+        stores, clock, full, 18, lifetime=541.0, refresh_after=0.0  # (writes would extend it)
+    )
     id_hash = hash_session_id(sid)
     # The last use (540 s) was read afresh, its write refused and noted onto the entry.
     assert sessions._unwritten[id_hash] == clock.now
@@ -680,11 +684,7 @@ async def test_a_revoked_session_leaves_no_note_of_its_use(stores: Stores, clock
         assert hash_session_id(sid) in sessions._unwritten
         # Revoked by another process: a deletion, and its message
         await manager(stores, clock, full).revoke(sid)
-        for _ in range(300):  # (the SQL bus delivers within its poll)
-            if not sessions._unwritten:
-                break
-            await asyncio.sleep(0.01)
-        assert not sessions._unwritten
+        await until(lambda: not sessions._unwritten, "the revocation's message", 10)
         assert await sessions.load(sid, "acme") is None
     finally:
         await sessions.stop()
@@ -763,15 +763,41 @@ async def test_every_process_reads_a_use_another_could_not_write(
         sid, _ = await a.create(await make_user(stores), ("pwd",), ip=None, user_agent=None)
         id_hash = hash_session_id(sid)
         await _used_every_30_s(a, clock, sid, 40)  # through A, for 20 minutes
-        for _ in range(300):  # (the SQL bus delivers within its poll)
-            if b._unwritten.get(id_hash) == a._unwritten[id_hash]:
-                break
-            await asyncio.sleep(0.01)
+        noted = a._unwritten[id_hash]
+        await until(lambda: b._unwritten.get(id_hash) == noted, "A's message of the use", 10)
         assert await b.load(sid, "acme") is not None, "B idled out a session in use"
         assert await stores.sessions.get(id_hash) is not None
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_use_is_noted_only_as_a_sessions_and_never_later_than_now(
+    stores: Stores, clock: Clock
+) -> None:
+    # Anything on the revocations channel is read: a malformed message is ignored, a use
+    # to come counts as now, and none of it is taken for a revocation (reads under way
+    # are still cached).
+    sessions = manager(stores, clock, cache_ttl=2.0)
+    await sessions.start()
+    try:
+        id_hash = "ab" * 32
+        for message in (
+            "used:",
+            f"used:{id_hash}",
+            f"used:{id_hash}:nan",
+            f"used:{id_hash}:inf",
+            f"used:{id_hash}:soon",
+            "used:not-a-hash:1.0",
+            f"used:{id_hash.upper()}:1.0",
+            f"used:{id_hash}:1e300",  # the last: noted as now
+        ):
+            await stores.events.publish(REVOCATIONS, message)
+        await until(lambda: id_hash in sessions._unwritten, "the messages", 10)
+        assert sessions._unwritten == {id_hash: clock.now}
+        assert sessions._epoch == 0, "a use was taken for a revocation"
+    finally:
+        await sessions.stop()
 
 
 async def test_the_notes_of_use_are_bounded(stores: Stores, clock: Clock) -> None:
