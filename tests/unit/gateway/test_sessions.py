@@ -348,11 +348,12 @@ async def _read_once(
 
 
 async def _settle(sessions: SessionManager) -> None:
-    """Until no store read or write of `sessions` is under way (a read ahead runs on its
-    own; SQLite answers from a thread, so a few loop turns are not enough)."""
+    """Until no store read or write of `sessions` is under way, nor a use being published
+    (each runs on its own; SQLite answers from a thread, so a few loop turns are not
+    enough)."""
     for _ in range(500):
         await asyncio.sleep(0.01)
-        if not sessions._inflight and not sessions._writes:
+        if not sessions._inflight and not sessions._writes and not sessions._saying:
             return
     raise AssertionError("a store read never ended")
 
@@ -662,7 +663,12 @@ async def test_a_use_noted_while_the_store_is_full_neither_extends_nor_keeps_a_s
 ) -> None:
     full = _FullStore(stores.sessions)
     sessions, sid, record = await _in_use_while_full(
-        stores, clock, full, 18, lifetime=541.0, refresh_after=0.0  # (writes would extend it)
+        stores,
+        clock,
+        full,
+        18,
+        lifetime=541.0,
+        refresh_after=0.0,  # (writes would extend it)
     )
     id_hash = hash_session_id(sid)
     # The last use (540 s) was read afresh, its write refused and noted onto the entry.
