@@ -84,14 +84,21 @@ def spent(before: Snapshot, after: Snapshot) -> SchedTotals:
     return total
 
 
-def parse_steal(stat: str) -> int:
-    """/proc/stat: the steal time of all CPUs together, in clock ticks."""
+def _all_cpus(stat: str) -> list[int]:
+    """/proc/stat's line for all CPUs together, in clock ticks: user nice system idle
+    iowait irq softirq steal (older kernels stop early; guest time, after, is already
+    in user and nice, and is left out)."""
     for line in stat.splitlines():
         fields = line.split()
         if fields and fields[0] == "cpu":
-            # user nice system idle iowait irq softirq steal ...; older kernels stop early
-            return int(fields[8]) if len(fields) > 8 else 0
+            return [int(field) for field in fields[1:9]]
     raise ValueError("no cpu line in /proc/stat")
+
+
+def parse_steal(stat: str) -> int:
+    """/proc/stat: the steal time of all CPUs together, in clock ticks."""
+    ticks = _all_cpus(stat)
+    return ticks[7] if len(ticks) > 7 else 0
 
 
 def steal_seconds(proc: Path = Path("/proc")) -> float:
@@ -100,14 +107,9 @@ def steal_seconds(proc: Path = Path("/proc")) -> float:
 
 def parse_cpu_ticks(stat: str) -> tuple[int, int]:
     """/proc/stat: the idle time (idle and iowait) of all CPUs together, and all their
-    time, in clock ticks (user nice system idle iowait irq softirq steal; guest time is
-    already in user and nice)."""
-    for line in stat.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "cpu":
-            ticks = [int(field) for field in fields[1:9]]
-            return ticks[3] + ticks[4], sum(ticks)
-    raise ValueError("no cpu line in /proc/stat")
+    time, in clock ticks."""
+    ticks = _all_cpus(stat)
+    return sum(ticks[3:5]), sum(ticks)
 
 
 def cpu_ticks(proc: Path = Path("/proc")) -> tuple[int, int] | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -41,7 +40,7 @@ from gateway.stores import (
     session_used,
     user_sessions_revoked,
 )
-from gateway.stores.ids import hash_session_id, new_session_id
+from gateway.stores.ids import hash_session_id, looks_like_id_hash, new_session_id
 
 log = logging.getLogger("authgate.sessions")
 
@@ -54,7 +53,6 @@ RESYNC = "resync"  # event kind: the bus may have lost messages, forget every ca
 # holds, and at least this many (even with the cache off, when every request reads the
 # store and would find a write due).
 _UNWRITTEN_MIN = 4096
-_ID_HASH = re.compile(r"[0-9a-f]{64}")  # a session's id hash (hash_session_id)
 
 
 @dataclass(frozen=True, slots=True)  # one per cached session: no per-instance __dict__
@@ -212,7 +210,7 @@ class SessionManager(RevocationFollower):
                 used = float(at)
             except ValueError:
                 return
-            if _ID_HASH.fullmatch(id_hash) and math.isfinite(used):
+            if looks_like_id_hash(id_hash) and math.isfinite(used):
                 # Never later than now: a use to come would keep a session from idling
                 # out, and its write from being due, for as long as it is ahead.
                 self._note_use(id_hash, min(used, self.now()))

@@ -26,6 +26,11 @@ def hash_session_id(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+def looks_like_id_hash(value: str) -> bool:
+    """Whether `value` has the shape `hash_session_id` gives (64 lowercase hex digits)."""
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def new_api_key() -> str:
     """A fresh API key: `agk_` + 43 url-safe characters (256 bits)."""
     return API_KEY_PREFIX + secrets.token_urlsafe(32)

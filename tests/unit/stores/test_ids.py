@@ -9,6 +9,7 @@ from gateway.stores.ids import (
     hash_api_key,
     hash_session_id,
     looks_like_api_key,
+    looks_like_id_hash,
     new_api_key,
     new_session_id,
 )
@@ -24,6 +25,12 @@ def test_session_id_hash_is_sha256_hex() -> None:
     sid = new_session_id()
     assert hash_session_id(sid) == hashlib.sha256(sid.encode()).hexdigest()
     assert sid not in hash_session_id(sid)
+
+
+def test_an_id_hash_is_known_by_its_shape() -> None:
+    assert looks_like_id_hash(hash_session_id(new_session_id()))
+    for value in ("", "ab" * 31, "ab" * 33, "AB" * 32, "g" * 64, new_session_id()):
+        assert not looks_like_id_hash(value)
 
 
 def test_api_keys_have_the_agk_shape() -> None:
